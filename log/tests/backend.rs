@@ -1,0 +1,181 @@
+//! The log contract, written once as generic scenario bodies and run against
+//! every backend this build has (embedded now; Kafka joins the same list).
+
+use spendstream_log::{DeadLetter, Log, Record, embedded::EmbeddedLog};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn rec(key: &str, value: &str) -> Record {
+    Record {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        headers: vec![("batch_id".into(), "b1".into())],
+    }
+}
+
+async fn embedded(dir: &tempfile::TempDir) -> Arc<dyn Log> {
+    Arc::new(EmbeddedLog::open(dir.path(), Some(4)).await.unwrap())
+}
+
+/// Polls until `want` records arrived or the deadline passed.
+async fn drain(
+    consumer: &mut dyn spendstream_log::LogConsumer,
+    want: usize,
+) -> Vec<spendstream_log::Consumed> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        out.extend(consumer.poll(1000, Duration::from_millis(200)).await.unwrap());
+    }
+    out
+}
+
+async fn same_key_same_partition_in_order(log: Arc<dyn Log>) {
+    let producer = log.producer();
+    let mut positions = Vec::new();
+    for i in 0..5 {
+        positions.extend(producer.append(vec![rec("k1", &format!("v{i}")), rec(&format!("other{i}"), "x")]).await.unwrap());
+    }
+    let k1: Vec<_> = positions.iter().step_by(2).collect();
+    assert!(k1.iter().all(|p| p.partition == k1[0].partition));
+    assert!(k1.windows(2).all(|w| w[0].offset < w[1].offset));
+
+    let mut consumer = log.consumer("g").await.unwrap();
+    let got = drain(consumer.as_mut(), 10).await;
+    assert_eq!(got.len(), 10);
+    let values: Vec<_> = got.iter().filter(|c| c.key == b"k1").map(|c| String::from_utf8(c.value.clone()).unwrap()).collect();
+    assert_eq!(values, ["v0", "v1", "v2", "v3", "v4"]);
+    assert_eq!(got[0].headers, vec![("batch_id".to_string(), "b1".to_string())]);
+    // Offsets per partition are dense from 0.
+    let mut per: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for c in &got {
+        per.entry(c.partition).or_default().push(c.offset);
+    }
+    for offsets in per.values() {
+        assert_eq!(*offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
+    }
+}
+
+async fn resumes_from_commit_and_redelivers_uncommitted(log: Arc<dyn Log>) {
+    let producer = log.producer();
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    producer.append(keys.iter().map(|k| rec(k, k)).collect()).await.unwrap();
+
+    let mut c1 = log.consumer("g").await.unwrap();
+    let first = drain(c1.as_mut(), 40).await;
+    assert_eq!(first.len(), 40);
+    // Commit only what sits below the middle of each partition.
+    let mut commits: BTreeMap<u32, i64> = BTreeMap::new();
+    for c in &first {
+        let e = commits.entry(c.partition).or_insert(0);
+        *e = (*e).max(c.offset + 1);
+    }
+    let half: Vec<(u32, i64)> = commits.iter().map(|(p, o)| (*p, o / 2)).collect();
+    c1.commit(&half).await.unwrap();
+    // A commit never moves a group backwards.
+    c1.commit(&half.iter().map(|(p, _)| (*p, 0)).collect::<Vec<_>>()).await.unwrap();
+    drop(c1);
+
+    let mut c2 = log.consumer("g").await.unwrap();
+    let expected: usize = commits.iter().map(|(p, end)| (end - half.iter().find(|(q, _)| q == p).unwrap().1) as usize).sum();
+    let second = drain(c2.as_mut(), expected).await;
+    assert_eq!(second.len(), expected);
+    for c in &second {
+        assert!(c.offset >= half.iter().find(|(p, _)| *p == c.partition).unwrap().1);
+    }
+    // Nothing more arrives.
+    assert!(c2.poll(100, Duration::from_millis(50)).await.unwrap().is_empty());
+
+    // Another group starts from the beginning.
+    let mut other = log.consumer("other").await.unwrap();
+    assert_eq!(drain(other.as_mut(), 40).await.len(), 40);
+}
+
+async fn concurrent_appends_get_unique_positions(log: Arc<dyn Log>) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let producer = log.producer();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..20 {
+                out.extend(producer.append(vec![rec(&format!("t{t}-{i}"), "v")]).await.unwrap());
+            }
+            out
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for p in t.await.unwrap() {
+            assert!(all.insert(p), "position {p:?} given twice");
+        }
+    }
+    assert_eq!(all.len(), 160);
+}
+
+async fn consumer_wakes_on_append(log: Arc<dyn Log>) {
+    let mut consumer = log.consumer("g").await.unwrap();
+    let producer = log.producer();
+    let waiter = tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await.unwrap() });
+    producer.append(vec![rec("a", "1")]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+}
+
+async fn dead_letters_are_idempotent_and_tenant_scoped(log: Arc<dyn Log>) {
+    let store = log.dead_letters();
+    let letter = |tenant: &str, offset| DeadLetter {
+        tenant_id: Some(tenant.into()),
+        group: "g".into(),
+        partition: 1,
+        offset,
+        code: "invalid_currency".into(),
+        message: "nope".into(),
+        payload: b"{}".to_vec(),
+    };
+    store.put(vec![letter("a", 1), letter("b", 2)]).await.unwrap();
+    store.put(vec![letter("a", 1)]).await.unwrap();
+    let a = store.list("a", 0, 10).await.unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].letter.code, "invalid_currency");
+    assert_eq!(a[0].letter.payload, b"{}");
+    assert!(store.list("a", a[0].id, 10).await.unwrap().is_empty());
+    assert_eq!(store.list("b", 0, 10).await.unwrap().len(), 1);
+}
+
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(super::embedded(&dir).await).await;
+            }
+        }
+    )*};
+}
+
+per_backend!(
+    same_key_same_partition_in_order,
+    resumes_from_commit_and_redelivers_uncommitted,
+    concurrent_appends_get_unique_positions,
+    consumer_wakes_on_append,
+    dead_letters_are_idempotent_and_tenant_scoped,
+);
+
+#[tokio::test]
+async fn embedded_survives_reopen_and_refuses_other_partition_count() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(dir.path(), Some(4)).await.unwrap();
+        log.producer().append(vec![rec("a", "1"), rec("b", "2")]).await.unwrap();
+    }
+    let log = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    assert_eq!(log.partitions(), 4);
+    assert_eq!(log.end_offsets().await.unwrap().iter().sum::<i64>(), 2);
+    let err = EmbeddedLog::open(dir.path(), Some(8)).await.unwrap_err();
+    assert!(err.to_string().contains("has 4 partitions but 8 were requested"), "{err}");
+    assert!(spendstream_log::open("kafkaa://x").await.is_err());
+    assert!(spendstream_log::open("embedded://").await.is_err());
+    assert!(spendstream_log::open(&format!("embedded://{}?partitions=0", dir.path().display())).await.is_err());
+}

@@ -1,0 +1,213 @@
+//! The enriched record processors write to the sinks, and its Arrow form.
+
+use crate::category::Category;
+use crate::record::ExpenseRecord;
+use arrow::array::{
+    ArrayRef, Date32Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use std::sync::{Arc, LazyLock};
+use uuid::Uuid;
+
+/// A record after validation and enrichment: one row of the lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrichedRecord {
+    pub expense_id: Uuid,
+    pub tenant_id: String,
+    /// Monotonic per expense: the log offset of this version.
+    pub version: i64,
+    pub record: ExpenseRecord,
+    pub category: Category,
+    pub merchant_normalized: Option<String>,
+    pub batch_id: String,
+    pub ingested_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+    pub log_partition: i32,
+    pub log_offset: i64,
+}
+
+impl EnrichedRecord {
+    /// The month partition value, `YYYY-MM` of the transaction date.
+    pub fn month(&self) -> String {
+        month_of(self.record.transaction_date)
+    }
+}
+
+pub fn month_of(date: NaiveDate) -> String {
+    format!("{:04}-{:02}", date.year(), date.month())
+}
+
+/// Partition columns of the lake table, in order.
+pub const PARTITION_COLUMNS: [&str; 2] = ["tenant_id", "month"];
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("expense_id", DataType::Utf8, false),
+        Field::new("tenant_id", DataType::Utf8, false),
+        Field::new("month", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("external_id", DataType::Utf8, false),
+        Field::new("account_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("related_external_id", DataType::Utf8, true),
+        Field::new("transaction_date", DataType::Date32, false),
+        Field::new("posted_at", ts(), true),
+        Field::new("amount_minor", DataType::Int64, false),
+        Field::new("currency", DataType::Utf8, false),
+        Field::new("billed_amount_minor", DataType::Int64, true),
+        Field::new("billed_currency", DataType::Utf8, true),
+        Field::new("merchant_name", DataType::Utf8, true),
+        Field::new("merchant_normalized", DataType::Utf8, true),
+        Field::new("merchant_mcc", DataType::Int16, true),
+        Field::new("category", DataType::Utf8, false),
+        Field::new("employee_id", DataType::Utf8, true),
+        Field::new("memo", DataType::Utf8, true),
+        Field::new("metadata", DataType::Utf8, true),
+        Field::new("batch_id", DataType::Utf8, false),
+        Field::new("ingested_at", ts(), false),
+        Field::new("processed_at", ts(), false),
+        Field::new("log_partition", DataType::Int32, false),
+        Field::new("log_offset", DataType::Int64, false),
+    ]))
+});
+
+/// The Arrow schema of [`EnrichedRecord`] rows.
+pub fn arrow_schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// Converts records into one Arrow batch of [`arrow_schema`].
+pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowError> {
+    let n = records.len();
+    let s = |cap: usize| StringBuilder::with_capacity(n, n * cap);
+    let (mut expense_id, mut tenant, mut month, mut source, mut external_id) =
+        (s(36), s(16), s(7), s(16), s(24));
+    let (mut account, mut status, mut related, mut currency, mut billed_currency) =
+        (s(16), s(8), s(8), s(3), s(3));
+    let (mut merchant, mut merchant_norm, mut category, mut employee, mut memo) =
+        (s(24), s(24), s(12), s(12), s(16));
+    let (mut metadata, mut batch) = (s(16), s(36));
+    let mut version = Int64Builder::with_capacity(n);
+    let mut date = Date32Builder::with_capacity(n);
+    let mut posted = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut amount = Int64Builder::with_capacity(n);
+    let mut billed = Int64Builder::with_capacity(n);
+    let mut mcc = Int16Builder::with_capacity(n);
+    let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut processed = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+
+    for e in records {
+        let r = &e.record;
+        expense_id.append_value(e.expense_id.hyphenated().to_string());
+        tenant.append_value(&e.tenant_id);
+        month.append_value(e.month());
+        version.append_value(e.version);
+        source.append_value(&r.source);
+        external_id.append_value(&r.external_id);
+        account.append_value(&r.account_id);
+        status.append_value(r.status.as_str());
+        related.append_option(r.related_external_id.as_deref());
+        date.append_value(r.transaction_date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE);
+        posted.append_option(r.posted_at.map(|t| t.timestamp_micros()));
+        amount.append_value(r.amount.minor);
+        currency.append_value(r.amount.currency.code());
+        billed.append_option(r.billed.map(|m| m.minor));
+        billed_currency.append_option(r.billed.map(|m| m.currency.code()));
+        merchant.append_option(r.merchant_name.as_deref());
+        merchant_norm.append_option(e.merchant_normalized.as_deref());
+        // MCCs are 0..=9999, so they always fit.
+        mcc.append_option(r.merchant_mcc.map(|m| m as i16));
+        category.append_value(e.category.as_str());
+        employee.append_option(r.employee_id.as_deref());
+        memo.append_option(r.memo.as_deref());
+        if r.metadata.is_empty() {
+            metadata.append_null();
+        } else {
+            metadata.append_value(serde_json::to_string(&r.metadata).unwrap_or_default());
+        }
+        batch.append_value(&e.batch_id);
+        ingested.append_value(e.ingested_at.timestamp_micros());
+        processed.append_value(e.processed_at.timestamp_micros());
+        partition.append_value(e.log_partition);
+        offset.append_value(e.log_offset);
+    }
+
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(expense_id.finish()),
+        Arc::new(tenant.finish()),
+        Arc::new(month.finish()),
+        Arc::new(version.finish()),
+        Arc::new(source.finish()),
+        Arc::new(external_id.finish()),
+        Arc::new(account.finish()),
+        Arc::new(status.finish()),
+        Arc::new(related.finish()),
+        Arc::new(date.finish()),
+        Arc::new(posted.finish()),
+        Arc::new(amount.finish()),
+        Arc::new(currency.finish()),
+        Arc::new(billed.finish()),
+        Arc::new(billed_currency.finish()),
+        Arc::new(merchant.finish()),
+        Arc::new(merchant_norm.finish()),
+        Arc::new(mcc.finish()),
+        Arc::new(category.finish()),
+        Arc::new(employee.finish()),
+        Arc::new(memo.finish()),
+        Arc::new(metadata.finish()),
+        Arc::new(batch.finish()),
+        Arc::new(ingested.finish()),
+        Arc::new(processed.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+    ];
+    RecordBatch::try_new(arrow_schema(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_matches_schema() {
+        let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-02-03","amount":"1.00","currency":"EUR","merchant_mcc":"5812"}"#;
+        let record = ExpenseRecord::from_json(raw).unwrap();
+        let now = Utc::now();
+        let e = EnrichedRecord {
+            expense_id: crate::identity::expense_id("t", "s", "e"),
+            tenant_id: "t".into(),
+            version: 7,
+            record,
+            category: Category::Restaurants,
+            merchant_normalized: None,
+            batch_id: "b".into(),
+            ingested_at: now,
+            processed_at: now,
+            log_partition: 1,
+            log_offset: 7,
+        };
+        assert_eq!(e.month(), "2026-02");
+        let batch = to_record_batch(&[e.clone(), e]).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), arrow_schema());
+        let dates = batch
+            .column_by_name("transaction_date")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Date32Array>()
+            .unwrap();
+        assert_eq!(dates.value_as_date(0), NaiveDate::from_ymd_opt(2026, 2, 3));
+    }
+}

@@ -1,0 +1,591 @@
+//! The ingested record (contract v1) and its validation from raw JSON.
+//!
+//! Validation reads the raw JSON text so that numbers are never parsed as
+//! floats: an amount sent as the JSON number `12.34` is taken from its exact
+//! decimal text.
+
+use crate::category::Category;
+use crate::currency::Currency;
+use crate::error::{ErrorCode, RecordError};
+use crate::money::{AmountError, Money};
+use crate::pan::contains_pan;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// Lifecycle status of a card transaction or expense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Posted,
+    Reversed,
+    Declined,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [
+        Status::Pending,
+        Status::Posted,
+        Status::Reversed,
+        Status::Declined,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Posted => "posted",
+            Status::Reversed => "reversed",
+            Status::Declined => "declined",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s).ok_or(())
+    }
+}
+
+/// A validated expense record as sent by an importer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpenseRecord {
+    pub source: String,
+    pub external_id: String,
+    pub account_id: String,
+    pub status: Status,
+    pub related_external_id: Option<String>,
+    pub transaction_date: NaiveDate,
+    pub posted_at: Option<DateTime<Utc>>,
+    pub amount: Money,
+    pub billed: Option<Money>,
+    pub merchant_name: Option<String>,
+    pub merchant_mcc: Option<u16>,
+    pub employee_id: Option<String>,
+    pub memo: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// A category chosen by the sender; wins over the MCC mapping.
+    pub category_hint: Option<Category>,
+}
+
+/// Field limits (characters). Part of the contract; see the JSON Schema.
+pub mod limits {
+    pub const SOURCE: usize = 64;
+    pub const EXTERNAL_ID: usize = 128;
+    pub const ACCOUNT_ID: usize = 64;
+    pub const MERCHANT_NAME: usize = 256;
+    pub const EMPLOYEE_ID: usize = 128;
+    pub const MEMO: usize = 1024;
+    pub const METADATA_KEYS: usize = 32;
+    pub const METADATA_KEY: usize = 64;
+    pub const METADATA_VALUE: usize = 256;
+}
+
+/// Every field name a record may carry.
+pub const FIELDS: &[&str] = &[
+    "source",
+    "external_id",
+    "account_id",
+    "status",
+    "related_external_id",
+    "transaction_date",
+    "posted_at",
+    "amount",
+    "amount_minor",
+    "currency",
+    "billed_amount",
+    "billed_amount_minor",
+    "billed_currency",
+    "merchant_name",
+    "merchant_mcc",
+    "employee_id",
+    "memo",
+    "metadata",
+    "category",
+];
+
+/// Earliest and latest transaction dates accepted: outside this window a
+/// date is a typo, not an expense.
+const MIN_DATE: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+const MAX_DATE: NaiveDate = NaiveDate::from_ymd_opt(2199, 12, 31).unwrap();
+
+impl ExpenseRecord {
+    /// Validates one record given as the raw text of a JSON object.
+    pub fn from_json(raw: &str) -> Result<Self, RecordError> {
+        let fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw).map_err(|e| {
+            RecordError::new(
+                ErrorCode::InvalidJson,
+                None,
+                format!("record is not a JSON object: {e}"),
+            )
+        })?;
+        Fields(fields).validate()
+    }
+}
+
+struct Fields<'a>(BTreeMap<String, &'a RawValue>);
+
+impl<'a> Fields<'a> {
+    fn validate(&self) -> Result<ExpenseRecord, RecordError> {
+        if let Some(unknown) = self.0.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(RecordError::new(
+                ErrorCode::UnknownField,
+                None,
+                format!("unknown field `{}`", truncate(unknown, 64)),
+            ));
+        }
+        let source = self.identifier("source", limits::SOURCE)?;
+        let external_id = self.identifier("external_id", limits::EXTERNAL_ID)?;
+        let account_id = self.required_text("account_id", limits::ACCOUNT_ID)?;
+        let status = match self.text("status", 16)? {
+            None => Status::Posted,
+            Some(s) => s.parse().map_err(|_| {
+                RecordError::field(
+                    ErrorCode::InvalidStatus,
+                    "status",
+                    "status must be one of pending, posted, reversed, declined",
+                )
+            })?,
+        };
+        let related_external_id = self
+            .text("related_external_id", limits::EXTERNAL_ID)?
+            .map(|v| no_control("related_external_id", v))
+            .transpose()?;
+        let transaction_date = self.date("transaction_date")?;
+        let posted_at = self.timestamp("posted_at")?;
+        let amount = self
+            .money("amount", "amount_minor", "currency")?
+            .ok_or_else(|| missing("amount"))?;
+        let billed = self.money("billed_amount", "billed_amount_minor", "billed_currency")?;
+        let merchant_name = self.text("merchant_name", limits::MERCHANT_NAME)?;
+        let merchant_mcc = self.mcc()?;
+        let employee_id = self.text("employee_id", limits::EMPLOYEE_ID)?;
+        let memo = self.text("memo", limits::MEMO)?;
+        let metadata = self.metadata()?;
+        let category_hint = match self.text("category", 32)? {
+            None => None,
+            Some(c) => Some(c.parse().map_err(|_| {
+                RecordError::field(
+                    ErrorCode::InvalidCategory,
+                    "category",
+                    format!("unknown category `{}`", truncate(&c, 32)),
+                )
+            })?),
+        };
+
+        for (field, value) in [
+            ("account_id", Some(&account_id)),
+            ("merchant_name", merchant_name.as_ref()),
+            ("employee_id", employee_id.as_ref()),
+            ("memo", memo.as_ref()),
+        ] {
+            if value.is_some_and(|v| contains_pan(v)) {
+                return Err(pan(field));
+            }
+        }
+        if metadata.values().any(|v| contains_pan(v)) {
+            return Err(pan("metadata"));
+        }
+
+        Ok(ExpenseRecord {
+            source,
+            external_id,
+            account_id,
+            status,
+            related_external_id,
+            transaction_date,
+            posted_at,
+            amount,
+            billed,
+            merchant_name,
+            merchant_mcc,
+            employee_id,
+            memo,
+            metadata,
+            category_hint,
+        })
+    }
+
+    /// A present, non-null value.
+    fn get(&self, field: &str) -> Option<&'a RawValue> {
+        self.0.get(field).copied().filter(|v| v.get() != "null")
+    }
+
+    /// An optional string field; empty strings count as absent.
+    fn text(&self, field: &'static str, max: usize) -> Result<Option<String>, RecordError> {
+        let Some(raw) = self.get(field) else {
+            return Ok(None);
+        };
+        let value: String = serde_json::from_str(raw.get()).map_err(|_| {
+            RecordError::field(
+                ErrorCode::InvalidField,
+                field,
+                format!("`{field}` must be a string"),
+            )
+        })?;
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if value.chars().count() > max {
+            return Err(RecordError::field(
+                ErrorCode::FieldTooLong,
+                field,
+                format!("`{field}` is longer than {max} characters"),
+            ));
+        }
+        Ok(Some(value))
+    }
+
+    fn required_text(&self, field: &'static str, max: usize) -> Result<String, RecordError> {
+        self.text(field, max)?.ok_or_else(|| missing(field))
+    }
+
+    /// A required identity field: no control characters, no surrounding
+    /// whitespace (they would make two spellings of one identity).
+    fn identifier(&self, field: &'static str, max: usize) -> Result<String, RecordError> {
+        let value = self.required_text(field, max)?;
+        if value.trim() != value {
+            return Err(RecordError::field(
+                ErrorCode::InvalidField,
+                field,
+                format!("`{field}` has leading or trailing whitespace"),
+            ));
+        }
+        no_control(field, value)
+    }
+
+    /// The raw text of a scalar: string contents or the literal number token.
+    fn scalar(&self, field: &'static str) -> Result<Option<String>, RecordError> {
+        let Some(raw) = self.get(field) else {
+            return Ok(None);
+        };
+        let text = raw.get();
+        if text.starts_with('"') {
+            let s: String = serde_json::from_str(text).map_err(|_| {
+                RecordError::field(ErrorCode::InvalidField, field, "invalid string")
+            })?;
+            Ok(if s.is_empty() { None } else { Some(s) })
+        } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            Ok(Some(text.to_string()))
+        } else {
+            Err(RecordError::field(
+                ErrorCode::InvalidField,
+                field,
+                format!("`{field}` must be a string or a number"),
+            ))
+        }
+    }
+
+    fn date(&self, field: &'static str) -> Result<NaiveDate, RecordError> {
+        let text = self.text(field, 32)?.ok_or_else(|| missing(field))?;
+        let date = NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+            .ok()
+            .filter(|d| text.len() == 10 && (MIN_DATE..=MAX_DATE).contains(d))
+            .ok_or_else(|| {
+                RecordError::field(
+                    ErrorCode::InvalidDate,
+                    field,
+                    format!("`{field}` must be a date YYYY-MM-DD between 1970 and 2199"),
+                )
+            })?;
+        Ok(date)
+    }
+
+    fn timestamp(&self, field: &'static str) -> Result<Option<DateTime<Utc>>, RecordError> {
+        let Some(text) = self.text(field, 40)? else {
+            return Ok(None);
+        };
+        let parsed = DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|_| {
+                NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+                    .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+            })
+            .ok()
+            .filter(|t| (MIN_DATE..=MAX_DATE).contains(&t.date_naive()))
+            .ok_or_else(|| {
+                RecordError::field(
+                    ErrorCode::InvalidDate,
+                    field,
+                    format!("`{field}` must be an RFC 3339 timestamp"),
+                )
+            })?;
+        Ok(Some(parsed))
+    }
+
+    /// An amount as a decimal (`amount_field`) or integer minor units
+    /// (`minor_field`), exactly one of them, with its currency.
+    fn money(
+        &self,
+        amount_field: &'static str,
+        minor_field: &'static str,
+        currency_field: &'static str,
+    ) -> Result<Option<Money>, RecordError> {
+        let decimal = self.scalar(amount_field)?;
+        let minor = self.scalar(minor_field)?;
+        let (field, text, is_minor) = match (decimal, minor) {
+            (None, None) => return Ok(None),
+            (Some(d), None) => (amount_field, d, false),
+            (None, Some(m)) => (minor_field, m, true),
+            (Some(_), Some(_)) => {
+                return Err(RecordError::field(
+                    ErrorCode::InvalidAmount,
+                    minor_field,
+                    format!("send either `{amount_field}` or `{minor_field}`, not both"),
+                ));
+            }
+        };
+        let code = self
+            .text(currency_field, 8)?
+            .ok_or_else(|| missing(currency_field))?;
+        let currency = Currency::from_code(&code).ok_or_else(|| {
+            RecordError::field(
+                ErrorCode::InvalidCurrency,
+                currency_field,
+                format!("`{}` is not an ISO 4217 currency", truncate(&code, 8)),
+            )
+        })?;
+        let parsed = if is_minor {
+            crate::money::parse_minor(&text, 0).map(|m| Money::new(m, currency))
+        } else {
+            Money::parse(&text, currency)
+        };
+        parsed.map(Some).map_err(|e| amount_error(field, e, currency))
+    }
+
+    fn mcc(&self) -> Result<Option<u16>, RecordError> {
+        let Some(text) = self.scalar("merchant_mcc")? else {
+            return Ok(None);
+        };
+        let invalid = || {
+            RecordError::field(
+                ErrorCode::InvalidMcc,
+                "merchant_mcc",
+                "`merchant_mcc` must be a four-digit ISO 18245 code",
+            )
+        };
+        if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+        text.parse().map(Some).map_err(|_| invalid())
+    }
+
+    fn metadata(&self) -> Result<BTreeMap<String, String>, RecordError> {
+        let Some(raw) = self.get("metadata") else {
+            return Ok(BTreeMap::new());
+        };
+        let invalid = |message: String| {
+            RecordError::field(ErrorCode::InvalidMetadata, "metadata", message)
+        };
+        // CSV carries metadata as a JSON object in a string cell.
+        let inner: String;
+        let text = if raw.get().starts_with('"') {
+            inner = serde_json::from_str(raw.get()).map_err(|_| invalid("invalid string".into()))?;
+            inner.as_str()
+        } else {
+            raw.get()
+        };
+        let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)
+            .map_err(|_| invalid("`metadata` must be a JSON object".into()))?;
+        if map.len() > limits::METADATA_KEYS {
+            return Err(invalid(format!(
+                "`metadata` has more than {} keys",
+                limits::METADATA_KEYS
+            )));
+        }
+        let mut out = BTreeMap::new();
+        for (key, value) in map {
+            if key.is_empty() || key.chars().count() > limits::METADATA_KEY {
+                return Err(invalid(format!(
+                    "metadata keys must be 1 to {} characters",
+                    limits::METADATA_KEY
+                )));
+            }
+            let v = value.get();
+            let value = if v.starts_with('"') {
+                serde_json::from_str::<String>(v).map_err(|_| invalid("invalid string".into()))?
+            } else if v.starts_with(['{', '[']) {
+                return Err(invalid(format!(
+                    "metadata value of `{}` must be a string, number or boolean",
+                    truncate(&key, 64)
+                )));
+            } else {
+                v.to_string()
+            };
+            if value.chars().count() > limits::METADATA_VALUE {
+                return Err(invalid(format!(
+                    "metadata values must be at most {} characters",
+                    limits::METADATA_VALUE
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+}
+
+fn missing(field: &'static str) -> RecordError {
+    RecordError::field(
+        ErrorCode::MissingField,
+        field,
+        format!("`{field}` is required"),
+    )
+}
+
+fn pan(field: &'static str) -> RecordError {
+    RecordError::field(
+        ErrorCode::PanDetected,
+        field,
+        format!("`{field}` contains what looks like a card number; send a token or a masked value such as **** 1234"),
+    )
+}
+
+fn no_control(field: &'static str, value: String) -> Result<String, RecordError> {
+    if value.chars().any(char::is_control) {
+        return Err(RecordError::field(
+            ErrorCode::InvalidField,
+            field,
+            format!("`{field}` contains control characters"),
+        ));
+    }
+    Ok(value)
+}
+
+fn amount_error(field: &'static str, error: AmountError, currency: Currency) -> RecordError {
+    let code = match error {
+        AmountError::NotANumber => ErrorCode::InvalidAmount,
+        AmountError::TooManyDecimals(_) => ErrorCode::AmountPrecision,
+        AmountError::Overflow => ErrorCode::AmountOverflow,
+    };
+    let message = match error {
+        AmountError::TooManyDecimals(exp) => format!(
+            "`{field}` has more than {exp} decimal places, the minor unit of {currency}"
+        ),
+        AmountError::NotANumber if field.ends_with("_minor") => {
+            format!("`{field}` must be an integer count of minor units")
+        }
+        other => format!("`{field}`: {other}"),
+    };
+    RecordError::field(code, field, message)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Map<String, serde_json::Value> {
+        serde_json::json!({
+            "source": "visa-feed",
+            "external_id": "tx-1",
+            "account_id": "card_tok_1",
+            "transaction_date": "2026-11-02",
+            "amount": "12.34",
+            "currency": "USD",
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    fn with(pairs: &[(&str, serde_json::Value)]) -> Result<ExpenseRecord, RecordError> {
+        let mut m = base();
+        for (k, v) in pairs {
+            if v.is_null() {
+                m.remove(*k);
+            } else {
+                m.insert(k.to_string(), v.clone());
+            }
+        }
+        ExpenseRecord::from_json(&serde_json::Value::Object(m).to_string())
+    }
+
+    fn code(r: Result<ExpenseRecord, RecordError>) -> &'static str {
+        r.unwrap_err().code.as_str()
+    }
+
+    #[test]
+    fn minimal_record_is_valid_with_defaults() {
+        let r = with(&[]).unwrap();
+        assert_eq!(r.amount.minor, 1234);
+        assert_eq!(r.amount.currency.code(), "USD");
+        assert_eq!(r.status, Status::Posted);
+        assert!(r.billed.is_none());
+    }
+
+    #[test]
+    fn json_numbers_are_read_exactly() {
+        // 0.1 + 0.2 style values must not pick up float noise.
+        let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount":1234567890123.45,"currency":"USD"}"#;
+        assert_eq!(ExpenseRecord::from_json(raw).unwrap().amount.minor, 123456789012345);
+        let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount_minor":-500,"currency":"JPY"}"#;
+        assert_eq!(ExpenseRecord::from_json(raw).unwrap().amount.minor, -500);
+    }
+
+    #[test]
+    fn each_rule_has_its_code() {
+        use serde_json::json;
+        assert_eq!(code(with(&[("source", json!(null))])), "missing_field");
+        assert_eq!(code(with(&[("amount", json!(null))])), "missing_field");
+        assert_eq!(code(with(&[("currency", json!("ABC"))])), "invalid_currency");
+        assert_eq!(code(with(&[("amount", json!("NaN"))])), "invalid_amount");
+        assert_eq!(code(with(&[("amount", json!(true))])), "invalid_field");
+        assert_eq!(code(with(&[("amount", json!("12.345"))])), "amount_precision");
+        assert_eq!(code(with(&[("currency", json!("JPY")), ("amount", json!("1.5"))])), "amount_precision");
+        assert_eq!(code(with(&[("amount", json!("1e40"))])), "amount_overflow");
+        assert_eq!(code(with(&[("amount_minor", json!(5))])), "invalid_amount");
+        assert_eq!(code(with(&[("transaction_date", json!("2026-13-01"))])), "invalid_date");
+        assert_eq!(code(with(&[("transaction_date", json!("02/11/2026"))])), "invalid_date");
+        assert_eq!(code(with(&[("posted_at", json!("yesterday"))])), "invalid_date");
+        assert_eq!(code(with(&[("merchant_mcc", json!("58123"))])), "invalid_mcc");
+        assert_eq!(code(with(&[("merchant_mcc", json!("5a12"))])), "invalid_mcc");
+        assert_eq!(code(with(&[("status", json!("settled"))])), "invalid_status");
+        assert_eq!(code(with(&[("category", json!("food"))])), "invalid_category");
+        assert_eq!(code(with(&[("account_id", json!("4111 1111 1111 1111"))])), "pan_detected");
+        assert_eq!(code(with(&[("memo", json!("paid with 5500-0000-0000-0004"))])), "pan_detected");
+        assert_eq!(code(with(&[("metadata", json!({"card": "4242424242424242"}))])), "pan_detected");
+        assert_eq!(code(with(&[("merchant_name", json!("x".repeat(257)))])), "field_too_long");
+        assert_eq!(code(with(&[("colour", json!("red"))])), "unknown_field");
+        assert_eq!(code(with(&[("metadata", json!({"a": {"b": 1}}))])), "invalid_metadata");
+        assert_eq!(code(with(&[("external_id", json!(" tx-1"))])), "invalid_field");
+        assert_eq!(code(ExpenseRecord::from_json("[1,2]")), "invalid_json");
+    }
+
+    #[test]
+    fn masked_cards_and_hints_are_accepted() {
+        use serde_json::json;
+        let r = with(&[
+            ("account_id", json!("**** 1234")),
+            ("category", json!("software")),
+            ("merchant_mcc", json!(5812)),
+            ("metadata", json!("{\"cost_center\":\"42\",\"billable\":true}")),
+            ("billed_amount", json!("10.000")),
+            ("billed_currency", json!("bhd")),
+            ("posted_at", json!("2026-11-03T10:00:00+01:00")),
+        ])
+        .unwrap();
+        assert_eq!(r.category_hint, Some(Category::Software));
+        assert_eq!(r.merchant_mcc, Some(5812));
+        assert_eq!(r.metadata["billable"], "true");
+        assert_eq!(r.billed.unwrap().minor, 10_000);
+        assert_eq!(r.billed.unwrap().currency.code(), "BHD");
+        assert_eq!(r.posted_at.unwrap().to_rfc3339(), "2026-11-03T09:00:00+00:00");
+    }
+}
