@@ -117,13 +117,24 @@ impl Lake {
     /// The last version committed for `app_id`, read from the newest table
     /// state (other writers may have committed since this handle last looked).
     pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
+        Ok(self.txn_versions(&[app_id.to_string()]).await?[0])
+    }
+
+    /// [`Lake::txn_version`] for several app ids with one state refresh.
+    pub async fn txn_versions(&self, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
         let mut table = self.table.lock().await;
         table.update_state().await?;
         let log_store = table.log_store();
-        Ok(table
-            .snapshot()?
-            .transaction_version(log_store.as_ref(), app_id)
-            .await?)
+        let snapshot = table.snapshot()?;
+        let mut out = Vec::with_capacity(app_ids.len());
+        for app_id in app_ids {
+            out.push(
+                snapshot
+                    .transaction_version(log_store.as_ref(), app_id)
+                    .await?,
+            );
+        }
+        Ok(out)
     }
 
     /// Appends `batch` in one commit carrying `txns`. The caller must have

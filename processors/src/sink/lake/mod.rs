@@ -1,0 +1,7 @@
+//! The lake sink: enriched records into the Delta table.
+
+pub mod config;
+pub mod sink;
+
+pub use config::LakeSinkConfig;
+pub use sink::LakeSink;

@@ -1,0 +1,124 @@
+//! Enrichment: identity, version, category and a normalised merchant name.
+
+use super::validate::Valid;
+use chrono::{DateTime, Utc};
+use spendstream_log::Consumed;
+use spendstream_schemas::{Category, EnrichedRecord, expense_id};
+
+/// Turns a validated entry into a lake row. The version is the log offset:
+/// every version of one expense is in one partition, so offsets order them.
+pub fn enrich(entry: &Consumed, valid: Valid, processed_at: DateTime<Utc>) -> EnrichedRecord {
+    let Valid {
+        tenant_id,
+        batch_id,
+        ingested_at,
+        record,
+    } = valid;
+    let category = record
+        .category_hint
+        .or(record.merchant_mcc.map(Category::from_mcc))
+        .unwrap_or(Category::Other);
+    let merchant_normalized = record
+        .merchant_name
+        .as_deref()
+        .map(normalize_merchant)
+        .filter(|m| !m.is_empty());
+    EnrichedRecord {
+        expense_id: expense_id(&tenant_id, &record.source, &record.external_id),
+        tenant_id,
+        version: entry.offset,
+        record,
+        category,
+        merchant_normalized,
+        batch_id,
+        ingested_at,
+        processed_at,
+        log_partition: entry.partition as i32,
+        log_offset: entry.offset,
+    }
+}
+
+/// Payment-facilitator prefixes that precede the real merchant on
+/// statements (`SQ *BLUE BOTTLE`, `TST* JOE'S`, `PAYPAL *ACME`).
+const PROCESSOR_PREFIXES: &[&str] = &[
+    "SQ", "TST", "PAYPAL", "PP", "SP", "IN", "WPY", "GOOGLE", "APPLE.COM/BILL", "FS", "CKO",
+];
+
+/// `SQ *BLUE BOTTLE COFFEE #0042  OAKLAND` → `Blue Bottle Coffee Oakland`:
+/// strips processor prefixes, reference suffixes after `*`, store numbers and
+/// extra whitespace, and title-cases the rest.
+pub fn normalize_merchant(raw: &str) -> String {
+    let mut s = raw.trim();
+    loop {
+        let upper = s.to_ascii_uppercase();
+        let stripped = PROCESSOR_PREFIXES.iter().find_map(|p| {
+            let rest = upper.strip_prefix(p)?;
+            let rest_trim = rest.trim_start();
+            rest_trim
+                .starts_with('*')
+                .then(|| s.len() - rest_trim.len() + 1)
+        });
+        match stripped {
+            Some(cut) => s = s[cut..].trim_start(),
+            None => break,
+        }
+    }
+    // `AMAZON.COM*2K3L4` → `AMAZON.COM`: the part after `*` is a reference.
+    if let Some((head, _)) = s.split_once('*') {
+        if !head.trim().is_empty() {
+            s = head;
+        }
+    }
+    let words: Vec<&str> = s
+        .split_whitespace()
+        .filter(|w| !is_store_number(w))
+        .collect();
+    // Trailing all-digit tokens are store or terminal numbers too.
+    let end = words
+        .iter()
+        .rposition(|w| !w.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(0, |i| i + 1);
+    words[..end]
+        .iter()
+        .map(|w| title_case(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn is_store_number(word: &str) -> bool {
+    let digits = word.strip_prefix('#').or_else(|| word.strip_prefix("NO."));
+    digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+}
+
+fn title_case(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut start = true;
+    for c in word.chars() {
+        if start {
+            out.extend(c.to_uppercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+        start = !c.is_alphanumeric() && c != '\'';
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_merchant as n;
+
+    #[test]
+    fn normalises_descriptors() {
+        assert_eq!(n("SQ *BLUE BOTTLE COFFEE #0042"), "Blue Bottle Coffee");
+        assert_eq!(n("TST* JOE'S DINER   OAKLAND"), "Joe's Diner Oakland");
+        assert_eq!(n("PAYPAL *ACMESOFT"), "Acmesoft");
+        assert_eq!(n("  Delta   Air Lines  "), "Delta Air Lines");
+        assert_eq!(n("SHELL OIL 57442191"), "Shell Oil");
+        assert_eq!(n("AMAZON.COM*2K3L45"), "Amazon.com");
+        assert_eq!(n("7-ELEVEN 12345"), "7-Eleven");
+        assert_eq!(n("SQ *TST* NESTED"), "Nested");
+        assert_eq!(n("UBER   *TRIP"), "Uber");
+        assert_eq!(n("12345"), "");
+    }
+}
