@@ -1,1 +1,20 @@
-//! stub
+//! Edge plumbing shared by the HTTP services (ingest, query-api): the one
+//! `ApiError`, bearer-token auth, request ids, operations endpoints and
+//! metrics. Not a service itself, so services can share it without depending
+//! on each other.
+
+pub mod auth;
+pub mod error;
+pub mod ops;
+pub mod request_id;
+
+pub use auth::{Auth, Claims, JwtKeys, Role};
+pub use error::ApiError;
+
+/// Wraps a service router with request ids, metrics and a JSON 404.
+pub fn finish(router: axum::Router) -> axum::Router {
+    router
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn(ops::track_metrics))
+        .layer(axum::middleware::from_fn(request_id::layer))
+}

@@ -39,9 +39,51 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// Writes envelopes for many records of one request without re-parsing the
+/// records: the common prefix is serialised once, the record's JSON text is
+/// appended as is. The caller guarantees `record_json` is one valid JSON
+/// object (validation parsed it).
+#[derive(Debug, Clone)]
+pub struct EnvelopeWriter {
+    prefix: Vec<u8>,
+}
+
+impl EnvelopeWriter {
+    pub fn new(tenant_id: &str, batch_id: &str, request_id: &str, ingested_at_us: i64) -> Self {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let prefix = format!(
+            r#"{{"v":{ENVELOPE_VERSION},"tenant_id":{},"batch_id":{},"request_id":{},"ingested_at_us":{ingested_at_us},"record":"#,
+            q(tenant_id),
+            q(batch_id),
+            q(request_id),
+        );
+        Self {
+            prefix: prefix.into_bytes(),
+        }
+    }
+
+    pub fn write(&self, record_json: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + record_json.len() + 1);
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(record_json.trim().as_bytes());
+        out.push(b'}');
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writer_output_parses_as_envelope() {
+        let w = EnvelopeWriter::new("t\"1", "b", "r", 7);
+        let bytes = w.write(" {\"a\": [1, 2.50]}\n");
+        let env = Envelope::from_slice(&bytes).unwrap();
+        assert_eq!(env.tenant_id, "t\"1");
+        assert_eq!(env.ingested_at_us, 7);
+        assert_eq!(env.record.get(), "{\"a\": [1, 2.50]}");
+    }
 
     #[test]
     fn round_trip_keeps_raw_record_text() {

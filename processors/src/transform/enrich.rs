@@ -99,7 +99,7 @@ fn title_case(word: &str) -> String {
         } else {
             out.extend(c.to_lowercase());
         }
-        start = !c.is_alphanumeric() && c != '\'';
+        start = matches!(c, '-' | '/' | '&' | '(');
     }
     out
 }

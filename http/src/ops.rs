@@ -1,0 +1,96 @@
+//! Operations endpoints shared by every service: `/healthz` (alive),
+//! `/readyz` (dependencies answer), `/metrics` (Prometheus text), and the
+//! per-request metrics middleware.
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// A readiness check: `Ok` when the dependency answers.
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct OpsState {
+    checks: Vec<(&'static str, ReadyCheck)>,
+}
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (tests that build
+            // several servers in one process): then that one keeps counting.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// The operations routes with the given readiness checks.
+pub fn router(checks: Vec<(&'static str, ReadyCheck)>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { prometheus().render() }))
+        .with_state(OpsState { checks })
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let mut ok = true;
+    let mut report = serde_json::Map::new();
+    for (name, check) in &state.checks {
+        let result = check().await;
+        ok &= result.is_ok();
+        report.insert(
+            (*name).to_string(),
+            match result {
+                Ok(()) => json!("ok"),
+                Err(e) => json!(e),
+            },
+        );
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"status": if ok { "ready" } else { "not_ready" }, "checks": report})),
+    )
+        .into_response()
+}
+
+/// Middleware: request count and latency per route template and status.
+pub async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("spendstream_http_requests_total", &labels).increment(1);
+    metrics::histogram!("spendstream_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

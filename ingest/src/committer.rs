@@ -1,0 +1,100 @@
+//! Group commit: concurrent requests share log appends. One task owns the
+//! producer; while an append is in flight, new chunks queue up and go out
+//! together in the next one, so throughput does not hinge on request size.
+
+use spendstream_log::{LogProducer, Record};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+/// Why an append was not confirmed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("the log refused the append")]
+    Log(#[source] Arc<spendstream_log::Error>),
+    #[error("the log did not confirm the append within {0:?}")]
+    Timeout(Duration),
+    #[error("the committer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    records: Vec<Record>,
+    reply: oneshot::Sender<Result<usize, AppendError>>,
+}
+
+/// A handle to the group-commit task.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committer")
+    }
+}
+
+impl Committer {
+    /// Starts the task. It ends when every handle is dropped.
+    pub fn spawn(producer: Arc<dyn LogProducer>, max_records: usize, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(1024);
+        tokio::spawn(run(producer, rx, max_records.max(1), timeout));
+        Self { tx }
+    }
+
+    /// Appends `records` durably; resolves once the log confirmed all of them
+    /// (or none is claimed).
+    pub async fn append(&self, records: Vec<Record>) -> Result<usize, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { records, reply })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+}
+
+async fn run(
+    producer: Arc<dyn LogProducer>,
+    mut rx: mpsc::Receiver<Job>,
+    max_records: usize,
+    timeout: Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut total = jobs[0].records.len();
+        while total < max_records {
+            match rx.try_recv() {
+                Ok(job) => {
+                    total += job.records.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut sizes = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut records = Vec::with_capacity(total);
+        for job in jobs {
+            sizes.push(job.records.len());
+            replies.push(job.reply);
+            records.extend(job.records);
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, producer.append(records)).await {
+            Ok(Ok(_positions)) => Ok(()),
+            Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
+            Err(_) => Err(AppendError::Timeout(timeout)),
+        };
+        metrics::histogram!("spendstream_log_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("spendstream_log_append_records").record(total as f64);
+        if let Err(error) = &result {
+            warn!(error = %error, records = total, "Log append failed.");
+        }
+        for (reply, n) in replies.into_iter().zip(sizes) {
+            let _ = reply.send(result.clone().map(|()| n));
+        }
+    }
+}
