@@ -1,1 +1,34 @@
-//! stub
+//! The query service: reports over the lake through DataFusion, scoped to
+//! the caller's tenant, counting only the latest version of each expense.
+
+mod error;
+pub mod report;
+
+pub use error::{Error, Result};
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::get;
+use spendstream_http::JwtKeys;
+use spendstream_lake::Lake;
+use std::sync::Arc;
+
+/// Shared state of the query routes.
+#[derive(Clone)]
+pub struct QueryState {
+    pub keys: JwtKeys,
+    pub lake: Arc<Lake>,
+}
+
+impl FromRef<QueryState> for JwtKeys {
+    fn from_ref(state: &QueryState) -> Self {
+        state.keys.clone()
+    }
+}
+
+/// The query routes (without the shared layers; see `spendstream_http::finish`).
+pub fn router(state: QueryState) -> Router {
+    Router::new()
+        .route("/v1/reports/spend", get(report::spend))
+        .with_state(state)
+}

@@ -1,0 +1,109 @@
+//! Command-line interface: every flag has a `SPENDSTREAM_*` environment
+//! equivalent and a default that works on one machine with nothing
+//! installed.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "spendstream", version, about = "High-volume expense ingestion: HTTP edge, durable log, processors, lake, reports.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log output: `text` for people, `json` for machines; `auto` picks text
+    /// on a terminal.
+    #[arg(long, env = "SPENDSTREAM_LOG_FORMAT", default_value = "auto", global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run ingest, processors and query in one process (embedded defaults).
+    Up(UpArgs),
+    /// Run only the HTTP ingest edge.
+    Ingest(ServeArgs),
+    /// Run only the processors (log → lake).
+    Process(ServeArgs),
+    /// Run only the query API.
+    Query(ServeArgs),
+    /// Mint a bearer token.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Load the bundled sample card feed through the API and print a report.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where the embedded log, the lake and the generated JWT secret live.
+    #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    #[arg(long, env = "SPENDSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Log URL: `embedded://<dir>[?partitions=N]`. Default: `embedded://<data-dir>/log`.
+    #[arg(long = "log", env = "SPENDSTREAM_LOG")]
+    pub log_url: Option<String>,
+    /// Lake URL: `file://<dir>`. Default: `file://<data-dir>/lake`.
+    #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
+    pub lake_url: Option<String>,
+    /// Consumer group of the processors.
+    #[arg(long, env = "SPENDSTREAM_GROUP", default_value = "spendstream-processors")]
+    pub group: String,
+    /// Most records per processor batch (one lake commit).
+    #[arg(long, env = "SPENDSTREAM_BATCH_MAX_RECORDS", default_value_t = 50_000)]
+    pub batch_max_records: usize,
+    /// Longest a processor batch stays open, in milliseconds.
+    #[arg(long, env = "SPENDSTREAM_BATCH_MAX_WAIT_MS", default_value_t = 1_000)]
+    pub batch_max_wait_ms: u64,
+    /// Largest request body on the wire, in bytes.
+    #[arg(long, env = "SPENDSTREAM_MAX_BODY_BYTES", default_value_t = 256 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds between lake compactions (0: never).
+    #[arg(long, env = "SPENDSTREAM_COMPACT_INTERVAL_SECS", default_value_t = 600)]
+    pub compact_interval_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn log_url(&self) -> String {
+        self.log_url
+            .clone()
+            .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("log").display()))
+    }
+
+    pub fn lake_url(&self) -> String {
+        self.lake_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Tenant the token acts for.
+    #[arg(long)]
+    pub tenant: String,
+    /// Roles: ingest, read, admin (repeat the flag).
+    #[arg(long = "role", required = true)]
+    pub roles: Vec<String>,
+    /// Days until the token expires.
+    #[arg(long, default_value_t = 30)]
+    pub ttl_days: i64,
+    /// Where `up` keeps its generated secret (when SPENDSTREAM_JWT_SECRET is unset).
+    #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
