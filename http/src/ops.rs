@@ -44,6 +44,9 @@ pub fn prometheus() -> PrometheusHandle {
 
 /// The operations routes with the given readiness checks.
 pub fn router(checks: Vec<(&'static str, ReadyCheck)>) -> axum::Router {
+    // Install the recorder now: metrics recorded before the first scrape
+    // would otherwise be lost.
+    let _ = prometheus();
     axum::Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))

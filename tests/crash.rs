@@ -1,0 +1,176 @@
+//! Crash tests against the real binary: the process is killed while the
+//! processors are mid-batch (SIGKILL), or aborts in the window between the
+//! lake commit and the offset commit; after a restart every accepted record
+//! is in the reports exactly once.
+
+mod common;
+
+use serde_json::Value;
+use spendstream_http::Role;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, failpoint: Option<&str>) -> Server {
+    let port = common::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendstream"));
+    cmd.args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--batch-max-records", "700", "--batch-max-wait-ms", "50", "--compact-interval-secs", "0"])
+        .env("SPENDSTREAM_JWT_SECRET", std::str::from_utf8(common::SECRET).unwrap())
+        .env("SPENDSTREAM_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    match failpoint {
+        Some(f) => cmd.env("SPENDSTREAM_FAILPOINT", f),
+        None => cmd.env_remove("SPENDSTREAM_FAILPOINT"),
+    };
+    Server {
+        child: cmd.spawn().unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_healthy(server: &mut Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(server.child.try_wait().unwrap().is_none(), "the server exited during start-up");
+        assert!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Prometheus counter's value (0 when not yet reported).
+async fn counter(base: &str, name_and_labels: &str) -> f64 {
+    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+        return -1.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sends `n` records (ids offset by `start`) in requests of 2,000; returns
+/// the model: external id → amount in minor units (USD).
+async fn ingest(base: &str, start: usize, n: usize) -> BTreeMap<String, i64> {
+    let token = common::token("acme", &[Role::Ingest]);
+    let client = reqwest::Client::new();
+    let mut model = BTreeMap::new();
+    for chunk_start in (start..start + n).step_by(2000) {
+        let mut body = String::new();
+        for i in chunk_start..(chunk_start + 2000).min(start + n) {
+            let minor = (i as i64 * 7919) % 100_000 + 1;
+            body.push_str(&format!(
+                r#"{{"source":"s","external_id":"x{i}","account_id":"a","transaction_date":"2026-0{}-11","amount_minor":{minor},"currency":"USD"}}"#,
+                1 + i % 9
+            ));
+            body.push('\n');
+            model.insert(format!("x{i}"), minor);
+        }
+        let resp = client
+            .post(format!("{base}/v1/expenses"))
+            .bearer_auth(&token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    model
+}
+
+async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
+    let token = common::token("acme", &[Role::Read]);
+    let want_count = model.len() as i64;
+    let want_sum: i128 = model.values().map(|v| i128::from(*v)).sum();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut last = (0, 0);
+    while Instant::now() < deadline {
+        let report = common::report(base, &token, "group_by=currency&status=all").await;
+        let (count, sum) = report.values().fold((0, 0i128), |(c, s), v| (c + v.0, s + v.1));
+        assert!(count <= want_count, "more rows than records: {count} > {want_count} (a duplicate)");
+        if (count, sum) == (want_count, want_sum) {
+            return;
+        }
+        last = (count, sum as i64);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("reports never reached {want_count} records / {want_sum}; last {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn(dir.path(), None);
+    wait_healthy(&mut server).await;
+    let model = ingest(&server.base, 0, 30_000).await;
+
+    // Kill while the processors are partway through: some written, not all.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let written = counter(&server.base, "spendstream_processor_records_total{outcome=\"written\"}").await;
+        if written > 0.0 && written < model.len() as f64 {
+            break;
+        }
+        assert!(written < model.len() as f64, "processing finished before the kill; make the load larger");
+        assert!(Instant::now() < deadline, "processing never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+
+    let mut server = spawn(dir.path(), None);
+    wait_healthy(&mut server).await;
+    wait_for_totals(&server.base, &model).await;
+    // Still exact once everything settled, with more records arriving.
+    let more = ingest(&server.base, 30_000, 2_000).await;
+    let mut all = model;
+    all.extend(more);
+    wait_for_totals(&server.base, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = spawn(dir.path(), Some("after_lake_commit"));
+    wait_healthy(&mut server).await;
+    let model = ingest(&server.base, 0, 4_000).await;
+    // The first lake commit aborts the process before its offsets commit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the failpoint never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut server = spawn(dir.path(), None);
+    wait_healthy(&mut server).await;
+    wait_for_totals(&server.base, &model).await;
+    // The batch the lake already held was detected and skipped.
+    let skipped = counter(&server.base, "spendstream_processor_records_total{outcome=\"replay_skipped\"}").await;
+    assert!(skipped > 0.0, "no replay was detected: {skipped}");
+    let body: Value = reqwest::get(format!("{}/readyz", server.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+}

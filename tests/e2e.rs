@@ -1,0 +1,223 @@
+//! End to end over a real socket: 10,000 records in NDJSON, JSON and CSV
+//! (one request gzipped) from two tenants, 5% invalid, some re-sent with the
+//! same identity. Every valid record must appear exactly once, in its own
+//! tenant's reports only, with exact totals; every invalid one is rejected by
+//! index with its code.
+
+mod common;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use spendstream_http::Role;
+use std::collections::BTreeMap;
+
+const CURRENCIES: [(&str, u32); 5] = [("USD", 2), ("EUR", 2), ("JPY", 0), ("BHD", 3), ("CLF", 4)];
+
+/// The kinds of invalid record and the code each must be rejected with.
+const INVALID: [(&str, &str); 8] = [
+    ("currency", "invalid_currency"),
+    ("precision", "amount_precision"),
+    ("pan", "pan_detected"),
+    ("missing", "missing_field"),
+    ("date", "invalid_date"),
+    ("mcc", "invalid_mcc"),
+    ("nan", "invalid_amount"),
+    ("overflow", "amount_overflow"),
+];
+
+#[derive(Clone, Debug)]
+struct Rec {
+    fields: BTreeMap<String, String>,
+    /// `Some(code)` for a record that must be rejected.
+    invalid: Option<&'static str>,
+}
+
+fn amount_text(rng: &mut StdRng, exp: u32) -> (String, i64) {
+    let minor: i64 = rng.random_range(-5_000..2_000_000);
+    let text = spendstream_schemas::format_minor(minor as i128, exp as u8);
+    (text, minor)
+}
+
+fn valid(rng: &mut StdRng, tenant: &str, i: usize) -> (Rec, i64, &'static str) {
+    let (currency, exp) = CURRENCIES[rng.random_range(0..CURRENCIES.len())];
+    let (amount, minor) = amount_text(rng, exp);
+    let mut f = BTreeMap::new();
+    f.insert("source".into(), "feed".into());
+    f.insert("external_id".into(), format!("{tenant}-{i}"));
+    f.insert("account_id".into(), format!("acct-{}", rng.random_range(0..50)));
+    f.insert("transaction_date".into(), format!("2026-{:02}-{:02}", rng.random_range(1..=12), rng.random_range(1..=28)));
+    f.insert("amount".into(), amount);
+    f.insert("currency".into(), currency.into());
+    f.insert("merchant_name".into(), "SQ *COFFEE #12".into());
+    f.insert("merchant_mcc".into(), "5814".into());
+    f.insert("status".into(), ["posted", "pending", "reversed", "declined"][rng.random_range(0..4)].into());
+    (Rec { fields: f, invalid: None }, minor, currency)
+}
+
+fn make_invalid(mut rec: Rec, kind: usize) -> Rec {
+    let (what, code) = INVALID[kind % INVALID.len()];
+    let f = &mut rec.fields;
+    match what {
+        "currency" => { f.insert("currency".into(), "ZZZ".into()); }
+        "precision" => { f.insert("currency".into(), "USD".into()); f.insert("amount".into(), "1.999".into()); }
+        "pan" => { f.insert("account_id".into(), "4111-1111-1111-1111".into()); }
+        "missing" => { f.remove("external_id"); }
+        "date" => { f.insert("transaction_date".into(), "2026-02-30".into()); }
+        "mcc" => { f.insert("merchant_mcc".into(), "58x4".into()); }
+        "nan" => { f.insert("amount".into(), "NaN".into()); }
+        _ => { f.insert("currency".into(), "JPY".into()); f.insert("amount".into(), "9223372036854775808".into()); }
+    }
+    rec.invalid = Some(code);
+    rec
+}
+
+fn as_json(rec: &Rec) -> Value {
+    Value::Object(rec.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+fn ndjson(recs: &[Rec]) -> Vec<u8> {
+    recs.iter().map(|r| format!("{}\n", as_json(r))).collect::<String>().into_bytes()
+}
+
+fn json_array(recs: &[Rec]) -> Vec<u8> {
+    serde_json::to_vec(&recs.iter().map(as_json).collect::<Vec<_>>()).unwrap()
+}
+
+fn csv(recs: &[Rec]) -> Vec<u8> {
+    let cols = ["source", "external_id", "account_id", "transaction_date", "amount", "currency", "merchant_name", "merchant_mcc", "status"];
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(cols).unwrap();
+    for r in recs {
+        w.write_record(cols.iter().map(|c| r.fields.get(*c).cloned().unwrap_or_default())).unwrap();
+    }
+    w.into_inner().unwrap()
+}
+
+/// Expected report by currency: identity → latest (currency, minor, status).
+type Model = BTreeMap<String, (&'static str, i64, String)>;
+
+async fn send(base: &str, token: &str, content_type: &str, body: Vec<u8>, gzip: bool, recs: &[Rec]) -> usize {
+    let client = reqwest::Client::new();
+    let mut req = client.post(format!("{base}/v1/expenses")).bearer_auth(token).header("content-type", content_type);
+    let body = if gzip {
+        req = req.header("content-encoding", "gzip");
+        common::gzip(&body)
+    } else {
+        body
+    };
+    let resp = req.body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    let expected: Vec<(usize, &str)> = recs.iter().enumerate().filter_map(|(i, r)| r.invalid.map(|c| (i, c))).collect();
+    let got: Vec<(usize, String)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap() as usize, r["error"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got.len(), expected.len(), "rejected: {got:?}");
+    for ((gi, gc), (ei, ec)) in got.iter().zip(&expected) {
+        assert_eq!((gi, gc.as_str()), (ei, *ec));
+    }
+    let accepted = body["accepted"].as_u64().unwrap() as usize;
+    assert_eq!(accepted, recs.len() - expected.len());
+    accepted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_two_tenants_three_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let mut rng = StdRng::seed_from_u64(7);
+
+    let mut models: BTreeMap<&str, Model> = BTreeMap::new();
+    // Six requests: (tenant, format, gzip, size, re-send share).
+    let plan: [(&str, &str, bool, usize, bool); 6] = [
+        ("acme", "ndjson", true, 2500, false),
+        ("acme", "json", false, 2000, false),
+        ("globex", "csv", false, 2000, false),
+        ("globex", "ndjson", false, 2000, false),
+        ("acme", "json", false, 800, true),
+        ("globex", "csv", true, 700, true),
+    ];
+    let mut next_id: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut total_accepted = 0;
+    let mut total_sent = 0;
+    for (tenant, format, gzip, size, resend) in plan {
+        let model = models.entry(tenant).or_default();
+        let mut recs = Vec::with_capacity(size);
+        for k in 0..size {
+            // Re-sends reuse an identity already sent, with a new amount.
+            let i = if resend && !model.is_empty() {
+                rng.random_range(0..*next_id.get(tenant).unwrap())
+            } else {
+                let n = next_id.entry(tenant).or_insert(0);
+                *n += 1;
+                *n - 1
+            };
+            let (rec, minor, currency) = valid(&mut rng, tenant, i);
+            if k % 20 == 7 {
+                // 5% invalid.
+                recs.push(make_invalid(rec, k / 20));
+            } else {
+                model.insert(rec.fields["external_id"].clone(), (currency, minor, rec.fields["status"].clone()));
+                recs.push(rec);
+            }
+        }
+        let (ct, body) = match format {
+            "ndjson" => ("application/x-ndjson", ndjson(&recs)),
+            "json" => ("application/json", json_array(&recs)),
+            _ => ("text/csv", csv(&recs)),
+        };
+        let token = common::token(tenant, &[Role::Ingest]);
+        total_accepted += send(&base, &token, ct, body, gzip, &recs).await;
+        total_sent += size;
+    }
+    assert_eq!(total_sent, 10_000);
+    common::wait_processed(&running, total_accepted as u64).await;
+
+    for (tenant, model) in &models {
+        let token = common::token(tenant, &[Role::Read]);
+        let mut expected: BTreeMap<(Option<String>, String), (i64, i128)> = BTreeMap::new();
+        for (currency, minor, _) in model.values() {
+            let e = expected.entry((Some(currency.to_string()), currency.to_string())).or_default();
+            e.0 += 1;
+            e.1 += i128::from(*minor);
+        }
+        let got = common::report(&base, &token, "group_by=currency&status=all").await;
+        let got_simple: BTreeMap<_, _> = got.iter().map(|(k, v)| (k.clone(), (v.0, v.1))).collect();
+        assert_eq!(got_simple, expected, "tenant {tenant}");
+        // Decimal strings carry each currency's exponent exactly.
+        for ((_, currency), (_, minor, text)) in &got {
+            let exp = spendstream_schemas::Currency::from_code(currency).unwrap().exponent();
+            assert_eq!(text, &spendstream_schemas::format_minor(*minor, exp));
+        }
+
+        // Status filter: only the latest version's status counts.
+        let mut posted: BTreeMap<String, i64> = BTreeMap::new();
+        for (currency, _, status) in model.values() {
+            if status == "posted" {
+                *posted.entry(currency.to_string()).or_default() += 1;
+            }
+        }
+        let got = common::report(&base, &token, "group_by=currency&status=posted").await;
+        let got_counts: BTreeMap<String, i64> = got.iter().map(|((_, c), v)| (c.clone(), v.0)).collect();
+        assert_eq!(got_counts, posted, "tenant {tenant} posted");
+
+        // Another grouping sees the same total count.
+        let by_category = common::report(&base, &token, "group_by=category&status=all").await;
+        let n: i64 = by_category.values().map(|v| v.0).sum();
+        assert_eq!(n as usize, model.len());
+    }
+
+    // A tenant with no data sees nothing, whatever the others sent.
+    let stranger = common::token("initech", &[Role::Read]);
+    assert!(common::report(&base, &stranger, "group_by=currency&status=all").await.is_empty());
+
+    // Processors saw exactly the accepted records: nothing dead-lettered.
+    let stats = running.stats.clone().unwrap();
+    assert_eq!(stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    running.shutdown().await.unwrap();
+}
