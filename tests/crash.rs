@@ -121,6 +121,26 @@ async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
     panic!("reports never reached {want_count} records / {want_sum}; last {last:?}");
 }
 
+/// Rows in the lake and distinct log positions among them: equal when no
+/// record was written twice.
+async fn lake_rows(dir: &Path) -> (i64, i64) {
+    use datafusion::arrow::array::Int64Array;
+    let lake = spendstream_lake::Lake::open(&format!("file://{}", dir.join("lake").display()))
+        .await
+        .unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap()).unwrap();
+    let batches = ctx
+        .sql("SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT (log_partition * 1000000000 + log_offset)) AS BIGINT) FROM expenses")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let col = |i: usize| batches[0].column(i).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+    (col(0), col(1))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,6 +170,7 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     let mut all = model;
     all.extend(more);
     wait_for_totals(&server.base, &all).await;
+    assert_eq!(lake_rows(dir.path()).await, (all.len() as i64, all.len() as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +189,7 @@ async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplica
     let mut server = spawn(dir.path(), None);
     wait_healthy(&mut server).await;
     wait_for_totals(&server.base, &model).await;
+    assert_eq!(lake_rows(dir.path()).await, (model.len() as i64, model.len() as i64));
     // The batch the lake already held was detected and skipped.
     let skipped = counter(&server.base, "spendstream_processor_records_total{outcome=\"replay_skipped\"}").await;
     assert!(skipped > 0.0, "no replay was detected: {skipped}");
