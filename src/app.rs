@@ -2,8 +2,8 @@
 //! process on one listener, and stops them in order.
 
 use anyhow::Context;
-use spendstream_http::ops::ReadyCheck;
 use spendstream_http::JwtKeys;
+use spendstream_http::ops::ReadyCheck;
 use spendstream_ingest::{IngestConfig, IngestState};
 use spendstream_lake::Lake;
 use spendstream_log::Log;
@@ -120,11 +120,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None
     };
     let lake = if roles.process || roles.query {
-        Some(Arc::new(
-            Lake::open(&lake_url)
-                .await
-                .with_context(|| format!("cannot open the lake (--lake {lake_url})"))?,
-        ))
+        Some(Arc::new(Lake::open(&lake_url).await.with_context(
+            || format!("cannot open the lake (--lake {lake_url})"),
+        )?))
     } else {
         None
     };
@@ -147,7 +145,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             "lake",
             Arc::new(move || {
                 let l = l.clone();
-                Box::pin(async move { l.txn_version("readyz").await.map(|_| ()).map_err(|e| e.to_string()) })
+                Box::pin(async move {
+                    l.txn_version("readyz")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
             }),
         ));
     }
@@ -224,7 +227,11 @@ async fn compact_periodically(lake: Arc<Lake>, every: Duration, stop: Cancellati
         }
         // Files younger than an hour stay: a query may still be reading them.
         match lake.compact(Duration::from_secs(3600)).await {
-            Ok(stats) => info!(files_added = stats.files_added, files_removed = stats.files_removed, "Compacted the lake."),
+            Ok(stats) => info!(
+                files_added = stats.files_added,
+                files_removed = stats.files_removed,
+                "Compacted the lake."
+            ),
             Err(error) => warn!(error = %error, "Compacting the lake failed; will try again."),
         }
     }

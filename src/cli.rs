@@ -7,13 +7,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "spendstream", version, about = "High-volume expense ingestion: HTTP edge, durable log, processors, lake, reports.")]
+#[command(
+    name = "spendstream",
+    version,
+    about = "High-volume expense ingestion: HTTP edge, durable log, processors, lake, reports."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log output: `text` for people, `json` for machines; `auto` picks text
     /// on a terminal.
-    #[arg(long, env = "SPENDSTREAM_LOG_FORMAT", default_value = "auto", global = true)]
+    #[arg(
+        long,
+        env = "SPENDSTREAM_LOG_FORMAT",
+        default_value = "auto",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -62,7 +71,11 @@ pub struct ServeArgs {
     #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
     pub lake_url: Option<String>,
     /// Consumer group of the processors.
-    #[arg(long, env = "SPENDSTREAM_GROUP", default_value = "spendstream-processors")]
+    #[arg(
+        long,
+        env = "SPENDSTREAM_GROUP",
+        default_value = "spendstream-processors"
+    )]
     pub group: String,
     /// Most records per processor batch (one lake commit).
     #[arg(long, env = "SPENDSTREAM_BATCH_MAX_RECORDS", default_value_t = 50_000)]

@@ -38,7 +38,8 @@ pub async fn run(addr: SocketAddr, token: &str, stats: &ProcessorStats) -> anyho
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(SAMPLE_FEED)?;
     let body = gz.finish()?;
-    let before = stats.written.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed);
+    let before =
+        stats.written.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed);
     let response = client
         .post(format!("{base}/v1/expenses"))
         .bearer_auth(token)
@@ -60,7 +61,12 @@ pub async fn run(addr: SocketAddr, token: &str, stats: &ProcessorStats) -> anyho
         ingested.rejected.len()
     );
     for r in &ingested.rejected {
-        println!("  rejected #{}: {} ({})", r["index"], r["error"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""));
+        println!(
+            "  rejected #{}: {} ({})",
+            r["index"],
+            r["error"].as_str().unwrap_or(""),
+            r["message"].as_str().unwrap_or("")
+        );
     }
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -74,7 +80,9 @@ pub async fn run(addr: SocketAddr, token: &str, stats: &ProcessorStats) -> anyho
     }
 
     let report: Report = client
-        .get(format!("{base}/v1/reports/spend?group_by=category&status=posted"))
+        .get(format!(
+            "{base}/v1/reports/spend?group_by=category&status=posted"
+        ))
         .bearer_auth(token)
         .send()
         .await?
@@ -87,9 +95,17 @@ pub async fn run(addr: SocketAddr, token: &str, stats: &ProcessorStats) -> anyho
     currencies.sort_unstable();
     currencies.dedup();
     println!("\nPosted spend by category, latest version of each expense (top 3 per currency):");
-    println!("{:<4} {:<24} {:>8} {:>16}", "ccy", "category", "count", "amount");
+    println!(
+        "{:<4} {:<24} {:>8} {:>16}",
+        "ccy", "category", "count", "amount"
+    );
     for currency in currencies {
-        for row in report.rows.iter().filter(|r| r.currency == currency).take(3) {
+        for row in report
+            .rows
+            .iter()
+            .filter(|r| r.currency == currency)
+            .take(3)
+        {
             println!(
                 "{:<4} {:<24} {:>8} {:>16}",
                 row.currency,
@@ -99,6 +115,8 @@ pub async fn run(addr: SocketAddr, token: &str, stats: &ProcessorStats) -> anyho
             );
         }
     }
-    println!("\nMore: curl -H \"Authorization: Bearer $TOKEN\" '{base}/v1/reports/spend?group_by=merchant'");
+    println!(
+        "\nMore: curl -H \"Authorization: Bearer $TOKEN\" '{base}/v1/reports/spend?group_by=merchant'"
+    );
     Ok(())
 }

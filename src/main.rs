@@ -41,9 +41,45 @@ async fn main() -> anyhow::Result<()> {
             let demo = args.demo;
             serve(args.serve, Roles::ALL, true, demo).await
         }
-        Command::Ingest(args) => serve(args, Roles { ingest: true, process: false, query: false }, false, false).await,
-        Command::Process(args) => serve(args, Roles { ingest: false, process: true, query: false }, false, false).await,
-        Command::Query(args) => serve(args, Roles { ingest: false, process: false, query: true }, false, false).await,
+        Command::Ingest(args) => {
+            serve(
+                args,
+                Roles {
+                    ingest: true,
+                    process: false,
+                    query: false,
+                },
+                false,
+                false,
+            )
+            .await
+        }
+        Command::Process(args) => {
+            serve(
+                args,
+                Roles {
+                    ingest: false,
+                    process: true,
+                    query: false,
+                },
+                false,
+                false,
+            )
+            .await
+        }
+        Command::Query(args) => {
+            serve(
+                args,
+                Roles {
+                    ingest: false,
+                    process: false,
+                    query: true,
+                },
+                false,
+                false,
+            )
+            .await
+        }
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let roles = args
@@ -55,13 +91,26 @@ async fn main() -> anyhow::Result<()> {
             if !spendstream_schemas::valid_tenant_id(&args.tenant) {
                 bail!("--tenant must be 1 to 64 of A-Z a-z 0-9 _ . -");
             }
-            println!("{}", secret::mint(&keys, &args.tenant, &roles, chrono::Duration::days(args.ttl_days)));
+            println!(
+                "{}",
+                secret::mint(
+                    &keys,
+                    &args.tenant,
+                    &roles,
+                    chrono::Duration::days(args.ttl_days)
+                )
+            );
             Ok(())
         }
     }
 }
 
-async fn serve(args: ServeArgs, roles: Roles, create_secret: bool, demo: bool) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    roles: Roles,
+    create_secret: bool,
+    demo: bool,
+) -> anyhow::Result<()> {
     let (keys, origin) = secret::load(&args.data_dir, create_secret)?;
     let settings = Settings {
         roles,
@@ -83,16 +132,37 @@ async fn serve(args: ServeArgs, roles: Roles, create_secret: bool, demo: bool) -
     let running = spendstream::start(settings).await?;
     let addr = running.addr;
     if create_secret && origin != Origin::Env && origin != Origin::File {
-        let token = secret::mint(&keys, "demo", &[Role::Ingest, Role::Read], chrono::Duration::days(30));
-        println!("Spendstream is up on http://{addr} (data in {}).", args.data_dir.display());
+        let token = secret::mint(
+            &keys,
+            "demo",
+            &[Role::Ingest, Role::Read],
+            chrono::Duration::days(30),
+        );
+        println!(
+            "Spendstream is up on http://{addr} (data in {}).",
+            args.data_dir.display()
+        );
         if origin == Origin::Created {
-            println!("Created a JWT secret in {}.", args.data_dir.join("jwt-secret").display());
+            println!(
+                "Created a JWT secret in {}.",
+                args.data_dir.join("jwt-secret").display()
+            );
         }
-        println!("A token for tenant `demo` (roles ingest, read; 30 days):\n\nexport TOKEN={token}\n");
+        println!(
+            "A token for tenant `demo` (roles ingest, read; 30 days):\n\nexport TOKEN={token}\n"
+        );
     }
     if demo {
-        let token = secret::mint(&keys, "demo", &[Role::Ingest, Role::Read], chrono::Duration::hours(1));
-        let stats = running.stats.clone().context("the demo needs the processors")?;
+        let token = secret::mint(
+            &keys,
+            "demo",
+            &[Role::Ingest, Role::Read],
+            chrono::Duration::hours(1),
+        );
+        let stats = running
+            .stats
+            .clone()
+            .context("the demo needs the processors")?;
         if let Err(e) = spendstream::demo::run(addr, &token, &stats).await {
             eprintln!("The demo failed: {e:#}");
         }
@@ -110,13 +180,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

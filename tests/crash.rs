@@ -30,8 +30,18 @@ fn spawn(dir: &Path, failpoint: Option<&str>) -> Server {
     cmd.args(["up", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir)
-        .args(["--batch-max-records", "700", "--batch-max-wait-ms", "50", "--compact-interval-secs", "0"])
-        .env("SPENDSTREAM_JWT_SECRET", std::str::from_utf8(common::SECRET).unwrap())
+        .args([
+            "--batch-max-records",
+            "700",
+            "--batch-max-wait-ms",
+            "50",
+            "--compact-interval-secs",
+            "0",
+        ])
+        .env(
+            "SPENDSTREAM_JWT_SECRET",
+            std::str::from_utf8(common::SECRET).unwrap(),
+        )
         .env("SPENDSTREAM_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -53,7 +63,10 @@ async fn wait_healthy(server: &mut Server) {
         {
             return;
         }
-        assert!(server.child.try_wait().unwrap().is_none(), "the server exited during start-up");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server exited during start-up"
+        );
         assert!(Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -110,8 +123,13 @@ async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
     let mut last = (0, 0);
     while Instant::now() < deadline {
         let report = common::report(base, &token, "group_by=currency&status=all").await;
-        let (count, sum) = report.values().fold((0, 0i128), |(c, s), v| (c + v.0, s + v.1));
-        assert!(count <= want_count, "more rows than records: {count} > {want_count} (a duplicate)");
+        let (count, sum) = report
+            .values()
+            .fold((0, 0i128), |(c, s), v| (c + v.0, s + v.1));
+        assert!(
+            count <= want_count,
+            "more rows than records: {count} > {want_count} (a duplicate)"
+        );
         if (count, sum) == (want_count, want_sum) {
             return;
         }
@@ -129,7 +147,8 @@ async fn lake_rows(dir: &Path) -> (i64, i64) {
         .await
         .unwrap();
     let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap()).unwrap();
+    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
+        .unwrap();
     let batches = ctx
         .sql("SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT (log_partition * 1000000000 + log_offset)) AS BIGINT) FROM expenses")
         .await
@@ -137,7 +156,14 @@ async fn lake_rows(dir: &Path) -> (i64, i64) {
         .collect()
         .await
         .unwrap();
-    let col = |i: usize| batches[0].column(i).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+    let col = |i: usize| {
+        batches[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
     (col(0), col(1))
 }
 
@@ -151,11 +177,18 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     // Kill while the processors are partway through: some written, not all.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let written = counter(&server.base, "spendstream_processor_records_total{outcome=\"written\"}").await;
+        let written = counter(
+            &server.base,
+            "spendstream_processor_records_total{outcome=\"written\"}",
+        )
+        .await;
         if written > 0.0 && written < model.len() as f64 {
             break;
         }
-        assert!(written < model.len() as f64, "processing finished before the kill; make the load larger");
+        assert!(
+            written < model.len() as f64,
+            "processing finished before the kill; make the load larger"
+        );
         assert!(Instant::now() < deadline, "processing never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -170,7 +203,10 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     let mut all = model;
     all.extend(more);
     wait_for_totals(&server.base, &all).await;
-    assert_eq!(lake_rows(dir.path()).await, (all.len() as i64, all.len() as i64));
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        (all.len() as i64, all.len() as i64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,10 +225,22 @@ async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplica
     let mut server = spawn(dir.path(), None);
     wait_healthy(&mut server).await;
     wait_for_totals(&server.base, &model).await;
-    assert_eq!(lake_rows(dir.path()).await, (model.len() as i64, model.len() as i64));
+    assert_eq!(
+        lake_rows(dir.path()).await,
+        (model.len() as i64, model.len() as i64)
+    );
     // The batch the lake already held was detected and skipped.
-    let skipped = counter(&server.base, "spendstream_processor_records_total{outcome=\"replay_skipped\"}").await;
+    let skipped = counter(
+        &server.base,
+        "spendstream_processor_records_total{outcome=\"replay_skipped\"}",
+    )
+    .await;
     assert!(skipped > 0.0, "no replay was detected: {skipped}");
-    let body: Value = reqwest::get(format!("{}/readyz", server.base)).await.unwrap().json().await.unwrap();
+    let body: Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["status"], "ready");
 }

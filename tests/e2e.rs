@@ -45,39 +45,85 @@ fn valid(rng: &mut StdRng, tenant: &str, i: usize) -> (Rec, i64, &'static str) {
     let mut f = BTreeMap::new();
     f.insert("source".into(), "feed".into());
     f.insert("external_id".into(), format!("{tenant}-{i}"));
-    f.insert("account_id".into(), format!("acct-{}", rng.random_range(0..50)));
-    f.insert("transaction_date".into(), format!("2026-{:02}-{:02}", rng.random_range(1..=12), rng.random_range(1..=28)));
+    f.insert(
+        "account_id".into(),
+        format!("acct-{}", rng.random_range(0..50)),
+    );
+    f.insert(
+        "transaction_date".into(),
+        format!(
+            "2026-{:02}-{:02}",
+            rng.random_range(1..=12),
+            rng.random_range(1..=28)
+        ),
+    );
     f.insert("amount".into(), amount);
     f.insert("currency".into(), currency.into());
     f.insert("merchant_name".into(), "SQ *COFFEE #12".into());
     f.insert("merchant_mcc".into(), "5814".into());
-    f.insert("status".into(), ["posted", "pending", "reversed", "declined"][rng.random_range(0..4)].into());
-    (Rec { fields: f, invalid: None }, minor, currency)
+    f.insert(
+        "status".into(),
+        ["posted", "pending", "reversed", "declined"][rng.random_range(0..4)].into(),
+    );
+    (
+        Rec {
+            fields: f,
+            invalid: None,
+        },
+        minor,
+        currency,
+    )
 }
 
 fn make_invalid(mut rec: Rec, kind: usize) -> Rec {
     let (what, code) = INVALID[kind % INVALID.len()];
     let f = &mut rec.fields;
     match what {
-        "currency" => { f.insert("currency".into(), "ZZZ".into()); }
-        "precision" => { f.insert("currency".into(), "USD".into()); f.insert("amount".into(), "1.999".into()); }
-        "pan" => { f.insert("account_id".into(), "4111-1111-1111-1111".into()); }
-        "missing" => { f.remove("external_id"); }
-        "date" => { f.insert("transaction_date".into(), "2026-02-30".into()); }
-        "mcc" => { f.insert("merchant_mcc".into(), "58x4".into()); }
-        "nan" => { f.insert("amount".into(), "NaN".into()); }
-        _ => { f.insert("currency".into(), "JPY".into()); f.insert("amount".into(), "9223372036854775808".into()); }
+        "currency" => {
+            f.insert("currency".into(), "ZZZ".into());
+        }
+        "precision" => {
+            f.insert("currency".into(), "USD".into());
+            f.insert("amount".into(), "1.999".into());
+        }
+        "pan" => {
+            f.insert("account_id".into(), "4111-1111-1111-1111".into());
+        }
+        "missing" => {
+            f.remove("external_id");
+        }
+        "date" => {
+            f.insert("transaction_date".into(), "2026-02-30".into());
+        }
+        "mcc" => {
+            f.insert("merchant_mcc".into(), "58x4".into());
+        }
+        "nan" => {
+            f.insert("amount".into(), "NaN".into());
+        }
+        _ => {
+            f.insert("currency".into(), "JPY".into());
+            f.insert("amount".into(), "9223372036854775808".into());
+        }
     }
     rec.invalid = Some(code);
     rec
 }
 
 fn as_json(rec: &Rec) -> Value {
-    Value::Object(rec.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+    Value::Object(
+        rec.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect(),
+    )
 }
 
 fn ndjson(recs: &[Rec]) -> Vec<u8> {
-    recs.iter().map(|r| format!("{}\n", as_json(r))).collect::<String>().into_bytes()
+    recs.iter()
+        .map(|r| format!("{}\n", as_json(r)))
+        .collect::<String>()
+        .into_bytes()
 }
 
 fn json_array(recs: &[Rec]) -> Vec<u8> {
@@ -85,11 +131,25 @@ fn json_array(recs: &[Rec]) -> Vec<u8> {
 }
 
 fn csv(recs: &[Rec]) -> Vec<u8> {
-    let cols = ["source", "external_id", "account_id", "transaction_date", "amount", "currency", "merchant_name", "merchant_mcc", "status"];
+    let cols = [
+        "source",
+        "external_id",
+        "account_id",
+        "transaction_date",
+        "amount",
+        "currency",
+        "merchant_name",
+        "merchant_mcc",
+        "status",
+    ];
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(cols).unwrap();
     for r in recs {
-        w.write_record(cols.iter().map(|c| r.fields.get(*c).cloned().unwrap_or_default())).unwrap();
+        w.write_record(
+            cols.iter()
+                .map(|c| r.fields.get(*c).cloned().unwrap_or_default()),
+        )
+        .unwrap();
     }
     w.into_inner().unwrap()
 }
@@ -97,9 +157,19 @@ fn csv(recs: &[Rec]) -> Vec<u8> {
 /// Expected report by currency: identity → latest (currency, minor, status).
 type Model = BTreeMap<String, (&'static str, i64, String)>;
 
-async fn send(base: &str, token: &str, content_type: &str, body: Vec<u8>, gzip: bool, recs: &[Rec]) -> usize {
+async fn send(
+    base: &str,
+    token: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    gzip: bool,
+    recs: &[Rec],
+) -> usize {
     let client = reqwest::Client::new();
-    let mut req = client.post(format!("{base}/v1/expenses")).bearer_auth(token).header("content-type", content_type);
+    let mut req = client
+        .post(format!("{base}/v1/expenses"))
+        .bearer_auth(token)
+        .header("content-type", content_type);
     let body = if gzip {
         req = req.header("content-encoding", "gzip");
         common::gzip(&body)
@@ -109,12 +179,21 @@ async fn send(base: &str, token: &str, content_type: &str, body: Vec<u8>, gzip: 
     let resp = req.body(body).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.unwrap();
-    let expected: Vec<(usize, &str)> = recs.iter().enumerate().filter_map(|(i, r)| r.invalid.map(|c| (i, c))).collect();
+    let expected: Vec<(usize, &str)> = recs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.invalid.map(|c| (i, c)))
+        .collect();
     let got: Vec<(usize, String)> = body["rejected"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["index"].as_u64().unwrap() as usize, r["error"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap() as usize,
+                r["error"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(got.len(), expected.len(), "rejected: {got:?}");
     for ((gi, gc), (ei, ec)) in got.iter().zip(&expected) {
@@ -162,7 +241,10 @@ async fn ten_thousand_records_two_tenants_three_formats() {
                 // 5% invalid.
                 recs.push(make_invalid(rec, k / 20));
             } else {
-                model.insert(rec.fields["external_id"].clone(), (currency, minor, rec.fields["status"].clone()));
+                model.insert(
+                    rec.fields["external_id"].clone(),
+                    (currency, minor, rec.fields["status"].clone()),
+                );
                 recs.push(rec);
             }
         }
@@ -182,7 +264,9 @@ async fn ten_thousand_records_two_tenants_three_formats() {
         let token = common::token(tenant, &[Role::Read]);
         let mut expected: BTreeMap<(Option<String>, String), (i64, i128)> = BTreeMap::new();
         for (currency, minor, _) in model.values() {
-            let e = expected.entry((Some(currency.to_string()), currency.to_string())).or_default();
+            let e = expected
+                .entry((Some(currency.to_string()), currency.to_string()))
+                .or_default();
             e.0 += 1;
             e.1 += i128::from(*minor);
         }
@@ -191,7 +275,9 @@ async fn ten_thousand_records_two_tenants_three_formats() {
         assert_eq!(got_simple, expected, "tenant {tenant}");
         // Decimal strings carry each currency's exponent exactly.
         for ((_, currency), (_, minor, text)) in &got {
-            let exp = spendstream_schemas::Currency::from_code(currency).unwrap().exponent();
+            let exp = spendstream_schemas::Currency::from_code(currency)
+                .unwrap()
+                .exponent();
             assert_eq!(text, &spendstream_schemas::format_minor(*minor, exp));
         }
 
@@ -203,7 +289,8 @@ async fn ten_thousand_records_two_tenants_three_formats() {
             }
         }
         let got = common::report(&base, &token, "group_by=currency&status=posted").await;
-        let got_counts: BTreeMap<String, i64> = got.iter().map(|((_, c), v)| (c.clone(), v.0)).collect();
+        let got_counts: BTreeMap<String, i64> =
+            got.iter().map(|((_, c), v)| (c.clone(), v.0)).collect();
         assert_eq!(got_counts, posted, "tenant {tenant} posted");
 
         // Another grouping sees the same total count.
@@ -214,10 +301,64 @@ async fn ten_thousand_records_two_tenants_three_formats() {
 
     // A tenant with no data sees nothing, whatever the others sent.
     let stranger = common::token("initech", &[Role::Read]);
-    assert!(common::report(&base, &stranger, "group_by=currency&status=all").await.is_empty());
+    assert!(
+        common::report(&base, &stranger, "group_by=currency&status=all")
+            .await
+            .is_empty()
+    );
 
     // Processors saw exactly the accepted records: nothing dead-lettered.
     let stats = running.stats.clone().unwrap();
-    assert_eq!(stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        stats
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<String>| {
+        let mut req = client.get(format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let read = common::token("acme", &[Role::Read]);
+    let ingest_only = common::token("acme", &[Role::Ingest]);
+
+    let r = get("/v1/reports/spend?group_by=category", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = get("/v1/reports/spend?group_by=category", Some(ingest_only)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    for bad in ["group_by=colour", "group_by=category&from=2026-13-01", "group_by=category&status=settled", "group_by=category&limit=0", "group_by=category&cursor=xyz", "group_by=month&from=2026-05-01&to=2026-04-01"] {
+        let r = get(&format!("/v1/reports/spend?{bad}"), Some(read.clone())).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().starts_with("invalid_"), "{body}");
+        assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    let r = get("/v1/reports/spend?group_by=month", Some(read)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["rows"], json!([]));
+
+    assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+    let ready: Value = get("/readyz", None).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"]["log"], "ok");
+    assert_eq!(ready["checks"]["lake"], "ok");
+    let metrics = get("/metrics", None).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("spendstream_http_requests_total"), "{metrics}");
+    let r = get("/nope", None).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    let schema: Value = get("/v1/schemas/expense.v1.json", None).await.unwrap().json().await.unwrap();
+    assert_eq!(schema["additionalProperties"], false);
     running.shutdown().await.unwrap();
 }

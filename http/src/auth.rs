@@ -133,7 +133,8 @@ impl JwtKeys {
 
     pub fn verify_at(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
@@ -239,13 +240,25 @@ mod tests {
         let other = JwtKeys::new(&[8u8; 32]).unwrap();
         assert_eq!(other.verify_at(&token, 900), Err(AuthError::Signature));
         let mut parts: Vec<&str> = token.split('.').collect();
-        let forged = B64.encode(serde_json::to_vec(&Claims { tenant: "evil".into(), ..claims(1_000) }).unwrap());
+        let forged = B64.encode(
+            serde_json::to_vec(&Claims {
+                tenant: "evil".into(),
+                ..claims(1_000)
+            })
+            .unwrap(),
+        );
         parts[1] = &forged;
-        assert_eq!(k.verify_at(&parts.join("."), 900), Err(AuthError::Signature));
+        assert_eq!(
+            k.verify_at(&parts.join("."), 900),
+            Err(AuthError::Signature)
+        );
         let none_alg = format!("{}.{}.", B64.encode(r#"{"alg":"none"}"#), B64.encode("{}"));
         assert_eq!(k.verify_at(&none_alg, 900), Err(AuthError::Algorithm));
         assert_eq!(k.verify_at("abc", 900), Err(AuthError::Malformed));
-        let bad_tenant = k.sign(&Claims { tenant: "a b".into(), ..claims(1_000) });
+        let bad_tenant = k.sign(&Claims {
+            tenant: "a b".into(),
+            ..claims(1_000)
+        });
         assert_eq!(k.verify_at(&bad_tenant, 900), Err(AuthError::Tenant));
         assert!(JwtKeys::new(b"short").is_err());
     }

@@ -115,7 +115,9 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, source = ?source, request_id = %request_id, "Request failed.");
         }
         let message = match &self {
-            ApiError::Internal(_) => "internal error; see the server log for this request id".to_string(),
+            ApiError::Internal(_) => {
+                "internal error; see the server log for this request id".to_string()
+            }
             other => other.to_string(),
         };
         let body = json!({

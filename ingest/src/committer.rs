@@ -88,7 +88,8 @@ async fn run(
             Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
             Err(_) => Err(AppendError::Timeout(timeout)),
         };
-        metrics::histogram!("spendstream_log_append_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("spendstream_log_append_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("spendstream_log_append_records").record(total as f64);
         if let Err(error) = &result {
             warn!(error = %error, records = total, "Log append failed.");

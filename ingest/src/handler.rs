@@ -1,9 +1,9 @@
 //! `POST /v1/expenses`: stream-decode the body, validate each record, append
 //! accepted ones to the log in chunks, answer once the log confirmed them.
 
+use crate::IngestState;
 use crate::committer::AppendError;
 use crate::decode::{self, End, Format, Item};
-use crate::IngestState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -14,9 +14,7 @@ use serde::Serialize;
 use spendstream_http::request_id::current_request_id;
 use spendstream_http::{ApiError, Auth, Role};
 use spendstream_log::Record;
-use spendstream_schemas::{
-    EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key,
-};
+use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
 use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,7 +105,9 @@ pub async fn post_expenses(
         let too_large = too_large.clone();
         body.into_data_stream().map(move |chunk| {
             let chunk = chunk.map_err(std::io::Error::other)?;
-            if seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64 > wire_limit {
+            if seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64
+                > wire_limit
+            {
                 too_large.store(true, Ordering::Relaxed);
                 return Err(std::io::Error::other("request body too large"));
             }
@@ -176,7 +176,8 @@ pub async fn post_expenses(
         rejected,
     };
     if let Some(error) = failure {
-        metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted").increment(accepted as u64);
+        metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
+            .increment(accepted as u64);
         // The client retries the whole request; records already appended are
         // re-sent with the same identity and become versions, not duplicates.
         return Ok(partial_failure(
@@ -198,7 +199,8 @@ pub async fn post_expenses(
                         "the body exceeded the size limit here; this record and any after it were not read",
                     ),
                 });
-                metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted").increment(accepted as u64);
+                metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
+                    .increment(accepted as u64);
                 return Ok(partial_failure(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
@@ -223,14 +225,26 @@ pub async fn post_expenses(
         }
     }
     let n_rejected = rejected.len();
-    metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted").increment(accepted as u64);
-    metrics::counter!("spendstream_ingest_records_total", "outcome" => "rejected").increment(n_rejected as u64);
+    metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
+        .increment(accepted as u64);
+    metrics::counter!("spendstream_ingest_records_total", "outcome" => "rejected")
+        .increment(n_rejected as u64);
     if accepted == 0 {
         if n_rejected == 0 {
-            return Err(ApiError::bad_request("empty_body", "the body holds no records"));
+            return Err(ApiError::bad_request(
+                "empty_body",
+                "the body holds no records",
+            ));
         }
-        if format == Format::Ndjson && rejected.iter().all(|r| r.error.code == ErrorCode::InvalidJson) {
-            return Err(ApiError::bad_request("invalid_body", "no line of the body is a JSON object"));
+        if format == Format::Ndjson
+            && rejected
+                .iter()
+                .all(|r| r.error.code == ErrorCode::InvalidJson)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "no line of the body is a JSON object",
+            ));
         }
     }
     info!(batch_id = %batch_id, accepted, rejected = n_rejected, "Ingested a request.");

@@ -3,7 +3,9 @@
 /// What can go wrong with the lake table.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported lake URL `{0}`: expected file://<dir> (or s3://bucket/prefix once enabled)")]
+    #[error(
+        "unsupported lake URL `{0}`: expected file://<dir> (or s3://bucket/prefix once enabled)"
+    )]
     UnsupportedUrl(String),
     #[error("invalid lake URL `{url}`")]
     InvalidUrl {

@@ -9,14 +9,14 @@ mod error;
 
 pub use error::{Error, Result};
 
+use datafusion::catalog::TableProvider;
+use datafusion::prelude::SessionContext;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
-use datafusion::catalog::TableProvider;
-use datafusion::prelude::SessionContext;
 use spendstream_schemas::enriched::{PARTITION_COLUMNS, arrow_schema};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +55,9 @@ pub struct Lake {
 
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lake").field("url", &self.url.as_str()).finish()
+        f.debug_struct("Lake")
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
@@ -155,9 +157,7 @@ impl Lake {
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(PARTITION_COLUMNS)
-            .with_commit_properties(
-                CommitProperties::default().with_application_transactions(txns),
-            )
+            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
             .await?;
         let table_version = written.version().unwrap_or_default();
         *table = written;

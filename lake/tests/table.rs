@@ -29,7 +29,8 @@ fn record(tenant: &str, ext: &str, amount: &str, date: &str, offset: i64) -> Enr
 
 async fn sum_and_count(lake: &Lake, tenant: &str) -> (i64, i64) {
     let ctx = SessionContext::new();
-    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap()).unwrap();
+    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
+        .unwrap();
     let df = ctx
         .sql(&format!(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s, COUNT(DISTINCT month) AS m FROM expenses WHERE tenant_id = '{tenant}'"
@@ -63,7 +64,13 @@ async fn appends_commit_txns_and_are_readable() {
     ])
     .unwrap();
     let out = lake
-        .append(batch, vec![AppTxn { app_id: "g-0".into(), version: 2 }])
+        .append(
+            batch,
+            vec![AppTxn {
+                app_id: "g-0".into(),
+                version: 2,
+            }],
+        )
         .await
         .unwrap();
     assert!(matches!(out, WriteOutcome::Committed { rows: 3, .. }));
@@ -77,7 +84,10 @@ async fn appends_commit_txns_and_are_readable() {
     other
         .append(
             to_record_batch(&[record("t1", "d", "0.25", "2026-01-09", 3)]).unwrap(),
-            vec![AppTxn { app_id: "g-0".into(), version: 3 }],
+            vec![AppTxn {
+                app_id: "g-0".into(),
+                version: 3,
+            }],
         )
         .await
         .unwrap();

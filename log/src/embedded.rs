@@ -4,8 +4,8 @@
 //! Connect's sqlite buffer).
 
 use crate::{
-    Consumed, DeadLetter, DeadLetterStore, Error, Log, LogConsumer, LogProducer, Offset,
-    Partition, Position, Record, Result, StoredDeadLetter, partition_for,
+    Consumed, DeadLetter, DeadLetterStore, Error, Log, LogConsumer, LogProducer, Offset, Partition,
+    Position, Record, Result, StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -108,12 +108,15 @@ impl EmbeddedLog {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("partitions", n)) => {
-                    partitions = Some(n.parse::<u32>().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
-                        Error::InvalidUrl {
-                            url: url.to_string(),
-                            reason: "partitions must be 1 to 1024".into(),
-                        }
-                    })?)
+                    partitions = Some(
+                        n.parse::<u32>()
+                            .ok()
+                            .filter(|n| (1..=1024).contains(n))
+                            .ok_or_else(|| Error::InvalidUrl {
+                                url: url.to_string(),
+                                reason: "partitions must be 1 to 1024".into(),
+                            })?,
+                    )
                 }
                 _ => {
                     return Err(Error::InvalidUrl {
@@ -211,7 +214,8 @@ impl EmbeddedLog {
             let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut stmt = conn.prepare("SELECT next_offset FROM partitions ORDER BY partition")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect::<Result<Vec<Offset>, _>>().map_err(Error::from)
+            rows.collect::<Result<Vec<Offset>, _>>()
+                .map_err(Error::from)
         })
         .await?
     }
@@ -240,7 +244,14 @@ impl EmbeddedLog {
                 } else {
                     Some(encode_headers(&record.headers))
                 };
-                insert.execute(params![partition, offset, record.key, record.value, headers, ts])?;
+                insert.execute(params![
+                    partition,
+                    offset,
+                    record.key,
+                    record.value,
+                    headers,
+                    ts
+                ])?;
                 *slot = Some(offset + 1);
                 positions.push(Position { partition, offset });
             }
@@ -284,7 +295,9 @@ fn read_group_offsets(conn: &Connection, group: &str, partitions: u32) -> Result
     let mut offsets = vec![0; partitions as usize];
     let mut stmt = conn
         .prepare_cached("SELECT partition, next_offset FROM group_offsets WHERE group_name = ?1")?;
-    let rows = stmt.query_map([group], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Offset>(1)?)))?;
+    let rows = stmt.query_map([group], |r| {
+        Ok((r.get::<_, u32>(0)?, r.get::<_, Offset>(1)?))
+    })?;
     for row in rows {
         let (p, o) = row?;
         if let Some(slot) = offsets.get_mut(p as usize) {

@@ -3,7 +3,9 @@
 /// What can go wrong talking to a log.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported log URL `{0}`: expected embedded://<dir> (or kafka://host:port once enabled)")]
+    #[error(
+        "unsupported log URL `{0}`: expected embedded://<dir> (or kafka://host:port once enabled)"
+    )]
     UnsupportedUrl(String),
     #[error("invalid log URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },

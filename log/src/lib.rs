@@ -101,8 +101,12 @@ pub trait DeadLetterStore: Send + Sync {
     async fn put(&self, letters: Vec<DeadLetter>) -> Result<()>;
 
     /// Lists a tenant's letters with ids above `after_id`, oldest first.
-    async fn list(&self, tenant_id: &str, after_id: i64, limit: usize)
-    -> Result<Vec<StoredDeadLetter>>;
+    async fn list(
+        &self,
+        tenant_id: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>>;
 }
 
 /// A log backend: a producer, consumers by group, dead letters.
@@ -149,8 +153,9 @@ mod tests {
         let p = partition_for(b"t1\x1fvisa\x1f123", 8);
         assert_eq!(p, partition_for(b"t1\x1fvisa\x1f123", 8));
         assert!(p < 8);
-        let spread: std::collections::HashSet<_> =
-            (0..1000).map(|i| partition_for(format!("k{i}").as_bytes(), 8)).collect();
+        let spread: std::collections::HashSet<_> = (0..1000)
+            .map(|i| partition_for(format!("k{i}").as_bytes(), 8))
+            .collect();
         assert_eq!(spread.len(), 8);
     }
 }

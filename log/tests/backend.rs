@@ -26,7 +26,12 @@ async fn drain(
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
-        out.extend(consumer.poll(1000, Duration::from_millis(200)).await.unwrap());
+        out.extend(
+            consumer
+                .poll(1000, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
     }
     out
 }
@@ -35,7 +40,15 @@ async fn same_key_same_partition_in_order(log: Arc<dyn Log>) {
     let producer = log.producer();
     let mut positions = Vec::new();
     for i in 0..5 {
-        positions.extend(producer.append(vec![rec("k1", &format!("v{i}")), rec(&format!("other{i}"), "x")]).await.unwrap());
+        positions.extend(
+            producer
+                .append(vec![
+                    rec("k1", &format!("v{i}")),
+                    rec(&format!("other{i}"), "x"),
+                ])
+                .await
+                .unwrap(),
+        );
     }
     let k1: Vec<_> = positions.iter().step_by(2).collect();
     assert!(k1.iter().all(|p| p.partition == k1[0].partition));
@@ -44,9 +57,16 @@ async fn same_key_same_partition_in_order(log: Arc<dyn Log>) {
     let mut consumer = log.consumer("g").await.unwrap();
     let got = drain(consumer.as_mut(), 10).await;
     assert_eq!(got.len(), 10);
-    let values: Vec<_> = got.iter().filter(|c| c.key == b"k1").map(|c| String::from_utf8(c.value.clone()).unwrap()).collect();
+    let values: Vec<_> = got
+        .iter()
+        .filter(|c| c.key == b"k1")
+        .map(|c| String::from_utf8(c.value.clone()).unwrap())
+        .collect();
     assert_eq!(values, ["v0", "v1", "v2", "v3", "v4"]);
-    assert_eq!(got[0].headers, vec![("batch_id".to_string(), "b1".to_string())]);
+    assert_eq!(
+        got[0].headers,
+        vec![("batch_id".to_string(), "b1".to_string())]
+    );
     // Offsets per partition are dense from 0.
     let mut per: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
     for c in &got {
@@ -60,7 +80,10 @@ async fn same_key_same_partition_in_order(log: Arc<dyn Log>) {
 async fn resumes_from_commit_and_redelivers_uncommitted(log: Arc<dyn Log>) {
     let producer = log.producer();
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
-    producer.append(keys.iter().map(|k| rec(k, k)).collect()).await.unwrap();
+    producer
+        .append(keys.iter().map(|k| rec(k, k)).collect())
+        .await
+        .unwrap();
 
     let mut c1 = log.consumer("g").await.unwrap();
     let first = drain(c1.as_mut(), 40).await;
@@ -74,18 +97,28 @@ async fn resumes_from_commit_and_redelivers_uncommitted(log: Arc<dyn Log>) {
     let half: Vec<(u32, i64)> = commits.iter().map(|(p, o)| (*p, o / 2)).collect();
     c1.commit(&half).await.unwrap();
     // A commit never moves a group backwards.
-    c1.commit(&half.iter().map(|(p, _)| (*p, 0)).collect::<Vec<_>>()).await.unwrap();
+    c1.commit(&half.iter().map(|(p, _)| (*p, 0)).collect::<Vec<_>>())
+        .await
+        .unwrap();
     drop(c1);
 
     let mut c2 = log.consumer("g").await.unwrap();
-    let expected: usize = commits.iter().map(|(p, end)| (end - half.iter().find(|(q, _)| q == p).unwrap().1) as usize).sum();
+    let expected: usize = commits
+        .iter()
+        .map(|(p, end)| (end - half.iter().find(|(q, _)| q == p).unwrap().1) as usize)
+        .sum();
     let second = drain(c2.as_mut(), expected).await;
     assert_eq!(second.len(), expected);
     for c in &second {
         assert!(c.offset >= half.iter().find(|(p, _)| *p == c.partition).unwrap().1);
     }
     // Nothing more arrives.
-    assert!(c2.poll(100, Duration::from_millis(50)).await.unwrap().is_empty());
+    assert!(
+        c2.poll(100, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Another group starts from the beginning.
     let mut other = log.consumer("other").await.unwrap();
@@ -99,7 +132,12 @@ async fn concurrent_appends_get_unique_positions(log: Arc<dyn Log>) {
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for i in 0..20 {
-                out.extend(producer.append(vec![rec(&format!("t{t}-{i}"), "v")]).await.unwrap());
+                out.extend(
+                    producer
+                        .append(vec![rec(&format!("t{t}-{i}"), "v")])
+                        .await
+                        .unwrap(),
+                );
             }
             out
         }));
@@ -116,9 +154,13 @@ async fn concurrent_appends_get_unique_positions(log: Arc<dyn Log>) {
 async fn consumer_wakes_on_append(log: Arc<dyn Log>) {
     let mut consumer = log.consumer("g").await.unwrap();
     let producer = log.producer();
-    let waiter = tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await.unwrap() });
+    let waiter =
+        tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await.unwrap() });
     producer.append(vec![rec("a", "1")]).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.len(), 1);
 }
 
@@ -133,7 +175,10 @@ async fn dead_letters_are_idempotent_and_tenant_scoped(log: Arc<dyn Log>) {
         message: "nope".into(),
         payload: b"{}".to_vec(),
     };
-    store.put(vec![letter("a", 1), letter("b", 2)]).await.unwrap();
+    store
+        .put(vec![letter("a", 1), letter("b", 2)])
+        .await
+        .unwrap();
     store.put(vec![letter("a", 1)]).await.unwrap();
     let a = store.list("a", 0, 10).await.unwrap();
     assert_eq!(a.len(), 1);
@@ -168,14 +213,25 @@ async fn embedded_survives_reopen_and_refuses_other_partition_count() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = EmbeddedLog::open(dir.path(), Some(4)).await.unwrap();
-        log.producer().append(vec![rec("a", "1"), rec("b", "2")]).await.unwrap();
+        log.producer()
+            .append(vec![rec("a", "1"), rec("b", "2")])
+            .await
+            .unwrap();
     }
     let log = EmbeddedLog::open(dir.path(), None).await.unwrap();
     assert_eq!(log.partitions(), 4);
     assert_eq!(log.end_offsets().await.unwrap().iter().sum::<i64>(), 2);
     let err = EmbeddedLog::open(dir.path(), Some(8)).await.unwrap_err();
-    assert!(err.to_string().contains("has 4 partitions but 8 were requested"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("has 4 partitions but 8 were requested"),
+        "{err}"
+    );
     assert!(spendstream_log::open("kafkaa://x").await.is_err());
     assert!(spendstream_log::open("embedded://").await.is_err());
-    assert!(spendstream_log::open(&format!("embedded://{}?partitions=0", dir.path().display())).await.is_err());
+    assert!(
+        spendstream_log::open(&format!("embedded://{}?partitions=0", dir.path().display()))
+            .await
+            .is_err()
+    );
 }

@@ -186,8 +186,10 @@ impl Processor {
 
         let s = &self.stats;
         s.written.fetch_add(n_rows as u64, Ordering::Relaxed);
-        s.dead_lettered.fetch_add(n_letters as u64, Ordering::Relaxed);
-        s.replay_skipped.fetch_add(skipped as u64, Ordering::Relaxed);
+        s.dead_lettered
+            .fetch_add(n_letters as u64, Ordering::Relaxed);
+        s.replay_skipped
+            .fetch_add(skipped as u64, Ordering::Relaxed);
         s.batches.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("spendstream_processor_records_total", "outcome" => "written")
             .increment(n_rows as u64);
@@ -197,6 +199,11 @@ impl Processor {
             .increment(skipped as u64);
         metrics::histogram!("spendstream_processor_batch_seconds")
             .record(started.elapsed().as_secs_f64());
-        debug!(rows = n_rows, dead_letters = n_letters, skipped, "Batch committed.");
+        debug!(
+            rows = n_rows,
+            dead_letters = n_letters,
+            skipped,
+            "Batch committed."
+        );
     }
 }

@@ -88,10 +88,7 @@ fn parse_statuses(text: Option<&str>) -> Result<Vec<Status>, ApiError> {
             .split(',')
             .map(|s| {
                 s.trim().parse::<Status>().map_err(|()| {
-                    ApiError::bad_request(
-                        "invalid_query",
-                        format!("unknown status `{}`", s.trim()),
-                    )
+                    ApiError::bad_request("invalid_query", format!("unknown status `{}`", s.trim()))
                 })
             })
             .collect(),
@@ -113,7 +110,11 @@ fn encode_cursor(offset: usize, fp: u64) -> String {
 
 fn decode_cursor(cursor: &str, fp: u64) -> Result<usize, ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "the cursor is not valid for this query");
-    let text = B64.decode(cursor).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+    let text = B64
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
     let mut parts = text.split(':');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some("v1"), Some(offset), Some(f), None) if f == format!("{fp:x}") => {
@@ -135,7 +136,10 @@ pub async fn spend(
     if let (Some(from), Some(to)) = (params.from, params.to)
         && from > to
     {
-        return Err(ApiError::bad_request("invalid_query", "`from` is after `to`"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`from` is after `to`",
+        ));
     }
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -175,7 +179,8 @@ pub async fn spend_rows(
     let mut rows = Vec::new();
     for batch in batches {
         let text = |i: usize| -> Result<StringArray> {
-            let col = cast(batch.column(i), &DataType::Utf8).map_err(datafusion::error::DataFusionError::from)?;
+            let col = cast(batch.column(i), &DataType::Utf8)
+                .map_err(datafusion::error::DataFusionError::from)?;
             col.as_any()
                 .downcast_ref::<StringArray>()
                 .cloned()
@@ -285,7 +290,7 @@ mod tests {
 
     #[test]
     fn sorts_exactly_across_exponents() {
-        let mut rows = vec![
+        let mut rows = [
             row("a", "JPY", 1000),   // 1000
             row("b", "USD", 100001), // 1000.01
             row("c", "BHD", 999999), // 999.999
@@ -307,9 +312,15 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(parse_statuses(None).unwrap(), vec![Status::Posted, Status::Pending]);
+        assert_eq!(
+            parse_statuses(None).unwrap(),
+            vec![Status::Posted, Status::Pending]
+        );
         assert_eq!(parse_statuses(Some("all")).unwrap().len(), 4);
-        assert_eq!(parse_statuses(Some("declined, reversed")).unwrap(), vec![Status::Declined, Status::Reversed]);
+        assert_eq!(
+            parse_statuses(Some("declined, reversed")).unwrap(),
+            vec![Status::Declined, Status::Reversed]
+        );
         assert!(parse_statuses(Some("settled")).is_err());
     }
 }

@@ -83,8 +83,8 @@ impl Category {
             3000..=3350 | 4511 => Category::Airlines,
             3351..=3500 | 7512 | 7513 | 7519 => Category::CarRental,
             3501..=3999 | 7011 | 7012 => Category::Lodging,
-            4011 | 4111 | 4112 | 4119 | 4121 | 4131 | 4411 | 4457 | 4468 | 4582 | 4722
-            | 4784 | 4789 | 7523 => Category::Transport,
+            4011 | 4111 | 4112 | 4119 | 4121 | 4131 | 4411 | 4457 | 4468 | 4582 | 4722 | 4784
+            | 4789 | 7523 => Category::Transport,
             5811..=5814 => Category::Restaurants,
             5411 | 5422 | 5441 | 5451 | 5462 | 5499 => Category::Grocery,
             5541 | 5542 | 5552 | 5983 => Category::Fuel,

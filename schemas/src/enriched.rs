@@ -3,8 +3,8 @@
 use crate::category::Category;
 use crate::record::ExpenseRecord;
 use arrow::array::{
-    ArrayRef, Date32Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, Date32Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;

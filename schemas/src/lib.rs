@@ -31,7 +31,10 @@ mod tests {
         let schema: serde_json::Value = serde_json::from_str(super::RECORD_JSON_SCHEMA).unwrap();
         let props = schema["properties"].as_object().unwrap();
         for field in super::record::FIELDS {
-            assert!(props.contains_key(*field), "{field} missing from the JSON Schema");
+            assert!(
+                props.contains_key(*field),
+                "{field} missing from the JSON Schema"
+            );
         }
         assert_eq!(props.len(), super::record::FIELDS.len());
     }

@@ -89,12 +89,7 @@ pub fn parse_minor(text: &str, exponent: u8) -> Result<i64, AmountError> {
         total_digits
     } else {
         // Digits that would fall below the minor unit must all be zero.
-        let drop = (-scale) as usize;
-        if drop > total_digits {
-            0
-        } else {
-            total_digits - drop
-        }
+        total_digits.saturating_sub((-scale) as usize)
     };
     for (i, d) in digits.enumerate() {
         let d = i128::from(d - b'0');
@@ -189,16 +184,28 @@ mod tests {
 
     #[test]
     fn rejects_with_specific_reasons() {
-        assert_eq!(parse_minor("12.345", 2), Err(AmountError::TooManyDecimals(2)));
+        assert_eq!(
+            parse_minor("12.345", 2),
+            Err(AmountError::TooManyDecimals(2))
+        );
         assert_eq!(parse_minor("1.5", 0), Err(AmountError::TooManyDecimals(0)));
         assert_eq!(parse_minor("1e-3", 2), Err(AmountError::TooManyDecimals(2)));
-        for bad in ["", "-", "abc", "NaN", "nan", "Infinity", "1,000.00", "1.", ".5", "1..2", "--1", "1e", "0x10", " 1", "1 ", "1e99999"] {
+        for bad in [
+            "", "-", "abc", "NaN", "nan", "Infinity", "1,000.00", "1.", ".5", "1..2", "--1", "1e",
+            "0x10", " 1", "1 ", "1e99999",
+        ] {
             assert_eq!(parse_minor(bad, 2), Err(AmountError::NotANumber), "{bad:?}");
         }
-        assert_eq!(parse_minor("92233720368547758.08", 2), Err(AmountError::Overflow));
+        assert_eq!(
+            parse_minor("92233720368547758.08", 2),
+            Err(AmountError::Overflow)
+        );
         assert_eq!(parse_minor("-92233720368547758.08", 2), Ok(i64::MIN));
         assert_eq!(parse_minor("1e30", 2), Err(AmountError::Overflow));
-        assert_eq!(parse_minor("99999999999999999999999999", 0), Err(AmountError::Overflow));
+        assert_eq!(
+            parse_minor("99999999999999999999999999", 0),
+            Err(AmountError::Overflow)
+        );
     }
 
     #[test]
@@ -208,8 +215,14 @@ mod tests {
         assert_eq!(format_minor(0, 3), "0.000");
         assert_eq!(format_minor(1500, 0), "1500");
         assert_eq!(format_minor(1, 4), "0.0001");
-        assert_eq!(Money::new(1_000_000, cur("BHD")).to_decimal_string(), "1000.000");
-        assert_eq!(format_minor(i128::from(i64::MIN) * 4, 2), "-368934881474191032.32");
+        assert_eq!(
+            Money::new(1_000_000, cur("BHD")).to_decimal_string(),
+            "1000.000"
+        );
+        assert_eq!(
+            format_minor(i128::from(i64::MIN) * 4, 2),
+            "-368934881474191032.32"
+        );
     }
 
     proptest! {

@@ -361,7 +361,9 @@ impl<'a> Fields<'a> {
         } else {
             Money::parse(&text, currency)
         };
-        parsed.map(Some).map_err(|e| amount_error(field, e, currency))
+        parsed
+            .map(Some)
+            .map_err(|e| amount_error(field, e, currency))
     }
 
     fn mcc(&self) -> Result<Option<u16>, RecordError> {
@@ -385,13 +387,13 @@ impl<'a> Fields<'a> {
         let Some(raw) = self.get("metadata") else {
             return Ok(BTreeMap::new());
         };
-        let invalid = |message: String| {
-            RecordError::field(ErrorCode::InvalidMetadata, "metadata", message)
-        };
+        let invalid =
+            |message: String| RecordError::field(ErrorCode::InvalidMetadata, "metadata", message);
         // CSV carries metadata as a JSON object in a string cell.
         let inner: String;
         let text = if raw.get().starts_with('"') {
-            inner = serde_json::from_str(raw.get()).map_err(|_| invalid("invalid string".into()))?;
+            inner =
+                serde_json::from_str(raw.get()).map_err(|_| invalid("invalid string".into()))?;
             inner.as_str()
         } else {
             raw.get()
@@ -447,7 +449,9 @@ fn pan(field: &'static str) -> RecordError {
     RecordError::field(
         ErrorCode::PanDetected,
         field,
-        format!("`{field}` contains what looks like a card number; send a token or a masked value such as **** 1234"),
+        format!(
+            "`{field}` contains what looks like a card number; send a token or a masked value such as **** 1234"
+        ),
     )
 }
 
@@ -469,9 +473,9 @@ fn amount_error(field: &'static str, error: AmountError, currency: Currency) -> 
         AmountError::Overflow => ErrorCode::AmountOverflow,
     };
     let message = match error {
-        AmountError::TooManyDecimals(exp) => format!(
-            "`{field}` has more than {exp} decimal places, the minor unit of {currency}"
-        ),
+        AmountError::TooManyDecimals(exp) => {
+            format!("`{field}` has more than {exp} decimal places, the minor unit of {currency}")
+        }
         AmountError::NotANumber if field.ends_with("_minor") => {
             format!("`{field}` must be an integer count of minor units")
         }
@@ -534,7 +538,10 @@ mod tests {
     fn json_numbers_are_read_exactly() {
         // 0.1 + 0.2 style values must not pick up float noise.
         let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount":1234567890123.45,"currency":"USD"}"#;
-        assert_eq!(ExpenseRecord::from_json(raw).unwrap().amount.minor, 123456789012345);
+        assert_eq!(
+            ExpenseRecord::from_json(raw).unwrap().amount.minor,
+            123456789012345
+        );
         let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount_minor":-500,"currency":"JPY"}"#;
         assert_eq!(ExpenseRecord::from_json(raw).unwrap().amount.minor, -500);
     }
@@ -544,27 +551,78 @@ mod tests {
         use serde_json::json;
         assert_eq!(code(with(&[("source", json!(null))])), "missing_field");
         assert_eq!(code(with(&[("amount", json!(null))])), "missing_field");
-        assert_eq!(code(with(&[("currency", json!("ABC"))])), "invalid_currency");
+        assert_eq!(
+            code(with(&[("currency", json!("ABC"))])),
+            "invalid_currency"
+        );
         assert_eq!(code(with(&[("amount", json!("NaN"))])), "invalid_amount");
         assert_eq!(code(with(&[("amount", json!(true))])), "invalid_field");
-        assert_eq!(code(with(&[("amount", json!("12.345"))])), "amount_precision");
-        assert_eq!(code(with(&[("currency", json!("JPY")), ("amount", json!("1.5"))])), "amount_precision");
+        assert_eq!(
+            code(with(&[("amount", json!("12.345"))])),
+            "amount_precision"
+        );
+        assert_eq!(
+            code(with(&[
+                ("currency", json!("JPY")),
+                ("amount", json!("1.5"))
+            ])),
+            "amount_precision"
+        );
         assert_eq!(code(with(&[("amount", json!("1e40"))])), "amount_overflow");
         assert_eq!(code(with(&[("amount_minor", json!(5))])), "invalid_amount");
-        assert_eq!(code(with(&[("transaction_date", json!("2026-13-01"))])), "invalid_date");
-        assert_eq!(code(with(&[("transaction_date", json!("02/11/2026"))])), "invalid_date");
-        assert_eq!(code(with(&[("posted_at", json!("yesterday"))])), "invalid_date");
-        assert_eq!(code(with(&[("merchant_mcc", json!("58123"))])), "invalid_mcc");
-        assert_eq!(code(with(&[("merchant_mcc", json!("5a12"))])), "invalid_mcc");
-        assert_eq!(code(with(&[("status", json!("settled"))])), "invalid_status");
-        assert_eq!(code(with(&[("category", json!("food"))])), "invalid_category");
-        assert_eq!(code(with(&[("account_id", json!("4111 1111 1111 1111"))])), "pan_detected");
-        assert_eq!(code(with(&[("memo", json!("paid with 5500-0000-0000-0004"))])), "pan_detected");
-        assert_eq!(code(with(&[("metadata", json!({"card": "4242424242424242"}))])), "pan_detected");
-        assert_eq!(code(with(&[("merchant_name", json!("x".repeat(257)))])), "field_too_long");
+        assert_eq!(
+            code(with(&[("transaction_date", json!("2026-13-01"))])),
+            "invalid_date"
+        );
+        assert_eq!(
+            code(with(&[("transaction_date", json!("02/11/2026"))])),
+            "invalid_date"
+        );
+        assert_eq!(
+            code(with(&[("posted_at", json!("yesterday"))])),
+            "invalid_date"
+        );
+        assert_eq!(
+            code(with(&[("merchant_mcc", json!("58123"))])),
+            "invalid_mcc"
+        );
+        assert_eq!(
+            code(with(&[("merchant_mcc", json!("5a12"))])),
+            "invalid_mcc"
+        );
+        assert_eq!(
+            code(with(&[("status", json!("settled"))])),
+            "invalid_status"
+        );
+        assert_eq!(
+            code(with(&[("category", json!("food"))])),
+            "invalid_category"
+        );
+        assert_eq!(
+            code(with(&[("account_id", json!("4111 1111 1111 1111"))])),
+            "pan_detected"
+        );
+        assert_eq!(
+            code(with(&[("memo", json!("paid with 5500-0000-0000-0004"))])),
+            "pan_detected"
+        );
+        assert_eq!(
+            code(with(&[("metadata", json!({"card": "4242424242424242"}))])),
+            "pan_detected"
+        );
+        assert_eq!(
+            code(with(&[("merchant_name", json!("x".repeat(257)))])),
+            "field_too_long"
+        );
         assert_eq!(code(with(&[("colour", json!("red"))])), "unknown_field");
-        assert_eq!(code(with(&[("metadata", json!({"a": {"b": 1}}))])), "invalid_metadata");
-        assert_eq!(code(with(&[("external_id", json!(" tx-1"))])), "invalid_field");
+        assert_eq!(
+            code(with(&[("metadata", json!({"a": {"b": 1}}))])),
+            "invalid_metadata"
+        );
+        assert_eq!(
+            code(with(&[("external_id", json!(" tx-1"))])),
+            "invalid_field"
+        );
         assert_eq!(code(ExpenseRecord::from_json("[1,2]")), "invalid_json");
     }
 
@@ -575,7 +633,10 @@ mod tests {
             ("account_id", json!("**** 1234")),
             ("category", json!("software")),
             ("merchant_mcc", json!(5812)),
-            ("metadata", json!("{\"cost_center\":\"42\",\"billable\":true}")),
+            (
+                "metadata",
+                json!("{\"cost_center\":\"42\",\"billable\":true}"),
+            ),
             ("billed_amount", json!("10.000")),
             ("billed_currency", json!("bhd")),
             ("posted_at", json!("2026-11-03T10:00:00+01:00")),
@@ -586,6 +647,9 @@ mod tests {
         assert_eq!(r.metadata["billable"], "true");
         assert_eq!(r.billed.unwrap().minor, 10_000);
         assert_eq!(r.billed.unwrap().currency.code(), "BHD");
-        assert_eq!(r.posted_at.unwrap().to_rfc3339(), "2026-11-03T09:00:00+00:00");
+        assert_eq!(
+            r.posted_at.unwrap().to_rfc3339(),
+            "2026-11-03T09:00:00+00:00"
+        );
     }
 }

@@ -51,11 +51,15 @@ pub async fn wait_processed(running: &Running, n: u64) {
     let stats = running.stats.clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done = stats.written.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed);
+        let done =
+            stats.written.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed);
         if done >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "processors handled {done} of {n} records in time");
+        assert!(
+            Instant::now() < deadline,
+            "processors handled {done} of {n} records in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -79,9 +83,19 @@ pub async fn report(
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
         let body: Value = resp.json().await.unwrap();
         for row in body["rows"].as_array().unwrap() {
-            let key = (row["group"].as_str().map(str::to_string), row["currency"].as_str().unwrap().to_string());
+            let key = (
+                row["group"].as_str().map(str::to_string),
+                row["currency"].as_str().unwrap().to_string(),
+            );
             let minor: i128 = row["amount_minor"].to_string().parse().unwrap();
-            let prev = out.insert(key, (row["count"].as_i64().unwrap(), minor, row["amount"].as_str().unwrap().to_string()));
+            let prev = out.insert(
+                key,
+                (
+                    row["count"].as_i64().unwrap(),
+                    minor,
+                    row["amount"].as_str().unwrap().to_string(),
+                ),
+            );
             assert!(prev.is_none(), "a group appeared on two pages");
         }
         match body["next_cursor"].as_str() {
@@ -99,5 +113,9 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

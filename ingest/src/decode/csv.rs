@@ -29,7 +29,9 @@ pub fn decode(reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> End {
     }
     let mut names = Vec::with_capacity(headers.len());
     for h in headers.iter() {
-        let name = std::str::from_utf8(h).unwrap_or("").trim_start_matches('\u{feff}');
+        let name = std::str::from_utf8(h)
+            .unwrap_or("")
+            .trim_start_matches('\u{feff}');
         if !FIELDS.contains(&name) {
             return End::Unframable {
                 code: "invalid_csv_header",
@@ -62,7 +64,11 @@ pub fn decode(reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> End {
             Err(e) => {
                 let item = Item::Reject {
                     index,
-                    error: RecordError::new(ErrorCode::InvalidField, None, format!("bad CSV row: {e}")),
+                    error: RecordError::new(
+                        ErrorCode::InvalidField,
+                        None,
+                        format!("bad CSV row: {e}"),
+                    ),
                 };
                 index += 1;
                 if !emit(item) {
@@ -80,7 +86,11 @@ fn row_to_item(index: usize, names: &[String], row: &::csv::ByteRecord) -> Item 
             error: RecordError::new(
                 ErrorCode::InvalidField,
                 None,
-                format!("row has {} cells, the header has {}", row.len(), names.len()),
+                format!(
+                    "row has {} cells, the header has {}",
+                    row.len(),
+                    names.len()
+                ),
             ),
         };
     }
@@ -89,7 +99,11 @@ fn row_to_item(index: usize, names: &[String], row: &::csv::ByteRecord) -> Item 
         let Ok(text) = std::str::from_utf8(cell) else {
             return Item::Reject {
                 index,
-                error: RecordError::new(ErrorCode::InvalidField, None, format!("`{name}` is not UTF-8")),
+                error: RecordError::new(
+                    ErrorCode::InvalidField,
+                    None,
+                    format!("`{name}` is not UTF-8"),
+                ),
             };
         };
         if !text.is_empty() {
@@ -112,18 +126,31 @@ mod tests {
         let (items, end) = collect(Format::Csv, body.as_bytes());
         assert_eq!(end, End::Complete);
         assert_eq!(items.len(), 3);
-        let Item::Record { json, .. } = &items[0] else { panic!() };
+        let Item::Record { json, .. } = &items[0] else {
+            panic!()
+        };
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["amount"], "12.30");
         assert_eq!(v["memo"], "a, b");
-        let Item::Record { json, .. } = &items[1] else { panic!() };
+        let Item::Record { json, .. } = &items[1] else {
+            panic!()
+        };
         assert!(!json.contains("memo"));
         assert!(matches!(&items[2], Item::Reject { index: 2, .. }));
     }
 
     #[test]
     fn header_is_required() {
-        assert!(matches!(collect(Format::Csv, b"visa,1,12.30,USD\n").1, End::Unframable { code: "invalid_csv_header", .. }));
-        assert!(matches!(collect(Format::Csv, b"").1, End::Unframable { .. }));
+        assert!(matches!(
+            collect(Format::Csv, b"visa,1,12.30,USD\n").1,
+            End::Unframable {
+                code: "invalid_csv_header",
+                ..
+            }
+        ));
+        assert!(matches!(
+            collect(Format::Csv, b"").1,
+            End::Unframable { .. }
+        ));
     }
 }

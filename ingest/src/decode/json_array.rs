@@ -39,7 +39,9 @@ pub fn decode(mut reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> E
         b'[' => decode_array(reader, emit),
         b'{' => {
             let mut de = serde_json::Deserializer::from_reader(reader);
-            match <Box<RawValue> as serde::Deserialize>::deserialize(&mut de).and_then(|v| de.end().map(|()| v)) {
+            match <Box<RawValue> as serde::Deserialize>::deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v))
+            {
                 Ok(raw) => {
                     if emit(Item::Record {
                         index: 0,
@@ -76,12 +78,10 @@ fn decode_array(reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> End
     }
     match result {
         Ok(()) => End::Complete,
-        Err(e) if state.index == 0 => {
-            End::Unframable {
-                code: "invalid_body",
-                message: format!("the body is not valid JSON: {e}"),
-            }
-        }
+        Err(e) if state.index == 0 => End::Unframable {
+            code: "invalid_body",
+            message: format!("the body is not valid JSON: {e}"),
+        },
         Err(e) => End::Malformed {
             index: state.index,
             message: format!("the JSON array broke off: {e}"),
@@ -148,11 +148,23 @@ mod tests {
 
     #[test]
     fn not_json_or_single_object() {
-        assert!(matches!(collect(Format::Json, b"hello").1, End::Unframable { .. }));
-        assert!(matches!(collect(Format::Json, b"").1, End::Unframable { code: "empty_body", .. }));
+        assert!(matches!(
+            collect(Format::Json, b"hello").1,
+            End::Unframable { .. }
+        ));
+        assert!(matches!(
+            collect(Format::Json, b"").1,
+            End::Unframable {
+                code: "empty_body",
+                ..
+            }
+        ));
         let (items, end) = collect(Format::Json, b"{\"a\":1}");
         assert_eq!(end, End::Complete);
         assert_eq!(items.len(), 1);
-        assert!(matches!(collect(Format::Json, b"{\"a\":").1, End::Unframable { .. }));
+        assert!(matches!(
+            collect(Format::Json, b"{\"a\":").1,
+            End::Unframable { .. }
+        ));
     }
 }

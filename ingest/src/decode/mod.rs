@@ -21,9 +21,16 @@ impl Format {
     /// The format of a `Content-Type` value (parameters such as `charset`
     /// ignored), or `None` if unsupported.
     pub fn from_content_type(value: &str) -> Option<Self> {
-        let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
             | "application/x-jsonlines" => Some(Format::Ndjson),
             "application/json" => Some(Format::Json),
             "text/csv" | "application/csv" => Some(Format::Csv),

@@ -55,7 +55,10 @@ pub fn decode(mut reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> E
 
 /// Reads up to and including `\n`, keeping at most `MAX_LINE_BYTES`. Returns
 /// bytes consumed and whether the line was cut.
-fn read_line_capped(reader: &mut impl BufRead, out: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    out: &mut Vec<u8>,
+) -> std::io::Result<(usize, bool)> {
     let mut consumed = 0;
     let mut too_long = false;
     loop {

@@ -24,7 +24,9 @@ pub async fn next_batch(
         if now >= deadline {
             break;
         }
-        let more = consumer.poll(max_records - batch.len(), deadline - now).await?;
+        let more = consumer
+            .poll(max_records - batch.len(), deadline - now)
+            .await?;
         if more.is_empty() {
             break;
         }

@@ -13,10 +13,7 @@ pub fn app_id(group: &str, partition: Partition) -> String {
 
 /// Keeps the entries above each partition's committed version; returns how
 /// many were dropped.
-pub fn drop_committed(
-    entries: &mut Vec<Consumed>,
-    committed: &BTreeMap<Partition, i64>,
-) -> usize {
+pub fn drop_committed(entries: &mut Vec<Consumed>, committed: &BTreeMap<Partition, i64>) -> usize {
     let before = entries.len();
     entries.retain(|e| committed.get(&e.partition).is_none_or(|v| e.offset > *v));
     before - entries.len()
@@ -53,6 +50,9 @@ mod tests {
         let committed = BTreeMap::from([(0, 5), (2, 8)]);
         assert_eq!(drop_committed(&mut entries, &committed), 2);
         assert_eq!(entries, vec![c(0, 6), c(1, 0), c(2, 9)]);
-        assert_eq!(last_offsets(&entries), BTreeMap::from([(0, 6), (1, 0), (2, 9)]));
+        assert_eq!(
+            last_offsets(&entries),
+            BTreeMap::from([(0, 6), (1, 0), (2, 9)])
+        );
     }
 }

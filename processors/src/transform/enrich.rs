@@ -41,7 +41,17 @@ pub fn enrich(entry: &Consumed, valid: Valid, processed_at: DateTime<Utc>) -> En
 /// Payment-facilitator prefixes that precede the real merchant on
 /// statements (`SQ *BLUE BOTTLE`, `TST* JOE'S`, `PAYPAL *ACME`).
 const PROCESSOR_PREFIXES: &[&str] = &[
-    "SQ", "TST", "PAYPAL", "PP", "SP", "IN", "WPY", "GOOGLE", "APPLE.COM/BILL", "FS", "CKO",
+    "SQ",
+    "TST",
+    "PAYPAL",
+    "PP",
+    "SP",
+    "IN",
+    "WPY",
+    "GOOGLE",
+    "APPLE.COM/BILL",
+    "FS",
+    "CKO",
 ];
 
 /// `SQ *BLUE BOTTLE COFFEE #0042  OAKLAND` → `Blue Bottle Coffee Oakland`:
@@ -64,10 +74,10 @@ pub fn normalize_merchant(raw: &str) -> String {
         }
     }
     // `AMAZON.COM*2K3L4` → `AMAZON.COM`: the part after `*` is a reference.
-    if let Some((head, _)) = s.split_once('*') {
-        if !head.trim().is_empty() {
-            s = head;
-        }
+    if let Some((head, _)) = s.split_once('*')
+        && !head.trim().is_empty()
+    {
+        s = head;
     }
     let words: Vec<&str> = s
         .split_whitespace()

@@ -29,7 +29,11 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
         })
     };
     let envelope = Envelope::from_slice(&entry.value).map_err(|e| {
-        letter(None, ErrorCode::InvalidEnvelope, format!("not a record envelope: {e}"))
+        letter(
+            None,
+            ErrorCode::InvalidEnvelope,
+            format!("not a record envelope: {e}"),
+        )
     })?;
     let tenant = envelope.tenant_id.to_string();
     if envelope.v != ENVELOPE_VERSION || !valid_tenant_id(&tenant) {
