@@ -334,18 +334,36 @@ async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
     let read = common::token("acme", &[Role::Read]);
     let ingest_only = common::token("acme", &[Role::Ingest]);
 
-    let r = get("/v1/reports/spend?group_by=category", None).await.unwrap();
+    let r = get("/v1/reports/spend?group_by=category", None)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = get("/v1/reports/spend?group_by=category", Some(ingest_only)).await.unwrap();
+    let r = get("/v1/reports/spend?group_by=category", Some(ingest_only))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    for bad in ["group_by=colour", "group_by=category&from=2026-13-01", "group_by=category&status=settled", "group_by=category&limit=0", "group_by=category&cursor=xyz", "group_by=month&from=2026-05-01&to=2026-04-01"] {
-        let r = get(&format!("/v1/reports/spend?{bad}"), Some(read.clone())).await.unwrap();
+    for bad in [
+        "group_by=colour",
+        "group_by=category&from=2026-13-01",
+        "group_by=category&status=settled",
+        "group_by=category&limit=0",
+        "group_by=category&cursor=xyz",
+        "group_by=month&from=2026-05-01&to=2026-04-01",
+    ] {
+        let r = get(&format!("/v1/reports/spend?{bad}"), Some(read.clone()))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
         let body: Value = r.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().starts_with("invalid_"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with("invalid_"),
+            "{body}"
+        );
         assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
     }
-    let r = get("/v1/reports/spend?group_by=month", Some(read)).await.unwrap();
+    let r = get("/v1/reports/spend?group_by=month", Some(read))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["rows"], json!([]));
 
@@ -354,11 +372,19 @@ async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
     assert_eq!(ready["checks"]["log"], "ok");
     assert_eq!(ready["checks"]["lake"], "ok");
     let metrics = get("/metrics", None).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("spendstream_http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("spendstream_http_requests_total"),
+        "{metrics}"
+    );
     let r = get("/nope", None).await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
-    let schema: Value = get("/v1/schemas/expense.v1.json", None).await.unwrap().json().await.unwrap();
+    let schema: Value = get("/v1/schemas/expense.v1.json", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(schema["additionalProperties"], false);
     running.shutdown().await.unwrap();
 }

@@ -39,23 +39,47 @@ async fn fixture(config: IngestConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
     let dyn_log: Arc<dyn Log> = Arc::new(log.clone());
-    let app = spendstream_http::finish(spendstream_ingest::router(IngestState::new(keys(), &dyn_log, config)));
-    Fixture { _dir: dir, log, app }
+    let app = spendstream_http::finish(spendstream_ingest::router(IngestState::new(
+        keys(),
+        &dyn_log,
+        config,
+    )));
+    Fixture {
+        _dir: dir,
+        log,
+        app,
+    }
 }
 
-async fn post(app: &axum::Router, token: Option<&str>, content_type: &str, extra: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, Value, axum::http::HeaderMap) {
-    let mut req = Request::post("/v1/expenses").header("content-type", content_type).header("x-request-id", "req-123");
+async fn post(
+    app: &axum::Router,
+    token: Option<&str>,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let mut req = Request::post("/v1/expenses")
+        .header("content-type", content_type)
+        .header("x-request-id", "req-123");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
-    let resp = app.clone().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers)
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
+    )
 }
 
 async fn logged(log: &EmbeddedLog) -> i64 {
@@ -69,9 +93,23 @@ async fn auth_is_required_and_role_checked() {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "unauthenticated");
     assert_eq!(body["request_id"], "req-123");
-    let (s, _, _) = post(&f.app, Some("not.a.token"), "application/x-ndjson", &[], GOOD.into()).await;
+    let (s, _, _) = post(
+        &f.app,
+        Some("not.a.token"),
+        "application/x-ndjson",
+        &[],
+        GOOD.into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, body, _) = post(&f.app, Some(&token(&["read"])), "application/x-ndjson", &[], GOOD.into()).await;
+    let (s, body, _) = post(
+        &f.app,
+        Some(&token(&["read"])),
+        "application/x-ndjson",
+        &[],
+        GOOD.into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(body["error"], "forbidden");
     assert_eq!(logged(&f.log).await, 0);
@@ -79,16 +117,37 @@ async fn auth_is_required_and_role_checked() {
 
 #[tokio::test]
 async fn accepted_records_are_in_the_log_when_the_202_arrives() {
-    let f = fixture(IngestConfig { chunk_records: 3, ..IngestConfig::default() }).await;
-    let body = format!("{GOOD}\nnot json\n{}\n\n{}\n", GOOD.replace("e1", "e2"), GOOD.replace("USD", "ABC"));
-    let (s, body, headers) = post(&f.app, Some(&token(&["ingest"])), "application/x-ndjson", &[], body.into()).await;
+    let f = fixture(IngestConfig {
+        chunk_records: 3,
+        ..IngestConfig::default()
+    })
+    .await;
+    let body = format!(
+        "{GOOD}\nnot json\n{}\n\n{}\n",
+        GOOD.replace("e1", "e2"),
+        GOOD.replace("USD", "ABC")
+    );
+    let (s, body, headers) = post(
+        &f.app,
+        Some(&token(&["ingest"])),
+        "application/x-ndjson",
+        &[],
+        body.into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(headers["x-request-id"], "req-123");
     assert_eq!(body["accepted"], 2);
     let rejected = body["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2);
-    assert_eq!((rejected[0]["index"].as_u64(), rejected[0]["error"].as_str()), (Some(1), Some("invalid_json")));
-    assert_eq!((rejected[1]["index"].as_u64(), rejected[1]["error"].as_str()), (Some(3), Some("invalid_currency")));
+    assert_eq!(
+        (rejected[0]["index"].as_u64(), rejected[0]["error"].as_str()),
+        (Some(1), Some("invalid_json"))
+    );
+    assert_eq!(
+        (rejected[1]["index"].as_u64(), rejected[1]["error"].as_str()),
+        (Some(3), Some("invalid_currency"))
+    );
     assert_eq!(rejected[1]["field"], "currency");
     assert_eq!(logged(&f.log).await, 2);
 }
@@ -99,11 +158,25 @@ async fn gzip_json_and_csv_bodies() {
     let json = format!("[{GOOD},{}]", GOOD.replace("e1", "e2"));
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, json.as_bytes()).unwrap();
-    let (s, body, _) = post(&f.app, Some(&token(&["ingest"])), "application/json; charset=utf-8", &[("content-encoding", "gzip")], gz.finish().unwrap()).await;
+    let (s, body, _) = post(
+        &f.app,
+        Some(&token(&["ingest"])),
+        "application/json; charset=utf-8",
+        &[("content-encoding", "gzip")],
+        gz.finish().unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["accepted"], 2);
     let csv = "source,external_id,account_id,transaction_date,amount,currency\ns,c1,a,2026-01-01,5.5,EUR\ns,c2,a,2026-01-01,5.555,EUR\n";
-    let (s, body, _) = post(&f.app, Some(&token(&["ingest"])), "text/csv", &[], csv.into()).await;
+    let (s, body, _) = post(
+        &f.app,
+        Some(&token(&["ingest"])),
+        "text/csv",
+        &[],
+        csv.into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["accepted"], 1);
     assert_eq!(body["rejected"][0]["error"], "amount_precision");
@@ -114,7 +187,14 @@ async fn gzip_json_and_csv_bodies() {
 async fn a_body_that_breaks_midway_reports_what_was_accepted() {
     let f = fixture(IngestConfig::default()).await;
     let body = format!("[{GOOD},{},{{\"source\":", GOOD.replace("e1", "e2"));
-    let (s, body, _) = post(&f.app, Some(&token(&["ingest"])), "application/json", &[], body.into()).await;
+    let (s, body, _) = post(
+        &f.app,
+        Some(&token(&["ingest"])),
+        "application/json",
+        &[],
+        body.into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["accepted"], 2);
     assert_eq!(body["rejected"][0]["index"], 2);
@@ -124,30 +204,83 @@ async fn a_body_that_breaks_midway_reports_what_was_accepted() {
 
 #[tokio::test]
 async fn unusable_bodies_get_400_415_422_413() {
-    let f = fixture(IngestConfig { max_body_bytes: 1000, max_decompressed_bytes: 2000, ..IngestConfig::default() }).await;
+    let f = fixture(IngestConfig {
+        max_body_bytes: 1000,
+        max_decompressed_bytes: 2000,
+        ..IngestConfig::default()
+    })
+    .await;
     let t = token(&["ingest"]);
     let (s, body, _) = post(&f.app, Some(&t), "application/json", &[], b"hello".to_vec()).await;
-    assert_eq!((s, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_body")));
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
     let (s, body, _) = post(&f.app, Some(&t), "text/csv", &[], b"s,e1,a\n".to_vec()).await;
-    assert_eq!((s, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_csv_header")));
-    let (s, body, _) = post(&f.app, Some(&t), "application/x-ndjson", &[], b"nope\nnada\n".to_vec()).await;
-    assert_eq!((s, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_body")));
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_csv_header"))
+    );
+    let (s, body, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &[],
+        b"nope\nnada\n".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
     let (s, body, _) = post(&f.app, Some(&t), "text/plain", &[], GOOD.into()).await;
-    assert_eq!((s, body["error"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")));
-    let (s, body, _) = post(&f.app, Some(&t), "application/x-ndjson", &[], GOOD.replace("USD", "XXX").into()).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_media_type")
+        )
+    );
+    let (s, body, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &[],
+        GOOD.replace("USD", "XXX").into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["accepted"], 0);
     assert_eq!(body["rejected"][0]["error"], "invalid_currency");
     let big = format!("{GOOD}\n").repeat(20);
-    let (s, body, _) = post(&f.app, Some(&t), "application/x-ndjson", &[("content-length", &big.len().to_string())], big.clone().into()).await;
-    assert_eq!((s, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    let (s, body, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &[("content-length", &big.len().to_string())],
+        big.clone().into(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
     assert_eq!(logged(&f.log).await, 0);
     // A gzip bomb past the decompressed limit: what came before the cut is
     // reported, never hidden.
-    let many: String = (0..100).map(|i| format!("{}\n", GOOD.replace("e1", &format!("g{i}")))).collect();
+    let many: String = (0..100)
+        .map(|i| format!("{}\n", GOOD.replace("e1", &format!("g{i}"))))
+        .collect();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     std::io::Write::write_all(&mut gz, many.as_bytes()).unwrap();
-    let (s, body, _) = post(&f.app, Some(&t), "application/x-ndjson", &[("content-encoding", "gzip")], gz.finish().unwrap()).await;
+    let (s, body, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &[("content-encoding", "gzip")],
+        gz.finish().unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["accepted"].as_i64().unwrap(), logged(&f.log).await);
 }
@@ -158,7 +291,9 @@ struct Refusing;
 #[async_trait]
 impl LogProducer for Refusing {
     async fn append(&self, _records: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
-        Err(spendstream_log::Error::Io(std::io::Error::other("disk on fire")))
+        Err(spendstream_log::Error::Io(std::io::Error::other(
+            "disk on fire",
+        )))
     }
 }
 
@@ -167,11 +302,22 @@ async fn a_log_failure_is_503_with_retry_after() {
     let config = IngestConfig::default();
     let state = IngestState {
         keys: keys(),
-        committer: spendstream_ingest::Committer::spawn(Arc::new(Refusing), 100, std::time::Duration::from_secs(5)),
+        committer: spendstream_ingest::Committer::spawn(
+            Arc::new(Refusing),
+            100,
+            std::time::Duration::from_secs(5),
+        ),
         config: Arc::new(config),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
-    let (s, body, headers) = post(&app, Some(&token(&["ingest"])), "application/x-ndjson", &[], GOOD.into()).await;
+    let (s, body, headers) = post(
+        &app,
+        Some(&token(&["ingest"])),
+        "application/x-ndjson",
+        &[],
+        GOOD.into(),
+    )
+    .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(body["error"], "unavailable");
