@@ -126,19 +126,15 @@ impl Processor {
         let last = transform::dedupe::last_offsets(&batch);
         let commits: Vec<_> = last.iter().map(|(p, o)| (*p, o + 1)).collect();
 
-        let skipped = (|| async {
-            let mut entries = batch.clone();
-            let n = self.lake.drop_replayed(&mut entries).await?;
-            Ok::<_, Error>((n, entries))
-        })
-        .retry(retry_policy())
-        .notify(|e, d| warn!(error = %e, retry_in = ?d, "Reading lake transactions failed."))
-        .await
-        .map(|(n, entries)| {
-            batch = entries;
-            n
-        })
-        .unwrap_or_default();
+        // The retries below never give up (`without_max_times`): moving on
+        // without knowing what the lake holds could write a batch twice.
+        let partitions: Vec<_> = last.keys().copied().collect();
+        let committed = (|| self.lake.committed(&partitions))
+            .retry(retry_policy())
+            .notify(|e, d| warn!(error = %e, retry_in = ?d, "Reading lake transactions failed."))
+            .await
+            .unwrap_or_default();
+        let skipped = transform::dedupe::drop_committed(&mut batch, &committed);
 
         let processed_at = Utc::now();
         let group = self.config.group.as_str();

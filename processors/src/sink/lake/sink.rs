@@ -2,9 +2,9 @@
 //! log partition, after dropping what an earlier run already wrote.
 
 use crate::Result;
-use crate::transform::dedupe::{app_id, drop_committed, last_offsets};
+use crate::transform::dedupe::app_id;
 use spendstream_lake::{AppTxn, Lake, WriteOutcome};
-use spendstream_log::{Consumed, Partition};
+use spendstream_log::Partition;
 use spendstream_schemas::{EnrichedRecord, to_record_batch};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,21 +24,19 @@ impl LakeSink {
         }
     }
 
-    /// Drops the entries the lake already holds (read fresh from the table:
-    /// another member of the group may have written since); returns how many.
-    pub async fn drop_replayed(&self, entries: &mut Vec<Consumed>) -> Result<usize> {
-        let partitions: Vec<Partition> = last_offsets(entries).into_keys().collect();
+    /// The versions the lake holds for these log partitions, read fresh
+    /// from the table: another member of the group may have written since.
+    pub async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
         if partitions.is_empty() {
-            return Ok(0);
+            return Ok(BTreeMap::new());
         }
         let ids: Vec<String> = partitions.iter().map(|p| app_id(&self.group, *p)).collect();
         let versions = self.lake.txn_versions(&ids).await?;
-        let committed: BTreeMap<Partition, i64> = partitions
-            .into_iter()
+        Ok(partitions
+            .iter()
             .zip(versions)
-            .filter_map(|(p, v)| v.map(|v| (p, v)))
-            .collect();
-        Ok(drop_committed(entries, &committed))
+            .filter_map(|(p, v)| v.map(|v| (*p, v)))
+            .collect())
     }
 
     /// Appends `records` in one commit that also records `last` (the highest
