@@ -82,3 +82,51 @@ pub(crate) fn collect(format: Format, body: &[u8]) -> (Vec<Item>, End) {
     });
     (items, end)
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn indices(items: &[Item]) -> Vec<usize> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Record { index, .. } | Item::Reject { index, .. } => *index,
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Any bytes in any format: no panic, indices dense from 0, and a
+        /// malformed end points just past the last item.
+        #[test]
+        fn arbitrary_bodies_frame_consistently(body in proptest::collection::vec(any::<u8>(), 0..2048), fmt in 0usize..3) {
+            let format = [Format::Ndjson, Format::Json, Format::Csv][fmt];
+            let (items, end) = collect(format, &body);
+            let idx = indices(&items);
+            prop_assert_eq!(idx, (0..items.len()).collect::<Vec<_>>());
+            if let End::Malformed { index, .. } = end {
+                prop_assert_eq!(index, items.len());
+            }
+        }
+
+        /// Structured-looking input, cut anywhere: the items before the cut
+        /// are a prefix of the items of the whole body.
+        #[test]
+        fn a_cut_json_array_yields_a_prefix(n in 1usize..20, cut in 0usize..400) {
+            let body = format!("[{}]", (0..n).map(|i| format!("{{\"i\":{i},\"s\":\"x,]}}\"}}")).collect::<Vec<_>>().join(","));
+            let (all, end) = collect(Format::Json, body.as_bytes());
+            prop_assert_eq!(end, End::Complete);
+            let cut = cut.min(body.len());
+            let (some, _) = collect(Format::Json, &body.as_bytes()[..cut]);
+            prop_assert!(some.len() <= all.len());
+            for (a, b) in some.iter().zip(&all) {
+                match (a, b) {
+                    (Item::Record { json: x, .. }, Item::Record { json: y, .. }) => prop_assert_eq!(x, y),
+                    _ => prop_assert!(false, "unexpected reject"),
+                }
+            }
+        }
+    }
+}
