@@ -11,16 +11,48 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use spendstream_http::request_id::current_request_id;
 use spendstream_http::{ApiError, Auth, Role};
+use spendstream_log::Claim;
 use spendstream_log::Record;
 use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
 use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// A claim whose request has not finished after this long is taken over (its
+/// process died); longer than any request can take.
+const IDEMPOTENCY_STALE_AFTER: Duration = Duration::from_secs(600);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fingerprint of a replayed request: the same hash `ingest` computes
+/// while decoding, over a body that is only read, never decoded.
+async fn fingerprint_of(seed: &str, body: Body, limit: usize) -> Result<String, ApiError> {
+    let mut hasher = Sha256::new();
+    hasher.update(seed.as_bytes());
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("invalid_body", format!("reading the body failed: {e}"))
+        })?;
+        seen += chunk.len();
+        if seen > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        hasher.update(&chunk);
+    }
+    Ok(hex(&hasher.finalize()))
+}
 
 /// One rejected record in a response.
 #[derive(Debug, Serialize)]
@@ -86,6 +118,114 @@ pub async fn post_expenses(
         });
     }
 
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let fingerprint_seed = format!("{content_type}\n{gzip}\n");
+    let Some(key) = idempotency_key else {
+        let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+        return ingest(state, auth, format, gzip, body, hasher).await;
+    };
+    let store = state.idempotency.clone();
+    let tenant = auth.tenant().to_string();
+    match store
+        .claim(&tenant, &key, IDEMPOTENCY_STALE_AFTER)
+        .await
+        .map_err(|e| ApiError::unavailable("the idempotency store", e))?
+    {
+        Claim::Acquired => {}
+        Claim::InProgress => {
+            return Err(ApiError::Conflict {
+                code: "idempotency_key_in_use",
+                message:
+                    "a request with this Idempotency-Key is still being processed; retry later"
+                        .into(),
+            });
+        }
+        Claim::Completed {
+            fingerprint,
+            status,
+            body: stored,
+        } => {
+            let this = fingerprint_of(&fingerprint_seed, body, config.max_body_bytes).await?;
+            if this != fingerprint {
+                return Err(ApiError::Unprocessable {
+                    code: "idempotency_key_reused",
+                    message: "this Idempotency-Key was used for a different request body".into(),
+                });
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            let mut response = (status, stored).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response.headers_mut().insert(
+                "idempotent-replayed",
+                header::HeaderValue::from_static("true"),
+            );
+            return Ok(response);
+        }
+    }
+    let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+    hasher
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .update(fingerprint_seed.as_bytes());
+    let response = match ingest(state, auth, format, gzip, body, hasher.clone()).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let status = response.status();
+    // Only final answers are remembered; anything worth retrying frees the key.
+    if status == StatusCode::ACCEPTED || status == StatusCode::UNPROCESSABLE_ENTITY {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(ApiError::internal)?;
+        let fingerprint = hex(&hasher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .finalize());
+        if let Err(error) = store
+            .complete(&tenant, &key, &fingerprint, status.as_u16(), &bytes)
+            .await
+        {
+            // The records are in the log; a retry with this key would be
+            // held off until the claim goes stale, then re-sent as versions.
+            warn!(error = %error, "Storing the idempotent response failed.");
+        }
+        return Ok(Response::from_parts(parts, Body::from(bytes)));
+    }
+    if let Err(error) = store.release(&tenant, &key).await {
+        warn!(error = %error, "Releasing an idempotency key failed.");
+    }
+    Ok(response)
+}
+
+/// Decodes, validates and appends the body; the answer for one request.
+async fn ingest(
+    state: IngestState,
+    auth: Auth,
+    format: Format,
+    gzip: bool,
+    body: Body,
+    hasher: Arc<std::sync::Mutex<Sha256>>,
+) -> Result<Response, ApiError> {
+    let config = &state.config;
     let tenant = auth.tenant().to_string();
     let request_id = current_request_id();
     let batch_id = uuid::Uuid::new_v4().to_string();
@@ -105,6 +245,10 @@ pub async fn post_expenses(
         let too_large = too_large.clone();
         body.into_data_stream().map(move |chunk| {
             let chunk = chunk.map_err(std::io::Error::other)?;
+            hasher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(&chunk);
             if seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64
                 > wire_limit
             {
@@ -293,8 +437,8 @@ fn decode_body(
     let mut rejected = Vec::new();
     let mut chunk = Vec::with_capacity(chunk_records);
     let mut open = true;
-    let reader = BufReader::with_capacity(256 * 1024, reader);
-    let mut end = decode::decode(format, reader, &mut |item| {
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    let mut end = decode::decode(format, &mut reader, &mut |item| {
         match item {
             Item::Reject { index, error } => rejected.push(Rejected { index, error }),
             Item::Record { index, json } => match ExpenseRecord::from_json(&json) {
@@ -316,6 +460,11 @@ fn decode_body(
     });
     if open && !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
         end = End::Cancelled;
+    }
+    if open {
+        // Read what the decoder left (after a break, or trailing bytes) so
+        // the idempotency fingerprint covers the whole body.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
     }
     Decoded { end, rejected }
 }

@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::header;
 use axum::routing::{get, post};
 use spendstream_http::JwtKeys;
-use spendstream_log::Log;
+use spendstream_log::{IdempotencyStore, Log};
 use std::sync::Arc;
 
 /// Shared state of the ingest routes.
@@ -24,6 +24,7 @@ use std::sync::Arc;
 pub struct IngestState {
     pub keys: JwtKeys,
     pub committer: Committer,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     pub config: Arc<IngestConfig>,
 }
 
@@ -44,6 +45,7 @@ impl IngestState {
         Self {
             keys,
             committer,
+            idempotency: log.idempotency(),
             config: Arc::new(config),
         }
     }

@@ -300,6 +300,8 @@ impl LogProducer for Refusing {
 #[tokio::test]
 async fn a_log_failure_is_503_with_retry_after() {
     let config = IngestConfig::default();
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
     let state = IngestState {
         keys: keys(),
         committer: spendstream_ingest::Committer::spawn(
@@ -307,6 +309,7 @@ async fn a_log_failure_is_503_with_retry_after() {
             100,
             std::time::Duration::from_secs(5),
         ),
+        idempotency: log.idempotency(),
         config: Arc::new(config),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
@@ -314,12 +317,108 @@ async fn a_log_failure_is_503_with_retry_after() {
         &app,
         Some(&token(&["ingest"])),
         "application/x-ndjson",
-        &[],
+        &[("idempotency-key", "k-503")],
         GOOD.into(),
     )
     .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    // A failure worth retrying frees the key.
+    assert_eq!(
+        log.idempotency()
+            .claim("acme", "k-503", std::time::Duration::from_secs(600))
+            .await
+            .unwrap(),
+        spendstream_log::Claim::Acquired
+    );
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(body["error"], "unavailable");
     assert_eq!(body["accepted"], 0);
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_first_answer_and_write_nothing() {
+    let f = fixture(IngestConfig::default()).await;
+    let t = token(&["ingest"]);
+    let body = format!("{GOOD}\n{}\n", GOOD.replace("USD", "ABC"));
+    let key = [("idempotency-key", "import-2026-11-25-001")];
+    let (s1, b1, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &key,
+        body.clone().into(),
+    )
+    .await;
+    assert_eq!(s1, StatusCode::ACCEPTED);
+    assert_eq!(logged(&f.log).await, 1);
+    let (s2, b2, h2) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &key,
+        body.clone().into(),
+    )
+    .await;
+    assert_eq!((s2, &b2), (s1, &b1));
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(logged(&f.log).await, 1, "a replay wrote to the log");
+
+    // The same key with another body is refused.
+    let (s, b, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &key,
+        GOOD.replace("e1", "e9").into(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("idempotency_key_reused")
+        )
+    );
+
+    // A broken body is fingerprinted whole: its replay matches too.
+    let broken = format!("[{GOOD},{{\"x\":");
+    let k2 = [("idempotency-key", "k2")];
+    let (s, _, _) = post(
+        &f.app,
+        Some(&t),
+        "application/json",
+        &k2,
+        broken.clone().into(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (_, _, h) = post(&f.app, Some(&t), "application/json", &k2, broken.into()).await;
+    assert_eq!(h["idempotent-replayed"], "true");
+
+    // A 400 does not use the key up; keys are per tenant.
+    let k3 = [("idempotency-key", "k3")];
+    let (s, _, _) = post(&f.app, Some(&t), "application/json", &k3, b"nope".to_vec()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, h) = post(
+        &f.app,
+        Some(&t),
+        "application/json",
+        &k3,
+        GOOD.replace("e1", "e3").into(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(h.get("idempotent-replayed").is_none());
+    let (s, b, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &[("idempotency-key", "bad key")],
+        GOOD.into(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key"))
+    );
 }

@@ -4,8 +4,8 @@
 //! Connect's sqlite buffer).
 
 use crate::{
-    Consumed, DeadLetter, DeadLetterStore, Error, Log, LogConsumer, LogProducer, Offset, Partition,
-    Position, Record, Result, StoredDeadLetter, partition_for,
+    Claim, Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer,
+    LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -56,7 +56,21 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     UNIQUE (group_name, partition, offset)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_tenant ON dead_letters (tenant_id, id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    fingerprint TEXT,
+    status INTEGER,
+    body BLOB,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (updated_at);
 ";
+
+/// How long a completed idempotency key is remembered.
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// The embedded log backend.
 #[derive(Clone)]
@@ -393,6 +407,102 @@ impl DeadLetterStore for EmbeddedLog {
 }
 
 #[async_trait]
+impl IdempotencyStore for EmbeddedLog {
+    async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim> {
+        let inner = self.inner.clone();
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            // Forget completed keys past retention (cheap with the index).
+            tx.execute(
+                "DELETE FROM idempotency WHERE updated_at < ?1",
+                [now - IDEMPOTENCY_RETENTION.as_millis() as i64],
+            )?;
+            let row: Option<(String, Option<String>, Option<u16>, Option<Vec<u8>>, i64)> = tx
+                .query_row(
+                    "SELECT state, fingerprint, status, body, updated_at FROM idempotency
+                     WHERE tenant_id = ?1 AND key = ?2",
+                    params![tenant, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let claim = match row {
+                Some((state, Some(fingerprint), Some(status), Some(body), _))
+                    if state == "done" =>
+                {
+                    Claim::Completed {
+                        fingerprint,
+                        status,
+                        body,
+                    }
+                }
+                Some((_, _, _, _, updated)) if now - updated < stale_after.as_millis() as i64 => {
+                    Claim::InProgress
+                }
+                _ => {
+                    tx.execute(
+                        "INSERT INTO idempotency (tenant_id, key, state, updated_at)
+                         VALUES (?1, ?2, 'running', ?3)
+                         ON CONFLICT (tenant_id, key) DO UPDATE SET
+                           state = 'running', fingerprint = NULL, status = NULL, body = NULL,
+                           updated_at = excluded.updated_at",
+                        params![tenant, key, now],
+                    )?;
+                    Claim::Acquired
+                }
+            };
+            tx.commit()?;
+            Ok(claim)
+        })
+        .await?
+    }
+
+    async fn complete(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &str,
+        status: u16,
+        body: &[u8],
+    ) -> Result<()> {
+        let inner = self.inner.clone();
+        let (tenant, key, fingerprint, body) = (
+            tenant.to_string(),
+            key.to_string(),
+            fingerprint.to_string(),
+            body.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "UPDATE idempotency SET state = 'done', fingerprint = ?3, status = ?4, body = ?5,
+                   updated_at = ?6
+                 WHERE tenant_id = ?1 AND key = ?2",
+                params![tenant, key, fingerprint, status, body, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn release(&self, tenant: &str, key: &str) -> Result<()> {
+        let inner = self.inner.clone();
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2 AND state = 'running'",
+                params![tenant, key],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+#[async_trait]
 impl Log for EmbeddedLog {
     fn producer(&self) -> Arc<dyn LogProducer> {
         Arc::new(self.clone())
@@ -417,6 +527,10 @@ impl Log for EmbeddedLog {
     }
 
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::new(self.clone())
+    }
+
+    fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
         Arc::new(self.clone())
     }
 

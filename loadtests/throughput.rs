@@ -1,0 +1,144 @@
+//! Throughput baseline of the whole path on this machine.
+//!
+//! `cargo run --release --example throughput -- [records] [concurrency] [batch]`
+//!
+//! Starts Spendstream in-process on a fresh data dir (real socket, embedded
+//! log, local lake), posts `records` NDJSON records in requests of `batch`
+//! from `concurrency` clients, then waits until the processors wrote them
+//! all. Reports records/s accepted at the edge and records/s processed into
+//! the lake, and, as the reference measured in the same run, records/s of
+//! bare log appends of the same envelopes in chunks of the same size: the
+//! ratio is what the HTTP edge, decoding and validation cost.
+
+use spendstream::{Roles, Settings};
+use spendstream_http::{JwtKeys, Role};
+use spendstream_log::{Log, Record, embedded::EmbeddedLog};
+use spendstream_schemas::{EnvelopeWriter, identity_key};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn line(i: usize) -> String {
+    format!(
+        r#"{{"source":"bench","external_id":"b-{i}","account_id":"card_tok_{}","status":"posted","transaction_date":"2026-{:02}-{:02}","amount":"{}.{:02}","currency":"{}","merchant_name":"SQ *COFFEE #{}","merchant_mcc":"5814","employee_id":"emp-{}"}}"#,
+        i % 500,
+        1 + i % 12,
+        1 + i % 28,
+        i % 997,
+        i % 100,
+        ["USD", "EUR", "GBP"][i % 3],
+        i % 50,
+        i % 40
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let records = args.first().copied().unwrap_or(200_000);
+    let concurrency = args.get(1).copied().unwrap_or(4);
+    let batch = args.get(2).copied().unwrap_or(2_000);
+
+    // Reference: bare appends of the same envelopes to a fresh embedded log.
+    let ref_dir = tempfile::tempdir()?;
+    let log = EmbeddedLog::open(ref_dir.path(), None).await?;
+    let writer = EnvelopeWriter::new("bench", "b", "r", 0);
+    let chunks: Vec<Vec<Record>> = (0..records)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| {
+            c.iter()
+                .map(|i| Record {
+                    key: identity_key("bench", "bench", &format!("b-{i}")).into_bytes(),
+                    value: writer.write(&line(*i)),
+                    headers: Vec::new(),
+                })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let producer = log.producer();
+    for chunk in chunks {
+        producer.append(chunk).await?;
+    }
+    let reference = records as f64 / started.elapsed().as_secs_f64();
+
+    // The real thing.
+    let dir = tempfile::tempdir()?;
+    let keys =
+        JwtKeys::new(b"bench-secret-bench-secret-bench-secret").map_err(anyhow::Error::msg)?;
+    let running = spendstream::start(Settings {
+        roles: Roles::ALL,
+        listen: "127.0.0.1:0".parse()?,
+        log_url: format!("embedded://{}", dir.path().join("log").display()),
+        lake_url: format!("file://{}", dir.path().join("lake").display()),
+        keys: keys.clone(),
+        ingest: Default::default(),
+        processor: Default::default(),
+        compact_interval: Duration::ZERO,
+    })
+    .await?;
+    let url = format!("http://{}/v1/expenses", running.addr);
+    let token =
+        spendstream::secret::mint(&keys, "bench", &[Role::Ingest], chrono::Duration::hours(1));
+    let bodies: Vec<String> = (0..records)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| c.iter().map(|i| line(*i) + "\n").collect())
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, client, url, token) =
+            (queue.clone(), client.clone(), url.clone(), token.clone());
+        clients.push(tokio::spawn(async move {
+            let mut accepted = 0u64;
+            loop {
+                let Some(body) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(resp.status() == 202, "status {}", resp.status());
+                let v: serde_json::Value = resp.json().await?;
+                accepted += v["accepted"].as_u64().unwrap_or(0);
+            }
+            Ok::<_, anyhow::Error>(accepted)
+        }));
+    }
+    let mut accepted = 0;
+    for c in clients {
+        accepted += c.await??;
+    }
+    let ingest_secs = started.elapsed().as_secs_f64();
+    let stats = running.stats.clone().unwrap();
+    while stats.written.load(Ordering::Relaxed) < accepted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let processed_secs = started.elapsed().as_secs_f64();
+    let batches = stats.batches.load(Ordering::Relaxed);
+    running.shutdown().await?;
+
+    let accepted_rate = accepted as f64 / ingest_secs;
+    let processed_rate = accepted as f64 / processed_secs;
+    println!("records={records} concurrency={concurrency} batch={batch}");
+    println!("reference: bare embedded-log appends      {reference:>10.0} records/s");
+    println!(
+        "accepted at the edge (202 received)       {accepted_rate:>10.0} records/s  ratio to reference {:.2}",
+        accepted_rate / reference
+    );
+    println!(
+        "processed into the lake (end to end)      {processed_rate:>10.0} records/s  ({batches} lake commits)"
+    );
+    Ok(())
+}
