@@ -99,3 +99,93 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use spendstream_log::Position;
+    use std::sync::Mutex;
+    use tokio::sync::Semaphore;
+
+    /// Records the size of each append; the first one waits for a permit so
+    /// that others queue up behind it.
+    struct Gated {
+        calls: Mutex<Vec<usize>>,
+        gate: Semaphore,
+    }
+
+    #[async_trait]
+    impl LogProducer for Gated {
+        async fn append(&self, records: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+            let first = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(records.len());
+                calls.len() == 1
+            };
+            if first {
+                let _permit = self.gate.acquire().await;
+            }
+            Ok(vec![
+                Position {
+                    partition: 0,
+                    offset: 0
+                };
+                records.len()
+            ])
+        }
+    }
+
+    fn records(n: usize) -> Vec<Record> {
+        vec![
+            Record {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                headers: vec![],
+            };
+            n
+        ]
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_behind_an_append_share_the_next_one() {
+        let producer = Arc::new(Gated {
+            calls: Mutex::new(Vec::new()),
+            gate: Semaphore::new(0),
+        });
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(producer.clone(), rx, 1000, Duration::from_secs(10)));
+        let job = |n| {
+            let (reply, rx) = oneshot::channel();
+            (
+                Job {
+                    records: records(n),
+                    reply,
+                },
+                rx,
+            )
+        };
+        let (first, first_rx) = job(10);
+        tx.send(first).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while producer.calls.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first append never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let mut waiting = Vec::new();
+        for n in [1, 2, 3, 4, 5] {
+            let (j, rx) = job(n);
+            tx.send(j).await.unwrap();
+            waiting.push((n, rx));
+        }
+        producer.gate.add_permits(1);
+        assert_eq!(first_rx.await.unwrap().unwrap(), 10);
+        for (n, rx) in waiting {
+            assert_eq!(rx.await.unwrap().unwrap(), n);
+        }
+        assert_eq!(*producer.calls.lock().unwrap(), vec![10, 15]);
+    }
+}
