@@ -47,6 +47,21 @@ impl Currency {
     }
 }
 
+impl serde::Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Currency::from_code(&code).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{code}` is not an ISO 4217 currency"))
+        })
+    }
+}
+
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code)
@@ -256,6 +271,19 @@ mod tests {
         ] {
             assert_eq!(Currency::from_code(code).unwrap().exponent(), exp, "{code}");
         }
+    }
+
+    #[test]
+    fn serde_as_code() {
+        let usd = Currency::from_code("USD").unwrap();
+        assert_eq!(serde_json::to_string(&usd).unwrap(), "\"USD\"");
+        assert_eq!(
+            serde_json::from_str::<Currency>("\"bhd\"")
+                .unwrap()
+                .exponent(),
+            3
+        );
+        assert!(serde_json::from_str::<Currency>("\"ABC\"").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::{Arc, LazyLock};
 use uuid::Uuid;
 
 /// A record after validation and enrichment: one row of the lake.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnrichedRecord {
     pub expense_id: Uuid,
     pub tenant_id: String,
@@ -199,6 +199,8 @@ mod tests {
             log_offset: 7,
         };
         assert_eq!(e.month(), "2026-02");
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<EnrichedRecord>(&json).unwrap(), e);
         let batch = to_record_batch(&[e.clone(), e]).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), arrow_schema());

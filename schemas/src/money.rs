@@ -5,7 +5,7 @@ use crate::currency::Currency;
 use std::fmt;
 
 /// An amount in minor units of a currency (`1234` USD is 12.34 USD).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Money {
     pub minor: i64,
     pub currency: Currency,

@@ -58,8 +58,10 @@ impl FromStr for Status {
     }
 }
 
-/// A validated expense record as sent by an importer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated expense record as sent by an importer. Its serde form keeps
+/// money as `{"minor": 1234, "currency": "USD"}`; the wire form importers send
+/// is read by [`ExpenseRecord::from_json`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpenseRecord {
     pub source: String,
     pub external_id: String,
