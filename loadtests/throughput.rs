@@ -32,6 +32,18 @@ fn line(i: usize) -> String {
     )
 }
 
+/// Peak resident set size of this process so far (Linux `VmHWM`), bytes.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -127,6 +139,34 @@ async fn main() -> anyhow::Result<()> {
     }
     let processed_secs = started.elapsed().as_secs_f64();
     let batches = stats.batches.load(Ordering::Relaxed);
+
+    // Memory: one ~100 MB NDJSON body, streamed from a generator so the
+    // client holds only a chunk at a time. The process's peak RSS growth
+    // over the request shows whether the edge buffers the body.
+    let big_records = 100 * 1024 * 1024 / line(0).len();
+    let hwm_before = peak_rss_bytes();
+    let chunks = (0..big_records).collect::<Vec<_>>();
+    let stream = futures::stream::iter(
+        chunks
+            .chunks(5_000)
+            .map(|c| {
+                c.iter()
+                    .map(|i| line(records + i) + "\n")
+                    .collect::<String>()
+            })
+            .map(Ok::<_, std::io::Error>)
+            .collect::<Vec<_>>()
+            .into_iter(),
+    );
+    let resp = client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 202, "status {}", resp.status());
+    let hwm_after = peak_rss_bytes();
     running.shutdown().await?;
 
     let accepted_rate = accepted as f64 / ingest_secs;
@@ -139,6 +179,12 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "processed into the lake (end to end)      {processed_rate:>10.0} records/s  ({batches} lake commits)"
+    );
+    let body_mb = (big_records * (line(0).len() + 1)) as f64 / 1e6;
+    let grew_mb = hwm_after.saturating_sub(hwm_before) as f64 / 1e6;
+    println!(
+        "one {body_mb:.0} MB streamed body: peak RSS grew {grew_mb:.0} MB (ratio to body size {:.2})",
+        grew_mb / body_mb
     );
     Ok(())
 }
