@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         ingest: Default::default(),
         processor: Default::default(),
         compact_interval: Duration::ZERO,
+        log_retention: Duration::ZERO,
     })
     .await?;
     let url = format!("http://{}/v1/expenses", running.addr);

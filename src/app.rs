@@ -44,6 +44,9 @@ pub struct Settings {
     pub processor: ProcessorConfig,
     /// How often the lake is compacted (0: never).
     pub compact_interval: Duration,
+    /// How long log records every group has processed are kept (embedded
+    /// log; 0: forever).
+    pub log_retention: Duration,
 }
 
 /// A started Spendstream.
@@ -106,6 +109,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         ingest,
         processor,
         compact_interval,
+        log_retention,
     } = settings;
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -185,6 +189,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 .await
                 .context("processor failed")
         });
+        if !log_retention.is_zero() {
+            let log = log.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                trim_log_periodically(log, log_retention, stop).await;
+                Ok(())
+            });
+        }
         if !compact_interval.is_zero() {
             let lake = lake.clone();
             let stop = stop.clone();
@@ -217,6 +229,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stop,
         tasks,
     })
+}
+
+async fn trim_log_periodically(log: Arc<dyn Log>, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match log.enforce_retention(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => info!(deleted, "Trimmed processed records from the log."),
+            Err(error) => warn!(error = %error, "Trimming the log failed; will try again."),
+        }
+    }
 }
 
 async fn compact_periodically(lake: Arc<Lake>, every: Duration, stop: CancellationToken) {

@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Largest request body on the wire, in bytes.
     #[arg(long, env = "SPENDSTREAM_MAX_BODY_BYTES", default_value_t = 256 << 20)]
     pub max_body_bytes: usize,
+    /// Hours the embedded log keeps records every consumer group has
+    /// processed (0: forever).
+    #[arg(long, env = "SPENDSTREAM_LOG_RETENTION_HOURS", default_value_t = 168)]
+    pub log_retention_hours: u64,
     /// Seconds between lake compactions (0: never).
     #[arg(long, env = "SPENDSTREAM_COMPACT_INTERVAL_SECS", default_value_t = 600)]
     pub compact_interval_secs: u64,

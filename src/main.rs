@@ -128,6 +128,7 @@ async fn serve(
             max_batch_wait: Duration::from_millis(args.batch_max_wait_ms),
         },
         compact_interval: Duration::from_secs(args.compact_interval_secs),
+        log_retention: Duration::from_secs(args.log_retention_hours * 3600),
     };
     let running = spendstream::start(settings).await?;
     let addr = running.addr;

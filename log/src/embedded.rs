@@ -538,6 +538,38 @@ impl Log for EmbeddedLog {
         self.inner.partitions
     }
 
+    async fn enforce_retention(&self, min_age: Duration) -> Result<u64> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let cutoff = now_ms() - min_age.as_millis() as i64;
+            let mut deleted = 0u64;
+            {
+                // A group without a commit on a partition counts as offset 0
+                // there, so nothing it has not read is ever deleted.
+                let mut floor = tx.prepare_cached(
+                    "SELECT MIN(COALESCE(o.next_offset, 0))
+                     FROM (SELECT DISTINCT group_name FROM group_offsets) g
+                     LEFT JOIN group_offsets o
+                       ON o.group_name = g.group_name AND o.partition = ?1",
+                )?;
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM records WHERE partition = ?1 AND offset < ?2 AND ts < ?3",
+                )?;
+                for partition in 0..inner.partitions {
+                    let min: Option<Offset> = floor.query_row([partition], |r| r.get(0))?;
+                    if let Some(min) = min {
+                        deleted += delete.execute(params![partition, min, cutoff])? as u64;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await?
+    }
+
     async fn ping(&self) -> Result<()> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {

@@ -157,6 +157,13 @@ pub trait Log: Send + Sync {
     fn partitions(&self) -> u32;
     /// Whether the backend answers now (for `/readyz`).
     async fn ping(&self) -> Result<()>;
+
+    /// Deletes records that every consumer group has committed past and that
+    /// are older than `min_age`; returns how many. Backends with their own
+    /// retention (Kafka) keep the default, which does nothing.
+    async fn enforce_retention(&self, _min_age: Duration) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Opens the log a URL names.

@@ -245,6 +245,38 @@ per_backend!(
 );
 
 #[tokio::test]
+async fn embedded_retention_keeps_what_any_group_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(1)).await.unwrap();
+    log.producer()
+        .append((0..10).map(|i| rec(&format!("k{i}"), "v")).collect())
+        .await
+        .unwrap();
+    // No group has committed anything: nothing may go.
+    assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 0);
+    let mut fast = log.consumer("fast").await.unwrap();
+    fast.commit(&[(0, 8)]).await.unwrap();
+    let mut slow = log.consumer("slow").await.unwrap();
+    slow.commit(&[(0, 3)]).await.unwrap();
+    // Too young to go.
+    assert_eq!(
+        log.enforce_retention(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    // Old enough: only below the slowest group's commit.
+    assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 3);
+    let mut again = log.consumer("slow").await.unwrap();
+    let rest = drain(again.as_mut(), 7).await;
+    assert_eq!(rest.first().map(|c| c.offset), Some(3));
+    assert_eq!(rest.len(), 7);
+    // Offsets keep counting after a trim.
+    let next = log.producer().append(vec![rec("new", "v")]).await.unwrap();
+    assert_eq!(next[0].offset, 10);
+}
+
+#[tokio::test]
 async fn embedded_survives_reopen_and_refuses_other_partition_count() {
     let dir = tempfile::tempdir().unwrap();
     {

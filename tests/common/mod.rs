@@ -39,6 +39,7 @@ pub fn settings(dir: &Path) -> Settings {
             max_batch_wait: Duration::from_millis(200),
         },
         compact_interval: Duration::ZERO,
+        log_retention: Duration::ZERO,
     }
 }
 
