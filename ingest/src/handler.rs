@@ -138,7 +138,7 @@ pub async fn post_expenses(
         let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
         return ingest(state, auth, format, gzip, body, hasher).await;
     };
-    let store = state.idempotency.clone();
+    let store = state.log.idempotency();
     let tenant = auth.tenant().to_string();
     match store
         .claim(&tenant, &key, IDEMPOTENCY_STALE_AFTER)

@@ -4,6 +4,7 @@
 
 pub mod committer;
 pub mod config;
+mod dead_letters;
 pub mod decode;
 mod handler;
 
@@ -16,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::header;
 use axum::routing::{get, post};
 use spendstream_http::JwtKeys;
-use spendstream_log::{IdempotencyStore, Log};
+use spendstream_log::Log;
 use std::sync::Arc;
 
 /// Shared state of the ingest routes.
@@ -24,7 +25,8 @@ use std::sync::Arc;
 pub struct IngestState {
     pub keys: JwtKeys,
     pub committer: Committer,
-    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// The log itself, for idempotency keys and dead letters.
+    pub log: Arc<dyn Log>,
     pub config: Arc<IngestConfig>,
 }
 
@@ -45,7 +47,7 @@ impl IngestState {
         Self {
             keys,
             committer,
-            idempotency: log.idempotency(),
+            log: log.clone(),
             config: Arc::new(config),
         }
     }
@@ -55,6 +57,8 @@ impl IngestState {
 pub fn router(state: IngestState) -> Router {
     Router::new()
         .route("/v1/expenses", post(handler::post_expenses))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
         .route(
             "/v1/schemas/expense.v1.json",
             get(|| async {

@@ -309,7 +309,7 @@ async fn a_log_failure_is_503_with_retry_after() {
             100,
             std::time::Duration::from_secs(5),
         ),
-        idempotency: log.idempotency(),
+        log: Arc::new(log.clone()),
         config: Arc::new(config),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));

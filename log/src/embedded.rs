@@ -5,7 +5,8 @@
 
 use crate::{
     Claim, Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer,
-    LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
+    LogProducer, Offset, Partition, Position, Record, Replayed, Result, StoredDeadLetter,
+    partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -53,6 +54,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     message TEXT NOT NULL,
     payload BLOB NOT NULL,
     created_at INTEGER NOT NULL,
+    replayed_at INTEGER,
+    replay_partition INTEGER,
+    replay_offset INTEGER,
     UNIQUE (group_name, partition, offset)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_tenant ON dead_letters (tenant_id, id);
@@ -377,15 +381,65 @@ impl DeadLetterStore for EmbeddedLog {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>> {
+        self.select_letters(
+            tenant_id,
+            "id > ?2 ORDER BY id LIMIT ?3",
+            after_id,
+            limit as i64,
+        )
+        .await
+    }
+
+    async fn get(&self, tenant_id: &str, id: i64) -> Result<Option<StoredDeadLetter>> {
+        Ok(self
+            .select_letters(tenant_id, "id = ?2 AND ?3 = 1", id, 1)
+            .await?
+            .pop())
+    }
+
+    async fn mark_replayed(&self, tenant_id: &str, id: i64, position: Position) -> Result<()> {
         let inner = self.inner.clone();
         let tenant = tenant_id.to_string();
         tokio::task::spawn_blocking(move || {
             let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, created_at, tenant_id, group_name, partition, offset, code, message, payload
-                 FROM dead_letters WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            conn.execute(
+                "UPDATE dead_letters SET replayed_at = ?3, replay_partition = ?4, replay_offset = ?5
+                 WHERE tenant_id = ?1 AND id = ?2",
+                params![tenant, id, now_ms(), position.partition, position.offset],
             )?;
-            let rows = stmt.query_map(params![tenant, after_id, limit as i64], |r| {
+            Ok(())
+        })
+        .await?
+    }
+}
+
+impl EmbeddedLog {
+    /// Letters of `tenant` matching `filter` (SQL over `?2`, `?3`; trusted
+    /// text from this module only).
+    async fn select_letters(
+        &self,
+        tenant: &str,
+        filter: &'static str,
+        a: i64,
+        b: i64,
+    ) -> Result<Vec<StoredDeadLetter>> {
+        let inner = self.inner.clone();
+        let tenant = tenant.to_string();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT id, created_at, tenant_id, group_name, partition, offset, code, message,
+                        payload, replayed_at, replay_partition, replay_offset
+                 FROM dead_letters WHERE tenant_id = ?1 AND {filter}"
+            ))?;
+            let rows = stmt.query_map(params![tenant, a, b], |r| {
+                let replayed = match (r.get::<_, Option<i64>>(9)?, r.get(10)?, r.get(11)?) {
+                    (Some(at_ms), Some(partition), Some(offset)) => Some(Replayed {
+                        at_ms,
+                        position: Position { partition, offset },
+                    }),
+                    _ => None,
+                };
                 Ok(StoredDeadLetter {
                     id: r.get(0)?,
                     created_at_ms: r.get(1)?,
@@ -398,6 +452,7 @@ impl DeadLetterStore for EmbeddedLog {
                         message: r.get(7)?,
                         payload: r.get(8)?,
                     },
+                    replayed,
                 })
             })?;
             rows.collect::<Result<Vec<_>, _>>().map_err(Error::from)

@@ -65,6 +65,15 @@ pub struct StoredDeadLetter {
     pub id: i64,
     pub created_at_ms: i64,
     pub letter: DeadLetter,
+    /// When and where the letter was appended to the log again, if it was.
+    pub replayed: Option<Replayed>,
+}
+
+/// A dead letter's replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub at_ms: i64,
+    pub position: Position,
 }
 
 /// Writes to the log.
@@ -107,6 +116,12 @@ pub trait DeadLetterStore: Send + Sync {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>>;
+
+    /// One letter of a tenant.
+    async fn get(&self, tenant_id: &str, id: i64) -> Result<Option<StoredDeadLetter>>;
+
+    /// Records that letter `id` was appended to the log again at `position`.
+    async fn mark_replayed(&self, tenant_id: &str, id: i64, position: Position) -> Result<()>;
 }
 
 /// What a claim on an idempotency key found.

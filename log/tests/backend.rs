@@ -186,6 +186,26 @@ async fn dead_letters_are_idempotent_and_tenant_scoped(log: Arc<dyn Log>) {
     assert_eq!(a[0].letter.payload, b"{}");
     assert!(store.list("a", a[0].id, 10).await.unwrap().is_empty());
     assert_eq!(store.list("b", 0, 10).await.unwrap().len(), 1);
+    // Fetched one by one, per tenant; a replay is remembered.
+    let id = a[0].id;
+    assert!(store.get("b", id).await.unwrap().is_none());
+    assert_eq!(store.get("a", id).await.unwrap().unwrap().replayed, None);
+    let at = spendstream_log::Position {
+        partition: 3,
+        offset: 42,
+    };
+    store.mark_replayed("a", id, at).await.unwrap();
+    assert_eq!(
+        store
+            .get("a", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .replayed
+            .unwrap()
+            .position,
+        at
+    );
 }
 
 async fn idempotency_keys_claim_complete_release(log: Arc<dyn Log>) {

@@ -1,0 +1,149 @@
+//! Operator routes for dead letters: records the processors could not use.
+//! `GET /v1/dead-letters` lists a tenant's letters; `POST
+//! /v1/dead-letters/{id}/replay` appends a letter's original envelope to the
+//! log again, to be processed with the processors' current rules.
+
+use crate::IngestState;
+use axum::Json;
+use axum::extract::{Path, Query, State, rejection::QueryRejection};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use spendstream_http::{ApiError, Auth, Role};
+use spendstream_log::{Record, StoredDeadLetter};
+use spendstream_schemas::{Envelope, identity_key};
+use std::collections::BTreeMap;
+use tracing::{info, instrument};
+
+const MAX_LIMIT: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Return letters with ids above this (the previous page's `next_cursor`).
+    pub after: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+fn letter_json(l: &StoredDeadLetter) -> Value {
+    // The original record when the envelope is readable; raw bytes otherwise.
+    let record = Envelope::from_slice(&l.letter.payload)
+        .ok()
+        .map(|e| serde_json::from_str::<Value>(e.record.get()).unwrap_or(Value::Null));
+    let payload_base64 = record
+        .is_none()
+        .then(|| base64::engine::general_purpose::STANDARD.encode(&l.letter.payload));
+    json!({
+        "id": l.id,
+        "created_at": chrono::DateTime::from_timestamp_millis(l.created_at_ms),
+        "error": l.letter.code,
+        "message": l.letter.message,
+        "log_position": {"partition": l.letter.partition, "offset": l.letter.offset},
+        "record": record,
+        "payload_base64": payload_base64,
+        "replayed": l.replayed.map(|r| json!({
+            "at": chrono::DateTime::from_timestamp_millis(r.at_ms),
+            "partition": r.position.partition,
+            "offset": r.position.offset,
+        })),
+    })
+}
+
+#[instrument(skip_all, fields(tenant = %auth.tenant()))]
+pub async fn list(
+    State(state): State<IngestState>,
+    auth: Auth,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Role::Admin)?;
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`limit` must be 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let letters = state
+        .log
+        .dead_letters()
+        .list(auth.tenant(), params.after.unwrap_or(0), limit)
+        .await
+        .map_err(|e| ApiError::unavailable("the dead-letter store", e))?;
+    let next = (letters.len() == limit)
+        .then(|| letters.last().map(|l| l.id))
+        .flatten();
+    Ok(Json(json!({
+        "dead_letters": letters.iter().map(letter_json).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+#[instrument(skip_all, fields(tenant = %auth.tenant(), id))]
+pub async fn replay(
+    State(state): State<IngestState>,
+    auth: Auth,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    auth.require(Role::Admin)?;
+    let store = state.log.dead_letters();
+    let unavailable = |e| ApiError::unavailable("the dead-letter store", e);
+    let letter = store
+        .get(auth.tenant(), id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id}")))?;
+    if letter.replayed.is_some() {
+        return Err(ApiError::Conflict {
+            code: "already_replayed",
+            message: format!("dead letter {id} was already replayed"),
+        });
+    }
+    let payload = letter.letter.payload.clone();
+    let envelope = Envelope::from_slice(&payload).map_err(|_| ApiError::Unprocessable {
+        code: "not_replayable",
+        message: "the stored payload is not a record envelope; it cannot be processed".into(),
+    })?;
+    if envelope.tenant_id != auth.tenant() {
+        return Err(ApiError::NotFound(format!("no dead letter {id}")));
+    }
+    // Same key as at the edge, so the replay lands with the expense's other
+    // versions (a record without its identity keys by tenant alone and
+    // will be dead-lettered again, visibly).
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(envelope.record.get()).unwrap_or_default();
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .unwrap_or_default()
+    };
+    let key = identity_key(auth.tenant(), &text("source"), &text("external_id"));
+    let position = state
+        .log
+        .producer()
+        .append(vec![Record {
+            key: key.into_bytes(),
+            value: payload,
+            headers: Vec::new(),
+        }])
+        .await
+        .map_err(|e| ApiError::unavailable("the log", e))?
+        .pop()
+        .ok_or_else(|| ApiError::internal("the log returned no position"))?;
+    store
+        .mark_replayed(auth.tenant(), id, position)
+        .await
+        .map_err(unavailable)?;
+    info!(
+        partition = position.partition,
+        offset = position.offset,
+        "Replayed a dead letter."
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "partition": position.partition, "offset": position.offset})),
+    ))
+}
