@@ -16,6 +16,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// The OpenAPI document of every route (kept in `docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
 /// Which roles run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
@@ -175,6 +178,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             lake: lake.clone(),
         }));
     }
+    let router = router.route(
+        "/v1/openapi.json",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                OPENAPI,
+            )
+        }),
+    );
     let router = spendstream_http::finish(router.merge(spendstream_http::ops::router(checks)));
 
     let mut stats = None;
