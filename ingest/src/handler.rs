@@ -135,8 +135,7 @@ pub async fn post_expenses(
     };
     let fingerprint_seed = format!("{content_type}\n{gzip}\n");
     let Some(key) = idempotency_key else {
-        let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
-        return ingest(state, auth, format, gzip, body, hasher).await;
+        return ingest(state, auth, format, gzip, body, None).await;
     };
     let store = state.log.idempotency();
     let tenant = auth.tenant().to_string();
@@ -184,7 +183,7 @@ pub async fn post_expenses(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .update(fingerprint_seed.as_bytes());
-    let response = match ingest(state, auth, format, gzip, body, hasher.clone()).await {
+    let response = match ingest(state, auth, format, gzip, body, Some(hasher.clone())).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -223,7 +222,8 @@ async fn ingest(
     format: Format,
     gzip: bool,
     body: Body,
-    hasher: Arc<std::sync::Mutex<Sha256>>,
+    // Only requests with an Idempotency-Key pay for hashing their body.
+    hasher: Option<Arc<std::sync::Mutex<Sha256>>>,
 ) -> Result<Response, ApiError> {
     let config = &state.config;
     let tenant = auth.tenant().to_string();
@@ -245,10 +245,12 @@ async fn ingest(
         let too_large = too_large.clone();
         body.into_data_stream().map(move |chunk| {
             let chunk = chunk.map_err(std::io::Error::other)?;
-            hasher
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(&chunk);
+            if let Some(hasher) = &hasher {
+                hasher
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .update(&chunk);
+            }
             if seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64
                 > wire_limit
             {
