@@ -1,0 +1,28 @@
+//! Validation cost per record against a reference measured in the same run:
+//! parsing the same JSON into a `serde_json::Value` (what any JSON edge pays
+//! at least). `cargo bench -p spendstream-schemas`; compare the two lines.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use spendstream_schemas::ExpenseRecord;
+use std::hint::black_box;
+
+const RECORD: &str = r#"{"source":"visa-commercial","external_id":"visa-100042","account_id":"card_tok_0034","status":"posted","transaction_date":"2026-08-05","posted_at":"2026-08-06T21:30:00Z","amount":"1234.56","currency":"USD","merchant_name":"SQ *BLUE BOTTLE COFFEE #0042","merchant_mcc":"5814","employee_id":"emp-020","memo":"client dinner"}"#;
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("record");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("reference_serde_json_value", |b| {
+        b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(RECORD)).unwrap())
+    });
+    group.bench_function("validate", |b| {
+        b.iter(|| ExpenseRecord::from_json(black_box(RECORD)).unwrap())
+    });
+    group.finish();
+    c.bench_function("money_parse", |b| {
+        let usd = spendstream_schemas::Currency::from_code("USD").unwrap();
+        b.iter(|| spendstream_schemas::Money::parse(black_box("1234567.89"), usd).unwrap())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
