@@ -33,6 +33,21 @@ impl Roles {
         process: true,
         query: true,
     };
+    pub const INGEST: Roles = Roles {
+        ingest: true,
+        process: false,
+        query: false,
+    };
+    pub const PROCESS: Roles = Roles {
+        ingest: false,
+        process: true,
+        query: false,
+    };
+    pub const QUERY: Roles = Roles {
+        ingest: false,
+        process: false,
+        query: true,
+    };
 }
 
 /// Everything `start` needs.

@@ -41,45 +41,9 @@ async fn main() -> anyhow::Result<()> {
             let demo = args.demo;
             serve(args.serve, Roles::ALL, true, demo).await
         }
-        Command::Ingest(args) => {
-            serve(
-                args,
-                Roles {
-                    ingest: true,
-                    process: false,
-                    query: false,
-                },
-                false,
-                false,
-            )
-            .await
-        }
-        Command::Process(args) => {
-            serve(
-                args,
-                Roles {
-                    ingest: false,
-                    process: true,
-                    query: false,
-                },
-                false,
-                false,
-            )
-            .await
-        }
-        Command::Query(args) => {
-            serve(
-                args,
-                Roles {
-                    ingest: false,
-                    process: false,
-                    query: true,
-                },
-                false,
-                false,
-            )
-            .await
-        }
+        Command::Ingest(args) => serve(args, Roles::INGEST, false, false).await,
+        Command::Process(args) => serve(args, Roles::PROCESS, false, false).await,
+        Command::Query(args) => serve(args, Roles::QUERY, false, false).await,
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let roles = args

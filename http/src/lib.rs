@@ -18,3 +18,17 @@ pub fn finish(router: axum::Router) -> axum::Router {
         .layer(axum::middleware::from_fn(ops::track_metrics))
         .layer(axum::middleware::from_fn(request_id::layer))
 }
+
+/// A page size from a `limit` query parameter: `default` when absent,
+/// `400 invalid_query` outside `1..=max`.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`limit` must be 1 to {max}"),
+        ))
+    }
+}

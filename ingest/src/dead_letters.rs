@@ -59,13 +59,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Admin)?;
     let Query(params) = params?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("`limit` must be 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let limit = spendstream_http::page_limit(params.limit, 100, MAX_LIMIT)?;
     let letters = state
         .log
         .dead_letters()

@@ -141,13 +141,7 @@ pub async fn spend(
             "`from` is after `to`",
         ));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("`limit` must be 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let limit = spendstream_http::page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let fp = fingerprint(&params, &statuses);
     let start = match &params.cursor {
         Some(c) => decode_cursor(c, fp)?,
