@@ -96,16 +96,18 @@ async fn serve(
     };
     let running = spendstream::start(settings).await?;
     let addr = running.addr;
+    // Always printed, with the bound address (so `--listen 127.0.0.1:0`
+    // is usable by scripts and tests).
+    println!(
+        "Spendstream is up on http://{addr} (data in {}).",
+        args.data_dir.display()
+    );
     if create_secret && origin != Origin::Env && origin != Origin::File {
         let token = secret::mint(
             &keys,
             "demo",
             &[Role::Ingest, Role::Read],
             chrono::Duration::days(30),
-        );
-        println!(
-            "Spendstream is up on http://{addr} (data in {}).",
-            args.data_dir.display()
         );
         if origin == Origin::Created {
             println!(

@@ -24,10 +24,11 @@ impl Drop for Server {
     }
 }
 
+/// Starts `spendstream up` on port 0 and reads the bound address from the
+/// line it prints, so parallel tests never race for a port.
 fn spawn(dir: &Path, failpoint: Option<&str>) -> Server {
-    let port = common::free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendstream"));
-    cmd.args(["up", "--listen", &format!("127.0.0.1:{port}")])
+    cmd.args(["up", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .args([
@@ -43,16 +44,32 @@ fn spawn(dir: &Path, failpoint: Option<&str>) -> Server {
             std::str::from_utf8(common::SECRET).unwrap(),
         )
         .env("SPENDSTREAM_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     match failpoint {
         Some(f) => cmd.env("SPENDSTREAM_FAILPOINT", f),
         None => cmd.env_remove("SPENDSTREAM_FAILPOINT"),
     };
-    Server {
-        child: cmd.spawn().unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
-    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // A thread, so a server that never prints cannot hang the test: the
+    // receiver below waits with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("Spendstream is up on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server never said where it listens");
+    Server { child, base }
 }
 
 async fn wait_healthy(server: &mut Server) {
