@@ -17,6 +17,9 @@ pub struct IngestConfig {
     /// Most records in one group commit (one log append shared by
     /// concurrent requests).
     pub group_commit_max_records: usize,
+    /// Ingest requests handled at once; past it the edge answers 503 with
+    /// `Retry-After` at once instead of queueing without bound.
+    pub max_concurrent_requests: usize,
     /// Longest wait for the log to confirm an append before answering 503.
     #[serde(with = "secs")]
     pub append_timeout: Duration,
@@ -29,6 +32,7 @@ impl Default for IngestConfig {
             max_decompressed_bytes: 1 << 30,
             chunk_records: 2_000,
             group_commit_max_records: 20_000,
+            max_concurrent_requests: 256,
             append_timeout: Duration::from_secs(30),
         }
     }

@@ -84,6 +84,18 @@ pub async fn post_expenses(
     body: Body,
 ) -> Result<Response, ApiError> {
     auth.require(Role::Ingest)?;
+    // Shed load before reading anything: a 503 now is cheaper for everyone
+    // than a queue that grows until requests time out.
+    let _permit =
+        state
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Unavailable {
+                what: "the ingest edge (too many requests in flight)",
+                retry_after: Duration::from_secs(1),
+                source: None,
+            })?;
     let config = &state.config;
     let content_type = headers
         .get(header::CONTENT_TYPE)

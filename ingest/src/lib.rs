@@ -27,6 +27,8 @@ pub struct IngestState {
     pub committer: Committer,
     /// The log itself, for idempotency keys and dead letters.
     pub log: Arc<dyn Log>,
+    /// One permit per ingest request in flight.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub config: Arc<IngestConfig>,
 }
 
@@ -48,6 +50,9 @@ impl IngestState {
             keys,
             committer,
             log: log.clone(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_requests.max(1),
+            )),
             config: Arc::new(config),
         }
     }

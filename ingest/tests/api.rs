@@ -310,6 +310,7 @@ async fn a_log_failure_is_503_with_retry_after() {
             std::time::Duration::from_secs(5),
         ),
         log: Arc::new(log.clone()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
         config: Arc::new(config),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
@@ -421,4 +422,29 @@ async fn idempotency_keys_replay_the_first_answer_and_write_nothing() {
         (s, b["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_idempotency_key"))
     );
+}
+
+#[tokio::test]
+async fn too_many_requests_in_flight_are_shed_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), Some(2)).await.unwrap());
+    let state = IngestState::new(
+        keys(),
+        &log,
+        IngestConfig {
+            max_concurrent_requests: 1,
+            ..IngestConfig::default()
+        },
+    );
+    let app = spendstream_http::finish(spendstream_ingest::router(state.clone()));
+    let t = token(&["ingest"]);
+    // Stand in for a request in flight by holding the only permit.
+    let permit = state.in_flight.clone().try_acquire_owned().unwrap();
+    let (s, body, headers) = post(&app, Some(&t), "application/x-ndjson", &[], GOOD.into()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(headers["retry-after"], "1");
+    drop(permit);
+    let (s, _, _) = post(&app, Some(&t), "application/x-ndjson", &[], GOOD.into()).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
 }
