@@ -10,7 +10,7 @@ use spendstream_http::Role;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Server {
     child: Child,
@@ -73,7 +73,7 @@ fn spawn(dir: &Path, failpoint: Option<&str>) -> Server {
 }
 
 async fn wait_healthy(server: &mut Server) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut poll = common::Deadline::new(Duration::from_secs(60), Duration::from_millis(50));
     loop {
         if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await
             && r.status() == 200
@@ -84,8 +84,7 @@ async fn wait_healthy(server: &mut Server) {
             server.child.try_wait().unwrap().is_none(),
             "the server exited during start-up"
         );
-        assert!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        poll.tick("the server did not start").await;
     }
 }
 
@@ -136,9 +135,8 @@ async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
     let token = common::token("acme", &[Role::Read]);
     let want_count = model.len() as i64;
     let want_sum: i128 = model.values().map(|v| i128::from(*v)).sum();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut last = (0, 0);
-    while Instant::now() < deadline {
+    let mut poll = common::Deadline::new(Duration::from_secs(180), Duration::from_millis(200));
+    loop {
         let report = common::report(base, &token, "group_by=currency&status=all").await;
         let (count, sum) = report
             .values()
@@ -150,10 +148,11 @@ async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
         if (count, sum) == (want_count, want_sum) {
             return;
         }
-        last = (count, sum as i64);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        poll.tick(format_args!(
+            "reports at {count} records / {sum}, want {want_count} / {want_sum}"
+        ))
+        .await;
     }
-    panic!("reports never reached {want_count} records / {want_sum}; last {last:?}");
 }
 
 /// Rows in the lake and distinct log positions among them: equal when no
@@ -192,7 +191,7 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     let model = ingest(&server.base, 0, 30_000).await;
 
     // Kill while the processors are partway through: some written, not all.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut poll = common::Deadline::new(Duration::from_secs(120), Duration::from_millis(5));
     loop {
         let written = counter(
             &server.base,
@@ -206,8 +205,7 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
             written < model.len() as f64,
             "processing finished before the kill; make the load larger"
         );
-        assert!(Instant::now() < deadline, "processing never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        poll.tick("processing never started").await;
     }
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
@@ -233,10 +231,9 @@ async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplica
     wait_healthy(&mut server).await;
     let model = ingest(&server.base, 0, 4_000).await;
     // The first lake commit aborts the process before its offsets commit.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut poll = common::Deadline::new(Duration::from_secs(60), Duration::from_millis(20));
     while server.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the failpoint never fired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick("the failpoint never fired").await;
     }
 
     let mut server = spawn(dir.path(), None);

@@ -47,21 +47,47 @@ pub async fn start(dir: &Path) -> Running {
     spendstream::start(settings(dir)).await.unwrap()
 }
 
+/// Polling with a deadline, the one way these tests wait: look, and if the
+/// condition does not hold yet, `tick` (which fails the test once the
+/// deadline passed) before looking again.
+pub struct Deadline {
+    until: Instant,
+    every: tokio::time::Interval,
+}
+
+impl Deadline {
+    pub fn new(within: Duration, every: Duration) -> Self {
+        let mut every = tokio::time::interval(every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            until: Instant::now() + within,
+            every,
+        }
+    }
+
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.until
+    }
+
+    /// Fails with `what` past the deadline; otherwise waits one interval.
+    pub async fn tick(&mut self, what: impl std::fmt::Display) {
+        assert!(!self.expired(), "gave up waiting: {what}");
+        self.every.tick().await;
+    }
+}
+
 /// Waits until the processors handled `n` records (written or dead-lettered).
 pub async fn wait_processed(running: &Running, n: u64) {
     let stats = running.stats.clone().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut poll = Deadline::new(Duration::from_secs(120), Duration::from_millis(50));
     loop {
         let done =
             stats.written.load(Ordering::Relaxed) + stats.dead_lettered.load(Ordering::Relaxed);
         if done >= n {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "processors handled {done} of {n} records in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        poll.tick(format_args!("processors handled {done} of {n} records"))
+            .await;
     }
 }
 
