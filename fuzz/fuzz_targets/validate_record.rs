@@ -6,9 +6,14 @@ use libfuzzer_sys::fuzz_target;
 use spendstream_schemas::{ExpenseRecord, Money};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(record) = ExpenseRecord::from_json(text) {
         let money = record.amount;
-        assert_eq!(Money::parse(&money.to_decimal_string(), money.currency), Ok(money));
+        assert_eq!(
+            Money::parse(&money.to_decimal_string(), money.currency),
+            Ok(money)
+        );
     }
 });
