@@ -56,6 +56,8 @@ pub struct Settings {
     pub roles: Roles,
     pub listen: SocketAddr,
     pub log_url: String,
+    /// librdkafka properties for a Kafka log (ignored by the embedded one).
+    pub log_options: Vec<(String, String)>,
     pub lake_url: String,
     pub keys: JwtKeys,
     pub ingest: IngestConfig,
@@ -122,6 +124,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         roles,
         listen,
         log_url,
+        log_options,
         lake_url,
         keys,
         ingest,
@@ -134,7 +137,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let log = if roles.ingest || roles.process {
         Some(
-            spendstream_log::open(&log_url)
+            spendstream_log::open_with(&log_url, &log_options)
                 .await
                 .with_context(|| format!("cannot open the log (--log {log_url})"))?,
         )

@@ -64,9 +64,20 @@ pub struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "SPENDSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Log URL: `embedded://<dir>[?partitions=N]`. Default: `embedded://<data-dir>/log`.
+    /// Log URL: `embedded://<dir>[?partitions=N]` or
+    /// `kafka://host:port[,host:port][?prefix=&partitions=&replication=&compression=&state=]`.
+    /// Default: `embedded://<data-dir>/log`.
     #[arg(long = "log", env = "SPENDSTREAM_LOG")]
     pub log_url: Option<String>,
+    /// A librdkafka property for every Kafka client, `name=value` (repeat the
+    /// flag; the environment variable takes a comma-separated list).
+    #[arg(
+        long = "kafka-option",
+        env = "SPENDSTREAM_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        value_parser = parse_kafka_option
+    )]
+    pub kafka_options: Vec<(String, String)>,
     /// Lake URL: `file://<dir>`. Default: `file://<data-dir>/lake`.
     #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
     pub lake_url: Option<String>,
@@ -96,16 +107,32 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The log URL; a Kafka URL without `state=` keeps its node-local state
+    /// (idempotency keys) under the data directory.
     pub fn log_url(&self) -> String {
-        self.log_url
-            .clone()
-            .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("log").display()))
+        match &self.log_url {
+            None => format!("embedded://{}", self.data_dir.join("log").display()),
+            Some(url) if url.starts_with("kafka://") && !url.contains("state=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}state={}", self.data_dir.join("state").display())
+            }
+            Some(url) => url.clone(),
+        }
     }
 
     pub fn lake_url(&self) -> String {
         self.lake_url
             .clone()
             .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()))
+    }
+}
+
+fn parse_kafka_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("expected name=value, got `{text}`")),
     }
 }
 

@@ -91,6 +91,7 @@ async fn serve(
         roles,
         listen: args.listen,
         log_url: args.log_url(),
+        log_options: args.kafka_options.clone(),
         lake_url: args.lake_url(),
         keys: keys.clone(),
         ingest: IngestConfig {

@@ -141,7 +141,7 @@ mod tests {
             Record {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
-                headers: vec![],
+                headers: Default::default(),
             };
             n
         ]

@@ -121,7 +121,11 @@ pub async fn replay(
         .append(vec![Record {
             key: key.into_bytes(),
             value: payload,
-            headers: Vec::new(),
+            headers: spendstream_log::expense_headers(
+                auth.tenant(),
+                &format!("replay-{id}"),
+                &spendstream_http::request_id::current_request_id(),
+            ),
         }])
         .await
         .map_err(|e| ApiError::unavailable("the log", e))?

@@ -241,6 +241,7 @@ async fn ingest(
     let tenant = auth.tenant().to_string();
     let request_id = current_request_id();
     let batch_id = uuid::Uuid::new_v4().to_string();
+    let headers = spendstream_log::expense_headers(&tenant, &batch_id, &request_id);
     let writer = EnvelopeWriter::new(
         &tenant,
         &batch_id,
@@ -289,7 +290,15 @@ async fn ingest(
             left: decompressed_limit,
             flag: decoder_too_large,
         };
-        decode_body(format, limited, &tenant, &writer, chunk_records, &tx)
+        decode_body(
+            format,
+            limited,
+            &tenant,
+            &writer,
+            &headers,
+            chunk_records,
+            &tx,
+        )
     });
 
     // Append chunks as they come; at most two in flight keeps memory bounded
@@ -445,6 +454,7 @@ fn decode_body(
     reader: impl Read,
     tenant: &str,
     writer: &EnvelopeWriter,
+    headers: &spendstream_log::Headers,
     chunk_records: usize,
     tx: &mpsc::Sender<Vec<Record>>,
 ) -> Decoded {
@@ -460,7 +470,7 @@ fn decode_body(
                     chunk.push(Record {
                         key: identity_key(tenant, &record.source, &record.external_id).into_bytes(),
                         value: writer.write(&json),
-                        headers: Vec::new(),
+                        headers: headers.clone(),
                     });
                     if chunk.len() >= chunk_records {
                         let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_records));

@@ -3,16 +3,16 @@
 //! consumer-group offsets and dead letters are tables (the shape of Redpanda
 //! Connect's sqlite buffer).
 
+use crate::idempotency::{SqliteIdempotency, connect, now_ms};
 use crate::{
-    Claim, Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer,
-    LogProducer, Offset, Partition, Position, Record, Replayed, Result, StoredDeadLetter,
-    partition_for,
+    Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer, LogProducer,
+    Offset, Partition, Position, Record, Replayed, Result, StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Default partition count of a new embedded log.
@@ -60,21 +60,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     UNIQUE (group_name, partition, offset)
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_tenant ON dead_letters (tenant_id, id);
-CREATE TABLE IF NOT EXISTS idempotency (
-    tenant_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    fingerprint TEXT,
-    status INTEGER,
-    body BLOB,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY (tenant_id, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (updated_at);
 ";
-
-/// How long a completed idempotency key is remembered.
-pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// The embedded log backend.
 #[derive(Clone)]
@@ -87,6 +73,7 @@ struct Inner {
     partitions: u32,
     writer: Mutex<Connection>,
     appended: Notify,
+    idempotency: SqliteIdempotency,
 }
 
 impl std::fmt::Debug for EmbeddedLog {
@@ -96,23 +83,6 @@ impl std::fmt::Debug for EmbeddedLog {
             .field("partitions", &self.inner.partitions)
             .finish()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
-fn connect(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: the WAL is fsynced at every commit; an acknowledged append
-    // survives power loss, not only a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
 }
 
 impl EmbeddedLog {
@@ -198,13 +168,16 @@ impl EmbeddedLog {
                 n
             }
         };
+        tx.execute_batch(crate::idempotency::SCHEMA)?;
         tx.commit()?;
+        let idempotency = SqliteIdempotency::from_connection(connect(&path)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 partitions,
                 writer: Mutex::new(conn),
                 appended: Notify::new(),
+                idempotency,
             }),
         })
     }
@@ -250,6 +223,8 @@ impl EmbeddedLog {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (partition, offset, key, value, headers, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
+            // Records of one request share their headers: encode them once.
+            let mut encoded: Option<(crate::Headers, Option<String>)> = None;
             for record in &records {
                 let partition = partition_for(&record.key, inner.partitions);
                 let slot = &mut next[partition as usize];
@@ -257,11 +232,12 @@ impl EmbeddedLog {
                     Some(o) => o,
                     None => read_next.query_row([partition], |r| r.get(0))?,
                 };
-                let headers = if record.headers.is_empty() {
-                    None
-                } else {
-                    Some(encode_headers(&record.headers))
-                };
+                if !matches!(&encoded, Some((h, _)) if Arc::ptr_eq(h, &record.headers)) {
+                    let text =
+                        (!record.headers.is_empty()).then(|| encode_headers(&record.headers));
+                    encoded = Some((record.headers.clone(), text));
+                }
+                let headers = encoded.as_ref().and_then(|(_, text)| text.as_deref());
                 insert.execute(params![
                     partition,
                     offset,
@@ -462,102 +438,6 @@ impl EmbeddedLog {
 }
 
 #[async_trait]
-impl IdempotencyStore for EmbeddedLog {
-    async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim> {
-        let inner = self.inner.clone();
-        let (tenant, key) = (tenant.to_string(), key.to_string());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let now = now_ms();
-            // Forget completed keys past retention (cheap with the index).
-            tx.execute(
-                "DELETE FROM idempotency WHERE updated_at < ?1",
-                [now - IDEMPOTENCY_RETENTION.as_millis() as i64],
-            )?;
-            let row: Option<(String, Option<String>, Option<u16>, Option<Vec<u8>>, i64)> = tx
-                .query_row(
-                    "SELECT state, fingerprint, status, body, updated_at FROM idempotency
-                     WHERE tenant_id = ?1 AND key = ?2",
-                    params![tenant, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?;
-            let claim = match row {
-                Some((state, Some(fingerprint), Some(status), Some(body), _))
-                    if state == "done" =>
-                {
-                    Claim::Completed {
-                        fingerprint,
-                        status,
-                        body,
-                    }
-                }
-                Some((_, _, _, _, updated)) if now - updated < stale_after.as_millis() as i64 => {
-                    Claim::InProgress
-                }
-                _ => {
-                    tx.execute(
-                        "INSERT INTO idempotency (tenant_id, key, state, updated_at)
-                         VALUES (?1, ?2, 'running', ?3)
-                         ON CONFLICT (tenant_id, key) DO UPDATE SET
-                           state = 'running', fingerprint = NULL, status = NULL, body = NULL,
-                           updated_at = excluded.updated_at",
-                        params![tenant, key, now],
-                    )?;
-                    Claim::Acquired
-                }
-            };
-            tx.commit()?;
-            Ok(claim)
-        })
-        .await?
-    }
-
-    async fn complete(
-        &self,
-        tenant: &str,
-        key: &str,
-        fingerprint: &str,
-        status: u16,
-        body: &[u8],
-    ) -> Result<()> {
-        let inner = self.inner.clone();
-        let (tenant, key, fingerprint, body) = (
-            tenant.to_string(),
-            key.to_string(),
-            fingerprint.to_string(),
-            body.to_vec(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            conn.execute(
-                "UPDATE idempotency SET state = 'done', fingerprint = ?3, status = ?4, body = ?5,
-                   updated_at = ?6
-                 WHERE tenant_id = ?1 AND key = ?2",
-                params![tenant, key, fingerprint, status, body, now_ms()],
-            )?;
-            Ok(())
-        })
-        .await?
-    }
-
-    async fn release(&self, tenant: &str, key: &str) -> Result<()> {
-        let inner = self.inner.clone();
-        let (tenant, key) = (tenant.to_string(), key.to_string());
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            conn.execute(
-                "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2 AND state = 'running'",
-                params![tenant, key],
-            )?;
-            Ok(())
-        })
-        .await?
-    }
-}
-
-#[async_trait]
 impl Log for EmbeddedLog {
     fn producer(&self) -> Arc<dyn LogProducer> {
         Arc::new(self.clone())
@@ -586,7 +466,7 @@ impl Log for EmbeddedLog {
     }
 
     fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
-        Arc::new(self.clone())
+        Arc::new(self.inner.idempotency.clone())
     }
 
     fn partitions(&self) -> u32 {

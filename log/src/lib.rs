@@ -1,10 +1,13 @@
 //! The durable log between ingest and processors. Backends are chosen by URL:
-//! `embedded://./data/log` (SQLite in WAL mode, one machine) now, Kafka later.
+//! `embedded://./data/log` (SQLite in WAL mode, one machine) or
+//! `kafka://host1:9092,host2:9092` (see [`kafka`]).
 //! The traits follow Kafka's model: keyed records in partitions, consumer
 //! groups, at-least-once delivery with explicit offset commits.
 
 pub mod embedded;
 mod error;
+pub mod idempotency;
+pub mod kafka;
 
 pub use error::{Error, Result};
 
@@ -17,13 +20,39 @@ pub type Partition = u32;
 /// A position inside one partition; strictly increasing per partition.
 pub type Offset = i64;
 
+/// Header pairs, shared by every record of one request (they carry the
+/// request's batch id, request id, tenant and schema version).
+pub type Headers = Arc<[(String, String)]>;
+
+/// Header names of every expense record in the log.
+pub mod header {
+    pub const BATCH_ID: &str = "batch_id";
+    pub const REQUEST_ID: &str = "request_id";
+    pub const TENANT: &str = "tenant";
+    /// The envelope schema version of the value.
+    pub const SCHEMA_VERSION: &str = "schema_version";
+}
+
+/// The headers of the records one request appends.
+pub fn expense_headers(tenant: &str, batch_id: &str, request_id: &str) -> Headers {
+    Arc::from([
+        (header::BATCH_ID.to_string(), batch_id.to_string()),
+        (header::REQUEST_ID.to_string(), request_id.to_string()),
+        (header::TENANT.to_string(), tenant.to_string()),
+        (
+            header::SCHEMA_VERSION.to_string(),
+            spendstream_schemas::envelope::ENVELOPE_VERSION.to_string(),
+        ),
+    ])
+}
+
 /// One record to append. `key` decides the partition: equal keys always land
 /// in the same partition, in append order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 /// Where an appended record now lives.
@@ -99,7 +128,16 @@ pub trait LogConsumer: Send {
     async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Consumed>>;
 
     /// Marks everything below `next_offset` of each partition as processed.
+    /// A commit never moves a group backwards.
     async fn commit(&mut self, offsets: &[(Partition, Offset)]) -> Result<()>;
+
+    /// Partitions taken from this member by a group rebalance since the last
+    /// call. Records of them that the caller holds from earlier polls must be
+    /// dropped without committing: the new owner reads them again from the
+    /// last commit. (What `poll` returns after a rebalance is already clean.)
+    fn take_revoked(&mut self) -> Vec<Partition> {
+        Vec::new()
+    }
 }
 
 /// Where processors put records they could not use.
@@ -183,8 +221,19 @@ pub trait Log: Send + Sync {
 
 /// Opens the log a URL names.
 pub async fn open(url: &str) -> Result<Arc<dyn Log>> {
+    open_with(url, &[]).await
+}
+
+/// Opens the log a URL names; `client_options` are librdkafka settings
+/// passed through to every Kafka client (ignored by the embedded log).
+pub async fn open_with(url: &str, client_options: &[(String, String)]) -> Result<Arc<dyn Log>> {
     match url.split_once("://") {
         Some(("embedded", _)) => Ok(Arc::new(embedded::EmbeddedLog::open_url(url).await?)),
+        Some(("kafka", _)) => {
+            let mut config = kafka::KafkaConfig::from_url(url)?;
+            config.client_options.extend(client_options.iter().cloned());
+            Ok(Arc::new(kafka::KafkaLog::open(config).await?))
+        }
         _ => Err(Error::UnsupportedUrl(url.to_string())),
     }
 }

@@ -1,6 +1,8 @@
 //! The log contract, written once as generic scenario bodies and run against
-//! every backend this build has (embedded now; Kafka joins the same list).
+//! every backend: the embedded log, and Kafka (librdkafka's mock cluster with
+//! 3 brokers, or the broker in `SPENDSTREAM_TEST_KAFKA`).
 
+use spendstream_log::kafka::testing::TestKafka;
 use spendstream_log::{DeadLetter, Log, Record, embedded::EmbeddedLog};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -10,7 +12,7 @@ fn rec(key: &str, value: &str) -> Record {
     Record {
         key: key.as_bytes().to_vec(),
         value: value.as_bytes().to_vec(),
-        headers: vec![("batch_id".into(), "b1".into())],
+        headers: vec![("batch_id".into(), "b1".into())].into(),
     }
 }
 
@@ -23,7 +25,8 @@ async fn drain(
     consumer: &mut dyn spendstream_log::LogConsumer,
     want: usize,
 ) -> Vec<spendstream_log::Consumed> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: a Kafka group needs a rebalance (seconds) before reading.
+    let deadline = Instant::now() + Duration::from_secs(45);
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
         out.extend(
@@ -250,6 +253,12 @@ macro_rules! per_backend {
             async fn embedded() {
                 let dir = tempfile::tempdir().unwrap();
                 super::$name(super::embedded(&dir).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka() {
+                let kafka = super::TestKafka::start(4).unwrap();
+                super::$name(std::sync::Arc::new(kafka.open().await.unwrap())).await;
             }
         }
     )*};

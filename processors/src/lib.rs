@@ -167,6 +167,12 @@ impl Processor {
         for attempt in 1..=20 {
             match consumer.commit(&commits).await {
                 Ok(()) => break,
+                // The partitions moved to another member: its replay of
+                // this batch is skipped by the lake's transaction versions.
+                Err(spendstream_log::Error::Rebalanced) => {
+                    info!("Partitions moved before the offset commit; the lake has the batch.");
+                    break;
+                }
                 // Not fatal: the lake knows what it holds and a replay of
                 // this batch is skipped; the next commit covers it.
                 Err(error) if attempt == 20 => {

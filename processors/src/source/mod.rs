@@ -5,6 +5,24 @@ use crate::Result;
 use spendstream_log::{Consumed, LogConsumer};
 use std::time::{Duration, Instant};
 
+/// Drops held records of partitions a rebalance took away: their new owner
+/// reads them again from the last commit.
+fn drop_revoked(consumer: &mut dyn LogConsumer, held: &mut Vec<Consumed>) {
+    let revoked = consumer.take_revoked();
+    if revoked.is_empty() {
+        return;
+    }
+    let before = held.len();
+    held.retain(|c| !revoked.contains(&c.partition));
+    metrics::counter!("spendstream_processor_records_total", "outcome" => "abandoned_on_revoke")
+        .increment((before - held.len()) as u64);
+    tracing::info!(
+        ?revoked,
+        abandoned = before - held.len(),
+        "Partitions revoked mid-batch; their records were dropped uncommitted."
+    );
+}
+
 /// Reads one batch: waits up to `idle_wait` for a first record, then keeps
 /// reading until `max_records` or until `max_wait` passed since that first
 /// record.
@@ -15,6 +33,8 @@ pub async fn next_batch(
     idle_wait: Duration,
 ) -> Result<Vec<Consumed>> {
     let mut batch = consumer.poll(max_records, idle_wait).await?;
+    // Revocations before this batch started concern nothing held.
+    consumer.take_revoked();
     if batch.is_empty() {
         return Ok(batch);
     }
@@ -27,6 +47,7 @@ pub async fn next_batch(
         let more = consumer
             .poll(max_records - batch.len(), deadline - now)
             .await?;
+        drop_revoked(consumer, &mut batch);
         if more.is_empty() {
             break;
         }

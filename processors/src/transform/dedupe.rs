@@ -39,7 +39,7 @@ mod tests {
             offset,
             key: vec![],
             value: vec![],
-            headers: vec![],
+            headers: Default::default(),
             timestamp_ms: 0,
         }
     }

@@ -1,0 +1,177 @@
+//! Idempotency keys in a SQLite file. The embedded log keeps them in its own
+//! database; with Kafka they live in a small state file next to the process
+//! (see ADR 0005): a retried request must reach the same ingest node to get
+//! the first answer back, and record identities keep reports exact when it
+//! does not.
+
+use crate::{Claim, IdempotencyStore, Result};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a completed idempotency key is remembered.
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    fingerprint TEXT,
+    status INTEGER,
+    body BLOB,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (updated_at);
+";
+
+/// Idempotency keys in one SQLite database (WAL, `synchronous=FULL`).
+#[derive(Clone)]
+pub struct SqliteIdempotency {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteIdempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteIdempotency")
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Opens a SQLite file the way every store here needs it.
+pub(crate) fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsynced at every commit; an acknowledged write
+    // survives power loss, not only a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteIdempotency {
+    pub(crate) fn from_connection(conn: Connection) -> Self {
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+        }
+    }
+
+    /// Opens (creating if needed) the store in the database file `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let conn = connect(&path)?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(Self::from_connection(conn))
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteIdempotency {
+    async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim> {
+        let conn = self.conn.clone();
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now = now_ms();
+            // Forget completed keys past retention (cheap with the index).
+            tx.execute(
+                "DELETE FROM idempotency WHERE updated_at < ?1",
+                [now - IDEMPOTENCY_RETENTION.as_millis() as i64],
+            )?;
+            let row: Option<(String, Option<String>, Option<u16>, Option<Vec<u8>>, i64)> = tx
+                .query_row(
+                    "SELECT state, fingerprint, status, body, updated_at FROM idempotency
+                     WHERE tenant_id = ?1 AND key = ?2",
+                    params![tenant, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let claim = match row {
+                Some((state, Some(fingerprint), Some(status), Some(body), _))
+                    if state == "done" =>
+                {
+                    Claim::Completed {
+                        fingerprint,
+                        status,
+                        body,
+                    }
+                }
+                Some((_, _, _, _, updated)) if now - updated < stale_after.as_millis() as i64 => {
+                    Claim::InProgress
+                }
+                _ => {
+                    tx.execute(
+                        "INSERT INTO idempotency (tenant_id, key, state, updated_at)
+                         VALUES (?1, ?2, 'running', ?3)
+                         ON CONFLICT (tenant_id, key) DO UPDATE SET
+                           state = 'running', fingerprint = NULL, status = NULL, body = NULL,
+                           updated_at = excluded.updated_at",
+                        params![tenant, key, now],
+                    )?;
+                    Claim::Acquired
+                }
+            };
+            tx.commit()?;
+            Ok(claim)
+        })
+        .await?
+    }
+
+    async fn complete(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &str,
+        status: u16,
+        body: &[u8],
+    ) -> Result<()> {
+        let conn = self.conn.clone();
+        let (tenant, key, fingerprint, body) = (
+            tenant.to_string(),
+            key.to_string(),
+            fingerprint.to_string(),
+            body.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "UPDATE idempotency SET state = 'done', fingerprint = ?3, status = ?4, body = ?5,
+                   updated_at = ?6
+                 WHERE tenant_id = ?1 AND key = ?2",
+                params![tenant, key, fingerprint, status, body, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn release(&self, tenant: &str, key: &str) -> Result<()> {
+        let conn = self.conn.clone();
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2 AND state = 'running'",
+                params![tenant, key],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+}

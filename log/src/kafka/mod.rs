@@ -1,0 +1,407 @@
+//! The Kafka backend, through rdkafka (librdkafka).
+//!
+//! `kafka://host1:9092,host2:9092[?param=value&...]` with these parameters:
+//!
+//! | parameter | default | meaning |
+//! | --- | --- | --- |
+//! | `prefix` | empty | prepended to the topic names `expenses.raw` and `expenses.dlq` |
+//! | `partitions` | existing, or 8 for new topics | partitions of both topics; a different existing count is an error |
+//! | `replication` | existing, or min(3, brokers) | replication factor of new topics; checked against existing ones |
+//! | `compression` | `zstd` | producer `compression.type` |
+//! | `state` | `./data/state` | directory of the node-local idempotency-key store |
+//! | `rdkafka.<name>` | | any librdkafka property, passed to every client |
+//!
+//! Records are keyed by expense identity and sent to `partition_for(key)`,
+//! the same hash as the embedded log, so every version of one expense lands
+//! in one partition in order and the offset is a valid version.
+
+mod consumer;
+mod dead_letters;
+mod producer;
+pub mod testing;
+
+pub use consumer::KafkaConsumer;
+pub use dead_letters::KafkaDeadLetters;
+pub use producer::{KafkaProducer, PRODUCER_DEFAULTS};
+
+use crate::idempotency::SqliteIdempotency;
+use crate::{DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer, LogProducer, Result};
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::metadata::Metadata;
+use rdkafka::types::RDKafkaErrorCode;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::info;
+
+/// Partitions of new topics when none are configured.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+/// The raw topic's name after the prefix.
+pub const RAW_TOPIC: &str = "expenses.raw";
+/// The dead-letter topic's name after the prefix.
+pub const DLQ_TOPIC: &str = "expenses.dlq";
+
+/// How to reach Kafka and what to create there.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub partitions: Option<u32>,
+    pub replication: Option<i32>,
+    /// Producer `compression.type`.
+    pub compression: String,
+    /// librdkafka properties for every client; they override ours.
+    pub client_options: Vec<(String, String)>,
+    /// Where idempotency keys are kept (a SQLite file in this directory).
+    pub state_dir: PathBuf,
+    /// Bound on metadata and admin calls.
+    pub operation_timeout: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: String::new(),
+            partitions: None,
+            replication: None,
+            compression: "zstd".into(),
+            client_options: Vec::new(),
+            state_dir: PathBuf::from("./data/state"),
+            operation_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Parses `kafka://brokers?params` (see the module documentation).
+    pub fn from_url(url: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| Error::UnsupportedUrl(url.to_string()))?;
+        let (brokers, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let brokers = brokers.trim_end_matches('/');
+        if brokers.is_empty() || brokers.split(',').any(|b| !b.contains(':')) {
+            return Err(invalid("expected host:port[,host:port...]".into()));
+        }
+        let mut config = Self::new(brokers);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("parameter `{pair}` has no value")))?;
+            match name {
+                "prefix" => config.topic_prefix = value.to_string(),
+                "partitions" => {
+                    config.partitions = Some(
+                        value
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|n| (1..=10_000).contains(n))
+                            .ok_or_else(|| invalid("partitions must be 1 to 10000".into()))?,
+                    )
+                }
+                "replication" => {
+                    config.replication = Some(
+                        value
+                            .parse::<i32>()
+                            .ok()
+                            .filter(|n| *n >= 1)
+                            .ok_or_else(|| invalid("replication must be 1 or more".into()))?,
+                    )
+                }
+                "compression" => config.compression = value.to_string(),
+                "state" => config.state_dir = PathBuf::from(value),
+                _ => match name.strip_prefix("rdkafka.") {
+                    Some(option) if !option.is_empty() => config
+                        .client_options
+                        .push((option.to_string(), value.to_string())),
+                    _ => return Err(invalid(format!("unknown parameter `{name}`"))),
+                },
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn raw_topic(&self) -> String {
+        format!("{}{RAW_TOPIC}", self.topic_prefix)
+    }
+
+    pub fn dlq_topic(&self) -> String {
+        format!("{}{DLQ_TOPIC}", self.topic_prefix)
+    }
+
+    /// A client configuration with the brokers and the pass-through options
+    /// applied over `ours`.
+    pub(crate) fn client(&self, ours: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config.set("client.id", "spendstream");
+        for (k, v) in ours {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.client_options {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+/// The Kafka log: a shared idempotent producer, consumers by group, the
+/// dead-letter topic and the node-local idempotency store.
+#[derive(Clone)]
+pub struct KafkaLog {
+    config: Arc<KafkaConfig>,
+    partitions: u32,
+    producer: Arc<KafkaProducer>,
+    dead_letters: Arc<KafkaDeadLetters>,
+    idempotency: SqliteIdempotency,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("brokers", &self.config.brokers)
+            .field("topic", &self.config.raw_topic())
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+/// A Kafka message's headers as text pairs (ours are all text).
+pub(crate) fn message_headers(m: &impl rdkafka::Message) -> Vec<(String, String)> {
+    use rdkafka::message::Headers as _;
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the cluster says about one topic.
+struct TopicShape {
+    partitions: u32,
+    replication: i32,
+}
+
+fn topic_shape(metadata: &Metadata, topic: &str) -> Option<TopicShape> {
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())?;
+    Some(TopicShape {
+        partitions: t.partitions().len() as u32,
+        replication: t
+            .partitions()
+            .iter()
+            .map(|p| p.replicas().len() as i32)
+            .min()
+            .unwrap_or(0),
+    })
+}
+
+impl KafkaLog {
+    /// Connects, creates the topics if they are missing (checking them if
+    /// they exist), and starts the producer.
+    pub async fn open(config: KafkaConfig) -> Result<Self> {
+        let config = Arc::new(config);
+        let partitions = ensure_topics(&config).await?;
+        let producer = Arc::new(KafkaProducer::new(&config, partitions)?);
+        let dead_letters = Arc::new(KafkaDeadLetters::new(
+            config.clone(),
+            producer.clone(),
+            partitions,
+        )?);
+        let idempotency =
+            SqliteIdempotency::open(&config.state_dir.join("idempotency.sqlite3")).await?;
+        info!(
+            brokers = %config.brokers,
+            topic = %config.raw_topic(),
+            partitions,
+            "Kafka log ready."
+        );
+        Ok(Self {
+            config,
+            partitions,
+            producer,
+            dead_letters,
+            idempotency,
+        })
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+}
+
+/// Reads cluster metadata (all topics, so that asking does not auto-create).
+async fn metadata(config: &KafkaConfig) -> Result<Metadata> {
+    let client: BaseConsumer = config
+        .client(&[("allow.auto.create.topics", "false")])
+        .create()?;
+    let timeout = config.operation_timeout;
+    Ok(tokio::task::spawn_blocking(move || client.fetch_metadata(None, timeout)).await??)
+}
+
+/// Makes sure both topics exist with the configured shape; returns the
+/// partition count.
+async fn ensure_topics(config: &KafkaConfig) -> Result<u32> {
+    let topics = [config.raw_topic(), config.dlq_topic()];
+    let meta = metadata(config).await?;
+    let brokers = meta.brokers().len().max(1) as i32;
+    let existing = topic_shape(&meta, &topics[0]).or_else(|| topic_shape(&meta, &topics[1]));
+    let partitions = config
+        .partitions
+        .or(existing.as_ref().map(|t| t.partitions))
+        .unwrap_or(DEFAULT_PARTITIONS);
+    let replication = config.replication.unwrap_or(brokers.min(3));
+
+    let missing: Vec<&String> = topics
+        .iter()
+        .filter(|t| topic_shape(&meta, t).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let admin: AdminClient<DefaultClientContext> = config.client(&[]).create()?;
+        let partitions_i32 = partitions as i32;
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t.as_str(),
+                    partitions_i32,
+                    TopicReplication::Fixed(replication),
+                )
+                // Replication alone is not durability: acks=all must mean
+                // at least two copies.
+                .set(
+                    "min.insync.replicas",
+                    if replication >= 3 { "2" } else { "1" },
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(config.operation_timeout));
+        for result in admin.create_topics(&new, &options).await? {
+            match result {
+                Ok(topic) => info!(%topic, partitions, replication, "Created Kafka topic."),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::TopicCreation {
+                        topic,
+                        reason: code.to_string(),
+                    });
+                }
+            }
+        }
+        // Creation is asynchronous on the brokers: wait until both are seen.
+        let deadline = Instant::now() + config.operation_timeout;
+        loop {
+            let meta = metadata(config).await?;
+            if topics.iter().all(|t| topic_shape(&meta, t).is_some()) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(config.operation_timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let meta = metadata(config).await?;
+    for topic in &topics {
+        let shape = topic_shape(&meta, topic).ok_or(Error::Timeout(config.operation_timeout))?;
+        if shape.partitions != partitions {
+            return Err(Error::TopicMismatch {
+                topic: topic.clone(),
+                existing: format!("{} partitions", shape.partitions),
+                requested: format!("{partitions} partitions"),
+            });
+        }
+        if let Some(wanted) = config.replication
+            && shape.replication != wanted
+        {
+            return Err(Error::TopicMismatch {
+                topic: topic.clone(),
+                existing: format!("replication factor {}", shape.replication),
+                requested: format!("replication factor {wanted}"),
+            });
+        }
+    }
+    Ok(partitions)
+}
+
+#[async_trait]
+impl Log for KafkaLog {
+    fn producer(&self) -> Arc<dyn LogProducer> {
+        self.producer.clone()
+    }
+
+    async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>> {
+        Ok(Box::new(KafkaConsumer::new(
+            &self.config,
+            group,
+            self.partitions,
+        )?))
+    }
+
+    fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        self.dead_letters.clone()
+    }
+
+    fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
+        Arc::new(self.idempotency.clone())
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.producer.ping(Duration::from_secs(5)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let c = KafkaConfig::from_url(
+            "kafka://a:9092,b:9092?prefix=acme.&partitions=4&replication=2&compression=lz4&state=/tmp/s&rdkafka.linger.ms=20",
+        )
+        .unwrap();
+        assert_eq!(c.brokers, "a:9092,b:9092");
+        assert_eq!(c.raw_topic(), "acme.expenses.raw");
+        assert_eq!(c.dlq_topic(), "acme.expenses.dlq");
+        assert_eq!((c.partitions, c.replication), (Some(4), Some(2)));
+        assert_eq!(c.compression, "lz4");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(
+            c.client_options,
+            vec![("linger.ms".to_string(), "20".to_string())]
+        );
+        for bad in [
+            "kafka://",
+            "kafka://host",
+            "kafka://h:1?partitions=0",
+            "kafka://h:1?acks=1",
+            "kafka://h:1?prefix",
+            "kafka://h:1?rdkafka.=x",
+        ] {
+            assert!(KafkaConfig::from_url(bad).is_err(), "{bad}");
+        }
+    }
+}
