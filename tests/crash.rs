@@ -6,8 +6,6 @@
 mod common;
 
 use serde_json::Value;
-use spendstream_http::Role;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -101,94 +99,12 @@ async fn counter(base: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Sends `n` records (ids offset by `start`) in requests of 2,000; returns
-/// the model: external id → amount in minor units (USD).
-async fn ingest(base: &str, start: usize, n: usize) -> BTreeMap<String, i64> {
-    let token = common::token("acme", &[Role::Ingest]);
-    let client = reqwest::Client::new();
-    let mut model = BTreeMap::new();
-    for chunk_start in (start..start + n).step_by(2000) {
-        let mut body = String::new();
-        for i in chunk_start..(chunk_start + 2000).min(start + n) {
-            let minor = (i as i64 * 7919) % 100_000 + 1;
-            body.push_str(&format!(
-                r#"{{"source":"s","external_id":"x{i}","account_id":"a","transaction_date":"2026-0{}-11","amount_minor":{minor},"currency":"USD"}}"#,
-                1 + i % 9
-            ));
-            body.push('\n');
-            model.insert(format!("x{i}"), minor);
-        }
-        let resp = client
-            .post(format!("{base}/v1/expenses"))
-            .bearer_auth(&token)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-    }
-    model
-}
-
-async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
-    let token = common::token("acme", &[Role::Read]);
-    let want_count = model.len() as i64;
-    let want_sum: i128 = model.values().map(|v| i128::from(*v)).sum();
-    let mut poll = common::Deadline::new(Duration::from_secs(180), Duration::from_millis(200));
-    loop {
-        let report = common::report(base, &token, "group_by=currency&status=all").await;
-        let (count, sum) = report
-            .values()
-            .fold((0, 0i128), |(c, s), v| (c + v.0, s + v.1));
-        assert!(
-            count <= want_count,
-            "more rows than records: {count} > {want_count} (a duplicate)"
-        );
-        if (count, sum) == (want_count, want_sum) {
-            return;
-        }
-        poll.tick(format_args!(
-            "reports at {count} records / {sum}, want {want_count} / {want_sum}"
-        ))
-        .await;
-    }
-}
-
-/// Rows in the lake and distinct log positions among them: equal when no
-/// record was written twice.
-async fn lake_rows(dir: &Path) -> (i64, i64) {
-    use datafusion::arrow::array::Int64Array;
-    let lake = spendstream_lake::Lake::open(&format!("file://{}", dir.join("lake").display()))
-        .await
-        .unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
-        .unwrap();
-    let batches = ctx
-        .sql("SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT (log_partition * 1000000000 + log_offset)) AS BIGINT) FROM expenses")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let col = |i: usize| {
-        batches[0]
-            .column(i)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0)
-    };
-    (col(0), col(1))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = spawn(dir.path(), None);
     wait_healthy(&mut server).await;
-    let model = ingest(&server.base, 0, 30_000).await;
+    let model = common::ingest(&server.base, 0, 30_000).await;
 
     // Kill while the processors are partway through: some written, not all.
     let mut poll = common::Deadline::new(Duration::from_secs(120), Duration::from_millis(5));
@@ -212,14 +128,14 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
 
     let mut server = spawn(dir.path(), None);
     wait_healthy(&mut server).await;
-    wait_for_totals(&server.base, &model).await;
+    common::wait_for_totals(&server.base, &model).await;
     // Still exact once everything settled, with more records arriving.
-    let more = ingest(&server.base, 30_000, 2_000).await;
+    let more = common::ingest(&server.base, 30_000, 2_000).await;
     let mut all = model;
     all.extend(more);
-    wait_for_totals(&server.base, &all).await;
+    common::wait_for_totals(&server.base, &all).await;
     assert_eq!(
-        lake_rows(dir.path()).await,
+        common::lake_rows(dir.path()).await,
         (all.len() as i64, all.len() as i64)
     );
 }
@@ -229,7 +145,7 @@ async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplica
     let dir = tempfile::tempdir().unwrap();
     let mut server = spawn(dir.path(), Some("after_lake_commit"));
     wait_healthy(&mut server).await;
-    let model = ingest(&server.base, 0, 4_000).await;
+    let model = common::ingest(&server.base, 0, 4_000).await;
     // The first lake commit aborts the process before its offsets commit.
     let mut poll = common::Deadline::new(Duration::from_secs(60), Duration::from_millis(20));
     while server.child.try_wait().unwrap().is_none() {
@@ -238,9 +154,9 @@ async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplica
 
     let mut server = spawn(dir.path(), None);
     wait_healthy(&mut server).await;
-    wait_for_totals(&server.base, &model).await;
+    common::wait_for_totals(&server.base, &model).await;
     assert_eq!(
-        lake_rows(dir.path()).await,
+        common::lake_rows(dir.path()).await,
         (model.len() as i64, model.len() as i64)
     );
     // The batch the lake already held was detected and skipped.

@@ -204,10 +204,14 @@ async fn send(
     accepted
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_records_two_tenants_three_formats() {
+crate::per_backend!(
+    ten_thousand_records_two_tenants_three_formats,
+    dead_letters_are_listed_and_replayed,
+);
+
+async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let running = common::start(dir.path()).await;
+    let running = backend.start(dir.path()).await;
     let base = format!("http://{}", running.addr);
     let mut rng = StdRng::seed_from_u64(7);
 
@@ -391,10 +395,9 @@ async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
 
 /// Records an older edge let through reach the dead-letter store with their
 /// original bytes; operators list and replay them through the API.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_are_listed_and_replayed() {
+async fn dead_letters_are_listed_and_replayed(backend: common::Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let running = common::start(dir.path()).await;
+    let running = backend.start(dir.path()).await;
     let base = format!("http://{}", running.addr);
     let log = running.log.clone().unwrap();
     // What an older edge might have written: valid envelope, invalid record.
@@ -405,12 +408,12 @@ async fn dead_letters_are_listed_and_replayed() {
             spendstream_log::Record {
                 key: spendstream_schemas::identity_key("acme", "old-edge", "x1").into_bytes(),
                 value: writer.write(bad),
-                headers: vec![],
+                headers: Default::default(),
             },
             spendstream_log::Record {
                 key: b"junk".to_vec(),
                 value: b"not an envelope".to_vec(),
-                headers: vec![],
+                headers: Default::default(),
             },
         ])
         .await

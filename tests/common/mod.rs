@@ -6,6 +6,7 @@ use serde_json::Value;
 use spendstream::{Roles, Running, Settings};
 use spendstream_http::{JwtKeys, Role};
 use spendstream_ingest::IngestConfig;
+use spendstream_log::kafka::testing::TestKafka;
 use spendstream_processors::ProcessorConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,6 +27,7 @@ pub fn settings(dir: &Path) -> Settings {
     Settings {
         roles: Roles::ALL,
         listen: "127.0.0.1:0".parse().unwrap(),
+        log_options: Vec::new(),
         log_url: format!("embedded://{}", dir.join("log").display()),
         lake_url: format!("file://{}", dir.join("lake").display()),
         keys: keys(),
@@ -45,6 +47,51 @@ pub fn settings(dir: &Path) -> Settings {
 
 pub async fn start(dir: &Path) -> Running {
     spendstream::start(settings(dir)).await.unwrap()
+}
+
+/// The log a test runs on. The Kafka one holds the mock cluster (or names
+/// the external broker in `SPENDSTREAM_TEST_KAFKA`) and must outlive the app.
+pub enum Backend {
+    Embedded,
+    Kafka(TestKafka),
+}
+
+impl Backend {
+    pub fn kafka() -> Self {
+        Self::Kafka(TestKafka::start(4).unwrap())
+    }
+
+    /// `settings(dir)` on this backend.
+    pub fn settings(&self, dir: &Path) -> Settings {
+        let mut settings = settings(dir);
+        if let Self::Kafka(kafka) = self {
+            settings.log_url = kafka.url();
+        }
+        settings
+    }
+
+    pub async fn start(&self, dir: &Path) -> Running {
+        spendstream::start(self.settings(dir)).await.unwrap()
+    }
+}
+
+/// Runs each named `async fn(Backend)` once per log backend, as
+/// `<name>::embedded` and `<name>::kafka`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::common::Backend::Embedded).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn kafka() {
+                super::$name($crate::common::Backend::kafka()).await;
+            }
+        }
+    )*};
 }
 
 /// Polling with a deadline, the one way these tests wait: look, and if the
@@ -137,4 +184,99 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(bytes).unwrap();
     gz.finish().unwrap()
+}
+
+/// NDJSON of records `start..start + n` of tenant `acme` (USD), and the
+/// model: external id → amount in minor units.
+pub fn acme_records(start: usize, n: usize) -> (String, BTreeMap<String, i64>) {
+    let mut body = String::new();
+    let mut model = BTreeMap::new();
+    for i in start..start + n {
+        let minor = (i as i64 * 7919) % 100_000 + 1;
+        body.push_str(&format!(
+            r#"{{"source":"s","external_id":"x{i}","account_id":"a","transaction_date":"2026-0{}-11","amount_minor":{minor},"currency":"USD"}}"#,
+            1 + i % 9
+        ));
+        body.push('\n');
+        model.insert(format!("x{i}"), minor);
+    }
+    (body, model)
+}
+
+/// Posts an NDJSON body as tenant `acme`.
+pub async fn post_ndjson(client: &reqwest::Client, base: &str, body: String) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/expenses"))
+        .bearer_auth(token("acme", &[Role::Ingest]))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends `n` records (ids offset by `start`) in requests of 2,000; returns
+/// the model: external id → amount in minor units (USD).
+pub async fn ingest(base: &str, start: usize, n: usize) -> BTreeMap<String, i64> {
+    let client = reqwest::Client::new();
+    let mut model = BTreeMap::new();
+    for chunk_start in (start..start + n).step_by(2000) {
+        let (body, part) = acme_records(chunk_start, (start + n - chunk_start).min(2000));
+        let resp = post_ndjson(&client, base, body).await;
+        assert_eq!(resp.status(), 202);
+        model.extend(part);
+    }
+    model
+}
+
+pub async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
+    let token = token("acme", &[Role::Read]);
+    let want_count = model.len() as i64;
+    let want_sum: i128 = model.values().map(|v| i128::from(*v)).sum();
+    let mut poll = Deadline::new(Duration::from_secs(180), Duration::from_millis(200));
+    loop {
+        let report = report(base, &token, "group_by=currency&status=all").await;
+        let (count, sum) = report
+            .values()
+            .fold((0, 0i128), |(c, s), v| (c + v.0, s + v.1));
+        assert!(
+            count <= want_count,
+            "more rows than records: {count} > {want_count} (a duplicate)"
+        );
+        if (count, sum) == (want_count, want_sum) {
+            return;
+        }
+        poll.tick(format_args!(
+            "reports at {count} records / {sum}, want {want_count} / {want_sum}"
+        ))
+        .await;
+    }
+}
+
+/// Rows in the lake and distinct log positions among them: equal when no
+/// record was written twice.
+pub async fn lake_rows(dir: &Path) -> (i64, i64) {
+    use datafusion::arrow::array::Int64Array;
+    let lake = spendstream_lake::Lake::open(&format!("file://{}", dir.join("lake").display()))
+        .await
+        .unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT (log_partition * 1000000000 + log_offset)) AS BIGINT) FROM expenses")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let col = |i: usize| {
+        batches[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    (col(0), col(1))
 }
