@@ -13,27 +13,15 @@
 //! peak RSS: most of it is the processors' batch (`processor-batch` records
 //! held while they are written), not the edge.
 
+#[path = "common.rs"]
+mod common;
+use common::line;
 use spendstream::{Roles, Settings};
 use spendstream_http::{JwtKeys, Role};
 use spendstream_log::{Log, Record, embedded::EmbeddedLog};
 use spendstream_schemas::{EnvelopeWriter, identity_key};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-fn line(i: usize) -> String {
-    format!(
-        r#"{{"source":"bench","external_id":"b-{i}","account_id":"card_tok_{}","status":"posted","transaction_date":"2026-{:02}-{:02}","amount":"{}.{:02}","currency":"{}","merchant_name":"SQ *COFFEE #{}","merchant_mcc":"5814","employee_id":"emp-{}"}}"#,
-        i % 500,
-        1 + i % 12,
-        1 + i % 28,
-        i % 997,
-        i % 100,
-        ["USD", "EUR", "GBP"][i % 3],
-        i % 50,
-        i % 40
-    )
-}
 
 /// Peak resident set size of this process so far (Linux `VmHWM`), bytes.
 fn peak_rss_bytes() -> u64 {
@@ -70,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|i| Record {
                     key: identity_key("bench", "bench", &format!("b-{i}")).into_bytes(),
                     value: writer.write(&line(*i)),
-                    headers: Vec::new(),
+                    headers: Default::default(),
                 })
                 .collect()
         })
@@ -89,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let running = spendstream::start(Settings {
         roles: Roles::ALL,
         listen: "127.0.0.1:0".parse()?,
+        log_options: Vec::new(),
         log_url: format!("embedded://{}", dir.path().join("log").display()),
         lake_url: format!("file://{}", dir.path().join("lake").display()),
         keys: keys.clone(),
@@ -104,43 +93,9 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://{}/v1/expenses", running.addr);
     let token =
         spendstream::secret::mint(&keys, "bench", &[Role::Ingest], chrono::Duration::hours(1));
-    let bodies: Vec<String> = (0..records)
-        .collect::<Vec<_>>()
-        .chunks(batch)
-        .map(|c| c.iter().map(|i| line(*i) + "\n").collect())
-        .collect();
-    let queue = Arc::new(std::sync::Mutex::new(bodies));
-    let client = reqwest::Client::new();
     let started = Instant::now();
-    let mut clients = Vec::new();
-    for _ in 0..concurrency {
-        let (queue, client, url, token) =
-            (queue.clone(), client.clone(), url.clone(), token.clone());
-        clients.push(tokio::spawn(async move {
-            let mut accepted = 0u64;
-            loop {
-                let Some(body) = queue.lock().unwrap().pop() else {
-                    break;
-                };
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status() == 202, "status {}", resp.status());
-                let v: serde_json::Value = resp.json().await?;
-                accepted += v["accepted"].as_u64().unwrap_or(0);
-            }
-            Ok::<_, anyhow::Error>(accepted)
-        }));
-    }
-    let mut accepted = 0;
-    for c in clients {
-        accepted += c.await??;
-    }
-    let ingest_secs = started.elapsed().as_secs_f64();
+    let (accepted, ingest_secs) =
+        common::post_all(&url, &token, records, batch, concurrency).await?;
     let stats = running.stats.clone().unwrap();
     while stats.written.load(Ordering::Relaxed) < accepted {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -152,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
     // client holds only a chunk at a time. The process's peak RSS growth
     // over the request shows whether the edge buffers the body.
     let big_records = 100 * 1024 * 1024 / line(0).len();
+    let client = reqwest::Client::new();
     let hwm_before = peak_rss_bytes();
     let stream = futures::stream::iter((0..big_records.div_ceil(5_000)).map(move |c| {
         let lines = (c * 5_000..((c + 1) * 5_000).min(big_records))

@@ -1,0 +1,72 @@
+//! What the load tests share: the record they send and the HTTP clients.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Record `i` of a run, as one NDJSON line (no newline).
+pub fn line(i: usize) -> String {
+    format!(
+        r#"{{"source":"bench","external_id":"b-{i}","account_id":"card_tok_{}","status":"posted","transaction_date":"2026-{:02}-{:02}","amount":"{}.{:02}","currency":"{}","merchant_name":"SQ *COFFEE #{}","merchant_mcc":"5814","employee_id":"emp-{}"}}"#,
+        i % 500,
+        1 + i % 12,
+        1 + i % 28,
+        i % 997,
+        i % 100,
+        ["USD", "EUR", "GBP"][i % 3],
+        i % 50,
+        i % 40
+    )
+}
+
+/// Posts records `0..records` as NDJSON bodies of `batch` from `concurrency`
+/// clients; every request must get a 202. Returns (records accepted,
+/// seconds taken).
+pub async fn post_all(
+    url: &str,
+    token: &str,
+    records: usize,
+    batch: usize,
+    concurrency: usize,
+) -> anyhow::Result<(u64, f64)> {
+    let bodies: Vec<String> = (0..records)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|c| c.iter().map(|i| line(*i) + "\n").collect())
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, client, url, token) = (
+            queue.clone(),
+            client.clone(),
+            url.to_string(),
+            token.to_string(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut accepted = 0u64;
+            loop {
+                let Some(body) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(resp.status() == 202, "status {}", resp.status());
+                let v: serde_json::Value = resp.json().await?;
+                accepted += v["accepted"].as_u64().unwrap_or(0);
+            }
+            Ok::<_, anyhow::Error>(accepted)
+        }));
+    }
+    let mut accepted = 0;
+    for c in clients {
+        accepted += c.await??;
+    }
+    Ok((accepted, started.elapsed().as_secs_f64()))
+}

@@ -1,0 +1,162 @@
+//! Edge throughput on the Kafka backend, against a bare rdkafka producer.
+//!
+//! `cargo run --release --example kafka_throughput -- [records] [concurrency] [batch]`
+//!
+//! Runs on librdkafka's mock cluster (3 brokers, in-process), or on the broker
+//! in `SPENDSTREAM_TEST_KAFKA`. The reference is a bare `FutureProducer` with
+//! the same settings (idempotence, acks=all, zstd, linger) sending the same
+//! records (key, envelope, headers, partition) and waiting for every delivery
+//! report, measured twice in the same run, before and after Spendstream. The
+//! ratio is what the HTTP edge, decoding, validation and group commit cost.
+
+#[path = "common.rs"]
+mod common;
+use common::line;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use spendstream::{Roles, Settings};
+use spendstream_http::{JwtKeys, Role};
+use spendstream_log::kafka::PRODUCER_DEFAULTS;
+use spendstream_log::kafka::testing::TestKafka;
+use spendstream_log::{Record, expense_headers, partition_for};
+use spendstream_schemas::{EnvelopeWriter, identity_key};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 8;
+
+/// The bare producer: records/s with every delivery report awaited, in
+/// chunks of `batch` sent by `concurrency` tasks (as the edge's clients do).
+async fn reference(
+    kafka: &TestKafka,
+    topic: &str,
+    records: &Arc<Vec<Record>>,
+    concurrency: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", kafka.brokers());
+    for (k, v) in PRODUCER_DEFAULTS {
+        config.set(*k, *v);
+    }
+    config.set("compression.type", "zstd");
+    let producer: FutureProducer = config.create()?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (producer, records, next, topic) = (
+            producer.clone(),
+            records.clone(),
+            next.clone(),
+            topic.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+                if start >= records.len() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let mut pending = Vec::with_capacity(batch);
+                for r in &records[start..(start + batch).min(records.len())] {
+                    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                    for (key, value) in r.headers.iter() {
+                        headers = headers.insert(Header {
+                            key,
+                            value: Some(value.as_bytes()),
+                        });
+                    }
+                    let record = FutureRecord::to(&topic)
+                        .partition(partition_for(&r.key, PARTITIONS) as i32)
+                        .key(r.key.as_slice())
+                        .payload(r.value.as_slice())
+                        .headers(headers);
+                    pending.push(
+                        producer
+                            .send_result(record)
+                            .map_err(|(e, _)| anyhow::anyhow!("enqueue: {e}"))?,
+                    );
+                }
+                for d in futures::future::join_all(pending).await {
+                    d?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let n = args.first().copied().unwrap_or(200_000);
+    let concurrency = args.get(1).copied().unwrap_or(4);
+    let batch = args.get(2).copied().unwrap_or(2_000);
+
+    let kafka = TestKafka::start(PARTITIONS)?;
+    let reference_topic = format!("{}reference", kafka.config().topic_prefix);
+    if let Some(mock) = kafka.mock() {
+        mock.create_topic(&reference_topic, PARTITIONS as i32, 3)?;
+    }
+    let writer = EnvelopeWriter::new("bench", "b", "r", 0);
+    let headers = expense_headers("bench", "b", "r");
+    let records: Arc<Vec<Record>> = Arc::new(
+        (0..n)
+            .map(|i| Record {
+                key: identity_key("bench", "bench", &format!("b-{i}")).into_bytes(),
+                value: writer.write(&line(i)),
+                headers: headers.clone(),
+            })
+            .collect(),
+    );
+    let before = reference(&kafka, &reference_topic, &records, concurrency, batch).await?;
+
+    let dir = tempfile::tempdir()?;
+    let keys =
+        JwtKeys::new(b"bench-secret-bench-secret-bench-secret").map_err(anyhow::Error::msg)?;
+    let running = spendstream::start(Settings {
+        roles: Roles::INGEST,
+        listen: "127.0.0.1:0".parse()?,
+        log_url: kafka.url(),
+        log_options: Vec::new(),
+        lake_url: format!("file://{}", dir.path().join("lake").display()),
+        keys: keys.clone(),
+        ingest: Default::default(),
+        processor: Default::default(),
+        compact_interval: Duration::ZERO,
+        log_retention: Duration::ZERO,
+    })
+    .await?;
+    let url = format!("http://{}/v1/expenses", running.addr);
+    let token =
+        spendstream::secret::mint(&keys, "bench", &[Role::Ingest], chrono::Duration::hours(1));
+    let (accepted, secs) = common::post_all(&url, &token, n, batch, concurrency).await?;
+    let edge = accepted as f64 / secs;
+    anyhow::ensure!(accepted as usize == n, "accepted {accepted} of {n}");
+    running.shutdown().await?;
+
+    let after = reference(&kafka, &reference_topic, &records, concurrency, batch).await?;
+    let reference = (before + after) / 2.0;
+    let backend = if kafka.mock().is_some() {
+        "mock cluster, 3 brokers"
+    } else {
+        "external broker"
+    };
+    println!(
+        "records={n} concurrency={concurrency} batch={batch} partitions={PARTITIONS} ({backend})"
+    );
+    println!(
+        "reference: bare rdkafka FutureProducer    {reference:>10.0} records/s  (runs: {before:.0}, {after:.0})"
+    );
+    println!(
+        "accepted at the edge (202 received)       {edge:>10.0} records/s  ratio to reference {:.2}",
+        edge / reference
+    );
+    Ok(())
+}
