@@ -332,3 +332,52 @@ async fn embedded_survives_reopen_and_refuses_other_partition_count() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_topics_with_another_partition_count_are_refused_clearly() {
+    // The operator made the topics with 2 partitions; the URL asks for 4.
+    let kafka = TestKafka::start_mock(2).unwrap();
+    let mut config = kafka.config();
+    config.partitions = Some(4);
+    let err = spendstream_log::kafka::KafkaLog::open(config)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has 2 partitions but 4 partitions were configured"),
+        "{err}"
+    );
+    // Without a count, the topic's own is used.
+    let mut config = kafka.config();
+    config.partitions = None;
+    let log = spendstream_log::kafka::KafkaLog::open(config)
+        .await
+        .unwrap();
+    assert_eq!(log.partitions(), 2);
+    // Replication is checked too (the mock made them with 3 replicas).
+    let mut config = kafka.config();
+    config.replication = Some(2);
+    let err = spendstream_log::kafka::KafkaLog::open(config)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("replication factor 3"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_full_producer_queue_fails_the_append_at_once() {
+    let kafka = TestKafka::start_mock(4).unwrap();
+    let mut config = kafka.config();
+    config
+        .client_options
+        .push(("queue.buffering.max.messages".into(), "100".into()));
+    let log = spendstream_log::kafka::KafkaLog::open(config)
+        .await
+        .unwrap();
+    let producer = log.producer();
+    let small: Vec<Record> = (0..50).map(|i| rec(&format!("s{i}"), "v")).collect();
+    assert_eq!(producer.append(small).await.unwrap().len(), 50);
+    let big: Vec<Record> = (0..1_000).map(|i| rec(&format!("b{i}"), "v")).collect();
+    // Refused at once (QueueFull), not queued behind the delivery timeout.
+    let err = producer.append(big).await.unwrap_err();
+    assert!(matches!(err, spendstream_log::Error::QueueFull), "{err}");
+}
