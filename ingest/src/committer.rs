@@ -11,8 +11,8 @@ use tracing::warn;
 /// Why an append was not confirmed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
-    #[error("the log refused the append")]
-    Log(#[source] Arc<spendstream_log::Error>),
+    #[error("the log refused the append: {0}")]
+    Log(Arc<spendstream_log::Error>),
     #[error("the log did not confirm the append within {0:?}")]
     Timeout(Duration),
     #[error("the committer has stopped")]

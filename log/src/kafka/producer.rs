@@ -23,7 +23,9 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("batch.size", "1000000"),
     ("queue.buffering.max.messages", "500000"),
     ("queue.buffering.max.kbytes", "524288"),
-    ("message.timeout.ms", "30000"),
+    // Below ingest's 30 s append timeout, so a failed delivery is reported
+    // with its reason rather than as a timeout.
+    ("message.timeout.ms", "20000"),
 ];
 
 /// Appends to the raw topic; one Kafka record per log record, sent to the
@@ -119,11 +121,6 @@ impl KafkaProducer {
             Ok(())
         })
         .await?
-    }
-
-    /// Waits until everything queued is delivered (or `timeout` passes).
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        Ok(self.producer.flush(timeout)?)
     }
 }
 
