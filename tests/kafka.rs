@@ -260,3 +260,81 @@ async fn processors_joining_and_leaving_mid_stream_keep_reports_exact() {
     assert_eq!(rows, model.len() as i64);
     first.shutdown().await.unwrap();
 }
+
+/// Processor processes (the real binary) share one group; one is killed
+/// with SIGKILL mid-stream, without leaving the group, and the other takes
+/// its partitions over once the session times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_processes_share_a_group_and_survive_a_sigkill() {
+    let backend = mock();
+    let kafka = cluster(&backend);
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start(
+        &backend,
+        dir.path(),
+        Roles {
+            ingest: true,
+            process: false,
+            query: true,
+        },
+        &[],
+    )
+    .await;
+    let base = format!("http://{}", edge.addr);
+    let lake = format!("file://{}", dir.path().join("lake").display());
+    let processor = |n: usize| {
+        let args: Vec<String> = [
+            "process",
+            "--log",
+            &kafka.url(),
+            "--lake",
+            &lake,
+            "--group",
+            "test-group",
+            "--data-dir",
+            &dir.path().join(format!("p{n}")).display().to_string(),
+            "--batch-max-records",
+            "500",
+            "--batch-max-wait-ms",
+            "50",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        common::spawn(&args, None)
+    };
+    let written = "spendstream_processor_records_total{outcome=\"written\"}";
+    let mut one = processor(1);
+    let mut two = processor(2);
+    common::wait_healthy(&mut one).await;
+    common::wait_healthy(&mut two).await;
+
+    let mut model = common::ingest(&base, 0, 8_000).await;
+    // Both members got partitions and wrote; the second is still busy.
+    let mut poll = Deadline::new(Duration::from_secs(90), Duration::from_millis(20));
+    loop {
+        let (a, b) = (
+            common::counter(&one.base, written).await,
+            common::counter(&two.base, written).await,
+        );
+        if a > 0.0 && b > 0.0 {
+            break;
+        }
+        if a + b >= model.len() as f64 {
+            model.extend(common::ingest(&base, model.len(), 4_000).await);
+        }
+        poll.tick(format_args!("both processors write (now {a} and {b})"))
+            .await;
+    }
+    two.child.kill().unwrap();
+    two.child.wait().unwrap();
+    let next = model.len();
+    model.extend(common::ingest(&base, next, 6_000).await);
+
+    common::wait_for_totals(&base, &model).await;
+    let (rows, positions) = common::lake_rows(dir.path()).await;
+    assert_eq!(rows, positions, "a log position was written twice");
+    assert_eq!(rows, model.len() as i64);
+    drop(one);
+    edge.shutdown().await.unwrap();
+}

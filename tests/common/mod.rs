@@ -280,3 +280,86 @@ pub async fn lake_rows(dir: &Path) -> (i64, i64) {
     };
     (col(0), col(1))
 }
+
+/// A `spendstream` child process; killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the `spendstream` binary with `args` (plus `--listen` on port 0
+/// and no compaction) and reads the bound address from the line it prints,
+/// so parallel tests never race for a port.
+pub fn spawn(args: &[String], failpoint: Option<&str>) -> Server {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendstream"));
+    cmd.args(args)
+        .args(["--listen", "127.0.0.1:0", "--compact-interval-secs", "0"])
+        .env(
+            "SPENDSTREAM_JWT_SECRET",
+            std::str::from_utf8(SECRET).unwrap(),
+        )
+        .env("SPENDSTREAM_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    match failpoint {
+        Some(f) => cmd.env("SPENDSTREAM_FAILPOINT", f),
+        None => cmd.env_remove("SPENDSTREAM_FAILPOINT"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // A thread, so a server that never prints cannot hang the test: the
+    // receiver below waits with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("Spendstream is up on ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server never said where it listens");
+    Server { child, base }
+}
+
+pub async fn wait_healthy(server: &mut Server) {
+    let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(50));
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/healthz", server.base)).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server exited during start-up"
+        );
+        poll.tick("the server did not start").await;
+    }
+}
+
+/// A Prometheus counter's value (0 when not yet reported).
+pub async fn counter(base: &str, name_and_labels: &str) -> f64 {
+    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+        return -1.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
