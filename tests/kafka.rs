@@ -57,7 +57,7 @@ async fn send_until_accepted(base: &str, body: &str, within: Duration) -> usize 
 }
 
 /// Every record in the raw topic, read by a fresh group: identity key →
-/// how many times it is there.
+/// how many times it is there. Checks each record's headers on the way.
 async fn raw_topic_keys(kafka: &TestKafka, expect: usize) -> BTreeMap<Vec<u8>, usize> {
     let log = kafka.open().await.unwrap();
     let mut consumer = spendstream_log::Log::consumer(&log, "audit").await.unwrap();
@@ -75,6 +75,17 @@ async fn raw_topic_keys(kafka: &TestKafka, expect: usize) -> BTreeMap<Vec<u8>, u
             break;
         }
         for c in got {
+            // What the edge puts on every record.
+            let header = |name: &str| {
+                c.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(header("tenant").as_deref(), Some("acme"));
+            assert_eq!(header("schema_version").as_deref(), Some("1"));
+            assert!(header("batch_id").is_some_and(|v| !v.is_empty()));
+            assert!(header("request_id").is_some_and(|v| !v.is_empty()));
             *keys.entry(c.key).or_insert(0) += 1;
             total += 1;
         }
