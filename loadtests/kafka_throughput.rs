@@ -1,6 +1,6 @@
 //! Edge throughput on the Kafka backend, against a bare rdkafka producer.
 //!
-//! `cargo run --release --example kafka_throughput -- [records] [concurrency] [batch]`
+//! `cargo run --release --example kafka_throughput -- [records] [concurrency] [batch] [processor-batch]`
 //!
 //! Runs on librdkafka's mock cluster (3 brokers, in-process), or on the broker
 //! in `SPENDSTREAM_TEST_KAFKA`. The reference is a bare `FutureProducer` with
@@ -8,6 +8,8 @@
 //! records (key, envelope, headers, partition) and waiting for every delivery
 //! report, measured twice in the same run, before and after Spendstream. The
 //! ratio is what the HTTP edge, decoding, validation and group commit cost.
+//! Last, a processor-only instance drains the topic into a local lake
+//! (records/s from its start, so the consumer-group join is included).
 
 #[path = "common.rs"]
 mod common;
@@ -98,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let n = args.first().copied().unwrap_or(200_000);
     let concurrency = args.get(1).copied().unwrap_or(4);
     let batch = args.get(2).copied().unwrap_or(2_000);
+    let processor_batch = args.get(3).copied().unwrap_or(50_000);
 
     let kafka = TestKafka::start(PARTITIONS)?;
     let reference_topic = format!("{}reference", kafka.config().topic_prefix);
@@ -142,6 +145,32 @@ async fn main() -> anyhow::Result<()> {
     running.shutdown().await?;
 
     let after = reference(&kafka, &reference_topic, &records, concurrency, batch).await?;
+
+    // Processors alone, draining what the edge wrote into the lake.
+    let started = Instant::now();
+    let processors = spendstream::start(Settings {
+        roles: Roles::PROCESS,
+        listen: "127.0.0.1:0".parse()?,
+        log_url: kafka.url(),
+        log_options: Vec::new(),
+        lake_url: format!("file://{}", dir.path().join("lake").display()),
+        keys: keys.clone(),
+        ingest: Default::default(),
+        processor: spendstream_processors::ProcessorConfig {
+            max_batch_records: processor_batch,
+            ..Default::default()
+        },
+        compact_interval: Duration::ZERO,
+        log_retention: Duration::ZERO,
+    })
+    .await?;
+    let stats = processors.stats.clone().expect("processors run");
+    while stats.written.load(std::sync::atomic::Ordering::Relaxed) < accepted {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = accepted as f64 / started.elapsed().as_secs_f64();
+    let commits = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    processors.shutdown().await?;
     let reference = (before + after) / 2.0;
     let backend = if kafka.mock().is_some() {
         "mock cluster, 3 brokers"
@@ -157,6 +186,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "accepted at the edge (202 received)       {edge:>10.0} records/s  ratio to reference {:.2}",
         edge / reference
+    );
+    println!(
+        "processors draining the topic into the lake {drained:>8.0} records/s  ({commits} lake commits, batch {processor_batch}, group join included)"
     );
     Ok(())
 }

@@ -381,3 +381,42 @@ async fn kafka_full_producer_queue_fails_the_append_at_once() {
     let err = producer.append(big).await.unwrap_err();
     assert!(matches!(err, spendstream_log::Error::QueueFull), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_member_learns_which_partitions_a_joiner_took() {
+    let kafka = TestKafka::start_mock(4).unwrap();
+    let log = kafka.open().await.unwrap();
+    log.producer()
+        .append((0..400).map(|i| rec(&format!("k{i}"), "v")).collect())
+        .await
+        .unwrap();
+    let mut first = log.consumer("g").await.unwrap();
+    let held = drain(first.as_mut(), 1).await;
+    assert!(!held.is_empty());
+    assert!(first.take_revoked().is_empty());
+
+    // A second member joins; both keep polling until it owns something.
+    let mut second = log.consumer("g").await.unwrap();
+    let mut revoked = HashSet::new();
+    let mut taken = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the joiner never got a partition"
+        );
+        let got = first.poll(100, Duration::from_millis(100)).await.unwrap();
+        revoked.extend(first.take_revoked());
+        // After the revocation, the first member reads only what it kept.
+        if !revoked.is_empty() {
+            assert!(got.iter().all(|c| !revoked.contains(&c.partition)));
+        }
+        for c in second.poll(100, Duration::from_millis(100)).await.unwrap() {
+            taken.insert(c.partition);
+        }
+    }
+    assert!(
+        taken.is_subset(&revoked),
+        "the joiner reads {taken:?} but the first member was told only of {revoked:?}"
+    );
+}

@@ -29,6 +29,9 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
     ("auto.offset.reset", "earliest"),
+    // Incremental rebalances: a member joining or leaving moves only the
+    // partitions that change owner; the others keep flowing.
+    ("partition.assignment.strategy", "cooperative-sticky"),
     ("enable.partition.eof", "false"),
     // Batches are written before the next poll; a lake that is slow for
     // minutes must not get the member thrown out of the group.
