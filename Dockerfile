@@ -15,10 +15,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/spendstream /usr/local/bin/spendstream
 
 FROM debian:bookworm-slim
+# /lake is made here, owned by the service user: a named volume mounted on it
+# takes that owner, so the processors can write the lake volume.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/spendstream --create-home spendstream
+ && useradd --system --uid 10001 --home-dir /var/lib/spendstream --create-home spendstream \
+ && install -d -o spendstream -g spendstream /lake
 COPY --from=build /usr/local/bin/spendstream /usr/local/bin/spendstream
 USER spendstream
 WORKDIR /var/lib/spendstream
