@@ -1,7 +1,9 @@
 //! What the load tests share: the record they send and the HTTP clients.
 
+use spendstream_processors::ProcessorStats;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Record `i` of a run, as one NDJSON line (no newline).
 pub fn line(i: usize) -> String {
@@ -69,4 +71,25 @@ pub async fn post_all(
         accepted += c.await??;
     }
     Ok((accepted, started.elapsed().as_secs_f64()))
+}
+
+/// Waits until the processors wrote `records` rows to the lake. A processor
+/// that stops making progress for a minute fails the run instead of hanging
+/// it.
+pub async fn wait_written(stats: &ProcessorStats, records: u64) -> anyhow::Result<()> {
+    let mut last = (0, Instant::now());
+    loop {
+        let written = stats.written.load(Ordering::Relaxed);
+        if written >= records {
+            return Ok(());
+        }
+        if written > last.0 {
+            last = (written, Instant::now());
+        }
+        anyhow::ensure!(
+            last.1.elapsed() < Duration::from_secs(60),
+            "processors stalled at {written} of {records} records"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -165,9 +165,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let stats = processors.stats.clone().expect("processors run");
-    while stats.written.load(std::sync::atomic::Ordering::Relaxed) < accepted {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_written(&stats, accepted).await?;
     let drained = accepted as f64 / started.elapsed().as_secs_f64();
     let commits = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
     processors.shutdown().await?;

@@ -97,9 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let (accepted, ingest_secs) =
         common::post_all(&url, &token, records, batch, concurrency).await?;
     let stats = running.stats.clone().unwrap();
-    while stats.written.load(Ordering::Relaxed) < accepted {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_written(&stats, accepted).await?;
     let processed_secs = started.elapsed().as_secs_f64();
     let batches = stats.batches.load(Ordering::Relaxed);
 
