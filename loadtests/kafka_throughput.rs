@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let processor_batch = args.get(3).copied().unwrap_or(50_000);
 
     let kafka = TestKafka::start(PARTITIONS)?;
-    let reference_topic = format!("{}reference", kafka.config().topic_prefix);
+    let reference_topic = format!("{}reference", kafka.config().prefix);
     if let Some(mock) = kafka.mock() {
         mock.create_topic(&reference_topic, PARTITIONS as i32, 3)?;
     }

@@ -99,11 +99,13 @@ pub struct KafkaConsumer {
 
 impl KafkaConsumer {
     pub fn new(config: &KafkaConfig, group: &str, partitions: u32) -> Result<Self> {
+        let group_id = config.group_id(group);
         let mut ours = CONSUMER_DEFAULTS.to_vec();
-        ours.push(("group.id", group));
+        ours.push(("group.id", &group_id));
         let context = GroupContext {
             topic: config.raw_topic(),
-            group: group.to_string(),
+            // Logged as Kafka knows it, for `kafka-consumer-groups.sh`.
+            group: group_id.clone(),
             revoked: Mutex::default(),
         };
         let consumer: StreamConsumer<GroupContext> =

@@ -59,9 +59,10 @@ impl KafkaDeadLetters {
         producer: Arc<KafkaProducer>,
         partitions: u32,
     ) -> Result<Self> {
+        let group_id = config.group_id("spendstream-dlq-reader");
         let reader: BaseConsumer = config
             .client(&[
-                ("group.id", "spendstream-dlq-reader"),
+                ("group.id", &group_id),
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "false"),
             ])

@@ -4,7 +4,7 @@
 //!
 //! | parameter | default | meaning |
 //! | --- | --- | --- |
-//! | `prefix` | empty | prepended to the topic names `expenses.raw` and `expenses.dlq` |
+//! | `prefix` | empty | prepended to everything Spendstream names on the cluster: the topics `expenses.raw` and `expenses.dlq` and the consumer group ids |
 //! | `partitions` | existing, or 8 for new topics | partitions of both topics; a different existing count is an error |
 //! | `replication` | existing, or min(3, brokers) | replication factor of new topics; checked against existing ones |
 //! | `compression` | `zstd` | producer `compression.type` |
@@ -50,7 +50,10 @@ pub const DLQ_TOPIC: &str = "expenses.dlq";
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
-    pub topic_prefix: String,
+    /// Namespaces one deployment on a shared cluster: prepended to topic
+    /// names and consumer group ids, so two deployments neither read each
+    /// other's topics nor rebalance each other's groups.
+    pub prefix: String,
     pub partitions: Option<u32>,
     pub replication: Option<i32>,
     /// Producer `compression.type`.
@@ -67,7 +70,7 @@ impl KafkaConfig {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
-            topic_prefix: String::new(),
+            prefix: String::new(),
             partitions: None,
             replication: None,
             compression: "zstd".into(),
@@ -97,7 +100,7 @@ impl KafkaConfig {
                 .split_once('=')
                 .ok_or_else(|| invalid(format!("parameter `{pair}` has no value")))?;
             match name {
-                "prefix" => config.topic_prefix = value.to_string(),
+                "prefix" => config.prefix = value.to_string(),
                 "partitions" => {
                     config.partitions = Some(
                         value
@@ -130,11 +133,17 @@ impl KafkaConfig {
     }
 
     pub fn raw_topic(&self) -> String {
-        format!("{}{RAW_TOPIC}", self.topic_prefix)
+        format!("{}{RAW_TOPIC}", self.prefix)
     }
 
     pub fn dlq_topic(&self) -> String {
-        format!("{}{DLQ_TOPIC}", self.topic_prefix)
+        format!("{}{DLQ_TOPIC}", self.prefix)
+    }
+
+    /// The Kafka `group.id` of the consumer group Spendstream calls `group`.
+    /// (The lake's transaction ids keep the unprefixed name.)
+    pub fn group_id(&self, group: &str) -> String {
+        format!("{}{group}", self.prefix)
     }
 
     /// A client configuration with the brokers and the pass-through options
@@ -386,6 +395,7 @@ mod tests {
         assert_eq!(c.brokers, "a:9092,b:9092");
         assert_eq!(c.raw_topic(), "acme.expenses.raw");
         assert_eq!(c.dlq_topic(), "acme.expenses.dlq");
+        assert_eq!(c.group_id("processors"), "acme.processors");
         assert_eq!((c.partitions, c.replication), (Some(4), Some(2)));
         assert_eq!(c.compression, "lz4");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));

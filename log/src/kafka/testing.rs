@@ -68,7 +68,7 @@ impl TestKafka {
                 // The mock cluster does not implement CreateTopics: make the
                 // topics the way an operator would have.
                 let config = KafkaConfig {
-                    topic_prefix: prefix.clone(),
+                    prefix: prefix.clone(),
                     ..KafkaConfig::new(mock.bootstrap_servers())
                 };
                 for topic in [config.raw_topic(), config.dlq_topic()] {
@@ -99,7 +99,7 @@ impl TestKafka {
     /// The log's configuration: this cluster, this test's prefix.
     pub fn config(&self) -> KafkaConfig {
         KafkaConfig {
-            topic_prefix: self.prefix.clone(),
+            prefix: self.prefix.clone(),
             partitions: Some(self.partitions),
             state_dir: self.state_dir.clone(),
             // Tests want failures fast, not after librdkafka's defaults.
