@@ -420,3 +420,54 @@ async fn kafka_member_learns_which_partitions_a_joiner_took() {
         "the joiner reads {taken:?} but the first member was told only of {revoked:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dead_letters_are_read_after_retention_deleted_the_topic_head() {
+    // The mock cluster keeps about 5 MB per partition and deletes the oldest
+    // record batches past that: retention in miniature. A tenant's letters
+    // share one partition.
+    let kafka = TestKafka::start_mock(4).unwrap();
+    let mut config = kafka.config();
+    // Fail in seconds, not after the 30 s default, if reading hangs.
+    config.operation_timeout = Duration::from_secs(10);
+    let log = spendstream_log::kafka::KafkaLog::open(config)
+        .await
+        .unwrap();
+    let store = log.dead_letters();
+    // Incompressible payloads (the producer compresses with zstd).
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let letters = 40;
+    for batch in 0..letters / 4 {
+        let put: Vec<DeadLetter> = (0..4)
+            .map(|i| DeadLetter {
+                tenant_id: Some("acme".into()),
+                group: "g".into(),
+                partition: 0,
+                offset: batch * 4 + i,
+                code: "invalid_envelope".into(),
+                message: "junk".into(),
+                payload: noise(200_000),
+            })
+            .collect();
+        store.put(put).await.unwrap();
+    }
+    let listed = store.list("acme", 0, 1_000).await.unwrap();
+    let offsets: Vec<i64> = listed.iter().map(|l| l.letter.offset).collect();
+    // The head is gone, the rest is there, in order, up to the last letter.
+    assert!(
+        !offsets.is_empty() && offsets.len() < letters as usize,
+        "expected retention to have deleted some of {letters} letters: {offsets:?}"
+    );
+    let first = offsets[0];
+    assert_eq!(offsets, (first..letters).collect::<Vec<_>>());
+}

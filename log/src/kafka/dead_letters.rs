@@ -63,6 +63,9 @@ impl KafkaDeadLetters {
         let reader: BaseConsumer = config
             .client(&[
                 ("group.id", &group_id),
+                // Should retention delete records between the watermark
+                // read and the fetch, go on from the new head.
+                ("auto.offset.reset", "earliest"),
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "false"),
             ])
@@ -116,7 +119,11 @@ impl Index {
     fn catch_up(&mut self, topic: &str, timeout: Duration) -> Result<()> {
         let mut ends = Vec::with_capacity(self.next.len());
         for p in 0..self.next.len() {
-            ends.push(self.reader.fetch_watermarks(topic, p as i32, timeout)?.1);
+            let (low, high) = self.reader.fetch_watermarks(topic, p as i32, timeout)?;
+            // Retention may have deleted the topic's head: what is gone is
+            // gone, read from what is left.
+            self.next[p] = self.next[p].max(low);
+            ends.push(high);
         }
         if ends.iter().zip(&self.next).all(|(end, next)| next >= end) {
             return Ok(());
