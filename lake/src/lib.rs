@@ -78,7 +78,17 @@ impl Lake {
     pub async fn open(url: &str) -> Result<Self> {
         let table_url = table_url(url)?;
         let mut table = DeltaTableBuilder::from_url(table_url.clone())?.build()?;
-        match table.load().await {
+        // Loading a table that is not there makes delta-rs log an ERROR;
+        // on a fresh local lake go straight to creating it.
+        let fresh = table_url
+            .to_file_path()
+            .is_ok_and(|dir| !dir.join("_delta_log").exists());
+        let loaded = if fresh {
+            Err(deltalake::DeltaTableError::NotATable(table_url.to_string()))
+        } else {
+            table.load().await
+        };
+        match loaded {
             Ok(()) => {}
             Err(deltalake::DeltaTableError::NotATable(_)) => {
                 let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
