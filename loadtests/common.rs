@@ -1,9 +1,53 @@
 //! What the load tests share: the record they send and the HTTP clients.
 
-use spendstream_processors::ProcessorStats;
+use spendstream::{Roles, Running, Settings};
+use spendstream_http::{JwtKeys, Role};
+use spendstream_processors::{ProcessorConfig, ProcessorStats};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// One load-test instance on a local port: `roles` on the log at `log_url`,
+/// the lake under `dir`, lake commits of up to `processor_batch` records, no
+/// compaction or retention running meanwhile.
+pub async fn start(
+    roles: Roles,
+    log_url: String,
+    dir: &Path,
+    processor_batch: usize,
+) -> anyhow::Result<Running> {
+    spendstream::start(Settings {
+        roles,
+        listen: "127.0.0.1:0".parse()?,
+        log_url,
+        log_options: Vec::new(),
+        lake_url: format!("file://{}", dir.join("lake").display()),
+        keys: keys()?,
+        ingest: Default::default(),
+        processor: ProcessorConfig {
+            max_batch_records: processor_batch,
+            ..Default::default()
+        },
+        compact_interval: Duration::ZERO,
+        log_retention: Duration::ZERO,
+    })
+    .await
+}
+
+fn keys() -> anyhow::Result<JwtKeys> {
+    JwtKeys::new(b"bench-secret-bench-secret-bench-secret").map_err(anyhow::Error::msg)
+}
+
+/// An ingest token for tenant `bench`, signed with the instances' keys.
+pub fn token() -> anyhow::Result<String> {
+    Ok(spendstream::secret::mint(
+        &keys()?,
+        "bench",
+        &[Role::Ingest],
+        chrono::Duration::hours(1),
+    ))
+}
 
 /// Record `i` of a run, as one NDJSON line (no newline).
 pub fn line(i: usize) -> String {

@@ -16,14 +16,13 @@ mod common;
 use common::line;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use spendstream::{Roles, Settings};
-use spendstream_http::{JwtKeys, Role};
+use spendstream::Roles;
 use spendstream_log::kafka::PRODUCER_DEFAULTS;
 use spendstream_log::kafka::testing::TestKafka;
 use spendstream_log::{Record, expense_headers, partition_for};
 use spendstream_schemas::{EnvelopeWriter, identity_key};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const PARTITIONS: u32 = 8;
 
@@ -121,24 +120,9 @@ async fn main() -> anyhow::Result<()> {
     let before = reference(&kafka, &reference_topic, &records, concurrency, batch).await?;
 
     let dir = tempfile::tempdir()?;
-    let keys =
-        JwtKeys::new(b"bench-secret-bench-secret-bench-secret").map_err(anyhow::Error::msg)?;
-    let running = spendstream::start(Settings {
-        roles: Roles::INGEST,
-        listen: "127.0.0.1:0".parse()?,
-        log_url: kafka.url(),
-        log_options: Vec::new(),
-        lake_url: format!("file://{}", dir.path().join("lake").display()),
-        keys: keys.clone(),
-        ingest: Default::default(),
-        processor: Default::default(),
-        compact_interval: Duration::ZERO,
-        log_retention: Duration::ZERO,
-    })
-    .await?;
+    let running = common::start(Roles::INGEST, kafka.url(), dir.path(), processor_batch).await?;
     let url = format!("http://{}/v1/expenses", running.addr);
-    let token =
-        spendstream::secret::mint(&keys, "bench", &[Role::Ingest], chrono::Duration::hours(1));
+    let token = common::token()?;
     let (accepted, secs) = common::post_all(&url, &token, n, batch, concurrency).await?;
     let edge = accepted as f64 / secs;
     anyhow::ensure!(accepted as usize == n, "accepted {accepted} of {n}");
@@ -148,22 +132,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Processors alone, draining what the edge wrote into the lake.
     let started = Instant::now();
-    let processors = spendstream::start(Settings {
-        roles: Roles::PROCESS,
-        listen: "127.0.0.1:0".parse()?,
-        log_url: kafka.url(),
-        log_options: Vec::new(),
-        lake_url: format!("file://{}", dir.path().join("lake").display()),
-        keys: keys.clone(),
-        ingest: Default::default(),
-        processor: spendstream_processors::ProcessorConfig {
-            max_batch_records: processor_batch,
-            ..Default::default()
-        },
-        compact_interval: Duration::ZERO,
-        log_retention: Duration::ZERO,
-    })
-    .await?;
+    let processors =
+        common::start(Roles::PROCESS, kafka.url(), dir.path(), processor_batch).await?;
     let stats = processors.stats.clone().expect("processors run");
     common::wait_written(&stats, accepted).await?;
     let drained = accepted as f64 / started.elapsed().as_secs_f64();

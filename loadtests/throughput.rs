@@ -16,12 +16,11 @@
 #[path = "common.rs"]
 mod common;
 use common::line;
-use spendstream::{Roles, Settings};
-use spendstream_http::{JwtKeys, Role};
+use spendstream::Roles;
 use spendstream_log::{Log, Record, embedded::EmbeddedLog};
 use spendstream_schemas::{EnvelopeWriter, identity_key};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Peak resident set size of this process so far (Linux `VmHWM`), bytes.
 fn peak_rss_bytes() -> u64 {
@@ -72,27 +71,15 @@ async fn main() -> anyhow::Result<()> {
 
     // The real thing.
     let dir = tempfile::tempdir()?;
-    let keys =
-        JwtKeys::new(b"bench-secret-bench-secret-bench-secret").map_err(anyhow::Error::msg)?;
-    let running = spendstream::start(Settings {
-        roles: Roles::ALL,
-        listen: "127.0.0.1:0".parse()?,
-        log_options: Vec::new(),
-        log_url: format!("embedded://{}", dir.path().join("log").display()),
-        lake_url: format!("file://{}", dir.path().join("lake").display()),
-        keys: keys.clone(),
-        ingest: Default::default(),
-        processor: spendstream_processors::ProcessorConfig {
-            max_batch_records: processor_batch,
-            ..Default::default()
-        },
-        compact_interval: Duration::ZERO,
-        log_retention: Duration::ZERO,
-    })
+    let running = common::start(
+        Roles::ALL,
+        format!("embedded://{}", dir.path().join("log").display()),
+        dir.path(),
+        processor_batch,
+    )
     .await?;
     let url = format!("http://{}/v1/expenses", running.addr);
-    let token =
-        spendstream::secret::mint(&keys, "bench", &[Role::Ingest], chrono::Duration::hours(1));
+    let token = common::token()?;
     let started = Instant::now();
     let (accepted, ingest_secs) =
         common::post_all(&url, &token, records, batch, concurrency).await?;

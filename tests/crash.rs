@@ -58,11 +58,8 @@ async fn sigkill_mid_batch_then_restart_counts_every_record_once() {
     let more = common::ingest(&server.base, 30_000, 2_000).await;
     let mut all = model;
     all.extend(more);
-    common::wait_for_totals(&server.base, &all).await;
-    assert_eq!(
-        common::lake_rows(dir.path()).await,
-        (all.len() as i64, all.len() as i64)
-    );
+    let rows = common::settle_exactly(&server.base, dir.path(), &all).await;
+    assert_eq!(rows, all.len() as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,11 +76,8 @@ async fn abort_between_lake_commit_and_offset_commit_is_replayed_without_duplica
 
     let mut server = spawn(dir.path(), None);
     common::wait_healthy(&mut server).await;
-    common::wait_for_totals(&server.base, &model).await;
-    assert_eq!(
-        common::lake_rows(dir.path()).await,
-        (model.len() as i64, model.len() as i64)
-    );
+    let rows = common::settle_exactly(&server.base, dir.path(), &model).await;
+    assert_eq!(rows, model.len() as i64);
     // The batch the lake already held was detected and skipped.
     let skipped = common::counter(
         &server.base,

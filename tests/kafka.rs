@@ -140,9 +140,7 @@ async fn brokers_down_during_ingest_give_503s_and_lose_nothing_acknowledged() {
     model.extend(part);
     model.extend(common::ingest(&base, 4_000, 1_000).await);
 
-    common::wait_for_totals(&base, &model).await;
-    let (rows, positions) = common::lake_rows(dir.path()).await;
-    assert_eq!(rows, positions, "a log position was written twice");
+    common::settle_exactly(&base, dir.path(), &model).await;
     running.shutdown().await.unwrap();
 }
 
@@ -226,9 +224,7 @@ async fn produce_errors_and_lost_responses_never_duplicate_records() {
     sender.await.unwrap();
     model.extend(part);
 
-    common::wait_for_totals(&base, &model).await;
-    let (rows, positions) = common::lake_rows(dir.path()).await;
-    assert_eq!(rows, positions, "a log position was written twice");
+    common::settle_exactly(&base, dir.path(), &model).await;
     running.shutdown().await.unwrap();
 }
 
@@ -265,9 +261,7 @@ async fn processors_joining_and_leaving_mid_stream_keep_reports_exact() {
     second.shutdown().await.unwrap();
     send(4_000, &mut model).await;
 
-    common::wait_for_totals(&base, &model).await;
-    let (rows, positions) = common::lake_rows(dir.path()).await;
-    assert_eq!(rows, positions, "a log position was written twice");
+    let rows = common::settle_exactly(&base, dir.path(), &model).await;
     assert_eq!(rows, model.len() as i64);
     first.shutdown().await.unwrap();
 }
@@ -342,9 +336,7 @@ async fn processor_processes_share_a_group_and_survive_a_sigkill() {
     let next = model.len();
     model.extend(common::ingest(&base, next, 6_000).await);
 
-    common::wait_for_totals(&base, &model).await;
-    let (rows, positions) = common::lake_rows(dir.path()).await;
-    assert_eq!(rows, positions, "a log position was written twice");
+    let rows = common::settle_exactly(&base, dir.path(), &model).await;
     assert_eq!(rows, model.len() as i64);
     drop(one);
     edge.shutdown().await.unwrap();

@@ -253,6 +253,16 @@ pub async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
     }
 }
 
+/// Waits until the reports match `model` exactly, then checks that the lake
+/// holds no log position twice. Returns the lake's row count: more than the
+/// model when the log holds several versions of one identity.
+pub async fn settle_exactly(base: &str, dir: &Path, model: &BTreeMap<String, i64>) -> i64 {
+    wait_for_totals(base, model).await;
+    let (rows, positions) = lake_rows(dir).await;
+    assert_eq!(rows, positions, "a log position was written twice");
+    rows
+}
+
 /// Rows in the lake and distinct log positions among them: equal when no
 /// record was written twice.
 pub async fn lake_rows(dir: &Path) -> (i64, i64) {
