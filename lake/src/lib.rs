@@ -83,25 +83,22 @@ impl Lake {
         let fresh = table_url
             .to_file_path()
             .is_ok_and(|dir| !dir.join("_delta_log").exists());
-        let loaded = if fresh {
-            Err(deltalake::DeltaTableError::NotATable(table_url.to_string()))
-        } else {
-            table.load().await
-        };
-        match loaded {
-            Ok(()) => {}
-            Err(deltalake::DeltaTableError::NotATable(_)) => {
-                let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
-                table = table
-                    .create()
-                    .with_table_name("expenses")
-                    .with_comment("Spendstream enriched expense records (contract v1)")
-                    .with_columns(schema.fields().cloned())
-                    .with_partition_columns(PARTITION_COLUMNS)
-                    .with_save_mode(SaveMode::Ignore)
-                    .await?;
-            }
-            Err(e) => return Err(e.into()),
+        let missing = fresh
+            || match table.load().await {
+                Ok(()) => false,
+                Err(deltalake::DeltaTableError::NotATable(_)) => true,
+                Err(e) => return Err(e.into()),
+            };
+        if missing {
+            let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
+            table = table
+                .create()
+                .with_table_name("expenses")
+                .with_comment("Spendstream enriched expense records (contract v1)")
+                .with_columns(schema.fields().cloned())
+                .with_partition_columns(PARTITION_COLUMNS)
+                .with_save_mode(SaveMode::Ignore)
+                .await?;
         }
         let existing: Vec<String> = table
             .snapshot()?
