@@ -6,7 +6,7 @@ use std::fmt;
 
 /// A stable code for why one record was rejected. The string forms are part
 /// of the public API: never rename one, only add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The record is not a JSON object (or the NDJSON line is not JSON).
@@ -35,6 +35,9 @@ pub enum ErrorCode {
     PanDetected,
     /// The log holds an envelope this version cannot read.
     InvalidEnvelope,
+    /// One record (an NDJSON line, a JSON array element, a CSV row) is
+    /// larger than the per-record limit; it was skipped, not buffered.
+    RecordTooLarge,
 }
 
 impl ErrorCode {
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::InvalidMetadata => "invalid_metadata",
             ErrorCode::PanDetected => "pan_detected",
             ErrorCode::InvalidEnvelope => "invalid_envelope",
+            ErrorCode::RecordTooLarge => "record_too_large",
         }
     }
 }
@@ -68,7 +72,9 @@ impl fmt::Display for ErrorCode {
 }
 
 /// Why one record was rejected: a code, the field it concerns and a sentence
-/// for people.
+/// for people. The sentence never carries a card number: anything in it that
+/// looks like one (an echoed value, a parser's quote of the input) is masked
+/// when the error is made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct RecordError {
@@ -81,14 +87,70 @@ pub struct RecordError {
 
 impl RecordError {
     pub fn new(code: ErrorCode, field: Option<&'static str>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match crate::pan::mask_pans(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
         Self {
             code,
             field,
-            message: message.into(),
+            message,
         }
     }
 
     pub fn field(code: ErrorCode, field: &'static str, message: impl Into<String>) -> Self {
         Self::new(code, Some(field), message)
+    }
+}
+
+/// Formats an error with every cause in its chain, `outer: inner: root`, for
+/// log lines: a wrapper such as "writing the lake failed" says nothing about
+/// why without its sources.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing the lake failed")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("commit 7 failed")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn chain_names_every_cause() {
+        let e = Outer(Inner(std::io::Error::other("disk full")));
+        assert_eq!(
+            Chain(&e).to_string(),
+            "writing the lake failed: commit 7 failed: disk full"
+        );
+    }
+
+    #[test]
+    fn messages_never_carry_a_card_number() {
+        let e = RecordError::new(
+            ErrorCode::InvalidJson,
+            None,
+            "invalid type: string \"4111 1111 1111 1111\", expected a map",
+        );
+        assert!(!crate::pan::contains_pan(&e.message), "{}", e.message);
+        assert!(e.message.contains("1111\""), "{}", e.message);
     }
 }

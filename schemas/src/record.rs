@@ -9,7 +9,7 @@ use crate::currency::Currency;
 use crate::error::{ErrorCode, RecordError};
 use crate::money::{AmountError, Money};
 use crate::pan::contains_pan;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -144,7 +144,7 @@ impl<'a> Fields<'a> {
             return Err(RecordError::new(
                 ErrorCode::UnknownField,
                 None,
-                format!("unknown field `{}`", truncate(unknown, 64)),
+                format!("unknown field `{}`", echo(unknown, 64)),
             ));
         }
         let source = self.identifier("source", limits::SOURCE)?;
@@ -181,13 +181,18 @@ impl<'a> Fields<'a> {
                 RecordError::field(
                     ErrorCode::InvalidCategory,
                     "category",
-                    format!("unknown category `{}`", truncate(&c, 32)),
+                    format!("unknown category `{}`", echo(&c, 32)),
                 )
             })?),
         };
 
+        // Every string the record carries, keys included: a card number in
+        // an id or a metadata key is stored as surely as one in a memo.
         for (field, value) in [
+            ("source", Some(&source)),
+            ("external_id", Some(&external_id)),
             ("account_id", Some(&account_id)),
+            ("related_external_id", related_external_id.as_ref()),
             ("merchant_name", merchant_name.as_ref()),
             ("employee_id", employee_id.as_ref()),
             ("memo", memo.as_ref()),
@@ -196,7 +201,10 @@ impl<'a> Fields<'a> {
                 return Err(pan(field));
             }
         }
-        if metadata.values().any(|v| contains_pan(v)) {
+        if metadata
+            .iter()
+            .any(|(k, v)| contains_pan(k) || contains_pan(v))
+        {
             return Err(pan("metadata"));
         }
 
@@ -291,39 +299,48 @@ impl<'a> Fields<'a> {
 
     fn date(&self, field: &'static str) -> Result<NaiveDate, RecordError> {
         let text = self.text(field, 32)?.ok_or_else(|| missing(field))?;
-        let date = NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-            .ok()
-            .filter(|d| text.len() == 10 && (MIN_DATE..=MAX_DATE).contains(d))
-            .ok_or_else(|| {
-                RecordError::field(
-                    ErrorCode::InvalidDate,
-                    field,
-                    format!("`{field}` must be a date YYYY-MM-DD between 1970 and 2199"),
-                )
-            })?;
-        Ok(date)
+        strict_date(&text).ok_or_else(|| {
+            RecordError::field(
+                ErrorCode::InvalidDate,
+                field,
+                format!("`{field}` must be a date YYYY-MM-DD between 1970 and 2199"),
+            )
+        })
     }
 
     fn timestamp(&self, field: &'static str) -> Result<Option<DateTime<Utc>>, RecordError> {
         let Some(text) = self.text(field, 40)? else {
             return Ok(None);
         };
-        let parsed = DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|_| {
-                NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-                    .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
-            })
-            .ok()
+        let invalid = || {
+            RecordError::field(
+                ErrorCode::InvalidDate,
+                field,
+                format!("`{field}` must be an RFC 3339 timestamp"),
+            )
+        };
+        // chrono is more lenient than RFC 3339 (a Unicode minus in the
+        // offset, second 60 in any minute); the contract is not.
+        if !text.is_ascii() {
+            return Err(invalid());
+        }
+        let parsed = match DateTime::parse_from_rfc3339(&text) {
+            Ok(t) => Some(t.with_timezone(&Utc)).filter(|t| {
+                // chrono marks a leap second with nanoseconds past 1e9;
+                // RFC 3339 allows one only as the last second of a UTC
+                // June 30 or December 31.
+                t.nanosecond() < 1_000_000_000
+                    || (t.hour(), t.minute(), t.second()) == (23, 59, 59)
+                        && matches!((t.month(), t.day()), (6, 30) | (12, 31))
+            }),
+            Err(_) => {
+                strict_date(&text).map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+            }
+        };
+        parsed
             .filter(|t| (MIN_DATE..=MAX_DATE).contains(&t.date_naive()))
-            .ok_or_else(|| {
-                RecordError::field(
-                    ErrorCode::InvalidDate,
-                    field,
-                    format!("`{field}` must be an RFC 3339 timestamp"),
-                )
-            })?;
-        Ok(Some(parsed))
+            .map(Some)
+            .ok_or_else(invalid)
     }
 
     /// An amount as a decimal (`amount_field`) or integer minor units
@@ -337,7 +354,20 @@ impl<'a> Fields<'a> {
         let decimal = self.scalar(amount_field)?;
         let minor = self.scalar(minor_field)?;
         let (field, text, is_minor) = match (decimal, minor) {
-            (None, None) => return Ok(None),
+            (None, None) => {
+                // A currency without an amount is not dropped unread: a
+                // wrong one is a mistake the sender should hear about.
+                if let Some(code) = self.text(currency_field, 8)? {
+                    Currency::from_code(&code).ok_or_else(|| {
+                        RecordError::field(
+                            ErrorCode::InvalidCurrency,
+                            currency_field,
+                            format!("`{}` is not an ISO 4217 currency", echo(&code, 8)),
+                        )
+                    })?;
+                }
+                return Ok(None);
+            }
             (Some(d), None) => (amount_field, d, false),
             (None, Some(m)) => (minor_field, m, true),
             (Some(_), Some(_)) => {
@@ -355,7 +385,7 @@ impl<'a> Fields<'a> {
             RecordError::field(
                 ErrorCode::InvalidCurrency,
                 currency_field,
-                format!("`{}` is not an ISO 4217 currency", truncate(&code, 8)),
+                format!("`{}` is not an ISO 4217 currency", echo(&code, 8)),
             )
         })?;
         let parsed = if is_minor {
@@ -422,7 +452,7 @@ impl<'a> Fields<'a> {
             } else if v.starts_with(['{', '[']) {
                 return Err(invalid(format!(
                     "metadata value of `{}` must be a string, number or boolean",
-                    truncate(&key, 64)
+                    echo(&key, 64)
                 )));
             } else {
                 v.to_string()
@@ -437,6 +467,24 @@ impl<'a> Fields<'a> {
         }
         Ok(out)
     }
+}
+
+/// `YYYY-MM-DD` exactly (ASCII digits, zero-padded, no sign or spaces)
+/// within the accepted years.
+fn strict_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    let shaped = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shaped {
+        return None;
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|d| (MIN_DATE..=MAX_DATE).contains(d))
 }
 
 fn missing(field: &'static str) -> RecordError {
@@ -484,6 +532,12 @@ fn amount_error(field: &'static str, error: AmountError, currency: Currency) -> 
         other => format!("`{field}`: {other}"),
     };
     RecordError::field(code, field, message)
+}
+
+/// A sent value as it may be quoted back: card numbers masked first (so a
+/// cut cannot leave most of one), then cut to `max` characters.
+fn echo(s: &str, max: usize) -> String {
+    truncate(&crate::pan::mask_pans(s), max).to_string()
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -612,6 +666,19 @@ mod tests {
             code(with(&[("metadata", json!({"card": "4242424242424242"}))])),
             "pan_detected"
         );
+        for (field, value) in [
+            ("source", json!("feed-4111111111111111")),
+            ("external_id", json!("4111-1111-1111-1111")),
+            ("related_external_id", json!("auth 5500 0000 0000 0004")),
+            ("employee_id", json!("378282246310005")),
+            ("metadata", json!({"4242424242424242": "x"})),
+        ] {
+            let err = with(&[(field, value)]).unwrap_err();
+            assert_eq!(
+                (err.code.as_str(), err.field),
+                ("pan_detected", Some(field))
+            );
+        }
         assert_eq!(
             code(with(&[("merchant_name", json!("x".repeat(257)))])),
             "field_too_long"
@@ -626,6 +693,26 @@ mod tests {
             "invalid_field"
         );
         assert_eq!(code(ExpenseRecord::from_json("[1,2]")), "invalid_json");
+    }
+
+    /// No rejection message echoes a card number, whatever field or parser
+    /// quoted the input.
+    #[test]
+    fn rejection_messages_never_echo_a_card_number() {
+        use serde_json::json;
+        let pan = "4111111111111111";
+        for (field, value) in [
+            ("category", json!(pan)),
+            ("4111111111111111", json!("x")),
+            ("metadata", json!({ "4111111111111111": {"a": 1} })),
+            ("merchant_mcc", json!(pan)),
+            ("transaction_date", json!(pan)),
+        ] {
+            let err = with(&[(field, value)]).unwrap_err();
+            assert!(!contains_pan(&err.message), "{field}: {}", err.message);
+        }
+        let err = ExpenseRecord::from_json(&format!("\"{pan}\"")).unwrap_err();
+        assert!(!contains_pan(&err.message), "{}", err.message);
     }
 
     #[test]
