@@ -1,12 +1,15 @@
 //! The embedded log: one SQLite database in WAL mode with `synchronous=FULL`,
 //! so a committed append survives a process crash and a power cut. Partitions,
 //! consumer-group offsets and dead letters are tables (the shape of Redpanda
-//! Connect's sqlite buffer).
+//! Connect's sqlite buffer). The log's identity is made when it is created
+//! and kept in the `meta` table. One consumer per group at a time: a lock
+//! file per group keeps a second processor on the same directory out.
 
+use crate::dead_letter_table::DeadLetterTable;
 use crate::idempotency::{SqliteIdempotency, connect, now_ms};
 use crate::{
-    Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer, LogProducer,
-    Offset, Partition, Position, Record, Replayed, Result, StoredDeadLetter, partition_for,
+    Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, LetterScope, Log, LogConsumer,
+    LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -17,6 +20,8 @@ use tokio::sync::Notify;
 
 /// Default partition count of a new embedded log.
 pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Most partitions an embedded log may have.
+pub const MAX_PARTITIONS: u32 = 1024;
 const DB_FILE: &str = "log.sqlite3";
 /// Longest a consumer sleeps before looking again when nobody woke it (another
 /// process may append to the same file).
@@ -44,22 +49,6 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (group_name, partition)
 );
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant_id TEXT,
-    group_name TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    code TEXT NOT NULL,
-    message TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    replayed_at INTEGER,
-    replay_partition INTEGER,
-    replay_offset INTEGER,
-    UNIQUE (group_name, partition, offset)
-);
-CREATE INDEX IF NOT EXISTS dead_letters_by_tenant ON dead_letters (tenant_id, id);
 ";
 
 /// The embedded log backend.
@@ -71,9 +60,11 @@ pub struct EmbeddedLog {
 struct Inner {
     path: PathBuf,
     partitions: u32,
+    log_id: String,
     writer: Mutex<Connection>,
     appended: Notify,
     idempotency: SqliteIdempotency,
+    dead_letters: DeadLetterTable,
 }
 
 impl std::fmt::Debug for EmbeddedLog {
@@ -81,48 +72,12 @@ impl std::fmt::Debug for EmbeddedLog {
         f.debug_struct("EmbeddedLog")
             .field("path", &self.inner.path)
             .field("partitions", &self.inner.partitions)
+            .field("log_id", &self.inner.log_id)
             .finish()
     }
 }
 
 impl EmbeddedLog {
-    /// Opens `embedded://<dir>[?partitions=N]`.
-    pub async fn open_url(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("embedded://")
-            .ok_or_else(|| Error::UnsupportedUrl(url.to_string()))?;
-        let (dir, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut partitions = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("partitions", n)) => {
-                    partitions = Some(
-                        n.parse::<u32>()
-                            .ok()
-                            .filter(|n| (1..=1024).contains(n))
-                            .ok_or_else(|| Error::InvalidUrl {
-                                url: url.to_string(),
-                                reason: "partitions must be 1 to 1024".into(),
-                            })?,
-                    )
-                }
-                _ => {
-                    return Err(Error::InvalidUrl {
-                        url: url.to_string(),
-                        reason: format!("unknown parameter `{pair}`"),
-                    });
-                }
-            }
-        }
-        if dir.is_empty() {
-            return Err(Error::InvalidUrl {
-                url: url.to_string(),
-                reason: "no directory given".into(),
-            });
-        }
-        Self::open(Path::new(dir), partitions).await
-    }
-
     /// Opens (creating if needed) the log in `dir`. `partitions` defaults to
     /// the existing count, or [`DEFAULT_PARTITIONS`] for a new log; asking for
     /// a different count than an existing log has is an error, since it would
@@ -168,16 +123,29 @@ impl EmbeddedLog {
                 n
             }
         };
+        // Made once, with the log; a wiped directory gets a new one.
+        tx.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?1)",
+            [uuid::Uuid::new_v4().simple().to_string()],
+        )?;
+        let log_id: String =
+            tx.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| {
+                r.get(0)
+            })?;
         tx.execute_batch(crate::idempotency::SCHEMA)?;
+        tx.execute_batch(crate::dead_letter_table::SCHEMA)?;
         tx.commit()?;
         let idempotency = SqliteIdempotency::from_connection(connect(&path)?);
+        let dead_letters = DeadLetterTable::new(connect(&path)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 partitions,
+                log_id,
                 writer: Mutex::new(conn),
                 appended: Notify::new(),
                 idempotency,
+                dead_letters,
             }),
         })
     }
@@ -318,122 +286,53 @@ impl LogProducer for EmbeddedLog {
 #[async_trait]
 impl DeadLetterStore for EmbeddedLog {
     async fn put(&self, letters: Vec<DeadLetter>) -> Result<()> {
-        if letters.is_empty() {
-            return Ok(());
-        }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO dead_letters
-                     (tenant_id, group_name, partition, offset, code, message, payload, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?;
-                let ts = now_ms();
-                for l in &letters {
-                    stmt.execute(params![
-                        l.tenant_id,
-                        l.group,
-                        l.partition,
-                        l.offset,
-                        l.code,
-                        l.message,
-                        l.payload,
-                        ts
-                    ])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await?
+        self.inner.dead_letters.put(letters).await
     }
 
     async fn list(
         &self,
-        tenant_id: &str,
+        scope: LetterScope<'_>,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>> {
-        self.select_letters(
-            tenant_id,
-            "id > ?2 ORDER BY id LIMIT ?3",
-            after_id,
-            limit as i64,
-        )
-        .await
+        self.inner.dead_letters.list(scope, after_id, limit).await
     }
 
     async fn get(&self, tenant_id: &str, id: i64) -> Result<Option<StoredDeadLetter>> {
-        Ok(self
-            .select_letters(tenant_id, "id = ?2 AND ?3 = 1", id, 1)
-            .await?
-            .pop())
+        self.inner.dead_letters.get(tenant_id, id).await
     }
 
     async fn mark_replayed(&self, tenant_id: &str, id: i64, position: Position) -> Result<()> {
-        let inner = self.inner.clone();
-        let tenant = tenant_id.to_string();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            conn.execute(
-                "UPDATE dead_letters SET replayed_at = ?3, replay_partition = ?4, replay_offset = ?5
-                 WHERE tenant_id = ?1 AND id = ?2",
-                params![tenant, id, now_ms(), position.partition, position.offset],
-            )?;
-            Ok(())
-        })
-        .await?
+        self.inner
+            .dead_letters
+            .mark_replayed(tenant_id, id, position)
+            .await
     }
 }
 
-impl EmbeddedLog {
-    /// Letters of `tenant` matching `filter` (SQL over `?2`, `?3`; trusted
-    /// text from this module only).
-    async fn select_letters(
-        &self,
-        tenant: &str,
-        filter: &'static str,
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<StoredDeadLetter>> {
-        let inner = self.inner.clone();
-        let tenant = tenant.to_string();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT id, created_at, tenant_id, group_name, partition, offset, code, message,
-                        payload, replayed_at, replay_partition, replay_offset
-                 FROM dead_letters WHERE tenant_id = ?1 AND {filter}"
-            ))?;
-            let rows = stmt.query_map(params![tenant, a, b], |r| {
-                let replayed = match (r.get::<_, Option<i64>>(9)?, r.get(10)?, r.get(11)?) {
-                    (Some(at_ms), Some(partition), Some(offset)) => Some(Replayed {
-                        at_ms,
-                        position: Position { partition, offset },
-                    }),
-                    _ => None,
-                };
-                Ok(StoredDeadLetter {
-                    id: r.get(0)?,
-                    created_at_ms: r.get(1)?,
-                    letter: DeadLetter {
-                        tenant_id: r.get(2)?,
-                        group: r.get(3)?,
-                        partition: r.get(4)?,
-                        offset: r.get(5)?,
-                        code: r.get(6)?,
-                        message: r.get(7)?,
-                        payload: r.get(8)?,
-                    },
-                    replayed,
-                })
-            })?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(Error::from)
-        })
-        .await?
+/// The lock file that keeps a second consumer of `group` out, named by a
+/// hash so any group name makes a valid file name.
+fn lock_path(dir: &Path, group: &str) -> PathBuf {
+    let hash = crate::partition_for(group.as_bytes(), u32::MAX);
+    dir.join(format!("consumer-{hash:08x}.lock"))
+}
+
+/// Takes the group's lock, without waiting: a second processor must fail
+/// at once with a clear error, not hang.
+fn lock_group(dir: &Path, group: &str) -> Result<std::fs::File> {
+    let path = lock_path(dir, group);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::ConsumerLocked {
+            group: group.to_string(),
+            path: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
 
@@ -446,10 +345,12 @@ impl Log for EmbeddedLog {
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>> {
         let inner = self.inner.clone();
         let group_name = group.to_string();
-        let (conn, positions) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (lock, conn, positions) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let dir = inner.path.parent().unwrap_or(Path::new("."));
+            let lock = lock_group(dir, &group_name)?;
             let conn = connect(&inner.path)?;
             let positions = read_group_offsets(&conn, &group_name, inner.partitions)?;
-            Ok((conn, positions))
+            Ok((lock, conn, positions))
         })
         .await??;
         Ok(Box::new(EmbeddedConsumer {
@@ -458,6 +359,7 @@ impl Log for EmbeddedLog {
             conn: Arc::new(Mutex::new(conn)),
             positions,
             next_partition: 0,
+            _lock: lock,
         }))
     }
 
@@ -471,6 +373,14 @@ impl Log for EmbeddedLog {
 
     fn partitions(&self) -> u32 {
         self.inner.partitions
+    }
+
+    fn log_id(&self) -> &str {
+        &self.inner.log_id
+    }
+
+    async fn end_offsets(&self) -> Result<Vec<Offset>> {
+        EmbeddedLog::end_offsets(self).await
     }
 
     async fn enforce_retention(&self, min_age: Duration) -> Result<u64> {
@@ -525,6 +435,9 @@ pub struct EmbeddedConsumer {
     positions: Vec<Offset>,
     /// Where the next poll starts, so no partition starves the others.
     next_partition: usize,
+    /// Held while this consumer lives; released (by the OS, also on a
+    /// crash) when the file is closed.
+    _lock: std::fs::File,
 }
 
 impl EmbeddedConsumer {

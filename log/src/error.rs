@@ -1,12 +1,14 @@
-//! Errors of the log backends.
+//! Errors of the log backends, each knowing whether a retry can help.
 
 /// What can go wrong talking to a log.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The URL (credentials already masked) names no known backend.
     #[error(
         "unsupported log URL `{0}`: expected embedded://<dir> or kafka://host:port[,host:port]"
     )]
     UnsupportedUrl(String),
+    /// The URL (credentials already masked) is malformed.
     #[error("invalid log URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("the embedded log at {path} has {existing} partitions but {requested} were requested")]
@@ -15,6 +17,11 @@ pub enum Error {
         existing: u32,
         requested: u32,
     },
+    #[error(
+        "another process is consuming group `{group}` of the embedded log ({path} is locked); \
+         run one processor per embedded log, or use Kafka to run several"
+    )]
+    ConsumerLocked { group: String, path: String },
     #[error("embedded log storage failed")]
     Sqlite(#[from] rusqlite::Error),
     #[error("log I/O failed")]
@@ -33,14 +40,25 @@ pub enum Error {
     },
     #[error("creating Kafka topic `{topic}` failed: {reason}")]
     TopicCreation { topic: String, reason: String },
-    #[error("Kafka: {0}")]
+    #[error(
+        "librdkafka option `{name}={value}` is refused: {reason} (pass it with --unsafe-kafka-option to override)"
+    )]
+    UnsafeKafkaOption {
+        name: String,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("librdkafka option `{name}` {reason}")]
+    InvalidOption { name: String, reason: &'static str },
+    #[error("Kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the Kafka producer queue is full; retry later")]
     QueueFull,
-    #[error("Kafka did not acknowledge {failed} of {total} records: {first}")]
+    #[error("Kafka did not acknowledge {failed} of {total} records")]
     NotAcknowledged {
         failed: usize,
         total: usize,
+        #[source]
         first: rdkafka::error::KafkaError,
     },
     #[error(
@@ -51,4 +69,107 @@ pub enum Error {
     Timeout(std::time::Duration),
 }
 
+impl Error {
+    /// An `InvalidUrl` that never carries the URL's secrets.
+    pub(crate) fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidUrl {
+            url: crate::redact_url(url),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the same operation may succeed later (a busy database, an
+    /// unreachable or overloaded broker), as opposed to a mistake in the
+    /// configuration or the data that no retry fixes. Callers answer the
+    /// first kind with 503 and `Retry-After`, the second with a loud error.
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::DiskFull
+                    | C::SystemIoFailure
+                    | C::OutOfMemory
+            ),
+            Error::Sqlite(_) => false,
+            Error::Io(_) => true,
+            Error::Kafka(e) => kafka_transient(e),
+            Error::NotAcknowledged { first, .. } => kafka_transient(first),
+            Error::QueueFull | Error::Rebalanced | Error::Timeout(_) => true,
+            Error::UnsupportedUrl(_)
+            | Error::InvalidUrl { .. }
+            | Error::PartitionMismatch { .. }
+            | Error::ConsumerLocked { .. }
+            | Error::Join(_)
+            | Error::UnknownPartition(_)
+            | Error::TopicMismatch { .. }
+            | Error::TopicCreation { .. }
+            | Error::UnsafeKafkaOption { .. }
+            | Error::InvalidOption { .. } => false,
+        }
+    }
+}
+
+fn kafka_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError as K;
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match error {
+        K::ClientConfig(..) | K::ClientCreation(_) | K::Subscription(_) => false,
+        K::MessageProduction(code) => !matches!(
+            code,
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::UnknownTopic
+                | C::UnknownPartition
+                | C::InvalidRecord
+        ),
+        _ => true,
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_and_permanent_errors() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(Error::Sqlite(busy).is_transient());
+        let corrupt = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            None,
+        );
+        assert!(!Error::Sqlite(corrupt).is_transient());
+        assert!(Error::QueueFull.is_transient());
+        assert!(
+            !Error::PartitionMismatch {
+                path: "p".into(),
+                existing: 8,
+                requested: 4
+            }
+            .is_transient()
+        );
+        assert!(
+            Error::Kafka(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::RequestTimedOut
+            ))
+            .is_transient()
+        );
+        assert!(
+            !Error::Kafka(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+            ))
+            .is_transient()
+        );
+    }
+}

@@ -4,12 +4,15 @@
 //! The traits follow Kafka's model: keyed records in partitions, consumer
 //! groups, at-least-once delivery with explicit offset commits.
 
+mod dead_letter_table;
 pub mod embedded;
 mod error;
 pub mod idempotency;
 pub mod kafka;
+mod target;
 
 pub use error::{Error, Result};
+pub use target::{LogTarget, redact_url};
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -140,6 +143,16 @@ pub trait LogConsumer: Send {
     }
 }
 
+/// Whose dead letters a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterScope<'a> {
+    /// One tenant's letters.
+    Tenant(&'a str),
+    /// Letters no tenant could be read from (an undecodable envelope): only
+    /// operators see them.
+    Unattributed,
+}
+
 /// Where processors put records they could not use.
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
@@ -147,10 +160,10 @@ pub trait DeadLetterStore: Send + Sync {
     /// twice keeps one: a replay after a crash does not duplicate them.
     async fn put(&self, letters: Vec<DeadLetter>) -> Result<()>;
 
-    /// Lists a tenant's letters with ids above `after_id`, oldest first.
+    /// Lists the letters of `scope` with ids above `after_id`, oldest first.
     async fn list(
         &self,
-        tenant_id: &str,
+        scope: LetterScope<'_>,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>>;
@@ -208,6 +221,15 @@ pub trait Log: Send + Sync {
     /// Where ingest keeps idempotency keys.
     fn idempotency(&self) -> Arc<dyn IdempotencyStore>;
     fn partitions(&self) -> u32;
+
+    /// This log's identity: made once when the log is created and kept for
+    /// its life (embedded: in its database; Kafka: a marker record in the
+    /// dead-letter topic). Offsets only mean something together with it: a
+    /// wiped, recreated or other log starts its offsets again at 0.
+    fn log_id(&self) -> &str;
+
+    /// The next offset to be written in each partition (the log end).
+    async fn end_offsets(&self) -> Result<Vec<Offset>>;
     /// Whether the backend answers now (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 
@@ -221,21 +243,7 @@ pub trait Log: Send + Sync {
 
 /// Opens the log a URL names.
 pub async fn open(url: &str) -> Result<Arc<dyn Log>> {
-    open_with(url, &[]).await
-}
-
-/// Opens the log a URL names; `client_options` are librdkafka settings
-/// passed through to every Kafka client (ignored by the embedded log).
-pub async fn open_with(url: &str, client_options: &[(String, String)]) -> Result<Arc<dyn Log>> {
-    match url.split_once("://") {
-        Some(("embedded", _)) => Ok(Arc::new(embedded::EmbeddedLog::open_url(url).await?)),
-        Some(("kafka", _)) => {
-            let mut config = kafka::KafkaConfig::from_url(url)?;
-            config.client_options.extend(client_options.iter().cloned());
-            Ok(Arc::new(kafka::KafkaLog::open(config).await?))
-        }
-        _ => Err(Error::UnsupportedUrl(url.to_string())),
-    }
+    LogTarget::parse(url, &[], &[])?.open().await
 }
 
 /// The partition of a key among `partitions`: FNV-1a, stable across releases

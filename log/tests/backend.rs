@@ -3,7 +3,7 @@
 //! 3 brokers, or the broker in `SPENDSTREAM_TEST_KAFKA`).
 
 use spendstream_log::kafka::testing::TestKafka;
-use spendstream_log::{DeadLetter, Log, Record, embedded::EmbeddedLog};
+use spendstream_log::{DeadLetter, LetterScope, Log, Record, embedded::EmbeddedLog};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -178,17 +178,43 @@ async fn dead_letters_are_idempotent_and_tenant_scoped(log: Arc<dyn Log>) {
         message: "nope".into(),
         payload: b"{}".to_vec(),
     };
+    let unattributed = DeadLetter {
+        tenant_id: None,
+        offset: 3,
+        code: "invalid_envelope".into(),
+        payload: b"\xff".to_vec(),
+        ..letter("x", 0)
+    };
     store
-        .put(vec![letter("a", 1), letter("b", 2)])
+        .put(vec![letter("a", 1), letter("b", 2), unattributed])
         .await
         .unwrap();
     store.put(vec![letter("a", 1)]).await.unwrap();
-    let a = store.list("a", 0, 10).await.unwrap();
+    let a = store.list(LetterScope::Tenant("a"), 0, 10).await.unwrap();
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].letter.code, "invalid_currency");
     assert_eq!(a[0].letter.payload, b"{}");
-    assert!(store.list("a", a[0].id, 10).await.unwrap().is_empty());
-    assert_eq!(store.list("b", 0, 10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .list(LetterScope::Tenant("a"), a[0].id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .list(LetterScope::Tenant("b"), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A letter no tenant could be read from is kept and listed apart, for
+    // operators; no tenant sees it.
+    let orphans = store.list(LetterScope::Unattributed, 0, 10).await.unwrap();
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].letter.tenant_id, None);
+    assert_eq!(orphans[0].letter.payload, b"\xff");
     // Fetched one by one, per tenant; a replay is remembered.
     let id = a[0].id;
     assert!(store.get("b", id).await.unwrap().is_none());
@@ -264,7 +290,26 @@ macro_rules! per_backend {
     )*};
 }
 
+/// A log keeps its identity across reopening, and its end offsets count
+/// what was appended.
+async fn identity_is_stable_and_end_offsets_count(log: Arc<dyn Log>) {
+    let id = log.log_id().to_string();
+    assert!(id.len() >= 16, "{id}");
+    assert_eq!(log.end_offsets().await.unwrap(), vec![0; 4]);
+    let positions = log
+        .producer()
+        .append((0..40).map(|i| rec(&format!("k{i}"), "v")).collect())
+        .await
+        .unwrap();
+    let mut want = vec![0i64; 4];
+    for p in positions {
+        want[p.partition as usize] = want[p.partition as usize].max(p.offset + 1);
+    }
+    assert_eq!(log.end_offsets().await.unwrap(), want);
+}
+
 per_backend!(
+    identity_is_stable_and_end_offsets_count,
     same_key_same_partition_in_order,
     resumes_from_commit_and_redelivers_uncommitted,
     concurrent_appends_get_unique_positions,
@@ -296,6 +341,8 @@ async fn embedded_retention_keeps_what_any_group_still_needs() {
     );
     // Old enough: only below the slowest group's commit.
     assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 3);
+    // The slow group's member restarts (one member per group at a time).
+    drop(slow);
     let mut again = log.consumer("slow").await.unwrap();
     let rest = drain(again.as_mut(), 7).await;
     assert_eq!(rest.first().map(|c| c.offset), Some(3));
@@ -331,6 +378,54 @@ async fn embedded_survives_reopen_and_refuses_other_partition_count() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn embedded_identity_survives_reopen_and_a_wiped_log_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    let id = first.log_id().to_string();
+    drop(first);
+    let again = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    assert_eq!(again.log_id(), id);
+    drop(again);
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let wiped = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    assert_ne!(wiped.log_id(), id);
+}
+
+#[tokio::test]
+async fn a_second_embedded_consumer_of_a_group_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    // Another process's handle on the same directory.
+    let other = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    let first = log.consumer("processors").await.unwrap();
+    let error = match other.consumer("processors").await {
+        Ok(_) => panic!("two consumers of one group on one embedded log"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("another process is consuming group `processors`"),
+        "{error}"
+    );
+    // Another group may read at the same time.
+    let _audit = other.consumer("audit").await.unwrap();
+    drop(first);
+    other.consumer("processors").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_identity_is_shared_by_every_process_on_the_topics() {
+    let kafka = TestKafka::start_mock(4).unwrap();
+    let (a, b) = tokio::join!(kafka.open(), kafka.open());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.log_id(), b.log_id());
+    let c = kafka.open().await.unwrap();
+    assert_eq!(c.log_id(), a.log_id());
+    // Another deployment (another prefix) is another log.
+    let other = TestKafka::start_mock(4).unwrap();
+    assert_ne!(other.open().await.unwrap().log_id(), a.log_id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,7 +556,10 @@ async fn kafka_dead_letters_are_read_after_retention_deleted_the_topic_head() {
             .collect();
         store.put(put).await.unwrap();
     }
-    let listed = store.list("acme", 0, 1_000).await.unwrap();
+    let listed = store
+        .list(LetterScope::Tenant("acme"), 0, 1_000)
+        .await
+        .unwrap();
     let offsets: Vec<i64> = listed.iter().map(|l| l.letter.offset).collect();
     // The head is gone, the rest is there, in order, up to the last letter.
     assert!(

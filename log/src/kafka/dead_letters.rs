@@ -1,4 +1,4 @@
-//! Dead letters on the `expenses.dlq` topic.
+//! Dead letters on the `expenses.dlq` topic, and the log's identity marker.
 //!
 //! Each letter is one Kafka record: value = the original bytes, key = the
 //! tenant (so a tenant's letters share a partition, in order), headers =
@@ -6,25 +6,35 @@
 //! marker record with the same key. The API's letter id is the record's
 //! partition and offset packed in one number (see `letter_id`).
 //!
-//! Reads go through an index built from the topic and brought up to the high
-//! watermarks on every call, so any process sees what any other wrote. A
-//! letter stored twice (a processor replayed a batch after a crash) is
-//! indexed once: the first copy wins.
+//! Reads go through an index on disk (a SQLite file in the state directory)
+//! that is brought up to the topic's high watermarks on every call, so any
+//! process sees what any other wrote and memory does not grow with the
+//! number of letters. A letter stored twice (a processor replayed a batch
+//! after a crash) is indexed once: the first copy wins. The index can be
+//! deleted at any time; it is rebuilt from the topic.
+//!
+//! The first record of the topic's marker partition names the log: a
+//! `kind=log_identity` record made when the log is first opened. Offsets of
+//! the raw topic only mean something with it (see [`crate::Log::log_id`]).
 
 use super::{KafkaConfig, KafkaProducer};
-use crate::idempotency::now_ms;
+use crate::dead_letter_table::{DeadLetterTable, Row};
+use crate::idempotency::{connect, now_ms};
 use crate::{
-    DeadLetter, DeadLetterStore, Error, Headers, Offset, Partition, Position, Record, Replayed,
+    DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Offset, Partition, Position, Record,
     Result, StoredDeadLetter,
 };
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::warn;
 
+const H_KIND: &str = "kind";
+const H_LOG_ID: &str = "log_id";
 const H_REASON: &str = "reason";
 const H_MESSAGE: &str = "message";
 const H_TENANT: &str = "tenant";
@@ -35,6 +45,19 @@ const H_CREATED: &str = "created_at_ms";
 const H_REPLAY_OF: &str = "replay_of";
 const H_REPLAY_PARTITION: &str = "replayed_partition";
 const H_REPLAY_OFFSET: &str = "replayed_offset";
+/// `kind` of the identity marker.
+const KIND_LOG_IDENTITY: &str = "log_identity";
+/// Key of the identity marker; decides its partition.
+const MARKER_KEY: &[u8] = b"\0spendstream.log_identity";
+/// Letters indexed per SQLite transaction while catching up.
+const INDEX_BATCH: usize = 1_000;
+
+const INDEX_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS index_progress (
+    partition INTEGER PRIMARY KEY,
+    next_offset INTEGER NOT NULL
+);
+";
 
 /// The dead-letter topic as a [`DeadLetterStore`].
 pub struct KafkaDeadLetters {
@@ -42,19 +65,13 @@ pub struct KafkaDeadLetters {
     producer: Arc<KafkaProducer>,
     topic: String,
     partitions: u32,
-    index: Arc<Mutex<Index>>,
-}
-
-struct Index {
-    reader: BaseConsumer,
-    /// Next offset to read, per partition.
-    next: Vec<Offset>,
-    by_tenant: HashMap<String, BTreeMap<i64, StoredDeadLetter>>,
-    seen: HashSet<(String, Partition, Offset)>,
+    reader: Arc<Mutex<BaseConsumer>>,
+    index: DeadLetterTable,
 }
 
 impl KafkaDeadLetters {
-    pub fn new(
+    /// Opens the index in the state directory (creating it if needed).
+    pub async fn open(
         config: Arc<KafkaConfig>,
         producer: Arc<KafkaProducer>,
         partitions: u32,
@@ -71,32 +88,108 @@ impl KafkaDeadLetters {
             ])
             .create()?;
         let topic = config.dlq_topic();
+        let path = config
+            .state_dir
+            .join(format!("dead-letters-{topic}.sqlite3"));
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let conn = connect(&path)?;
+            conn.execute_batch(crate::dead_letter_table::SCHEMA)?;
+            conn.execute_batch(INDEX_SCHEMA)?;
+            Ok(conn)
+        })
+        .await??;
         Ok(Self {
             config,
             producer,
             topic,
             partitions,
-            index: Arc::new(Mutex::new(Index {
-                reader,
-                next: vec![0; partitions as usize],
-                by_tenant: HashMap::new(),
-                seen: HashSet::new(),
-            })),
+            reader: Arc::new(Mutex::new(reader)),
+            index: DeadLetterTable::new(conn),
         })
     }
 
-    /// Brings the index up to the topic's end, then runs `read` on it.
-    async fn with_index<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Index) -> T + Send + 'static,
-    ) -> Result<T> {
-        let index = self.index.clone();
+    /// Brings the index up to the topic's end.
+    async fn catch_up(&self) -> Result<()> {
+        let reader = self.reader.clone();
         let topic = self.topic.clone();
+        let partitions = self.partitions;
+        let timeout = self.config.operation_timeout;
+        self.index
+            .with(move |conn| {
+                let reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+                catch_up(&reader, conn, &topic, partitions, timeout)
+            })
+            .await
+    }
+
+    /// The log's identity: the first marker in the marker partition, made
+    /// now when there is none. Two processes racing to make one both read
+    /// back the first, so they agree.
+    pub async fn log_id(&self) -> Result<String> {
+        if let Some(id) = self.find_marker().await? {
+            return Ok(id);
+        }
+        let headers: Headers = vec![
+            (H_KIND.to_string(), KIND_LOG_IDENTITY.to_string()),
+            (
+                H_LOG_ID.to_string(),
+                uuid::Uuid::new_v4().simple().to_string(),
+            ),
+            (H_CREATED.to_string(), now_ms().to_string()),
+        ]
+        .into();
+        let marker = Record {
+            key: MARKER_KEY.to_vec(),
+            value: Vec::new(),
+            headers,
+        };
+        self.producer
+            .send(&self.topic, self.partitions, &[marker])
+            .await?;
+        self.find_marker()
+            .await?
+            .ok_or(Error::Timeout(self.config.operation_timeout))
+    }
+
+    async fn find_marker(&self) -> Result<Option<String>> {
+        let reader = self.reader.clone();
+        let topic = self.topic.clone();
+        let partition = crate::partition_for(MARKER_KEY, self.partitions) as i32;
         let timeout = self.config.operation_timeout;
         tokio::task::spawn_blocking(move || {
-            let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
-            index.catch_up(&topic, timeout)?;
-            Ok(read(&index))
+            let reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+            let (low, high) = reader.fetch_watermarks(&topic, partition, timeout)?;
+            if low >= high {
+                return Ok(None);
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&topic, partition, KafkaOffset::Offset(low))?;
+            reader.assign(&list)?;
+            let deadline = Instant::now() + timeout;
+            let found = loop {
+                if Instant::now() >= deadline {
+                    reader.unassign()?;
+                    return Err(Error::Timeout(timeout));
+                }
+                let Some(message) = reader.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let message = message?;
+                let headers = super::message_headers(&message);
+                if header(&headers, H_KIND) == Some(KIND_LOG_IDENTITY)
+                    && let Some(id) = header(&headers, H_LOG_ID)
+                {
+                    break Some(id.to_string());
+                }
+                if message.offset() + 1 >= high {
+                    break None;
+                }
+            };
+            reader.unassign()?;
+            Ok(found)
         })
         .await?
     }
@@ -115,75 +208,121 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-impl Index {
-    fn catch_up(&mut self, topic: &str, timeout: Duration) -> Result<()> {
-        let mut ends = Vec::with_capacity(self.next.len());
-        for p in 0..self.next.len() {
-            let (low, high) = self.reader.fetch_watermarks(topic, p as i32, timeout)?;
-            // Retention may have deleted the topic's head: what is gone is
-            // gone, read from what is left.
-            self.next[p] = self.next[p].max(low);
-            ends.push(high);
+/// Reads every partition from the index's position to the high watermark
+/// the call started with, indexing letters and replays as it goes.
+fn catch_up(
+    reader: &BaseConsumer,
+    conn: &mut Connection,
+    topic: &str,
+    partitions: u32,
+    timeout: Duration,
+) -> Result<()> {
+    let mut next = Vec::with_capacity(partitions as usize);
+    let mut ends = Vec::with_capacity(partitions as usize);
+    for p in 0..partitions {
+        let (low, high) = reader.fetch_watermarks(topic, p as i32, timeout)?;
+        let mut from: Offset = conn
+            .query_row(
+                "SELECT next_offset FROM index_progress WHERE partition = ?1",
+                [p],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if from > high {
+            // The topic was recreated: what the index holds of it is gone.
+            warn!(
+                topic,
+                partition = p,
+                "Dead-letter topic went back; reindexing."
+            );
+            conn.execute(
+                "DELETE FROM dead_letters WHERE id >= ?1 AND id < ?2",
+                params![letter_id(p, -1), letter_id(p + 1, -1)],
+            )?;
+            from = 0;
         }
-        if ends.iter().zip(&self.next).all(|(end, next)| next >= end) {
-            return Ok(());
-        }
-        let mut list = TopicPartitionList::new();
-        for (p, next) in self.next.iter().enumerate() {
-            list.add_partition_offset(topic, p as i32, KafkaOffset::Offset(*next))?;
-        }
-        self.reader.assign(&list)?;
-        let deadline = Instant::now() + timeout;
-        while ends.iter().zip(&self.next).any(|(end, next)| next < end) {
+        // Retention may have deleted the topic's head: what is gone is
+        // gone, read from what is left.
+        next.push(from.max(low));
+        ends.push(high);
+    }
+    if ends.iter().zip(&next).all(|(end, next)| next >= end) {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for (p, from) in next.iter().enumerate() {
+        list.add_partition_offset(topic, p as i32, KafkaOffset::Offset(*from))?;
+    }
+    reader.assign(&list)?;
+    let deadline = Instant::now() + timeout;
+    let mut pending = Pending::default();
+    let result = (|| {
+        while ends.iter().zip(&next).any(|(end, next)| next < end) {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout(timeout));
             }
-            let Some(message) = self.reader.poll(Duration::from_millis(100)) else {
+            let Some(message) = reader.poll(Duration::from_millis(100)) else {
                 continue;
             };
             let message = message?;
             let partition = message.partition() as Partition;
             let offset = message.offset();
-            let headers = super::message_headers(&message);
-            let payload = message.payload().unwrap_or_default().to_vec();
-            if let Some(slot) = self.next.get_mut(partition as usize) {
+            if let Some(slot) = next.get_mut(partition as usize) {
                 *slot = (*slot).max(offset + 1);
             }
-            self.apply(partition, offset, &headers, payload);
+            let headers = super::message_headers(&message);
+            pending.add(partition, offset, &headers, message.payload());
+            if pending.len() >= INDEX_BATCH {
+                pending.flush(conn, &next)?;
+            }
         }
-        self.reader.unassign()?;
-        Ok(())
+        pending.flush(conn, &next)
+    })();
+    reader.unassign()?;
+    result
+}
+
+/// What catching up read and has not written to the index yet.
+#[derive(Default)]
+struct Pending {
+    letters: Vec<Row>,
+    replays: Vec<(String, i64, i64, Position)>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.letters.len() + self.replays.len()
     }
 
-    fn apply(
+    fn add(
         &mut self,
         dlq_partition: Partition,
         offset: Offset,
         headers: &[(String, String)],
-        payload: Vec<u8>,
+        payload: Option<&[u8]>,
     ) {
-        let Some(tenant) = header(headers, H_TENANT).filter(|t| !t.is_empty()) else {
-            return;
-        };
         let number = |name| header(headers, name).and_then(|v| v.parse::<i64>().ok());
-        if let (Some(id), Some(partition), Some(at)) = (
+        let tenant = header(headers, H_TENANT).filter(|t| !t.is_empty());
+        if header(headers, H_KIND).is_some() {
+            // A marker (the log's identity), not a letter.
+            return;
+        }
+        if let (Some(tenant), Some(id), Some(partition), Some(at)) = (
+            tenant,
             number(H_REPLAY_OF),
             number(H_REPLAY_PARTITION),
             number(H_REPLAY_OFFSET),
         ) {
-            if let Some(letter) = self
-                .by_tenant
-                .get_mut(tenant)
-                .and_then(|letters| letters.get_mut(&id))
-            {
-                letter.replayed = Some(Replayed {
-                    at_ms: number(H_CREATED).unwrap_or_default(),
-                    position: Position {
-                        partition: partition as Partition,
-                        offset: at,
-                    },
-                });
-            }
+            self.replays.push((
+                tenant.to_string(),
+                id,
+                number(H_CREATED).unwrap_or_default(),
+                Position {
+                    partition: partition as Partition,
+                    offset: at,
+                },
+            ));
             return;
         }
         let (Some(group), Some(partition), Some(source_offset)) = (
@@ -193,33 +332,41 @@ impl Index {
         ) else {
             return;
         };
-        if !self
-            .seen
-            .insert((group.to_string(), partition as Partition, source_offset))
-        {
-            return;
+        self.letters.push(Row {
+            id: Some(letter_id(dlq_partition, offset)),
+            created_at_ms: number(H_CREATED).unwrap_or_default(),
+            letter: DeadLetter {
+                tenant_id: tenant.map(str::to_string),
+                group: group.to_string(),
+                partition: partition as Partition,
+                offset: source_offset,
+                code: header(headers, H_REASON).unwrap_or_default().to_string(),
+                message: header(headers, H_MESSAGE).unwrap_or_default().to_string(),
+                payload: payload.unwrap_or_default().to_vec(),
+            },
+        });
+    }
+
+    /// Writes what is pending and where reading got to, in one transaction.
+    fn flush(&mut self, conn: &mut Connection, next: &[Offset]) -> Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        DeadLetterTable::insert(&tx, &self.letters)?;
+        for (tenant, id, at_ms, position) in &self.replays {
+            DeadLetterTable::set_replayed(&tx, tenant, *id, *at_ms, *position)?;
         }
-        let id = letter_id(dlq_partition, offset);
-        self.by_tenant
-            .entry(tenant.to_string())
-            .or_default()
-            .insert(
-                id,
-                StoredDeadLetter {
-                    id,
-                    created_at_ms: number(H_CREATED).unwrap_or_default(),
-                    letter: DeadLetter {
-                        tenant_id: Some(tenant.to_string()),
-                        group: group.to_string(),
-                        partition: partition as Partition,
-                        offset: source_offset,
-                        code: header(headers, H_REASON).unwrap_or_default().to_string(),
-                        message: header(headers, H_MESSAGE).unwrap_or_default().to_string(),
-                        payload,
-                    },
-                    replayed: None,
-                },
-            );
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO index_progress (partition, next_offset) VALUES (?1, ?2)
+                 ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
+            )?;
+            for (p, offset) in next.iter().enumerate() {
+                stmt.execute(params![p as u32, offset])?;
+            }
+        }
+        tx.commit()?;
+        self.letters.clear();
+        self.replays.clear();
+        Ok(())
     }
 }
 
@@ -259,36 +406,17 @@ impl DeadLetterStore for KafkaDeadLetters {
 
     async fn list(
         &self,
-        tenant_id: &str,
+        scope: LetterScope<'_>,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>> {
-        let tenant = tenant_id.to_string();
-        self.with_index(move |index| {
-            index
-                .by_tenant
-                .get(&tenant)
-                .map(|letters| {
-                    letters
-                        .range(after_id.saturating_add(1)..)
-                        .take(limit)
-                        .map(|(_, l)| l.clone())
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-        .await
+        self.catch_up().await?;
+        self.index.list(scope, after_id, limit).await
     }
 
     async fn get(&self, tenant_id: &str, id: i64) -> Result<Option<StoredDeadLetter>> {
-        let tenant = tenant_id.to_string();
-        self.with_index(move |index| {
-            index
-                .by_tenant
-                .get(&tenant)
-                .and_then(|letters| letters.get(&id).cloned())
-        })
-        .await
+        self.catch_up().await?;
+        self.index.get(tenant_id, id).await
     }
 
     async fn mark_replayed(&self, tenant_id: &str, id: i64, position: Position) -> Result<()> {

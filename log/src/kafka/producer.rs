@@ -24,7 +24,8 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.messages", "500000"),
     ("queue.buffering.max.kbytes", "524288"),
     // Below ingest's 30 s append timeout, so a failed delivery is reported
-    // with its reason rather than as a timeout.
+    // with its reason rather than as a timeout (configuration checks that
+    // an override keeps it below).
     ("message.timeout.ms", "20000"),
 ];
 
@@ -110,6 +111,24 @@ impl KafkaProducer {
                 first,
             }),
         }
+    }
+
+    /// The high watermark of every partition of the raw topic.
+    pub async fn end_offsets(&self, timeout: Duration) -> Result<Vec<crate::Offset>> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let partitions = self.partitions;
+        tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    let (_low, high) = producer
+                        .client()
+                        .fetch_watermarks(&topic, p as i32, timeout)?;
+                    Ok(high)
+                })
+                .collect()
+        })
+        .await?
     }
 
     /// Whether the cluster answers a metadata request for the raw topic.
