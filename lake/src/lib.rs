@@ -3,7 +3,9 @@
 //!
 //! delta-rs stays behind this small API because its interface moves between
 //! releases. Writers commit each batch with Delta application transactions
-//! (one per log partition), which is what makes processor replays idempotent.
+//! (one per log partition), which is what makes processor replays idempotent:
+//! [`Lake::commit_once`] is the only way to write, and it checks the table's
+//! transaction versions and writes in one step, on every try.
 
 mod error;
 
@@ -18,6 +20,7 @@ use deltalake::kernel::{StructType, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use spendstream_schemas::enriched::{PARTITION_COLUMNS, arrow_schema};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -36,6 +39,9 @@ pub struct AppTxn {
 pub enum WriteOutcome {
     /// Committed as this table version.
     Committed { table_version: u64, rows: usize },
+    /// The table already held every transaction (an earlier try, or another
+    /// writer, committed them): nothing was written.
+    AlreadyCommitted,
     /// Nothing to write.
     Empty,
 }
@@ -51,6 +57,9 @@ pub struct CompactStats {
 pub struct Lake {
     url: Url,
     table: Mutex<DeltaTable>,
+    /// Test hook: commits still to fail after they were written.
+    #[cfg(feature = "testing")]
+    fail_after_commit: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Lake {
@@ -61,15 +70,26 @@ impl std::fmt::Debug for Lake {
     }
 }
 
-/// Turns `file://./data/lake` or `file:///abs` into an absolute URL.
-fn table_url(url: &str) -> Result<Url> {
-    if let Some(path) = url.strip_prefix("file://") {
-        let path = std::path::Path::new(path);
-        std::fs::create_dir_all(path)?;
-        let abs = std::fs::canonicalize(path)?;
-        return Url::from_directory_path(&abs).map_err(|()| Error::UnsupportedUrl(url.to_string()));
+/// Checks a lake URL without touching anything: `file://<dir>`.
+pub fn check_url(url: &str) -> Result<()> {
+    local_dir(url).map(|_| ())
+}
+
+fn local_dir(url: &str) -> Result<&std::path::Path> {
+    match url.strip_prefix("file://") {
+        Some("") => Err(Error::UnsupportedUrl(url.to_string())),
+        Some(path) => Ok(std::path::Path::new(path)),
+        None => Err(Error::UnsupportedUrl(url.to_string())),
     }
-    Err(Error::UnsupportedUrl(url.to_string()))
+}
+
+/// Turns `file://./data/lake` or `file:///abs` into an absolute URL,
+/// creating the directory.
+fn table_url(url: &str) -> Result<Url> {
+    let path = local_dir(url)?;
+    std::fs::create_dir_all(path)?;
+    let abs = std::fs::canonicalize(path)?;
+    Url::from_directory_path(&abs).map_err(|()| Error::UnsupportedUrl(url.to_string()))
 }
 
 impl Lake {
@@ -116,7 +136,34 @@ impl Lake {
         Ok(Self {
             url: table_url,
             table: Mutex::new(table),
+            #[cfg(feature = "testing")]
+            fail_after_commit: Default::default(),
         })
+    }
+
+    /// Test hook: the next `n` commits fail right after their commit file
+    /// was written, as a delta-rs post-commit hook (a checkpoint, log
+    /// cleanup) or a lost object-store response can make them fail.
+    #[cfg(feature = "testing")]
+    pub fn fail_after_next_commits(&self, n: u32) {
+        self.fail_after_commit
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[cfg(feature = "testing")]
+    fn injected_failure(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let left = self.fail_after_commit.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_after_commit.store(left - 1, Ordering::SeqCst);
+            return Err(Error::Injected);
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn injected_failure(&self) -> Result<()> {
+        Ok(())
     }
 
     pub fn url(&self) -> &Url {
@@ -133,44 +180,57 @@ impl Lake {
     pub async fn txn_versions(&self, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
         let mut table = self.table.lock().await;
         table.update_state().await?;
-        let log_store = table.log_store();
-        let snapshot = table.snapshot()?;
-        let mut out = Vec::with_capacity(app_ids.len());
-        for app_id in app_ids {
-            out.push(
-                snapshot
-                    .transaction_version(log_store.as_ref(), app_id)
-                    .await?,
-            );
-        }
-        Ok(out)
+        read_versions(&table, app_ids.iter().map(String::as_str)).await
     }
 
-    /// Appends `batch` in one commit carrying `txns`. The caller must have
-    /// checked [`Lake::txn_version`] first: Delta does not refuse a version
-    /// that is not higher than the last one.
-    pub async fn append(&self, batch: RecordBatch, txns: Vec<AppTxn>) -> Result<WriteOutcome> {
-        let rows = batch.num_rows();
-        if rows == 0 && txns.is_empty() {
+    /// Appends exactly once: refreshes the table, reads the stored version
+    /// of every transaction in `txns`, and commits those it does not hold
+    /// yet with the rows `rows` builds from the stored versions (the caller
+    /// leaves out rows at or below them). With every transaction already
+    /// held, writes nothing. Each call does all of this afresh under one
+    /// lock, so retrying after any error can never commit a batch twice,
+    /// even when the error came after the commit file was written or
+    /// another writer committed meanwhile.
+    pub async fn commit_once<F>(&self, txns: &[AppTxn], rows: F) -> Result<WriteOutcome>
+    where
+        F: FnOnce(
+            &HashMap<String, i64>,
+        ) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError>,
+    {
+        if txns.is_empty() {
             return Ok(WriteOutcome::Empty);
         }
         let mut table = self.table.lock().await;
-        let txns = txns
-            .into_iter()
-            .map(|t| Transaction::new(t.app_id, t.version))
+        table.update_state().await?;
+        let stored = read_versions(&table, txns.iter().map(|t| t.app_id.as_str())).await?;
+        let held: HashMap<String, i64> = txns
+            .iter()
+            .zip(&stored)
+            .filter_map(|(t, v)| v.map(|v| (t.app_id.clone(), v)))
             .collect();
+        let new: Vec<Transaction> = txns
+            .iter()
+            .filter(|t| held.get(&t.app_id).is_none_or(|v| *v < t.version))
+            .map(|t| Transaction::new(t.app_id.clone(), t.version))
+            .collect();
+        if new.is_empty() {
+            return Ok(WriteOutcome::AlreadyCommitted);
+        }
+        let batch = rows(&held)?;
+        let n = batch.num_rows();
         let written = table
             .clone()
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(PARTITION_COLUMNS)
-            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+            .with_commit_properties(CommitProperties::default().with_application_transactions(new))
             .await?;
+        self.injected_failure()?;
         let table_version = written.version().unwrap_or_default();
         *table = written;
         Ok(WriteOutcome::Committed {
             table_version,
-            rows,
+            rows: n,
         })
     }
 
@@ -213,4 +273,22 @@ impl Lake {
     pub async fn version(&self) -> Option<u64> {
         self.table.lock().await.version()
     }
+}
+
+/// The stored version of each app id in `table`'s loaded state.
+async fn read_versions<'a>(
+    table: &DeltaTable,
+    app_ids: impl Iterator<Item = &'a str>,
+) -> Result<Vec<Option<i64>>> {
+    let log_store = table.log_store();
+    let snapshot = table.snapshot()?;
+    let mut out = Vec::new();
+    for app_id in app_ids {
+        out.push(
+            snapshot
+                .transaction_version(log_store.as_ref(), app_id)
+                .await?,
+        );
+    }
+    Ok(out)
 }

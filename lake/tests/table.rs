@@ -27,6 +27,13 @@ fn record(tenant: &str, ext: &str, amount: &str, date: &str, offset: i64) -> Enr
     }
 }
 
+fn txn(app_id: &str, version: i64) -> Vec<AppTxn> {
+    vec![AppTxn {
+        app_id: app_id.into(),
+        version,
+    }]
+}
+
 async fn sum_and_count(lake: &Lake, tenant: &str) -> (i64, i64) {
     let ctx = SessionContext::new();
     ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
@@ -57,20 +64,13 @@ async fn appends_commit_txns_and_are_readable() {
     assert_eq!(sum_and_count(&lake, "t1").await, (0, 0));
     assert_eq!(lake.txn_version("g-0").await.unwrap(), None);
 
-    let batch = to_record_batch(&[
+    let rows = [
         record("t1", "a", "1.50", "2026-01-05", 0),
         record("t1", "b", "2.25", "2026-02-05", 1),
         record("t2", "c", "100", "2026-02-05", 2),
-    ])
-    .unwrap();
+    ];
     let out = lake
-        .append(
-            batch,
-            vec![AppTxn {
-                app_id: "g-0".into(),
-                version: 2,
-            }],
-        )
+        .commit_once(&txn("g-0", 2), |_| to_record_batch(&rows))
         .await
         .unwrap();
     assert!(matches!(out, WriteOutcome::Committed { rows: 3, .. }));
@@ -82,13 +82,9 @@ async fn appends_commit_txns_and_are_readable() {
     let other = Lake::open(&url).await.unwrap();
     assert_eq!(other.txn_version("g-0").await.unwrap(), Some(2));
     other
-        .append(
-            to_record_batch(&[record("t1", "d", "0.25", "2026-01-09", 3)]).unwrap(),
-            vec![AppTxn {
-                app_id: "g-0".into(),
-                version: 3,
-            }],
-        )
+        .commit_once(&txn("g-0", 3), |_| {
+            to_record_batch(&[record("t1", "d", "0.25", "2026-01-09", 3)])
+        })
         .await
         .unwrap();
     assert_eq!(lake.txn_version("g-0").await.unwrap(), Some(3));
@@ -97,4 +93,70 @@ async fn appends_commit_txns_and_are_readable() {
     let stats = lake.compact(Duration::from_secs(0)).await.unwrap();
     assert!(stats.files_removed >= 2, "{stats:?}");
     assert_eq!(sum_and_count(&lake, "t1").await, (3, 400));
+}
+
+/// Retrying a commit whose call failed after the commit file was written
+/// (a post-commit hook, a lost response) finds it in the table and writes
+/// nothing: the check and the write are one step, repeated on every try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_retried_after_it_was_written_is_not_written_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("lake").display());
+    let lake = Lake::open(&url).await.unwrap();
+    let rows = [
+        record("t1", "a", "1.00", "2026-01-05", 0),
+        record("t1", "b", "2.00", "2026-01-06", 1),
+    ];
+    lake.fail_after_next_commits(1);
+    let first = lake
+        .commit_once(&txn("g-0", 1), |_| to_record_batch(&rows))
+        .await;
+    assert!(first.is_err(), "the injected failure did not fire");
+    // Another writer (a second handle) now commits the next offsets.
+    let other = Lake::open(&url).await.unwrap();
+    other
+        .commit_once(&txn("g-0", 2), |held| {
+            assert_eq!(held.get("g-0"), Some(&1), "the first commit is not visible");
+            to_record_batch(&[record("t1", "c", "4.00", "2026-01-07", 2)])
+        })
+        .await
+        .unwrap();
+    // The retry of the first batch: nothing left to write.
+    let retry = lake
+        .commit_once(&txn("g-0", 1), |_| {
+            panic!("rows were built for a batch the table holds")
+        })
+        .await
+        .unwrap();
+    assert_eq!(retry, WriteOutcome::AlreadyCommitted);
+    assert_eq!(sum_and_count(&lake, "t1").await, (3, 700));
+
+    // A batch spanning a held and a new partition writes only the new one's
+    // rows, and only its transaction.
+    let out = lake
+        .commit_once(
+            &[
+                AppTxn {
+                    app_id: "g-0".into(),
+                    version: 2,
+                },
+                AppTxn {
+                    app_id: "g-1".into(),
+                    version: 0,
+                },
+            ],
+            |held| {
+                assert_eq!(held.get("g-0"), Some(&2));
+                assert_eq!(held.get("g-1"), None);
+                to_record_batch(&[record("t1", "d", "8.00", "2026-01-08", 0)])
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, WriteOutcome::Committed { rows: 1, .. }),
+        "{out:?}"
+    );
+    assert_eq!(lake.txn_version("g-1").await.unwrap(), Some(0));
+    assert_eq!(sum_and_count(&lake, "t1").await, (4, 1500));
 }
