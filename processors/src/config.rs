@@ -17,6 +17,20 @@ pub struct ProcessorConfig {
     pub max_batch_wait: Duration,
 }
 
+impl ProcessorConfig {
+    /// Checks the settings without touching anything; the error names the
+    /// setting (by its command-line flag) and what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.group.trim().is_empty() || self.group.chars().any(char::is_control) {
+            return Err("--group must be a non-empty name without control characters".into());
+        }
+        if self.max_batch_records == 0 {
+            return Err("--batch-max-records must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
@@ -33,5 +47,25 @@ mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_or_empty_settings_are_refused_by_name() {
+        assert!(ProcessorConfig::default().validate().is_ok());
+        let zero = ProcessorConfig {
+            max_batch_records: 0,
+            ..Default::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("--batch-max-records"));
+        let unnamed = ProcessorConfig {
+            group: " ".into(),
+            ..Default::default()
+        };
+        assert!(unnamed.validate().unwrap_err().contains("--group"));
     }
 }

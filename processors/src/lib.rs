@@ -4,6 +4,8 @@
 //! enriches and drops replays, [`sink`] writes the lake and dead letters.
 //! Offsets are committed only after every sink holds the batch, and every
 //! sink is idempotent, so a crash anywhere replays without duplicates.
+//! Transient sink errors are retried until they pass; a permanent one stops
+//! the processor (uncommitted, so nothing is lost) with the whole cause.
 
 pub mod config;
 mod error;
@@ -20,11 +22,12 @@ use sink::dead_letter::DeadLetterSink;
 use sink::lake::LakeSink;
 use spendstream_lake::Lake;
 use spendstream_log::{Consumed, Log, LogConsumer};
+use spendstream_schemas::error::Chain;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, instrument, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 /// Counters a caller can watch (tests, the demo, `/readyz`).
 #[derive(Debug, Default)]
@@ -72,7 +75,7 @@ fn retry_policy() -> ExponentialBuilder {
 
 impl Processor {
     pub fn new(config: ProcessorConfig, log: Arc<dyn Log>, lake: Arc<Lake>) -> Self {
-        let lake = LakeSink::new(lake, config.group.clone());
+        let lake = LakeSink::new(lake, config.group.clone(), log.log_id());
         let dead_letters = DeadLetterSink::new(log.dead_letters());
         Self {
             config,
@@ -87,11 +90,61 @@ impl Processor {
         self.stats.clone()
     }
 
+    /// Refuses to run on a log that is behind what the lake says it holds of
+    /// it: a log restored from an older copy, or a Kafka topic recreated
+    /// under the same identity, would have its new records at offsets the
+    /// lake takes for replays, and they would be skipped without a trace.
+    pub async fn check_log_against_lake(&self) -> Result<()> {
+        let partitions: Vec<_> = (0..self.log.partitions()).collect();
+        let held = self.lake.committed(&partitions).await?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        let ends = self.log.end_offsets().await?;
+        for (partition, version) in held {
+            let end = ends.get(partition as usize).copied().unwrap_or(0);
+            if version >= end {
+                return Err(Error::LogBehindLake {
+                    group: self.config.group.clone(),
+                    log_id: self.log.log_id().to_string(),
+                    partition,
+                    version,
+                    end,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Runs until `stop` is cancelled; the batch in hand is finished first.
-    #[instrument(skip_all, fields(group = %self.config.group))]
+    /// Returns an error only for a permanent failure (the batch in hand is
+    /// left uncommitted: the next start reads it again).
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<()> {
-        let mut consumer = self.log.consumer(&self.config.group).await?;
-        info!(partitions = self.log.partitions(), "Processor started.");
+        let consumer = self.join().await?;
+        self.run_with(consumer, stop).await
+    }
+
+    /// Checks the log against the lake and joins the consumer group: what
+    /// can refuse to start (a log behind the lake, another processor on the
+    /// same embedded log) fails here, before the caller reports it started.
+    pub async fn join(&self) -> Result<Box<dyn LogConsumer>> {
+        self.check_log_against_lake().await?;
+        Ok(self.log.consumer(&self.config.group).await?)
+    }
+
+    /// [`Processor::run_until_stopped`] with the consumer [`Processor::join`]
+    /// returned.
+    #[instrument(skip_all, fields(group = %self.config.group))]
+    pub async fn run_with(
+        self,
+        mut consumer: Box<dyn LogConsumer>,
+        stop: CancellationToken,
+    ) -> Result<()> {
+        info!(
+            partitions = self.log.partitions(),
+            log_id = self.log.log_id(),
+            "Processor started."
+        );
         while !stop.is_cancelled() {
             let batch = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -104,13 +157,17 @@ impl Processor {
             };
             match batch {
                 Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => self.process(consumer.as_mut(), batch).await,
-                Err(error) => {
-                    warn!(error = %error, "Reading the log failed; retrying.");
+                Ok(batch) => self.process(consumer.as_mut(), batch).await?,
+                Err(e) if e.is_transient() => {
+                    warn!(error = %Chain(&e), "Reading the log failed; retrying.");
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
+                }
+                Err(e) => {
+                    error!(error = %Chain(&e), "Reading the log failed for good; stopping.");
+                    return Err(e);
                 }
             }
         }
@@ -119,22 +176,25 @@ impl Processor {
     }
 
     /// Handles one batch to the end: sinks first, then the offset commit.
-    /// Sink failures are retried until they succeed: committing past a batch
-    /// the sinks do not hold would lose it.
-    async fn process(&self, consumer: &mut dyn LogConsumer, mut batch: Vec<Consumed>) {
+    /// Transient sink failures are retried until they pass: committing past
+    /// a batch the sinks do not hold would lose it.
+    async fn process(
+        &self,
+        consumer: &mut dyn LogConsumer,
+        mut batch: Vec<Consumed>,
+    ) -> Result<()> {
         let started = Instant::now();
-        let last = transform::dedupe::last_offsets(&batch);
+        let last = transform::replay::last_offsets(&batch);
         let commits: Vec<_> = last.iter().map(|(p, o)| (*p, o + 1)).collect();
 
-        // The retries below never give up (`without_max_times`): moving on
-        // without knowing what the lake holds could write a batch twice.
+        // Skip what the lake holds before validating: a replay after a crash
+        // should not redo the work. (The lake checks again when writing.)
         let partitions: Vec<_> = last.keys().copied().collect();
-        let committed = (|| self.lake.committed(&partitions))
-            .retry(retry_policy())
-            .notify(|e, d| warn!(error = %e, retry_in = ?d, "Reading lake transactions failed."))
-            .await
-            .unwrap_or_default();
-        let skipped = transform::dedupe::drop_committed(&mut batch, &committed);
+        let committed = retry("Reading lake transactions", || {
+            self.lake.committed(&partitions)
+        })
+        .await?;
+        let skipped = transform::replay::drop_committed(&mut batch, &committed);
 
         let processed_at = Utc::now();
         let group = self.config.group.as_str();
@@ -149,17 +209,14 @@ impl Processor {
         let (n_rows, n_letters) = (rows.len(), letters.len());
 
         if !batch.is_empty() {
-            let _ = (|| self.dead_letters.write(letters.clone()))
-                .retry(retry_policy())
-                .notify(|e, d| warn!(error = %e, retry_in = ?d, "Writing dead letters failed."))
-                .await;
+            retry("Writing dead letters", || {
+                self.dead_letters.write(letters.clone())
+            })
+            .await?;
             // The transaction versions cover every partition in the batch,
             // dead letters included, so a replay skips them too.
-            let handled = transform::dedupe::last_offsets(&batch);
-            let _ = (|| self.lake.write(&rows, &handled))
-                .retry(retry_policy())
-                .notify(|e, d| warn!(error = %e, retry_in = ?d, "Writing the lake failed."))
-                .await;
+            let handled = transform::replay::last_offsets(&batch);
+            retry("Writing the lake", || self.lake.write(&rows, &handled)).await?;
             failpoint("after_lake_commit");
         }
 
@@ -175,11 +232,12 @@ impl Processor {
                 }
                 // Not fatal: the lake knows what it holds and a replay of
                 // this batch is skipped; the next commit covers it.
-                Err(error) if attempt == 20 => {
-                    warn!(error = %error, "Giving up on this offset commit.");
+                Err(e) if attempt == 20 || !e.is_transient() => {
+                    warn!(error = %Chain(&e), "Giving up on this offset commit.");
+                    break;
                 }
-                Err(error) => {
-                    warn!(error = %error, retry_in = ?delay, "Committing offsets failed.");
+                Err(e) => {
+                    warn!(error = %Chain(&e), retry_in = ?delay, "Committing offsets failed.");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -207,5 +265,21 @@ impl Processor {
             skipped,
             "Batch committed."
         );
+        Ok(())
     }
+}
+
+/// Runs `op` until it succeeds or fails permanently. Transient failures are
+/// retried without end (moving on without knowing what a sink holds could
+/// write a batch twice or lose it), each logged with its whole cause.
+async fn retry<T, F, Fut>(what: &'static str, op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    op.retry(retry_policy())
+        .when(Error::is_transient)
+        .notify(|e, d| warn!(error = %Chain(e), retry_in = ?d, "{what} failed; retrying."))
+        .await
+        .inspect_err(|e| error!(error = %Chain(e), "{what} failed for good; stopping."))
 }

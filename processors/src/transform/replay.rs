@@ -1,14 +1,19 @@
-//! Replay detection: drops entries the lake already holds. The lake records,
-//! per log partition, the last offset committed (a Delta application
-//! transaction); anything at or below it was written before a crash or a
-//! rebalance and must not be written again.
+//! Replay detection: drops log entries the lake already holds. The lake
+//! records, per log partition, the last offset committed (a Delta
+//! application transaction); anything at or below it was written before a
+//! crash or a rebalance and must not be written again. (Versions of one
+//! expense are not deduplicated here: each is a row; reports take the
+//! latest.)
 
 use spendstream_log::{Consumed, Partition};
 use std::collections::BTreeMap;
 
-/// The application transaction id of one log partition of one group.
-pub fn app_id(group: &str, partition: Partition) -> String {
-    format!("{group}-{partition}")
+/// The application transaction id of one partition of one log, for one
+/// group. The log's identity is part of it: offsets of a wiped, recreated
+/// or other log start again at 0 and must not be taken for replays of
+/// what the old one held.
+pub fn app_id(group: &str, log_id: &str, partition: Partition) -> String {
+    format!("{group}-{log_id}-{partition}")
 }
 
 /// Keeps the entries above each partition's committed version; returns how
@@ -54,5 +59,11 @@ mod tests {
             last_offsets(&entries),
             BTreeMap::from([(0, 6), (1, 0), (2, 9)])
         );
+    }
+
+    #[test]
+    fn app_ids_differ_per_log() {
+        assert_ne!(app_id("g", "log-a", 0), app_id("g", "log-b", 0));
+        assert_ne!(app_id("g", "a", 1), app_id("g", "a", 11));
     }
 }

@@ -1,7 +1,5 @@
 //! The lake sink: enriched records into the Delta table.
 
-pub mod config;
 pub mod sink;
 
-pub use config::LakeSinkConfig;
 pub use sink::LakeSink;

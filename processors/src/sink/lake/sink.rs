@@ -1,27 +1,34 @@
 //! Writes enriched records to the lake with one application transaction per
-//! log partition, after dropping what an earlier run already wrote.
+//! log partition. The check of what the lake holds and the write are one
+//! step inside the lake, repeated on every retry.
 
 use crate::Result;
-use crate::transform::dedupe::app_id;
+use crate::transform::replay::app_id;
 use spendstream_lake::{AppTxn, Lake, WriteOutcome};
 use spendstream_log::Partition;
 use spendstream_schemas::{EnrichedRecord, to_record_batch};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The lake sink of one consumer group.
+/// The lake sink of one consumer group on one log.
 #[derive(Clone)]
 pub struct LakeSink {
     lake: Arc<Lake>,
     group: String,
+    log_id: String,
 }
 
 impl LakeSink {
-    pub fn new(lake: Arc<Lake>, group: impl Into<String>) -> Self {
+    pub fn new(lake: Arc<Lake>, group: impl Into<String>, log_id: impl Into<String>) -> Self {
         Self {
             lake,
             group: group.into(),
+            log_id: log_id.into(),
         }
+    }
+
+    fn app_id(&self, partition: Partition) -> String {
+        app_id(&self.group, &self.log_id, partition)
     }
 
     /// The versions the lake holds for these log partitions, read fresh
@@ -30,7 +37,7 @@ impl LakeSink {
         if partitions.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let ids: Vec<String> = partitions.iter().map(|p| app_id(&self.group, *p)).collect();
+        let ids: Vec<String> = partitions.iter().map(|p| self.app_id(*p)).collect();
         let versions = self.lake.txn_versions(&ids).await?;
         Ok(partitions
             .iter()
@@ -39,22 +46,37 @@ impl LakeSink {
             .collect())
     }
 
-    /// Appends `records` in one commit that also records `last` (the highest
-    /// offset handled per partition, dead letters included) as the partitions'
-    /// transaction versions.
+    /// Commits `records` with `last` (the highest offset handled per
+    /// partition, dead letters included) as the partitions' transaction
+    /// versions, leaving out whatever the lake already holds.
     pub async fn write(
         &self,
         records: &[EnrichedRecord],
         last: &BTreeMap<Partition, i64>,
     ) -> Result<WriteOutcome> {
-        let batch = to_record_batch(records)?;
-        let txns = last
+        let txns: Vec<AppTxn> = last
             .iter()
             .map(|(p, o)| AppTxn {
-                app_id: app_id(&self.group, *p),
+                app_id: self.app_id(*p),
                 version: *o,
             })
             .collect();
-        Ok(self.lake.append(batch, txns).await?)
+        let outcome = self
+            .lake
+            .commit_once(&txns, |held| {
+                let is_new = |r: &EnrichedRecord| {
+                    held.get(&self.app_id(r.log_partition as Partition))
+                        .is_none_or(|v| r.log_offset > *v)
+                };
+                if held.is_empty() || records.iter().all(is_new) {
+                    return to_record_batch(records);
+                }
+                // A retry after part of the batch landed: copy what is left.
+                let fresh: Vec<EnrichedRecord> =
+                    records.iter().filter(|r| is_new(r)).cloned().collect();
+                to_record_batch(&fresh)
+            })
+            .await?;
+        Ok(outcome)
     }
 }
