@@ -5,7 +5,7 @@ use spendstream_ingest::decode::{End, Format, Item, decode};
 
 pub fn check(format: Format, data: &[u8]) {
     let mut next = 0usize;
-    let end = decode(format, data, &mut |item| {
+    let end = decode(format, data, 64 * 1024, &mut |item| {
         let index = match &item {
             Item::Record { index, json } => {
                 let _ = spendstream_schemas::ExpenseRecord::from_json(json);

@@ -1,5 +1,11 @@
 //! Bearer-token authentication: HS256 JWTs with claims `tenant`, `roles`,
-//! `exp`. The tenant of every request comes from here and nowhere else.
+//! `exp`, and the registered `nbf`, `iat`, `aud`, `iss`, `jti`. The tenant of
+//! every request comes from here and nowhere else.
+//!
+//! The verifier is hand-written and deliberately narrow, so each rule is a
+//! line here rather than a library default: HS256 only, no critical header
+//! extensions, a bounded token size, and `aud`/`iss` required only when the
+//! keys are configured to expect them.
 
 use crate::error::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
@@ -8,7 +14,8 @@ use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
 use sha2::Sha256;
 use spendstream_schemas::valid_tenant_id;
 use std::sync::Arc;
@@ -48,8 +55,47 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// The claims Spendstream reads.
+/// A JWT `aud`: RFC 7519 §4.1.3 allows one string or an array of strings.
+/// Both are read, and each is written back in the shape it came in, so a
+/// verified token's claims serialise to what the issuer meant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Audience::One(aud) => std::slice::from_ref(aud),
+            Audience::Many(auds) => auds,
+        }
+    }
+
+    /// Whether `aud` is one of the audiences the token names.
+    pub fn contains(&self, aud: &str) -> bool {
+        self.as_slice().iter().any(|a| a == aud)
+    }
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Audience::One(aud.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(aud: String) -> Self {
+        Audience::One(aud)
+    }
+}
+
+/// The claims Spendstream reads.
+///
+/// `Default` exists for `Claims { tenant, exp, ..Default::default() }`; a
+/// default claim set on its own is refused (empty tenant, expired in 1970).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub tenant: String,
     /// Unknown role names are ignored, so older servers accept newer tokens.
@@ -59,6 +105,22 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Issued at, seconds since the epoch. Carried, not checked: `exp` and
+    /// `nbf` already bound the validity window, and a clock-skewed issuer
+    /// would otherwise lock its tokens out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// Required to name the keys' audience only when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+    /// Required to equal the keys' issuer only when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Claims {
@@ -76,29 +138,79 @@ pub enum AuthError {
     Malformed,
     #[error("unsupported token algorithm; HS256 is required")]
     Algorithm,
+    #[error("token requires an unsupported critical header extension")]
+    Critical,
     #[error("bad token signature")]
     Signature,
     #[error("token expired")]
     Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token is for another audience")]
+    Audience,
+    #[error("token is from another issuer")]
+    Issuer,
     #[error("token has no valid tenant")]
     Tenant,
 }
 
-/// Signs and verifies HS256 tokens with one shared secret.
+/// Signs and verifies HS256 tokens with one shared secret, optionally
+/// requiring an audience and an issuer.
 #[derive(Clone)]
 pub struct JwtKeys {
     secret: Arc<[u8]>,
+    audience: Option<Arc<str>>,
+    issuer: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for JwtKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtKeys(..)")
+        // The secret stays out of logs; audience and issuer are not secret
+        // and help explain a refusal.
+        f.debug_struct("JwtKeys")
+            .field("audience", &self.audience())
+            .field("issuer", &self.issuer())
+            .finish_non_exhaustive()
     }
 }
 
 const HEADER_HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
-/// Clock skew tolerated on `exp`.
+/// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: i64 = 30;
+/// Longest token `verify` looks at. Checked before any decoding so a huge
+/// header costs neither base64 nor JSON work; Spendstream's own tokens are a
+/// few hundred bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The JOSE header fields the verifier reads; the rest are ignored. Being a
+/// struct rather than a `Value`, a repeated name is an error instead of "last
+/// one wins", so `{"alg":"none","alg":"HS256"}` cannot mean two things.
+#[derive(Deserialize)]
+struct Header {
+    /// Any JSON value, so a non-string `alg` is `Algorithm`, not `Malformed`.
+    #[serde(default)]
+    alg: Option<serde_json::Value>,
+    /// Present at all, even as `null`: RFC 7515 §4.1.11 says a recipient
+    /// that does not understand the listed extensions must refuse the token,
+    /// and this verifier understands none.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// Decodes one base64url segment holding a JSON object. The `{` check is
+/// there because serde also fills a struct from a JSON array, positionally,
+/// and RFC 7519 §7.2 requires objects.
+fn decode_object<T: DeserializeOwned>(segment: &str) -> Result<T, AuthError> {
+    let bytes = B64.decode(segment).map_err(|_| AuthError::Malformed)?;
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(AuthError::Malformed);
+    }
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
 
 impl JwtKeys {
     /// The secret must be at least 32 bytes: HS256 keys shorter than the hash
@@ -109,12 +221,51 @@ impl JwtKeys {
         }
         Ok(Self {
             secret: secret.into(),
+            audience: None,
+            issuer: None,
         })
+    }
+
+    /// With `Some`, tokens must name this audience in `aud`; with `None`,
+    /// `aud` is ignored.
+    pub fn with_audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience.map(Arc::from);
+        self
+    }
+
+    /// With `Some`, tokens must carry exactly this `iss`; with `None`, `iss`
+    /// is ignored.
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer.map(Arc::from);
+        self
+    }
+
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
     }
 
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
         Hmac::<Sha256>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Claims for a token these keys mint: issued at `now`, expiring
+    /// `ttl_secs` later, with the configured audience and issuer filled in so
+    /// the keys' own `verify` accepts it.
+    pub fn claims_for(&self, tenant: &str, roles: &[Role], ttl_secs: i64, now: i64) -> Claims {
+        Claims {
+            tenant: tenant.to_owned(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            exp: now.saturating_add(ttl_secs),
+            iat: Some(now),
+            aud: self.audience().map(Audience::from),
+            iss: self.issuer().map(str::to_owned),
+            ..Claims::default()
+        }
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -132,19 +283,23 @@ impl JwtKeys {
     }
 
     pub fn verify_at(&self, token: &str, now: i64) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed);
         };
-        let header: serde_json::Value = B64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(AuthError::Malformed)?;
-        if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+        // The header is read before the signature is checked: it says how to
+        // check it, and refusing `none` early costs no HMAC.
+        let header: Header = decode_object(h)?;
+        if header.alg.as_ref().and_then(serde_json::Value::as_str) != Some("HS256") {
             return Err(AuthError::Algorithm);
+        }
+        if header.crit {
+            return Err(AuthError::Critical);
         }
         let sig = B64.decode(s).map_err(|_| AuthError::Malformed)?;
         let mut mac = self.mac();
@@ -152,13 +307,30 @@ impl JwtKeys {
         mac.update(b".");
         mac.update(p.as_bytes());
         mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
-        let claims: Claims = B64
-            .decode(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(AuthError::Malformed)?;
-        if claims.exp + LEEWAY_SECS < now {
+        let claims: Claims = decode_object(p)?;
+        // Saturating: `exp` and `nbf` are whatever the issuer wrote, and
+        // `i64::MAX + LEEWAY_SECS` must neither panic nor wrap into the past.
+        if claims.exp.saturating_add(LEEWAY_SECS) < now {
             return Err(AuthError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf.saturating_sub(LEEWAY_SECS) > now)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(expected) = self.audience()
+            && !claims
+                .aud
+                .as_ref()
+                .is_some_and(|aud| aud.contains(expected))
+        {
+            return Err(AuthError::Audience);
+        }
+        if let Some(expected) = self.issuer()
+            && claims.iss.as_deref() != Some(expected)
+        {
+            return Err(AuthError::Issuer);
         }
         if !valid_tenant_id(&claims.tenant) {
             return Err(AuthError::Tenant);
@@ -218,8 +390,16 @@ where
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_000_000;
+
     fn keys() -> JwtKeys {
         JwtKeys::new(&[7u8; 32]).unwrap()
+    }
+
+    fn scoped() -> JwtKeys {
+        keys()
+            .with_audience(Some("spendstream".into()))
+            .with_issuer(Some("https://id.example".into()))
     }
 
     fn claims(exp: i64) -> Claims {
@@ -227,8 +407,17 @@ mod tests {
             tenant: "acme".into(),
             roles: vec!["ingest".into()],
             exp,
-            sub: None,
+            ..Claims::default()
         }
+    }
+
+    /// Signs raw header and payload JSON, so tests reach the rules behind
+    /// the signature check with inputs `sign` would never produce.
+    fn sign_raw(k: &JwtKeys, header: &str, payload: &str) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+        let mut mac = k.mac();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
     }
 
     #[test]
@@ -261,5 +450,268 @@ mod tests {
         });
         assert_eq!(k.verify_at(&bad_tenant, 900), Err(AuthError::Tenant));
         assert!(JwtKeys::new(b"short").is_err());
+    }
+
+    #[test]
+    fn exp_leeway_boundary() {
+        let k = keys();
+        let token = k.sign(&claims(NOW));
+        assert!(k.verify_at(&token, NOW + LEEWAY_SECS).is_ok());
+        assert_eq!(
+            k.verify_at(&token, NOW + LEEWAY_SECS + 1),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn exp_extremes_neither_overflow_nor_wrap() {
+        let k = keys();
+        // `i64::MAX + 30` panics in a debug build and wraps to the past in a
+        // release build; either way this token would not come back `Ok`.
+        let forever = k.sign(&claims(i64::MAX));
+        assert_eq!(k.verify_at(&forever, NOW), Ok(claims(i64::MAX)));
+        assert_eq!(k.verify_at(&forever, i64::MAX), Ok(claims(i64::MAX)));
+        let ancient = k.sign(&claims(i64::MIN));
+        assert_eq!(k.verify_at(&ancient, NOW), Err(AuthError::Expired));
+        assert_eq!(
+            k.verify_at(&ancient, i64::MIN + LEEWAY_SECS + 1),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_beyond_the_leeway_only() {
+        let k = keys();
+        let later = Claims {
+            nbf: Some(NOW + 100),
+            ..claims(NOW + 1_000)
+        };
+        let token = k.sign(&later);
+        assert_eq!(k.verify_at(&token, NOW), Err(AuthError::NotYetValid));
+        assert_eq!(
+            k.verify_at(&token, NOW + 100 - LEEWAY_SECS - 1),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            k.verify_at(&token, NOW + 100 - LEEWAY_SECS),
+            Ok(later.clone())
+        );
+        assert_eq!(k.verify_at(&token, NOW + 100), Ok(later));
+    }
+
+    #[test]
+    fn nbf_extremes_neither_overflow_nor_wrap() {
+        let k = keys();
+        // `i64::MIN - 30` would panic or wrap into the far future.
+        let always = k.sign(&Claims {
+            nbf: Some(i64::MIN),
+            ..claims(NOW)
+        });
+        assert!(k.verify_at(&always, NOW).is_ok());
+        let never = k.sign(&Claims {
+            nbf: Some(i64::MAX),
+            ..claims(i64::MAX)
+        });
+        assert_eq!(k.verify_at(&never, NOW), Err(AuthError::NotYetValid));
+    }
+
+    #[test]
+    fn audience_is_read_as_a_string_or_an_array() {
+        let k = scoped();
+        let header = HEADER_HS256;
+        let one = sign_raw(
+            &k,
+            header,
+            r#"{"tenant":"acme","exp":1000000,"aud":"spendstream","iss":"https://id.example"}"#,
+        );
+        let got = k.verify_at(&one, NOW).unwrap();
+        assert_eq!(got.aud, Some(Audience::One("spendstream".into())));
+        let many = sign_raw(
+            &k,
+            header,
+            r#"{"tenant":"acme","exp":1000000,"aud":["billing","spendstream"],"iss":"https://id.example"}"#,
+        );
+        let got = k.verify_at(&many, NOW).unwrap();
+        assert_eq!(
+            got.aud,
+            Some(Audience::Many(vec!["billing".into(), "spendstream".into()]))
+        );
+        // Each shape is written back as it came, so re-signing keeps it.
+        let json = serde_json::to_value(&got).unwrap();
+        assert_eq!(json["aud"], serde_json::json!(["billing", "spendstream"]));
+        let json = serde_json::to_value(k.verify_at(&one, NOW).unwrap()).unwrap();
+        assert_eq!(json["aud"], serde_json::json!("spendstream"));
+    }
+
+    #[test]
+    fn audience_is_required_when_configured_and_ignored_when_not() {
+        let k = scoped();
+        let with = |aud: Option<Audience>| Claims {
+            aud,
+            iss: Some("https://id.example".into()),
+            ..claims(NOW)
+        };
+        for aud in [
+            None,
+            Some(Audience::from("billing")),
+            Some(Audience::Many(vec![])),
+            Some(Audience::Many(vec!["billing".into(), "Spendstream".into()])),
+        ] {
+            let token = k.sign(&with(aud.clone()));
+            assert_eq!(
+                k.verify_at(&token, NOW),
+                Err(AuthError::Audience),
+                "{aud:?}"
+            );
+            let plain = keys();
+            let token = plain.sign(&with(aud.clone()));
+            assert_eq!(plain.verify_at(&token, NOW), Ok(with(aud)));
+        }
+        let good = with(Some(Audience::from("spendstream")));
+        assert_eq!(k.verify_at(&k.sign(&good), NOW), Ok(good));
+    }
+
+    #[test]
+    fn issuer_is_required_when_configured_and_ignored_when_not() {
+        let k = scoped();
+        let with = |iss: Option<&str>| Claims {
+            aud: Some(Audience::from("spendstream")),
+            iss: iss.map(str::to_owned),
+            ..claims(NOW)
+        };
+        for iss in [
+            None,
+            Some("https://evil.example"),
+            Some("https://id.example/"),
+        ] {
+            assert_eq!(
+                k.verify_at(&k.sign(&with(iss)), NOW),
+                Err(AuthError::Issuer),
+                "{iss:?}"
+            );
+            let plain = keys();
+            assert_eq!(plain.verify_at(&plain.sign(&with(iss)), NOW), Ok(with(iss)));
+        }
+        let good = with(Some("https://id.example"));
+        assert_eq!(k.verify_at(&k.sign(&good), NOW), Ok(good));
+    }
+
+    #[test]
+    fn claims_for_fills_what_the_keys_require() {
+        let k = scoped();
+        let c = k.claims_for("acme", &[Role::Ingest, Role::Read], 60, NOW);
+        assert_eq!(c.exp, NOW + 60);
+        assert_eq!(c.iat, Some(NOW));
+        assert_eq!(c.aud, Some(Audience::from("spendstream")));
+        assert_eq!(c.iss.as_deref(), Some("https://id.example"));
+        assert!(c.has(Role::Read) && !c.has(Role::Admin));
+        assert_eq!(k.verify_at(&k.sign(&c), NOW), Ok(c));
+        let plain = keys().claims_for("acme", &[], i64::MAX, NOW);
+        assert_eq!((plain.aud, plain.iss, plain.exp), (None, None, i64::MAX));
+    }
+
+    #[test]
+    fn absent_options_are_not_serialised() {
+        assert_eq!(
+            serde_json::to_string(&claims(NOW)).unwrap(),
+            r#"{"tenant":"acme","roles":["ingest"],"exp":1000000}"#
+        );
+    }
+
+    #[test]
+    fn alg_is_pinned_to_hs256() {
+        let k = keys();
+        let payload = r#"{"tenant":"acme","exp":1000000}"#;
+        assert!(
+            k.verify_at(&sign_raw(&k, r#"{"alg":"HS256"}"#, payload), NOW)
+                .is_ok()
+        );
+        for header in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"RS256"}"#,
+            r#"{"alg":"hs256"}"#,
+            r#"{"typ":"JWT"}"#,
+            r#"{"alg":null}"#,
+            r#"{"alg":1}"#,
+        ] {
+            let token = sign_raw(&k, header, payload);
+            assert_eq!(
+                k.verify_at(&token, NOW),
+                Err(AuthError::Algorithm),
+                "{header}"
+            );
+        }
+        // A repeated name could be read either way by another parser, and a
+        // header must be an object, not an array read positionally.
+        for header in [
+            r#"{"alg":"none","alg":"HS256"}"#,
+            r#"{"alg":"HS256","alg":"none"}"#,
+            r#"["HS256"]"#,
+        ] {
+            let token = sign_raw(&k, header, payload);
+            assert_eq!(
+                k.verify_at(&token, NOW),
+                Err(AuthError::Malformed),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn crit_header_is_refused() {
+        let k = keys();
+        let payload = r#"{"tenant":"acme","exp":1000000}"#;
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256","b64":false,"crit":["b64"]}"#,
+            r#"{"alg":"HS256","crit":null}"#,
+            r#"{"crit":[],"alg":"HS256"}"#,
+        ] {
+            let token = sign_raw(&k, header, payload);
+            assert_eq!(
+                k.verify_at(&token, NOW),
+                Err(AuthError::Critical),
+                "{header}"
+            );
+        }
+        let token = sign_raw(&k, r#"{"alg":"HS256","kid":"k1"}"#, payload);
+        assert!(k.verify_at(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn payload_must_be_an_object() {
+        let k = keys();
+        // serde would otherwise fill `Claims` from this array, positionally.
+        let token = sign_raw(&k, HEADER_HS256, r#"["acme",["admin"],1000000]"#);
+        assert_eq!(k.verify_at(&token, NOW), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn oversized_token_is_refused() {
+        let k = keys();
+        let with_jti = |len: usize| {
+            k.sign(&Claims {
+                jti: Some("x".repeat(len)),
+                ..claims(NOW)
+            })
+        };
+        // Longest first, from where base64's 4/3 growth puts the limit.
+        let fits = (0..MAX_TOKEN_BYTES * 3 / 4)
+            .rev()
+            .map(with_jti)
+            .find(|t| t.len() <= MAX_TOKEN_BYTES)
+            .unwrap();
+        assert!(fits.len() > MAX_TOKEN_BYTES - 4, "{}", fits.len());
+        assert!(k.verify_at(&fits, NOW).is_ok());
+        let too_long = with_jti(MAX_TOKEN_BYTES);
+        assert!(too_long.len() > MAX_TOKEN_BYTES);
+        assert_eq!(k.verify_at(&too_long, NOW), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn debug_does_not_show_the_secret() {
+        let shown = format!("{:?}", scoped());
+        assert!(shown.contains("spendstream"), "{shown}");
+        assert!(!shown.contains("7, 7"), "{shown}");
     }
 }

@@ -30,8 +30,16 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("unsupported media type `{0}`")]
     UnsupportedMediaType(String),
-    #[error("too many requests")]
-    RateLimited { retry_after: Duration },
+    /// The caller is over its share (429); `Retry-After` says when to try.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The client was too slow to send its request (408); the connection
+    /// is closed.
+    #[error("{message}")]
+    RequestTimeout { code: &'static str, message: String },
     /// A backend (log, lake) did not answer; safe to retry (503).
     #[error("{what} is unavailable")]
     Unavailable {
@@ -79,6 +87,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -89,7 +98,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. }
             | ApiError::Unprocessable { code, .. }
-            | ApiError::Conflict { code, .. } => code,
+            | ApiError::Conflict { code, .. }
+            | ApiError::RequestTimeout { code, .. } => code,
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
@@ -103,9 +113,8 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::RateLimited { retry_after } | ApiError::Unavailable { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -117,8 +126,12 @@ impl IntoResponse for ApiError {
         let request_id = current_request_id();
         if status.is_server_error() {
             // 5xx details go to the log, not to the client.
-            let source = std::error::Error::source(&self).map(|s| format!("{s:?}"));
-            tracing::error!(error = %self, source = ?source, request_id = %request_id, "Request failed.");
+            let chain = spendstream_schemas::error::Chain(&self);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(error = %chain, request_id = %request_id, "Request failed; the client may retry.");
+            } else {
+                tracing::error!(error = %chain, request_id = %request_id, "Request failed.");
+            }
         }
         let message = match &self {
             ApiError::Internal(_) => {
@@ -137,6 +150,13 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&secs) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: this connection
+            // cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

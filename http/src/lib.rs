@@ -7,9 +7,11 @@ pub mod auth;
 pub mod error;
 pub mod ops;
 pub mod request_id;
+pub mod serve;
 
 pub use auth::{Auth, Claims, JwtKeys, Role};
 pub use error::ApiError;
+pub use serve::{ServerLimits, serve};
 
 /// Wraps a service router with request ids, metrics and a JSON 404.
 pub fn finish(router: axum::Router) -> axum::Router {
