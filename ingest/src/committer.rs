@@ -11,8 +11,8 @@ use tracing::warn;
 /// Why an append was not confirmed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
-    #[error("the log refused the append: {0}")]
-    Log(Arc<spendstream_log::Error>),
+    #[error("the log refused the append")]
+    Log(#[source] Arc<spendstream_log::Error>),
     #[error("the log did not confirm the append within {0:?}")]
     Timeout(Duration),
     #[error("the committer has stopped")]
@@ -40,7 +40,7 @@ impl Committer {
     /// Starts the task. It ends when every handle is dropped.
     pub fn spawn(producer: Arc<dyn LogProducer>, max_records: usize, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(1024);
-        tokio::spawn(run(producer, rx, max_records.max(1), timeout));
+        tokio::spawn(run(producer, rx, max_records, timeout));
         Self { tx }
     }
 
@@ -92,7 +92,7 @@ async fn run(
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("spendstream_log_append_records").record(total as f64);
         if let Err(error) = &result {
-            warn!(error = %error, records = total, "Log append failed.");
+            warn!(error = %spendstream_schemas::error::Chain(error), records = total, "Log append failed.");
         }
         for (reply, n) in replies.into_iter().zip(sizes) {
             let _ = reply.send(result.clone().map(|()| n));

@@ -1,4 +1,4 @@
-//! Ingest settings.
+//! Ingest settings, and their check before anything starts.
 
 use serde::Deserialize;
 use std::time::Duration;
@@ -12,6 +12,14 @@ pub struct IngestConfig {
     /// Largest body after gzip decompression, in bytes (413 past it), so a
     /// small compressed body cannot expand without bound.
     pub max_decompressed_bytes: usize,
+    /// Largest single record (an NDJSON line, a JSON array element or a
+    /// single-object body, a CSV row), in bytes; a larger one is rejected
+    /// with `record_too_large` and decoding goes on.
+    pub max_record_bytes: usize,
+    /// Rejected records listed by index in one response; the rest are only
+    /// counted (`rejected_total`, `rejected_by_code`), so a body of a
+    /// million bad lines gets an answer of bounded size.
+    pub max_rejected_listed: usize,
     /// Records per chunk handed from the decoder to the log.
     pub chunk_records: usize,
     /// Most records in one group commit (one log append shared by
@@ -20,6 +28,15 @@ pub struct IngestConfig {
     /// Ingest requests handled at once; past it the edge answers 503 with
     /// `Retry-After` at once instead of queueing without bound.
     pub max_concurrent_requests: usize,
+    /// Ingest requests one tenant may have in flight; past it that tenant
+    /// gets 429 with `Retry-After`, so it cannot take every slot.
+    pub max_concurrent_requests_per_tenant: usize,
+    /// Longest wait for the next piece of a request body (408 past it).
+    #[serde(with = "secs")]
+    pub body_idle_timeout: Duration,
+    /// Longest time to receive a whole request body (408 past it).
+    #[serde(with = "secs")]
+    pub body_timeout: Duration,
     /// Longest wait for the log to confirm an append before answering 503.
     #[serde(with = "secs")]
     pub append_timeout: Duration,
@@ -30,11 +47,69 @@ impl Default for IngestConfig {
         Self {
             max_body_bytes: 256 << 20,
             max_decompressed_bytes: 1 << 30,
+            max_record_bytes: 1 << 20,
+            max_rejected_listed: 1_000,
             chunk_records: 2_000,
             group_commit_max_records: 20_000,
             max_concurrent_requests: 256,
+            max_concurrent_requests_per_tenant: 32,
+            body_idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(600),
             append_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl IngestConfig {
+    /// Checks the settings without touching anything; the error names the
+    /// setting (by its command-line flag) and what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, value) in [
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--max-decompressed-bytes", self.max_decompressed_bytes),
+            ("--max-record-bytes", self.max_record_bytes),
+            ("--max-rejected-listed", self.max_rejected_listed),
+            ("--max-concurrent-requests", self.max_concurrent_requests),
+            (
+                "--max-concurrent-requests-per-tenant",
+                self.max_concurrent_requests_per_tenant,
+            ),
+            ("chunk_records", self.chunk_records),
+            ("group_commit_max_records", self.group_commit_max_records),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.max_record_bytes > self.max_decompressed_bytes {
+            return Err(format!(
+                "--max-record-bytes ({}) must not be larger than --max-decompressed-bytes ({})",
+                self.max_record_bytes, self.max_decompressed_bytes
+            ));
+        }
+        if self.max_concurrent_requests_per_tenant > self.max_concurrent_requests {
+            return Err(format!(
+                "--max-concurrent-requests-per-tenant ({}) must not be larger than --max-concurrent-requests ({})",
+                self.max_concurrent_requests_per_tenant, self.max_concurrent_requests
+            ));
+        }
+        for (flag, value) in [
+            ("--body-idle-timeout-secs", self.body_idle_timeout),
+            ("--body-timeout-secs", self.body_timeout),
+            ("--append-timeout-secs", self.append_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.body_idle_timeout > self.body_timeout {
+            return Err(format!(
+                "--body-idle-timeout-secs ({}) must not be longer than --body-timeout-secs ({})",
+                self.body_idle_timeout.as_secs(),
+                self.body_timeout.as_secs()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -44,5 +119,70 @@ mod secs {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_each_bad_setting_is_named() {
+        IngestConfig::default().validate().unwrap();
+        let cases: Vec<(IngestConfig, &str)> = vec![
+            (
+                IngestConfig {
+                    max_body_bytes: 0,
+                    ..Default::default()
+                },
+                "--max-body-bytes",
+            ),
+            (
+                IngestConfig {
+                    max_rejected_listed: 0,
+                    ..Default::default()
+                },
+                "--max-rejected-listed",
+            ),
+            (
+                IngestConfig {
+                    max_record_bytes: 2 << 30,
+                    ..Default::default()
+                },
+                "--max-record-bytes",
+            ),
+            (
+                IngestConfig {
+                    max_concurrent_requests_per_tenant: 300,
+                    ..Default::default()
+                },
+                "--max-concurrent-requests-per-tenant",
+            ),
+            (
+                IngestConfig {
+                    body_idle_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "--body-idle-timeout-secs",
+            ),
+            (
+                IngestConfig {
+                    body_idle_timeout: Duration::from_secs(700),
+                    ..Default::default()
+                },
+                "--body-idle-timeout-secs",
+            ),
+            (
+                IngestConfig {
+                    append_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "--append-timeout-secs",
+            ),
+        ];
+        for (config, flag) in cases {
+            let error = config.validate().unwrap_err();
+            assert!(error.starts_with(flag), "{flag}: {error}");
+        }
     }
 }

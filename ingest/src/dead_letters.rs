@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use spendstream_http::{ApiError, Auth, Role};
-use spendstream_log::{Record, StoredDeadLetter};
+use spendstream_log::{LetterScope, Record, StoredDeadLetter};
 use spendstream_schemas::{Envelope, identity_key};
 use std::collections::BTreeMap;
 use tracing::{info, instrument};
@@ -25,6 +25,10 @@ pub struct ListParams {
     /// Return letters with ids above this (the previous page's `next_cursor`).
     pub after: Option<i64>,
     pub limit: Option<usize>,
+    /// List the letters no tenant could be read from instead (the
+    /// operator tenant's admins only).
+    #[serde(default)]
+    pub unattributed: bool,
 }
 
 fn letter_json(l: &StoredDeadLetter) -> Value {
@@ -60,12 +64,24 @@ pub async fn list(
     auth.require(Role::Admin)?;
     let Query(params) = params?;
     let limit = spendstream_http::page_limit(params.limit, 100, MAX_LIMIT)?;
+    let scope = if params.unattributed {
+        // Such a letter may hold any tenant's record: operators only.
+        if state.operator_tenant.as_deref() != Some(auth.tenant()) {
+            return Err(ApiError::Forbidden(
+                "only admins of the operator tenant (--operator-tenant) see letters without a tenant"
+                    .into(),
+            ));
+        }
+        LetterScope::Unattributed
+    } else {
+        LetterScope::Tenant(auth.tenant())
+    };
     let letters = state
         .log
         .dead_letters()
-        .list(auth.tenant(), params.after.unwrap_or(0), limit)
+        .list(scope, params.after.unwrap_or(0), limit)
         .await
-        .map_err(|e| ApiError::unavailable("the dead-letter store", e))?;
+        .map_err(|e| crate::store_error("the dead-letter store", e))?;
     let next = (letters.len() == limit)
         .then(|| letters.last().map(|l| l.id))
         .flatten();
@@ -83,7 +99,7 @@ pub async fn replay(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Role::Admin)?;
     let store = state.log.dead_letters();
-    let unavailable = |e| ApiError::unavailable("the dead-letter store", e);
+    let unavailable = |e| crate::store_error("the dead-letter store", e);
     let letter = store
         .get(auth.tenant(), id)
         .await
@@ -128,7 +144,7 @@ pub async fn replay(
             ),
         }])
         .await
-        .map_err(|e| ApiError::unavailable("the log", e))?
+        .map_err(|e| crate::store_error("the log", e))?
         .pop()
         .ok_or_else(|| ApiError::internal("the log returned no position"))?;
     store

@@ -1,58 +1,39 @@
 //! `POST /v1/expenses`: stream-decode the body, validate each record, append
 //! accepted ones to the log in chunks, answer once the log confirmed them.
+//!
+//! Every request is bounded whatever its body: a share of the in-flight
+//! slots per tenant, idle and total timeouts on the body, byte limits on the
+//! wire, after decompression and per record, and a response that lists at
+//! most `max_rejected_listed` rejections (the rest are counted by code).
 
 use crate::IngestState;
+use crate::body::{BodyEnd, BodyReader};
 use crate::committer::AppendError;
 use crate::decode::{self, End, Format, Item};
+use crate::in_flight::Shed;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use spendstream_http::request_id::current_request_id;
 use spendstream_http::{ApiError, Auth, Role};
-use spendstream_log::Claim;
-use spendstream_log::Record;
+use spendstream_log::{Claim, IdempotencyStore, Record};
+use spendstream_schemas::error::Chain;
 use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
+use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::io::{StreamReader, SyncIoBridge};
-use tracing::{info, instrument, warn};
+use tracing::{error, info, instrument, warn};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// A claim whose request has not finished after this long is taken over (its
 /// process died); longer than any request can take.
-const IDEMPOTENCY_STALE_AFTER: Duration = Duration::from_secs(600);
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The fingerprint of a replayed request: the same hash `ingest` computes
-/// while decoding, over a body that is only read, never decoded.
-async fn fingerprint_of(seed: &str, body: Body, limit: usize) -> Result<String, ApiError> {
-    let mut hasher = Sha256::new();
-    hasher.update(seed.as_bytes());
-    let mut stream = body.into_data_stream();
-    let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("reading the body failed: {e}"))
-        })?;
-        seen += chunk.len();
-        if seen > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        hasher.update(&chunk);
-    }
-    Ok(hex(&hasher.finalize()))
-}
+const IDEMPOTENCY_STALE_AFTER: Duration = Duration::from_secs(900);
 
 /// One rejected record in a response.
 #[derive(Debug, Serialize)]
@@ -62,18 +43,77 @@ pub struct Rejected {
     pub error: RecordError,
 }
 
-/// The body of 202 and 422 answers (and of 413/503 past the first append).
+/// The rejections of one request: the first `limit` listed with their
+/// index, every one counted by code.
+#[derive(Debug, Default, Serialize)]
+pub struct Rejections {
+    #[serde(rename = "rejected")]
+    pub listed: Vec<Rejected>,
+    #[serde(rename = "rejected_total")]
+    pub total: usize,
+    #[serde(rename = "rejected_by_code")]
+    pub by_code: BTreeMap<ErrorCode, usize>,
+    /// More were rejected than are listed.
+    #[serde(rename = "rejected_truncated")]
+    pub truncated: bool,
+    #[serde(skip)]
+    limit: usize,
+}
+
+impl Rejections {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    pub fn push(&mut self, index: usize, error: RecordError) {
+        self.total += 1;
+        *self.by_code.entry(error.code).or_default() += 1;
+        if self.listed.len() < self.limit {
+            self.listed.push(Rejected { index, error });
+        } else {
+            self.truncated = true;
+        }
+    }
+
+    /// Whether every rejection has this code.
+    fn all(&self, code: ErrorCode) -> bool {
+        self.by_code.keys().all(|c| *c == code)
+    }
+}
+
+/// The body of 202 and 422 answers (and, with an error, of 408, 413 and
+/// 503 answers past the first append).
 #[derive(Debug, Serialize)]
 pub struct IngestResponse {
     pub batch_id: String,
     pub accepted: usize,
-    pub rejected: Vec<Rejected>,
+    #[serde(flatten)]
+    pub rejected: Rejections,
+}
+
+/// What a request came to, and whether its whole body was read: only then
+/// may its answer be stored for its idempotency key.
+struct Outcome {
+    response: Response,
+    body_whole: bool,
+}
+
+impl From<ApiError> for Outcome {
+    fn from(error: ApiError) -> Self {
+        Self {
+            response: error.into_response(),
+            body_whole: false,
+        }
+    }
 }
 
 /// What the decoding thread reports at the end.
 struct Decoded {
     end: End,
-    rejected: Vec<Rejected>,
+    rejected: Rejections,
 }
 
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
@@ -82,20 +122,47 @@ pub async fn post_expenses(
     auth: Auth,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    match handle(state, auth, headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            // Every error answer leaves the body unread (or unreadable): the
+            // client must not send another request on this connection.
+            let mut response = error.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+async fn handle(
+    state: IngestState,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     auth.require(Role::Ingest)?;
-    // Shed load before reading anything: a 503 now is cheaper for everyone
-    // than a queue that grows until requests time out.
-    let _permit =
-        state
-            .in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Unavailable {
+    // Shed load before reading anything: a 429/503 now is cheaper for
+    // everyone than a queue that grows until requests time out.
+    let _slot = state
+        .in_flight
+        .try_acquire(auth.tenant())
+        .map_err(|shed| match shed {
+            Shed::Tenant => ApiError::RateLimited {
+                message: format!(
+                    "this tenant already has {} ingest requests in flight; retry later",
+                    state.config.max_concurrent_requests_per_tenant
+                ),
+                retry_after: Duration::from_secs(1),
+            },
+            Shed::Global => ApiError::Unavailable {
                 what: "the ingest edge (too many requests in flight)",
                 retry_after: Duration::from_secs(1),
                 source: None,
-            })?;
+            },
+        })?;
     let config = &state.config;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -145,16 +212,16 @@ pub async fn post_expenses(
                 .to_string(),
         ),
     };
-    let fingerprint_seed = format!("{content_type}\n{gzip}\n");
+    let reader = BodyReader::new(body, gzip, config);
     let Some(key) = idempotency_key else {
-        return ingest(state, auth, format, gzip, body, None).await;
+        return Ok(ingest(&state, &auth, format, reader).await.response);
     };
     let store = state.log.idempotency();
     let tenant = auth.tenant().to_string();
     match store
         .claim(&tenant, &key, IDEMPOTENCY_STALE_AFTER)
         .await
-        .map_err(|e| ApiError::unavailable("the idempotency store", e))?
+        .map_err(|e| crate::store_error("the idempotency store", e))?
     {
         Claim::Acquired => {}
         Claim::InProgress => {
@@ -170,7 +237,7 @@ pub async fn post_expenses(
             status,
             body: stored,
         } => {
-            let this = fingerprint_of(&fingerprint_seed, body, config.max_body_bytes).await?;
+            let this = reader.fingerprint(format).await?;
             if this != fingerprint {
                 return Err(ApiError::Unprocessable {
                     code: "idempotency_key_reused",
@@ -181,62 +248,102 @@ pub async fn post_expenses(
             let mut response = (status, stored).into_response();
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
+                HeaderValue::from_static("application/json"),
             );
-            response.headers_mut().insert(
-                "idempotent-replayed",
-                header::HeaderValue::from_static("true"),
-            );
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(response);
         }
     }
-    let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
-    hasher
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .update(fingerprint_seed.as_bytes());
-    let response = match ingest(state, auth, format, gzip, body, Some(hasher.clone())).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    // From here the key is ours until the answer is stored, or released:
+    // by the guard if this future is dropped (the client went away).
+    let mut claim = ClaimGuard {
+        store: Some(store.clone()),
+        tenant: tenant.clone(),
+        key: key.clone(),
     };
+    let (reader, fingerprint) = reader.hashed(format);
+    let Outcome {
+        response,
+        body_whole,
+    } = ingest(&state, &auth, format, reader).await;
     let status = response.status();
-    // Only final answers are remembered; anything worth retrying frees the key.
-    if status == StatusCode::ACCEPTED || status == StatusCode::UNPROCESSABLE_ENTITY {
+    // Only final answers to a body that arrived whole are remembered;
+    // anything worth retrying frees the key.
+    if body_whole && (status == StatusCode::ACCEPTED || status == StatusCode::UNPROCESSABLE_ENTITY)
+    {
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .map_err(ApiError::internal)?;
-        let fingerprint = hex(&hasher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .finalize());
-        if let Err(error) = store
-            .complete(&tenant, &key, &fingerprint, status.as_u16(), &bytes)
+        match store
+            .complete(
+                &tenant,
+                &key,
+                &fingerprint.finish(),
+                status.as_u16(),
+                &bytes,
+            )
             .await
         {
-            // The records are in the log; a retry with this key would be
-            // held off until the claim goes stale, then re-sent as versions.
-            warn!(error = %error, "Storing the idempotent response failed.");
+            Ok(()) => claim.disarm(),
+            // The records are in the log; the guard frees the key, and a
+            // retry makes new versions of the same expenses, never more.
+            Err(e) => warn!(error = %Chain(&e), "Storing the idempotent response failed."),
         }
         return Ok(Response::from_parts(parts, Body::from(bytes)));
     }
-    if let Err(error) = store.release(&tenant, &key).await {
-        warn!(error = %error, "Releasing an idempotency key failed.");
-    }
+    claim.release().await;
     Ok(response)
 }
 
+/// Holds an idempotency claim; gives it up when dropped unless disarmed (the
+/// answer was stored) or released.
+struct ClaimGuard {
+    store: Option<Arc<dyn IdempotencyStore>>,
+    tenant: String,
+    key: String,
+}
+
+impl ClaimGuard {
+    fn disarm(&mut self) {
+        self.store = None;
+    }
+
+    async fn release(mut self) {
+        if let Some(store) = self.store.take()
+            && let Err(e) = store.release(&self.tenant, &self.key).await
+        {
+            warn!(error = %Chain(&e), "Releasing an idempotency key failed.");
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        let (tenant, key) = (
+            std::mem::take(&mut self.tenant),
+            std::mem::take(&mut self.key),
+        );
+        // The request future is being dropped (the client disconnected):
+        // without this, every honest retry would get 409 until the claim
+        // went stale.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.release(&tenant, &key).await {
+                    warn!(error = %Chain(&e), "Releasing an abandoned idempotency key failed.");
+                }
+            });
+        }
+    }
+}
+
 /// Decodes, validates and appends the body; the answer for one request.
-async fn ingest(
-    state: IngestState,
-    auth: Auth,
-    format: Format,
-    gzip: bool,
-    body: Body,
-    // Only requests with an Idempotency-Key pay for hashing their body.
-    hasher: Option<Arc<std::sync::Mutex<Sha256>>>,
-) -> Result<Response, ApiError> {
+async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyReader) -> Outcome {
     let config = &state.config;
     let tenant = auth.tenant().to_string();
     let request_id = current_request_id();
@@ -249,54 +356,23 @@ async fn ingest(
         chrono::Utc::now().timestamp_micros(),
     );
 
-    // The wire limit counts bytes as they arrive (chunked bodies have no
-    // Content-Length to check up front).
-    let too_large = Arc::new(AtomicBool::new(false));
-    let wire_limit = config.max_body_bytes as u64;
-    let seen = Arc::new(AtomicU64::new(0));
-    let stream = {
-        let too_large = too_large.clone();
-        body.into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            if let Some(hasher) = &hasher {
-                hasher
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .update(&chunk);
-            }
-            if seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64
-                > wire_limit
-            {
-                too_large.store(true, Ordering::Relaxed);
-                return Err(std::io::Error::other("request body too large"));
-            }
-            Ok(chunk)
-        })
-    };
-    let bridge = SyncIoBridge::new(StreamReader::new(stream));
-
     let (tx, mut rx) = mpsc::channel::<Vec<Record>>(2);
-    let chunk_records = config.chunk_records.max(1);
-    let decompressed_limit = config.max_decompressed_bytes as u64;
-    let decoder_too_large = too_large.clone();
+    let chunk_records = config.chunk_records;
+    let max_record = config.max_record_bytes;
+    let max_listed = config.max_rejected_listed;
+    let (read, body_end) = reader.into_read();
     let decoder = tokio::task::spawn_blocking(move || {
-        let raw: Box<dyn Read> = if gzip {
-            Box::new(flate2::read::MultiGzDecoder::new(bridge))
-        } else {
-            Box::new(bridge)
-        };
-        let limited = Limited {
-            inner: raw,
-            left: decompressed_limit,
-            flag: decoder_too_large,
-        };
         decode_body(
             format,
-            limited,
+            read,
             &tenant,
             &writer,
             &headers,
-            chunk_records,
+            Limits {
+                chunk_records,
+                max_record,
+                max_listed,
+            },
             &tx,
         )
     });
@@ -305,17 +381,18 @@ async fn ingest(
     // while the decoder works on the next one.
     let mut accepted = 0usize;
     let mut failure: Option<AppendError> = None;
+    let mut decoded_all = false;
     let mut in_flight = futures::stream::FuturesOrdered::new();
     loop {
         tokio::select! {
-            chunk = rx.recv(), if failure.is_none() && in_flight.len() < 2 => {
+            chunk = rx.recv(), if !decoded_all && failure.is_none() && in_flight.len() < 2 => {
                 match chunk {
                     Some(records) => {
                         let committer = state.committer.clone();
                         in_flight.push_back(async move { committer.append(records).await });
                     }
-                    None if in_flight.is_empty() => break,
-                    None => {}
+                    // The decoder is done; only the appends in flight remain.
+                    None => decoded_all = true,
                 }
             }
             Some(result) = in_flight.next(), if !in_flight.is_empty() => {
@@ -330,97 +407,163 @@ async fn ingest(
             }
             else => break,
         }
-        if failure.is_some() && in_flight.is_empty() {
+        if in_flight.is_empty() && (decoded_all || failure.is_some()) {
             break;
         }
     }
     drop(rx);
-    let Decoded { end, mut rejected } = decoder.await.map_err(ApiError::internal)?;
+    let Decoded { end, mut rejected } = match decoder.await {
+        Ok(decoded) => decoded,
+        Err(e) => return ApiError::internal(e).into(),
+    };
+    let body = body_end.get();
+    let body_whole = body == BodyEnd::Whole;
+    metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
+        .increment(accepted as u64);
+    metrics::counter!("spendstream_ingest_records_total", "outcome" => "rejected")
+        .increment(rejected.total as u64);
 
-    let response = |accepted: usize, rejected: Vec<Rejected>| IngestResponse {
+    let response = |accepted: usize, rejected: Rejections| IngestResponse {
         batch_id: batch_id.clone(),
         accepted,
         rejected,
     };
     if let Some(error) = failure {
-        metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
-            .increment(accepted as u64);
         // The client retries the whole request; records already appended are
         // re-sent with the same identity and become versions, not duplicates.
-        return Ok(partial_failure(
+        let permanent = matches!(&error, AppendError::Log(e) if !e.is_transient());
+        if permanent {
+            error!(error = %Chain(&error), "The log refused an append; this is not a transient failure.");
+            return partial_failure(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the log refused the records; see the server log for this request id".into(),
+                response(accepted, rejected),
+            );
+        }
+        return partial_failure(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("the log did not confirm every record ({error}); retry the request"),
+            format!(
+                "the log did not confirm every record ({}); retry the request",
+                Chain(&error)
+            ),
             response(accepted, rejected),
-        ));
+        );
+    }
+    let cut = |rejected: &mut Rejections, index: Option<usize>, why: &str| {
+        if let Some(index) = index {
+            rejected.push(
+                index,
+                RecordError::new(
+                    ErrorCode::MalformedBody,
+                    None,
+                    format!("{why}; this record and any after it were not read"),
+                ),
+            );
+        }
+    };
+    let malformed_at = match &end {
+        End::Malformed { index, .. } => Some(*index),
+        _ => None,
+    };
+    match body {
+        BodyEnd::TimedOut => {
+            cut(
+                &mut rejected,
+                malformed_at,
+                "the body stopped arriving here",
+            );
+            let mut out = partial_failure(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive in time (nothing for {} s, or not all within {} s); {accepted} records before the cut were accepted",
+                    config.body_idle_timeout.as_secs(),
+                    config.body_timeout.as_secs()
+                ),
+                response(accepted, rejected),
+            );
+            let headers = out.response.headers_mut();
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return out;
+        }
+        BodyEnd::Broken => {
+            cut(&mut rejected, malformed_at, "the body broke off here");
+            return partial_failure(
+                StatusCode::BAD_REQUEST,
+                "body_incomplete",
+                format!(
+                    "the body did not arrive whole; {accepted} records before the break were accepted; send the whole request again"
+                ),
+                response(accepted, rejected),
+            );
+        }
+        BodyEnd::TooLarge => {
+            cut(
+                &mut rejected,
+                malformed_at,
+                "the body exceeded the size limit here",
+            );
+            return partial_failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body is larger than the limit ({} bytes on the wire, {} decompressed); {accepted} records before the cut were accepted",
+                    config.max_body_bytes, config.max_decompressed_bytes
+                ),
+                response(accepted, rejected),
+            );
+        }
+        BodyEnd::Whole => {}
     }
     match end {
         End::Complete | End::Cancelled => {}
-        End::Malformed { index, message } => {
-            if too_large.load(Ordering::Relaxed) {
-                rejected.push(Rejected {
-                    index,
-                    error: RecordError::new(
-                        ErrorCode::MalformedBody,
-                        None,
-                        "the body exceeded the size limit here; this record and any after it were not read",
-                    ),
-                });
-                metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
-                    .increment(accepted as u64);
-                return Ok(partial_failure(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!(
-                        "the body is larger than the limit ({} bytes on the wire, {} decompressed); {accepted} records before the cut were accepted",
-                        config.max_body_bytes, config.max_decompressed_bytes
-                    ),
-                    response(accepted, rejected),
-                ));
-            }
-            rejected.push(Rejected {
-                index,
-                error: RecordError::new(
-                    ErrorCode::MalformedBody,
-                    None,
-                    format!("{message}; this record and any after it were not read"),
-                ),
-            });
-        }
+        End::Malformed { index, message } => cut(&mut rejected, Some(index), &message),
         End::Unframable { code, message } => {
-            return Err(ApiError::bad_request(code, message));
+            return Outcome {
+                response: ApiError::bad_request(code, message).into_response(),
+                body_whole,
+            };
         }
     }
-    let n_rejected = rejected.len();
-    metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
-        .increment(accepted as u64);
-    metrics::counter!("spendstream_ingest_records_total", "outcome" => "rejected")
-        .increment(n_rejected as u64);
     if accepted == 0 {
-        if n_rejected == 0 {
-            return Err(ApiError::bad_request(
+        let answer = if rejected.total == 0 {
+            Some(ApiError::bad_request(
                 "empty_body",
                 "the body holds no records",
-            ));
-        }
-        if format == Format::Ndjson
-            && rejected
-                .iter()
-                .all(|r| r.error.code == ErrorCode::InvalidJson)
-        {
-            return Err(ApiError::bad_request(
+            ))
+        } else if format == Format::Ndjson && rejected.all(ErrorCode::InvalidJson) {
+            Some(ApiError::bad_request(
                 "invalid_body",
                 "no line of the body is a JSON object",
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some(answer) = answer {
+            return Outcome {
+                response: answer.into_response(),
+                body_whole,
+            };
         }
     }
-    info!(batch_id = %batch_id, accepted, rejected = n_rejected, "Ingested a request.");
+    info!(
+        batch_id = %batch_id,
+        accepted,
+        rejected = rejected.total,
+        "Ingested a request."
+    );
     let status = if accepted > 0 {
         StatusCode::ACCEPTED
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((status, Json(response(accepted, rejected))).into_response())
+    Outcome {
+        response: (status, Json(response(accepted, rejected))).into_response(),
+        body_whole,
+    }
 }
 
 /// An error answer that still says what reached the log.
@@ -429,22 +572,30 @@ fn partial_failure(
     code: &'static str,
     message: String,
     body: IngestResponse,
-) -> Response {
-    let json = serde_json::json!({
-        "error": code,
-        "message": message,
-        "request_id": current_request_id(),
-        "batch_id": body.batch_id,
-        "accepted": body.accepted,
-        "rejected": body.rejected,
-    });
+) -> Outcome {
+    let mut json = serde_json::to_value(&body).unwrap_or_default();
+    if let Some(fields) = json.as_object_mut() {
+        fields.insert("error".into(), code.into());
+        fields.insert("message".into(), message.into());
+        fields.insert("request_id".into(), current_request_id().into());
+    }
     let mut response = (status, Json(json)).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    response
+    Outcome {
+        response,
+        body_whole: false,
+    }
+}
+
+/// What the decoding thread works with.
+struct Limits {
+    chunk_records: usize,
+    max_record: usize,
+    max_listed: usize,
 }
 
 /// Runs on a blocking thread: decode, validate, wrap in envelopes, send in
@@ -455,16 +606,16 @@ fn decode_body(
     tenant: &str,
     writer: &EnvelopeWriter,
     headers: &spendstream_log::Headers,
-    chunk_records: usize,
+    limits: Limits,
     tx: &mpsc::Sender<Vec<Record>>,
 ) -> Decoded {
-    let mut rejected = Vec::new();
-    let mut chunk = Vec::with_capacity(chunk_records);
+    let mut rejected = Rejections::new(limits.max_listed);
+    let mut chunk = Vec::with_capacity(limits.chunk_records);
     let mut open = true;
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
-    let mut end = decode::decode(format, &mut reader, &mut |item| {
+    let mut end = decode::decode(format, &mut reader, limits.max_record, &mut |item| {
         match item {
-            Item::Reject { index, error } => rejected.push(Rejected { index, error }),
+            Item::Reject { index, error } => rejected.push(index, error),
             Item::Record { index, json } => match ExpenseRecord::from_json(&json) {
                 Ok(record) => {
                     chunk.push(Record {
@@ -472,12 +623,13 @@ fn decode_body(
                         value: writer.write(&json),
                         headers: headers.clone(),
                     });
-                    if chunk.len() >= chunk_records {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_records));
+                    if chunk.len() >= limits.chunk_records {
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(limits.chunk_records));
                         open = tx.blocking_send(full).is_ok();
                     }
                 }
-                Err(error) => rejected.push(Rejected { index, error }),
+                Err(error) => rejected.push(index, error),
             },
         }
         open
@@ -487,28 +639,35 @@ fn decode_body(
     }
     if open {
         // Read what the decoder left (after a break, or trailing bytes) so
-        // the idempotency fingerprint covers the whole body.
+        // the idempotency fingerprint covers the whole body and a body that
+        // is cut off or too slow is noticed.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
     }
     Decoded { end, rejected }
 }
 
-/// Caps how many bytes a reader yields; past the cap it fails and raises
-/// `flag`.
-struct Limited<R> {
-    inner: R,
-    left: u64,
-    flag: Arc<AtomicBool>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            self.flag.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("decompressed body too large"));
+    #[test]
+    fn rejections_list_a_bounded_number_and_count_all() {
+        let mut r = Rejections::new(2);
+        for i in 0..5 {
+            let code = if i % 2 == 0 {
+                ErrorCode::InvalidJson
+            } else {
+                ErrorCode::PanDetected
+            };
+            r.push(i, RecordError::new(code, None, "x"));
         }
-        self.left -= n as u64;
-        Ok(n)
+        assert_eq!((r.listed.len(), r.total, r.truncated), (2, 5, true));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["rejected_total"], 5);
+        assert_eq!(json["rejected_by_code"]["invalid_json"], 3);
+        assert_eq!(json["rejected_by_code"]["pan_detected"], 2);
+        assert_eq!(json["rejected_truncated"], true);
+        assert_eq!(json["rejected"].as_array().unwrap().len(), 2);
+        assert!(!r.all(ErrorCode::InvalidJson));
     }
 }

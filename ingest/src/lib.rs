@@ -2,15 +2,18 @@
 //! CSV, gzip), per-record validation and group-committed appends to the log.
 //! A 202 is sent only after the log confirmed every accepted record.
 
+mod body;
 pub mod committer;
 pub mod config;
 mod dead_letters;
 pub mod decode;
 mod handler;
+pub mod in_flight;
 
 pub use committer::Committer;
 pub use config::IngestConfig;
-pub use handler::{IngestResponse, Rejected};
+pub use handler::{IngestResponse, Rejected, Rejections};
+pub use in_flight::InFlight;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
@@ -27,9 +30,12 @@ pub struct IngestState {
     pub committer: Committer,
     /// The log itself, for idempotency keys and dead letters.
     pub log: Arc<dyn Log>,
-    /// One permit per ingest request in flight.
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// One slot per ingest request in flight, fair between tenants.
+    pub in_flight: Arc<InFlight>,
     pub config: Arc<IngestConfig>,
+    /// The tenant whose admins also see dead letters no tenant could be
+    /// read from; none when unset.
+    pub operator_tenant: Option<String>,
 }
 
 impl FromRef<IngestState> for JwtKeys {
@@ -39,7 +45,8 @@ impl FromRef<IngestState> for JwtKeys {
 }
 
 impl IngestState {
-    /// Starts the group-commit task on `log`'s producer.
+    /// Starts the group-commit task on `log`'s producer. `config` must have
+    /// passed [`IngestConfig::validate`].
     pub fn new(keys: JwtKeys, log: &Arc<dyn Log>, config: IngestConfig) -> Self {
         let committer = Committer::spawn(
             log.producer(),
@@ -50,11 +57,32 @@ impl IngestState {
             keys,
             committer,
             log: log.clone(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(
-                config.max_concurrent_requests.max(1),
+            in_flight: Arc::new(InFlight::new(
+                config.max_concurrent_requests,
+                config.max_concurrent_requests_per_tenant,
             )),
             config: Arc::new(config),
+            operator_tenant: None,
         }
+    }
+
+    /// Lets admins of `tenant` list dead letters without a tenant.
+    pub fn with_operator_tenant(mut self, tenant: Option<String>) -> Self {
+        self.operator_tenant = tenant;
+        self
+    }
+}
+
+/// A log or store failure as an answer: 503 with `Retry-After` when a retry
+/// may succeed, 500 (and an ERROR line) when it cannot.
+pub(crate) fn store_error(
+    what: &'static str,
+    error: spendstream_log::Error,
+) -> spendstream_http::ApiError {
+    if error.is_transient() {
+        spendstream_http::ApiError::unavailable(what, error)
+    } else {
+        spendstream_http::ApiError::internal(error)
     }
 }
 

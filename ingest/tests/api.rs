@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use spendstream_http::{Claims, JwtKeys};
-use spendstream_ingest::{IngestConfig, IngestState};
+use spendstream_ingest::{InFlight, IngestConfig, IngestState};
 use spendstream_log::embedded::EmbeddedLog;
 use spendstream_log::{Log, LogProducer, Position, Record};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ fn token(roles: &[&str]) -> String {
         tenant: "acme".into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         exp: chrono::Utc::now().timestamp() + 600,
-        sub: None,
+        ..Claims::default()
     })
 }
 
@@ -82,6 +82,22 @@ async fn post(
     )
 }
 
+/// `post` as tenant `acme` with the ingest role and no extra headers.
+async fn post_ingest(
+    app: &axum::Router,
+    content_type: &str,
+    body: impl Into<Vec<u8>>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
+    post(
+        app,
+        Some(&token(&["ingest"])),
+        content_type,
+        &[],
+        body.into(),
+    )
+    .await
+}
+
 async fn logged(log: &EmbeddedLog) -> i64 {
     log.end_offsets().await.unwrap().iter().sum()
 }
@@ -127,14 +143,7 @@ async fn accepted_records_are_in_the_log_when_the_202_arrives() {
         GOOD.replace("e1", "e2"),
         GOOD.replace("USD", "ABC")
     );
-    let (s, body, headers) = post(
-        &f.app,
-        Some(&token(&["ingest"])),
-        "application/x-ndjson",
-        &[],
-        body.into(),
-    )
-    .await;
+    let (s, body, headers) = post_ingest(&f.app, "application/x-ndjson", body).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(headers["x-request-id"], "req-123");
     assert_eq!(body["accepted"], 2);
@@ -169,14 +178,7 @@ async fn gzip_json_and_csv_bodies() {
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["accepted"], 2);
     let csv = "source,external_id,account_id,transaction_date,amount,currency\ns,c1,a,2026-01-01,5.5,EUR\ns,c2,a,2026-01-01,5.555,EUR\n";
-    let (s, body, _) = post(
-        &f.app,
-        Some(&token(&["ingest"])),
-        "text/csv",
-        &[],
-        csv.into(),
-    )
-    .await;
+    let (s, body, _) = post_ingest(&f.app, "text/csv", csv).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["accepted"], 1);
     assert_eq!(body["rejected"][0]["error"], "amount_precision");
@@ -187,14 +189,7 @@ async fn gzip_json_and_csv_bodies() {
 async fn a_body_that_breaks_midway_reports_what_was_accepted() {
     let f = fixture(IngestConfig::default()).await;
     let body = format!("[{GOOD},{},{{\"source\":", GOOD.replace("e1", "e2"));
-    let (s, body, _) = post(
-        &f.app,
-        Some(&token(&["ingest"])),
-        "application/json",
-        &[],
-        body.into(),
-    )
-    .await;
+    let (s, body, _) = post_ingest(&f.app, "application/json", body).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["accepted"], 2);
     assert_eq!(body["rejected"][0]["index"], 2);
@@ -207,6 +202,7 @@ async fn unusable_bodies_get_400_415_422_413() {
     let f = fixture(IngestConfig {
         max_body_bytes: 1000,
         max_decompressed_bytes: 2000,
+        max_record_bytes: 1000,
         ..IngestConfig::default()
     })
     .await;
@@ -310,8 +306,9 @@ async fn a_log_failure_is_503_with_retry_after() {
             std::time::Duration::from_secs(5),
         ),
         log: Arc::new(log.clone()),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(8)),
+        in_flight: Arc::new(InFlight::new(8, 8)),
         config: Arc::new(config),
+        operator_tenant: None,
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post(
@@ -425,26 +422,383 @@ async fn idempotency_keys_replay_the_first_answer_and_write_nothing() {
 }
 
 #[tokio::test]
-async fn too_many_requests_in_flight_are_shed_with_503() {
+async fn too_many_requests_in_flight_are_shed_429_per_tenant_503_in_all() {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(dir.path(), Some(2)).await.unwrap());
     let state = IngestState::new(
         keys(),
         &log,
         IngestConfig {
-            max_concurrent_requests: 1,
+            max_concurrent_requests: 3,
+            max_concurrent_requests_per_tenant: 2,
             ..IngestConfig::default()
         },
     );
     let app = spendstream_http::finish(spendstream_ingest::router(state.clone()));
     let t = token(&["ingest"]);
-    // Stand in for a request in flight by holding the only permit.
-    let permit = state.in_flight.clone().try_acquire_owned().unwrap();
+    // Stand in for requests in flight by holding slots.
+    let acme = [
+        state.in_flight.try_acquire("acme").unwrap(),
+        state.in_flight.try_acquire("acme").unwrap(),
+    ];
     let (s, body, headers) = post(&app, Some(&t), "application/x-ndjson", &[], GOOD.into()).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(headers["retry-after"], "1");
+    let globex = token_for("globex", &["ingest"]);
+    let as_globex = || {
+        post(
+            &app,
+            Some(&globex),
+            "application/x-ndjson",
+            &[],
+            GOOD.into(),
+        )
+    };
+    // Another tenant is still served while acme is at its share...
+    assert_eq!(as_globex().await.0, StatusCode::ACCEPTED);
+    // ...until the edge as a whole is full.
+    let other = state.in_flight.try_acquire("initech").unwrap();
+    let (s, body, headers) = as_globex().await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "unavailable");
     assert_eq!(headers["retry-after"], "1");
-    drop(permit);
+    drop((acme, other));
     let (s, _, _) = post(&app, Some(&t), "application/x-ndjson", &[], GOOD.into()).await;
     assert_eq!(s, StatusCode::ACCEPTED);
+}
+
+fn token_for(tenant: &str, roles: &[&str]) -> String {
+    keys().sign(&Claims {
+        tenant: tenant.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        exp: chrono::Utc::now().timestamp() + 600,
+        ..Claims::default()
+    })
+}
+
+fn gzip_with_mtime(bytes: &[u8], mtime: u32) -> Vec<u8> {
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(mtime)
+        .write(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The response lists a bounded number of rejections, counts all of them
+/// by code, and says it cut the list.
+#[tokio::test]
+async fn a_body_of_many_bad_records_gets_a_bounded_answer_with_exact_counts() {
+    let f = fixture(IngestConfig {
+        max_rejected_listed: 10,
+        ..IngestConfig::default()
+    })
+    .await;
+    let mut body = format!("{GOOD}\n");
+    for i in 0..3_000 {
+        if i % 3 == 0 {
+            body.push_str(&GOOD.replace("USD", "ABC").replace("e1", &format!("c{i}")));
+        } else {
+            body.push('1');
+        }
+        body.push('\n');
+    }
+    let (s, body, _) = post_ingest(&f.app, "application/x-ndjson", body.into_bytes()).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["rejected"].as_array().unwrap().len(), 10);
+    assert_eq!(body["rejected_total"], 3_000);
+    assert_eq!(body["rejected_by_code"]["invalid_currency"], 1_000);
+    assert_eq!(body["rejected_by_code"]["invalid_json"], 2_000);
+    assert_eq!(body["rejected_truncated"], true);
+}
+
+/// Oversized records are rejected one by one in every format; the others
+/// around them go through.
+#[tokio::test]
+async fn an_oversized_record_is_rejected_and_the_rest_accepted() {
+    let f = fixture(IngestConfig {
+        max_record_bytes: 400,
+        ..IngestConfig::default()
+    })
+    .await;
+    let big = GOOD.replace(
+        "\"account_id\":\"a\"",
+        &format!("\"memo\":\"{}\",\"account_id\":\"a\"", "m".repeat(500)),
+    );
+    let json = format!("[{GOOD},{big},{}]", GOOD.replace("e1", "e3"));
+    let (s, body, _) = post_ingest(&f.app, "application/json", json).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected"][0]["index"], 1);
+    assert_eq!(body["rejected"][0]["error"], "record_too_large");
+    // One object as the whole body.
+    let (s, body, _) = post_ingest(&f.app, "application/json", big).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["rejected"][0]["error"], "record_too_large");
+}
+
+/// The same payload gzipped twice (gzip stores a time) is the same request:
+/// the retry gets the first answer back.
+#[tokio::test]
+async fn the_same_payload_compressed_again_is_the_same_request() {
+    let f = fixture(IngestConfig::default()).await;
+    let t = token(&["ingest"]);
+    let body = format!("{GOOD}\n{}\n", GOOD.replace("e1", "e2"));
+    let key = [
+        ("idempotency-key", "gz-twice"),
+        ("content-encoding", "gzip"),
+    ];
+    let (s1, b1, _) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &key,
+        gzip_with_mtime(body.as_bytes(), 1_700_000_000),
+    )
+    .await;
+    assert_eq!(s1, StatusCode::ACCEPTED, "{b1}");
+    let (s2, b2, h2) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &key,
+        gzip_with_mtime(body.as_bytes(), 1_700_000_123),
+    )
+    .await;
+    assert_eq!((s2, &b2), (s1, &b1));
+    assert_eq!(h2["idempotent-replayed"], "true");
+    // Sent uncompressed it is still the same content.
+    let (s3, _, h3) = post(
+        &f.app,
+        Some(&t),
+        "application/x-ndjson",
+        &[("idempotency-key", "gz-twice")],
+        body.into(),
+    )
+    .await;
+    assert_eq!(s3, StatusCode::ACCEPTED);
+    assert_eq!(h3["idempotent-replayed"], "true");
+    assert_eq!(logged(&f.log).await, 2, "a replay wrote to the log");
+}
+
+/// A body stream that yields `first`, then fails as a dropped connection
+/// does, or never ends.
+fn stream_body(first: &'static str, then: Option<&'static str>) -> Body {
+    use futures::StreamExt;
+    let head =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(first)) });
+    match then {
+        Some(error) => Body::from_stream(head.chain(futures::stream::once(async move {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                error,
+            ))
+        }))),
+        None => Body::from_stream(head.chain(futures::stream::pending())),
+    }
+}
+
+async fn send(app: &axum::Router, t: &str, key: &str, body: Body) -> (StatusCode, Value) {
+    let req = Request::post("/v1/expenses")
+        .header("content-type", "application/x-ndjson")
+        .header("authorization", format!("Bearer {t}"))
+        .header("idempotency-key", key)
+        .body(body)
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// A body cut off midway is never stored as the key's answer: 400
+/// `body_incomplete`, and the retry with the whole body runs.
+#[tokio::test]
+async fn a_body_cut_off_midway_is_not_the_final_answer_for_its_key() {
+    let f = fixture(IngestConfig::default()).await;
+    let t = token(&["ingest"]);
+    let first = Box::leak(format!("{GOOD}\n{{\"source\":\"s\",").into_boxed_str());
+    let (s, body) = send(
+        &f.app,
+        &t,
+        "cut",
+        stream_body(first, Some("connection reset")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "body_incomplete");
+    assert_eq!(body["accepted"], 1);
+    let whole = format!("{GOOD}\n{}\n", GOOD.replace("e1", "e2"));
+    let (s, body) = send(&f.app, &t, "cut", Body::from(whole)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], 2);
+}
+
+/// A body that stops arriving gets 408 once the idle timeout passed; the
+/// key is free for the retry.
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_frees_its_key() {
+    let f = fixture(IngestConfig {
+        body_idle_timeout: std::time::Duration::from_secs(1),
+        body_timeout: std::time::Duration::from_secs(2),
+        ..IngestConfig::default()
+    })
+    .await;
+    let t = token(&["ingest"]);
+    let started = std::time::Instant::now();
+    let (s, body) = send(&f.app, &t, "slow", stream_body(GOOD, None)).await;
+    assert_eq!(s, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert_eq!(body["error"], "body_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (s, _) = send(&f.app, &t, "slow", Body::from(format!("{GOOD}\n"))).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+}
+
+/// A client that goes away mid-request (its future is dropped) does not
+/// leave its key "in progress": the honest retry runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_midway_releases_its_idempotency_key() {
+    let f = fixture(IngestConfig::default()).await;
+    let t = token(&["ingest"]);
+    // The body's first poll tells us the handler holds the claim.
+    let (polled_tx, polled_rx) = tokio::sync::oneshot::channel::<()>();
+    let polled_tx = std::sync::Mutex::new(Some(polled_tx));
+    let body = Body::from_stream(futures::stream::poll_fn(move |_| {
+        if let Some(tx) = polled_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        std::task::Poll::<Option<Result<bytes::Bytes, std::io::Error>>>::Pending
+    }));
+    let app = f.app.clone();
+    let t2 = t.clone();
+    let request = tokio::spawn(async move { send(&app, &t2, "gone", body).await });
+    tokio::time::timeout(std::time::Duration::from_secs(10), polled_rx)
+        .await
+        .expect("the handler never read the body")
+        .unwrap();
+    request.abort();
+    let _ = request.await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, body) = send(&f.app, &t, "gone", Body::from(format!("{GOOD}\n"))).await;
+        if s == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(s, StatusCode::CONFLICT, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned claim was never released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A producer whose appends wait for a gate: requests stay in flight.
+struct Gated(tokio::sync::Semaphore);
+
+#[async_trait]
+impl LogProducer for Gated {
+    async fn append(&self, records: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+        let _permit = self.0.acquire().await;
+        Ok(vec![
+            Position {
+                partition: 0,
+                offset: 0
+            };
+            records.len()
+        ])
+    }
+}
+
+/// CPU time of this process so far, in clock ticks (utime + stime).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// While the last append is in flight, the handler waits; it does not spin
+/// on the closed decoder channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_append_does_not_spin() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
+    let gate = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
+    let state = IngestState {
+        keys: keys(),
+        committer: spendstream_ingest::Committer::spawn(
+            gate.clone(),
+            100,
+            std::time::Duration::from_secs(30),
+        ),
+        log: Arc::new(log),
+        in_flight: Arc::new(InFlight::new(8, 8)),
+        config: Arc::new(IngestConfig::default()),
+        operator_tenant: None,
+    };
+    let app = spendstream_http::finish(spendstream_ingest::router(state));
+    let t = token(&["ingest"]);
+    let request = tokio::spawn(async move {
+        post(&app, Some(&t), "application/x-ndjson", &[], GOOD.into()).await
+    });
+    // Let the decoder finish; the append waits at the gate.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = cpu_ticks();
+    let waited = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = cpu_ticks() - before;
+    let ticks_per_sec = 100;
+    assert!(
+        used * 1000 < ticks_per_sec * waited.elapsed().as_millis() as u64 / 4,
+        "the process burnt {used} ticks of CPU in {:?} while one request waited",
+        waited.elapsed()
+    );
+    gate.0.add_permits(1);
+    let (s, _, _) = request.await.unwrap();
+    assert_eq!(s, StatusCode::ACCEPTED);
+}
+
+/// A log error no retry can fix is a 500 (logged), not a 503 inviting
+/// retries forever.
+#[tokio::test]
+async fn a_permanent_log_error_is_500_not_503() {
+    struct Mismatched;
+    #[async_trait]
+    impl LogProducer for Mismatched {
+        async fn append(&self, _: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+            Err(spendstream_log::Error::PartitionMismatch {
+                path: "log".into(),
+                existing: 8,
+                requested: 4,
+            })
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
+    let state = IngestState {
+        keys: keys(),
+        committer: spendstream_ingest::Committer::spawn(
+            Arc::new(Mismatched),
+            100,
+            std::time::Duration::from_secs(5),
+        ),
+        log: Arc::new(log),
+        in_flight: Arc::new(InFlight::new(8, 8)),
+        config: Arc::new(IngestConfig::default()),
+        operator_tenant: None,
+    };
+    let app = spendstream_http::finish(spendstream_ingest::router(state));
+    let (s, body, headers) = post_ingest(&app, "application/x-ndjson", GOOD).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"], "internal");
+    assert!(headers.get("retry-after").is_none());
 }

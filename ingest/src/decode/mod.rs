@@ -1,6 +1,8 @@
 //! Streaming body decoders: NDJSON, a JSON array, CSV. Each reads from a
 //! `BufRead` and hands out one record at a time, so a 100 MB body never needs
-//! 100 MB of records in memory.
+//! 100 MB of records in memory; and none buffers more than `max_record` bytes
+//! of one record: a larger one is skipped and rejected with
+//! `record_too_large`, and decoding goes on.
 
 mod csv;
 mod json_array;
@@ -64,23 +66,61 @@ pub enum End {
 }
 
 /// Decodes `reader` as `format`, calling `emit` for each item; `emit`
-/// returns `false` to stop.
-pub fn decode(format: Format, reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> End {
+/// returns `false` to stop. No record larger than `max_record` bytes is
+/// buffered.
+pub fn decode(
+    format: Format,
+    reader: impl BufRead,
+    max_record: usize,
+    emit: &mut dyn FnMut(Item) -> bool,
+) -> End {
     match format {
-        Format::Ndjson => ndjson::decode(reader, emit),
-        Format::Json => json_array::decode(reader, emit),
-        Format::Csv => csv::decode(reader, emit),
+        Format::Ndjson => ndjson::decode(reader, max_record, emit),
+        Format::Json => json_array::decode(reader, max_record, emit),
+        Format::Csv => csv::decode(reader, max_record, emit),
+    }
+}
+
+/// The rejection of a record over the size limit.
+fn too_large(index: usize, max_record: usize) -> Item {
+    Item::Reject {
+        index,
+        error: RecordError::new(
+            spendstream_schemas::ErrorCode::RecordTooLarge,
+            None,
+            format!("the record is larger than {max_record} bytes; it was skipped"),
+        ),
+    }
+}
+
+/// Record text that must be UTF-8 JSON.
+fn utf8_record(index: usize, bytes: Vec<u8>) -> Item {
+    match String::from_utf8(bytes) {
+        Ok(json) => Item::Record { index, json },
+        Err(_) => Item::Reject {
+            index,
+            error: RecordError::new(
+                spendstream_schemas::ErrorCode::InvalidJson,
+                None,
+                "the record is not UTF-8",
+            ),
+        },
     }
 }
 
 #[cfg(test)]
-pub(crate) fn collect(format: Format, body: &[u8]) -> (Vec<Item>, End) {
+pub(crate) fn collect_limited(format: Format, body: &[u8], max_record: usize) -> (Vec<Item>, End) {
     let mut items = Vec::new();
-    let end = decode(format, body, &mut |i| {
+    let end = decode(format, body, max_record, &mut |i| {
         items.push(i);
         true
     });
     (items, end)
+}
+
+#[cfg(test)]
+pub(crate) fn collect(format: Format, body: &[u8]) -> (Vec<Item>, End) {
+    collect_limited(format, body, 1 << 20)
 }
 
 #[cfg(test)]
@@ -118,6 +158,7 @@ mod robustness {
             let body = format!("[{}]", (0..n).map(|i| format!("{{\"i\":{i},\"s\":\"x,]}}\"}}")).collect::<Vec<_>>().join(","));
             let (all, end) = collect(Format::Json, body.as_bytes());
             prop_assert_eq!(end, End::Complete);
+            prop_assert_eq!(all.len(), n);
             let cut = cut.min(body.len());
             let (some, _) = collect(Format::Json, &body.as_bytes()[..cut]);
             prop_assert!(some.len() <= all.len());
@@ -127,6 +168,30 @@ mod robustness {
                     _ => prop_assert!(false, "unexpected reject"),
                 }
             }
+        }
+
+        /// Whatever the format, a record over the limit is rejected with
+        /// `record_too_large` at its index and the records around it still
+        /// come through.
+        #[test]
+        fn an_oversized_record_is_skipped_not_buffered(big in 65usize..5000, fmt in 0usize..3, quoted in any::<bool>()) {
+            let filler = "x".repeat(big);
+            let body = match fmt {
+                0 => format!("{{\"a\":1}}\n{{\"m\":\"{filler}\"}}\n{{\"b\":2}}\n"),
+                1 => format!("[{{\"a\":1}}, {{\"m\":[\"{filler}\", {{\"n\": 1}}]}} ,{{\"b\":2}}]"),
+                _ if quoted => format!("memo,source\r\na,1\r\n\"{filler}\nmore\",2\r\nb,3\r\n"),
+                _ => format!("memo,source\na,1\n{filler},2\nb,3\n"),
+            };
+            let format = [Format::Ndjson, Format::Json, Format::Csv][fmt];
+            let (items, end) = collect_limited(format, body.as_bytes(), 64);
+            prop_assert_eq!(end, End::Complete);
+            prop_assert_eq!(items.len(), 3);
+            prop_assert!(matches!(&items[0], Item::Record { index: 0, .. }), "{:?}", items[0]);
+            prop_assert!(
+                matches!(&items[1], Item::Reject { index: 1, error } if error.code == spendstream_schemas::ErrorCode::RecordTooLarge),
+                "{:?}", items[1]
+            );
+            prop_assert!(matches!(&items[2], Item::Record { index: 2, .. }), "{:?}", items[2]);
         }
     }
 }

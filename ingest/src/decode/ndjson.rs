@@ -1,19 +1,21 @@
 //! Newline-delimited JSON: one record per line. A line that is not JSON is a
 //! rejected record, not a failed body.
 
-use super::{End, Item};
-use spendstream_schemas::{ErrorCode, RecordError};
+use super::{End, Item, too_large, utf8_record};
 use std::io::BufRead;
 
-/// Longest line kept; longer ones are rejected without being buffered whole.
-pub const MAX_LINE_BYTES: usize = 1 << 20;
-
-pub fn decode(mut reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> End {
+/// Lines longer than `max_record` bytes are rejected without being buffered
+/// whole.
+pub fn decode(
+    mut reader: impl BufRead,
+    max_record: usize,
+    emit: &mut dyn FnMut(Item) -> bool,
+) -> End {
     let mut index = 0;
     let mut line = Vec::with_capacity(1024);
     loop {
         line.clear();
-        let (n, too_long) = match read_line_capped(&mut reader, &mut line) {
+        let (n, too_long) = match read_line_capped(&mut reader, &mut line, max_record) {
             Ok(v) => v,
             Err(e) => {
                 return End::Malformed {
@@ -29,22 +31,9 @@ pub fn decode(mut reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> E
             continue;
         }
         let item = if too_long {
-            Item::Reject {
-                index,
-                error: RecordError::new(
-                    ErrorCode::InvalidJson,
-                    None,
-                    format!("line is longer than {MAX_LINE_BYTES} bytes"),
-                ),
-            }
+            too_large(index, max_record)
         } else {
-            match String::from_utf8(std::mem::take(&mut line)) {
-                Ok(text) => Item::Record { index, json: text },
-                Err(_) => Item::Reject {
-                    index,
-                    error: RecordError::new(ErrorCode::InvalidJson, None, "line is not UTF-8"),
-                },
-            }
+            utf8_record(index, std::mem::take(&mut line))
         };
         index += 1;
         if !emit(item) {
@@ -53,11 +42,12 @@ pub fn decode(mut reader: impl BufRead, emit: &mut dyn FnMut(Item) -> bool) -> E
     }
 }
 
-/// Reads up to and including `\n`, keeping at most `MAX_LINE_BYTES`. Returns
+/// Reads up to and including `\n`, keeping at most `max` bytes. Returns
 /// bytes consumed and whether the line was cut.
 fn read_line_capped(
     reader: &mut impl BufRead,
     out: &mut Vec<u8>,
+    max: usize,
 ) -> std::io::Result<(usize, bool)> {
     let mut consumed = 0;
     let mut too_long = false;
@@ -71,7 +61,7 @@ fn read_line_capped(
             None => (buf, false),
         };
         let len = chunk.len();
-        if out.len() + len > MAX_LINE_BYTES {
+        if too_long || out.len() + len > max {
             too_long = true;
         } else {
             out.extend_from_slice(chunk);
@@ -103,10 +93,13 @@ mod tests {
 
     #[test]
     fn overlong_line_is_rejected_not_buffered() {
-        let mut body = vec![b'x'; MAX_LINE_BYTES + 10];
+        let mut body = vec![b'x'; (1 << 20) + 10];
         body.extend_from_slice(b"\n{\"ok\":1}\n");
         let (items, _) = collect(Format::Ndjson, &body);
-        assert!(matches!(&items[0], Item::Reject { index: 0, .. }));
+        assert!(matches!(
+            &items[0],
+            Item::Reject { index: 0, error } if error.code == spendstream_schemas::ErrorCode::RecordTooLarge
+        ));
         assert!(matches!(&items[1], Item::Record { index: 1, .. }));
     }
 }
