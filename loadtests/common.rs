@@ -19,18 +19,14 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     spendstream::start(Settings {
         roles,
-        listen: "127.0.0.1:0".parse()?,
         log_url,
-        log_options: Vec::new(),
-        lake_url: format!("file://{}", dir.join("lake").display()),
-        keys: keys()?,
-        ingest: Default::default(),
         processor: ProcessorConfig {
             max_batch_records: processor_batch,
             ..Default::default()
         },
         compact_interval: Duration::ZERO,
         log_retention: Duration::ZERO,
+        ..Settings::defaults(keys()?, dir)
     })
     .await
 }
@@ -45,7 +41,7 @@ pub fn token() -> anyhow::Result<String> {
         &keys()?,
         "bench",
         &[Role::Ingest],
-        chrono::Duration::hours(1),
+        Duration::from_secs(3600),
     ))
 }
 

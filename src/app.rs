@@ -1,12 +1,14 @@
 //! Starts the roles of Spendstream (ingest, processors, query) in this
-//! process on one listener, and stops them in order.
+//! process on one listener, and stops them in order. The whole
+//! configuration is checked first, without touching anything, so a mistake
+//! is one line naming the setting before any file or connection is opened.
 
 use anyhow::Context;
-use spendstream_http::JwtKeys;
 use spendstream_http::ops::ReadyCheck;
+use spendstream_http::{JwtKeys, ServerLimits};
 use spendstream_ingest::{IngestConfig, IngestState};
 use spendstream_lake::Lake;
-use spendstream_log::Log;
+use spendstream_log::{Log, LogTarget, redact_url};
 use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use std::net::SocketAddr;
@@ -56,17 +58,104 @@ pub struct Settings {
     pub roles: Roles,
     pub listen: SocketAddr,
     pub log_url: String,
-    /// librdkafka properties for a Kafka log (ignored by the embedded one).
+    /// librdkafka properties for a Kafka log (checked: none may weaken
+    /// delivery).
     pub log_options: Vec<(String, String)>,
+    /// librdkafka properties applied without that check.
+    pub log_unsafe_options: Vec<(String, String)>,
     pub lake_url: String,
     pub keys: JwtKeys,
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
+    pub server: ServerLimits,
+    /// Tenant whose admins see dead letters without a tenant.
+    pub operator_tenant: Option<String>,
     /// How often the lake is compacted (0: never).
     pub compact_interval: Duration,
     /// How long log records every group has processed are kept (embedded
     /// log; 0: forever).
     pub log_retention: Duration,
+}
+
+impl Settings {
+    /// Every role on the embedded log and local lake under `data_dir`, with
+    /// the default limits (what `spendstream up` runs without flags, but on
+    /// a port the system picks).
+    pub fn defaults(keys: JwtKeys, data_dir: &std::path::Path) -> Self {
+        Self {
+            roles: Roles::ALL,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_url: format!("embedded://{}", data_dir.join("log").display()),
+            log_options: Vec::new(),
+            log_unsafe_options: Vec::new(),
+            lake_url: format!("file://{}", data_dir.join("lake").display()),
+            keys,
+            ingest: IngestConfig::default(),
+            processor: ProcessorConfig::default(),
+            server: ServerLimits::default(),
+            operator_tenant: None,
+            compact_interval: Duration::from_secs(600),
+            log_retention: Duration::from_secs(168 * 3600),
+        }
+    }
+
+    /// Checks every setting of every role this process runs, without any
+    /// I/O; the error is one line naming the setting. Returns the parsed
+    /// log, when one is needed.
+    pub fn validate(&self) -> Result<Option<LogTarget>, String> {
+        let Settings {
+            roles,
+            log_url,
+            log_options,
+            log_unsafe_options,
+            lake_url,
+            ingest,
+            processor,
+            server,
+            operator_tenant,
+            ..
+        } = self;
+        let log = if roles.ingest || roles.process {
+            Some(
+                LogTarget::parse(log_url, log_options, log_unsafe_options)
+                    .map_err(|e| format!("--log: {e}"))?,
+            )
+        } else {
+            None
+        };
+        if roles.process || roles.query {
+            spendstream_lake::check_url(lake_url).map_err(|e| format!("--lake: {e}"))?;
+        }
+        if roles.ingest {
+            ingest.validate()?;
+        }
+        if roles.process {
+            processor.validate()?;
+        }
+        if roles.ingest
+            && let Some(LogTarget::Kafka(kafka)) = &log
+            && kafka.message_timeout() >= ingest.append_timeout
+        {
+            return Err(format!(
+                "the Kafka option message.timeout.ms ({} ms) must be shorter than --append-timeout-secs ({} s): \
+                 otherwise a failed delivery is answered as a timeout, without its reason",
+                kafka.message_timeout().as_millis(),
+                ingest.append_timeout.as_secs()
+            ));
+        }
+        if server.header_read_timeout.is_zero() {
+            return Err("--header-read-timeout-secs must be at least 1".into());
+        }
+        if server.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if let Some(tenant) = operator_tenant
+            && !spendstream_schemas::valid_tenant_id(tenant)
+        {
+            return Err("--operator-tenant must be 1 to 64 of A-Z a-z 0-9 _ . -".into());
+        }
+        Ok(log)
+    }
 }
 
 /// A started Spendstream.
@@ -120,29 +209,34 @@ fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::
 /// Opens the backends the roles need, binds the listener and starts every
 /// role. Returns once the server accepts connections.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let target = settings.validate().map_err(anyhow::Error::msg)?;
     let Settings {
         roles,
         listen,
         log_url,
-        log_options,
         lake_url,
         keys,
         ingest,
         processor,
+        server,
+        operator_tenant,
         compact_interval,
         log_retention,
+        ..
     } = settings;
+    // Printed in logs and errors: never with its credentials.
+    let log_url = redact_url(&log_url);
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
-    let log = if roles.ingest || roles.process {
-        Some(
-            spendstream_log::open_with(&log_url, &log_options)
+    let log = match target {
+        Some(target) => Some(
+            target
+                .open()
                 .await
                 .with_context(|| format!("cannot open the log (--log {log_url})"))?,
-        )
-    } else {
-        None
+        ),
+        None => None,
     };
     let lake = if roles.process || roles.query {
         Some(Arc::new(Lake::open(&lake_url).await.with_context(
@@ -160,7 +254,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             "log",
             Arc::new(move || {
                 let l = l.clone();
-                Box::pin(async move { l.ping().await.map_err(|e| e.to_string()) })
+                Box::pin(async move {
+                    l.ping()
+                        .await
+                        .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
+                })
             }),
         ));
     }
@@ -174,7 +272,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     l.txn_version("readyz")
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
                 })
             }),
         ));
@@ -182,11 +280,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if roles.ingest
         && let Some(log) = &log
     {
-        router = router.merge(spendstream_ingest::router(IngestState::new(
-            keys.clone(),
-            log,
-            ingest,
-        )));
+        router = router.merge(spendstream_ingest::router(
+            IngestState::new(keys.clone(), log, ingest).with_operator_tenant(operator_tenant),
+        ));
     }
     if roles.query
         && let Some(lake) = &lake
@@ -212,10 +308,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         && let (Some(log), Some(lake)) = (&log, &lake)
     {
         let p = Processor::new(processor, log.clone(), lake.clone());
+        let consumer = p
+            .join()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e)))
+            .context("the processors cannot start")?;
         stats = Some(p.stats());
         let processor_stop = stop.clone();
         tasks.spawn(async move {
-            p.run_until_stopped(processor_stop)
+            p.run_with(consumer, processor_stop)
                 .await
                 .context("processor failed")
         });
@@ -244,10 +345,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     {
         let stop = stop.clone();
         tasks.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .context("the HTTP server failed")
+            spendstream_http::serve(
+                listener,
+                router,
+                server,
+                async move { stop.cancelled().await },
+            )
+            .await
+            .context("the HTTP server failed")
         });
     }
     info!(%addr, ?roles, log = %log_url, lake = %lake_url, "Spendstream is listening.");
@@ -271,7 +376,10 @@ async fn trim_log_periodically(log: Arc<dyn Log>, retention: Duration, stop: Can
         match log.enforce_retention(retention).await {
             Ok(0) => {}
             Ok(deleted) => info!(deleted, "Trimmed processed records from the log."),
-            Err(error) => warn!(error = %error, "Trimming the log failed; will try again."),
+            Err(error) => warn!(
+                error = %spendstream_schemas::error::Chain(&error),
+                "Trimming the log failed; will try again."
+            ),
         }
     }
 }
@@ -289,7 +397,10 @@ async fn compact_periodically(lake: Arc<Lake>, every: Duration, stop: Cancellati
                 files_removed = stats.files_removed,
                 "Compacted the lake."
             ),
-            Err(error) => warn!(error = %error, "Compacting the lake failed; will try again."),
+            Err(error) => warn!(
+                error = %spendstream_schemas::error::Chain(&error),
+                "Compacting the lake failed; will try again."
+            ),
         }
     }
 }

@@ -54,6 +54,10 @@ pub struct UpArgs {
     /// Load the bundled sample card feed through the API and print a report.
     #[arg(long)]
     pub demo: bool,
+    /// Hours the `demo` token printed at start-up stays valid. It is printed
+    /// only when `up` made a new secret or runs on a terminal.
+    #[arg(long, env = "SPENDSTREAM_TOKEN_TTL_HOURS", default_value_t = 8)]
+    pub token_ttl_hours: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,6 +82,16 @@ pub struct ServeArgs {
         value_parser = parse_kafka_option
     )]
     pub kafka_options: Vec<(String, String)>,
+    /// A librdkafka property applied without the check that refuses options
+    /// weakening delivery (`acks`, `enable.idempotence`, manual commits…):
+    /// only when you accept losing or duplicating records.
+    #[arg(
+        long = "unsafe-kafka-option",
+        env = "SPENDSTREAM_UNSAFE_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        value_parser = parse_kafka_option
+    )]
+    pub unsafe_kafka_options: Vec<(String, String)>,
     /// Lake URL: `file://<dir>`. Default: `file://<data-dir>/lake`.
     #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
     pub lake_url: Option<String>,
@@ -97,6 +111,58 @@ pub struct ServeArgs {
     /// Largest request body on the wire, in bytes.
     #[arg(long, env = "SPENDSTREAM_MAX_BODY_BYTES", default_value_t = 256 << 20)]
     pub max_body_bytes: usize,
+    /// Largest request body after gzip decompression, in bytes.
+    #[arg(long, env = "SPENDSTREAM_MAX_DECOMPRESSED_BYTES", default_value_t = 1 << 30)]
+    pub max_decompressed_bytes: usize,
+    /// Largest single record (NDJSON line, JSON element, CSV row), in bytes.
+    #[arg(long, env = "SPENDSTREAM_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    pub max_record_bytes: usize,
+    /// Rejected records listed by index in one response (all are counted).
+    #[arg(long, env = "SPENDSTREAM_MAX_REJECTED_LISTED", default_value_t = 1_000)]
+    pub max_rejected_listed: usize,
+    /// Ingest requests in flight at once (503 past it).
+    #[arg(
+        long,
+        env = "SPENDSTREAM_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256
+    )]
+    pub max_concurrent_requests: usize,
+    /// Ingest requests in flight at once for one tenant (429 past it).
+    #[arg(
+        long,
+        env = "SPENDSTREAM_MAX_CONCURRENT_REQUESTS_PER_TENANT",
+        default_value_t = 32
+    )]
+    pub max_concurrent_requests_per_tenant: usize,
+    /// Seconds a request body may pause before the request gets 408.
+    #[arg(long, env = "SPENDSTREAM_BODY_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a whole request body may take before the request gets 408.
+    #[arg(long, env = "SPENDSTREAM_BODY_TIMEOUT_SECS", default_value_t = 600)]
+    pub body_timeout_secs: u64,
+    /// Seconds to wait for the log to confirm an append before answering 503.
+    #[arg(long, env = "SPENDSTREAM_APPEND_TIMEOUT_SECS", default_value_t = 30)]
+    pub append_timeout_secs: u64,
+    /// Seconds a connection may take to send a request head (also the idle
+    /// keep-alive limit) before it is closed.
+    #[arg(
+        long,
+        env = "SPENDSTREAM_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 15
+    )]
+    pub header_read_timeout_secs: u64,
+    /// HTTP connections open at once; more are closed as they arrive.
+    #[arg(long, env = "SPENDSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Tenant whose admins may list dead letters that carry no tenant.
+    #[arg(long, env = "SPENDSTREAM_OPERATOR_TENANT")]
+    pub operator_tenant: Option<String>,
+    /// Required `aud` claim of bearer tokens (and set in minted ones).
+    #[arg(long, env = "SPENDSTREAM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim of bearer tokens (and set in minted ones).
+    #[arg(long, env = "SPENDSTREAM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Hours the embedded log keeps records every consumer group has
     /// processed (0: forever).
     #[arg(long, env = "SPENDSTREAM_LOG_RETENTION_HOURS", default_value_t = 168)]
@@ -144,9 +210,15 @@ pub struct TokenArgs {
     /// Roles: ingest, read, admin (repeat the flag).
     #[arg(long = "role", required = true)]
     pub roles: Vec<String>,
-    /// Days until the token expires.
-    #[arg(long, default_value_t = 30)]
-    pub ttl_days: i64,
+    /// Hours until the token expires.
+    #[arg(long, default_value_t = 24)]
+    pub ttl_hours: u64,
+    /// `aud` claim to set (the audience the servers require, if any).
+    #[arg(long, env = "SPENDSTREAM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// `iss` claim to set (the issuer the servers require, if any).
+    #[arg(long, env = "SPENDSTREAM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Where `up` keeps its generated secret (when SPENDSTREAM_JWT_SECRET is unset).
     #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

@@ -5,7 +5,7 @@ use clap::Parser;
 use spendstream::cli::{Cli, Command, LogFormat, ServeArgs};
 use spendstream::secret::{self, Origin};
 use spendstream::{Roles, Settings};
-use spendstream_http::Role;
+use spendstream_http::{Role, ServerLimits};
 use spendstream_ingest::IngestConfig;
 use spendstream_processors::ProcessorConfig;
 use std::io::IsTerminal;
@@ -49,14 +49,20 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => {
-            let demo = args.demo;
-            serve(args.serve, Roles::ALL, true, demo).await
+            let up = Up {
+                demo: args.demo,
+                token_ttl: Duration::from_secs(args.token_ttl_hours.saturating_mul(3600)),
+            };
+            serve(args.serve, Roles::ALL, Some(up)).await
         }
-        Command::Ingest(args) => serve(args, Roles::INGEST, false, false).await,
-        Command::Process(args) => serve(args, Roles::PROCESS, false, false).await,
-        Command::Query(args) => serve(args, Roles::QUERY, false, false).await,
+        Command::Ingest(args) => serve(args, Roles::INGEST, None).await,
+        Command::Process(args) => serve(args, Roles::PROCESS, None).await,
+        Command::Query(args) => serve(args, Roles::QUERY, None).await,
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
+            let keys = keys
+                .with_audience(args.jwt_audience.clone())
+                .with_issuer(args.jwt_issuer.clone());
             let roles = args
                 .roles
                 .iter()
@@ -66,13 +72,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if !spendstream_schemas::valid_tenant_id(&args.tenant) {
                 bail!("--tenant must be 1 to 64 of A-Z a-z 0-9 _ . -");
             }
+            if args.ttl_hours == 0 {
+                bail!("--ttl-hours must be at least 1");
+            }
             println!(
                 "{}",
                 secret::mint(
                     &keys,
                     &args.tenant,
                     &roles,
-                    chrono::Duration::days(args.ttl_days)
+                    Duration::from_secs(args.ttl_hours.saturating_mul(3600))
                 )
             );
             Ok(())
@@ -80,63 +89,95 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(
-    args: ServeArgs,
-    roles: Roles,
-    create_secret: bool,
+/// What only `up` does besides serving.
+struct Up {
     demo: bool,
-) -> anyhow::Result<()> {
-    let (keys, origin) = secret::load(&args.data_dir, create_secret)?;
-    let settings = Settings {
+    /// Lifetime of the `demo` token it prints.
+    token_ttl: Duration,
+}
+
+async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<()> {
+    // Checked before the secret is loaded or made: a wrong setting must not
+    // leave anything behind. The stand-in key is replaced below, unused.
+    let stand_in = spendstream_http::JwtKeys::new(&[0; 32]).map_err(anyhow::Error::msg)?;
+    let mut settings = Settings {
         roles,
         listen: args.listen,
         log_url: args.log_url(),
         log_options: args.kafka_options.clone(),
+        log_unsafe_options: args.unsafe_kafka_options.clone(),
         lake_url: args.lake_url(),
-        keys: keys.clone(),
+        keys: stand_in,
         ingest: IngestConfig {
             max_body_bytes: args.max_body_bytes,
+            max_decompressed_bytes: args.max_decompressed_bytes,
+            max_record_bytes: args.max_record_bytes,
+            max_rejected_listed: args.max_rejected_listed,
+            max_concurrent_requests: args.max_concurrent_requests,
+            max_concurrent_requests_per_tenant: args.max_concurrent_requests_per_tenant,
+            body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs),
+            body_timeout: Duration::from_secs(args.body_timeout_secs),
+            append_timeout: Duration::from_secs(args.append_timeout_secs),
             ..IngestConfig::default()
         },
         processor: ProcessorConfig {
             group: args.group.clone(),
-            max_batch_records: args.batch_max_records.max(1),
+            max_batch_records: args.batch_max_records,
             max_batch_wait: Duration::from_millis(args.batch_max_wait_ms),
         },
+        server: ServerLimits {
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+            max_connections: args.max_connections,
+            ..ServerLimits::default()
+        },
+        operator_tenant: args.operator_tenant.clone(),
         compact_interval: Duration::from_secs(args.compact_interval_secs),
-        log_retention: Duration::from_secs(args.log_retention_hours * 3600),
+        log_retention: Duration::from_secs(args.log_retention_hours.saturating_mul(3600)),
     };
+    settings.validate().map_err(anyhow::Error::msg)?;
+    if up.as_ref().is_some_and(|up| up.token_ttl.is_zero()) {
+        bail!("--token-ttl-hours must be at least 1");
+    }
+    let (keys, origin) = secret::load(&args.data_dir, up.is_some())?;
+    let keys = keys
+        .with_audience(args.jwt_audience.clone())
+        .with_issuer(args.jwt_issuer.clone());
+    settings.keys = keys.clone();
     let running = spendstream::start(settings).await?;
     let addr = running.addr;
-    // Always printed, with the bound address (so `--listen 127.0.0.1:0`
-    // is usable by scripts and tests).
-    println!(
-        "Spendstream is up on http://{addr} (data in {}).",
-        args.data_dir.display()
-    );
-    if create_secret && origin != Origin::Env && origin != Origin::File {
-        let token = secret::mint(
-            &keys,
-            "demo",
-            &[Role::Ingest, Role::Read],
-            chrono::Duration::days(30),
-        );
+    if let Some(up) = &up {
         if origin == Origin::Created {
             println!(
                 "Created a JWT secret in {}.",
                 args.data_dir.join("jwt-secret").display()
             );
         }
-        println!(
-            "A token for tenant `demo` (roles ingest, read; 30 days):\n\nexport TOKEN={token}\n"
-        );
+        // A bearer token on every start would end up in container logs:
+        // only when the secret is new (the first run) or a person watches.
+        let fresh_or_watched = origin == Origin::Created || std::io::stdout().is_terminal();
+        if fresh_or_watched && origin != Origin::Env && origin != Origin::File {
+            let token = secret::mint(&keys, "demo", &[Role::Ingest, Role::Read], up.token_ttl);
+            println!(
+                "A token for tenant `demo` (roles ingest, read; {} hours):\n\nexport TOKEN={token}\n",
+                up.token_ttl.as_secs() / 3600
+            );
+        }
     }
-    if demo {
+    // Always printed, last, with the bound address (so `--listen
+    // 127.0.0.1:0` is usable by scripts and tests, which wait for it).
+    println!(
+        "Spendstream is up on http://{addr} (data in {}).",
+        args.data_dir.display()
+    );
+    let Some(up) = up else {
+        return wait_for_signal(running).await;
+    };
+    if up.demo {
         let token = secret::mint(
             &keys,
             "demo",
             &[Role::Ingest, Role::Read],
-            chrono::Duration::hours(1),
+            Duration::from_secs(3600),
         );
         let stats = running
             .stats
@@ -146,6 +187,11 @@ async fn serve(
             eprintln!("The demo failed: {e:#}");
         }
     }
+    wait_for_signal(running).await
+}
+
+/// Runs until SIGINT or SIGTERM, then stops in order.
+async fn wait_for_signal(running: spendstream::Running) -> anyhow::Result<()> {
     let stop = running.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;

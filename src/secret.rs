@@ -3,7 +3,7 @@
 //! in the data directory.
 
 use anyhow::{Context, bail};
-use spendstream_http::{Claims, JwtKeys, Role};
+use spendstream_http::{JwtKeys, Role};
 use std::path::Path;
 
 const FILE_NAME: &str = "jwt-secret";
@@ -78,12 +78,13 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// Mints a token for `tenant` with `roles`, valid for `ttl`.
-pub fn mint(keys: &JwtKeys, tenant: &str, roles: &[Role], ttl: chrono::Duration) -> String {
-    keys.sign(&Claims {
-        tenant: tenant.to_string(),
-        roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
-        exp: (chrono::Utc::now() + ttl).timestamp(),
-        sub: None,
-    })
+/// Mints a token for `tenant` with `roles`, valid for `ttl`. `claims_for`
+/// adds `iat` and the keys' audience and issuer, so the token passes the
+/// same keys' checks.
+pub fn mint(keys: &JwtKeys, tenant: &str, roles: &[Role], ttl: std::time::Duration) -> String {
+    // A ttl past `i64::MAX` seconds means "never expires"; `claims_for`
+    // saturates the sum with `now` the same way.
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    let now = chrono::Utc::now().timestamp();
+    keys.sign(&keys.claims_for(tenant, roles, ttl_secs, now))
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use spendstream::{Roles, Running, Settings};
+use spendstream::{Running, Settings};
 use spendstream_http::{JwtKeys, Role};
 use spendstream_ingest::IngestConfig;
 use spendstream_log::kafka::testing::TestKafka;
@@ -20,17 +20,11 @@ pub fn keys() -> JwtKeys {
 }
 
 pub fn token(tenant: &str, roles: &[Role]) -> String {
-    spendstream::secret::mint(&keys(), tenant, roles, chrono::Duration::hours(1))
+    spendstream::secret::mint(&keys(), tenant, roles, Duration::from_secs(3600))
 }
 
 pub fn settings(dir: &Path) -> Settings {
     Settings {
-        roles: Roles::ALL,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        log_options: Vec::new(),
-        log_url: format!("embedded://{}", dir.join("log").display()),
-        lake_url: format!("file://{}", dir.join("lake").display()),
-        keys: keys(),
         ingest: IngestConfig {
             chunk_records: 500,
             ..IngestConfig::default()
@@ -42,6 +36,7 @@ pub fn settings(dir: &Path) -> Settings {
         },
         compact_interval: Duration::ZERO,
         log_retention: Duration::ZERO,
+        ..Settings::defaults(keys(), dir)
     }
 }
 
@@ -254,17 +249,29 @@ pub async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
 }
 
 /// Waits until the reports match `model` exactly, then checks that the lake
-/// holds no log position twice. Returns the lake's row count: more than the
-/// model when the log holds several versions of one identity.
+/// itself (not only the reports, which take the latest version) holds no
+/// row twice. Returns the lake's row count: more than the model when the
+/// log holds several versions of one identity.
 pub async fn settle_exactly(base: &str, dir: &Path, model: &BTreeMap<String, i64>) -> i64 {
     wait_for_totals(base, model).await;
-    let (rows, positions) = lake_rows(dir).await;
-    assert_eq!(rows, positions, "a log position was written twice");
+    assert_no_duplicate_rows(dir).await
+}
+
+/// Fails if the lake holds any `(expense_id, version)` twice; returns the
+/// number of rows.
+pub async fn assert_no_duplicate_rows(dir: &Path) -> i64 {
+    let (rows, distinct) = lake_rows(dir).await;
+    assert_eq!(
+        rows,
+        distinct,
+        "the lake holds {} rows more than distinct (expense_id, version) pairs",
+        rows - distinct
+    );
     rows
 }
 
-/// Rows in the lake and distinct log positions among them: equal when no
-/// record was written twice.
+/// Rows in the lake and distinct `(expense_id, version)` pairs among them:
+/// equal when no record was written twice.
 pub async fn lake_rows(dir: &Path) -> (i64, i64) {
     use datafusion::arrow::array::Int64Array;
     let lake = spendstream_lake::Lake::open(&format!("file://{}", dir.join("lake").display()))
@@ -274,7 +281,7 @@ pub async fn lake_rows(dir: &Path) -> (i64, i64) {
     ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
         .unwrap();
     let batches = ctx
-        .sql("SELECT CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT (log_partition * 1000000000 + log_offset)) AS BIGINT) FROM expenses")
+        .sql("SELECT CAST(COUNT(*) AS BIGINT) AS total_rows, CAST((SELECT COUNT(*) FROM (SELECT DISTINCT expense_id, version FROM expenses)) AS BIGINT) AS distinct_rows FROM expenses")
         .await
         .unwrap()
         .collect()
@@ -308,21 +315,40 @@ impl Drop for Server {
 /// and no compaction) and reads the bound address from the line it prints,
 /// so parallel tests never race for a port.
 pub fn spawn(args: &[String], failpoint: Option<&str>) -> Server {
-    use std::process::{Command, Stdio};
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendstream"));
+    spawn_with(args, |cmd| {
+        match failpoint {
+            Some(f) => cmd.env("SPENDSTREAM_FAILPOINT", f),
+            None => cmd.env_remove("SPENDSTREAM_FAILPOINT"),
+        };
+    })
+    .0
+}
+
+/// The `spendstream` command with the tests' JWT secret and quiet logs.
+pub fn command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spendstream"));
+    cmd.env(
+        "SPENDSTREAM_JWT_SECRET",
+        std::str::from_utf8(SECRET).unwrap(),
+    )
+    .env("SPENDSTREAM_LOG_LEVEL", "warn")
+    .env_remove("SPENDSTREAM_FAILPOINT");
+    cmd
+}
+
+/// [`spawn`] with the command adjusted by `configure`; also returns every
+/// line the server printed on stdout up to and including its address.
+pub fn spawn_with(
+    args: &[String],
+    configure: impl FnOnce(&mut std::process::Command),
+) -> (Server, Vec<String>) {
+    use std::process::Stdio;
+    let mut cmd = command();
     cmd.args(args)
         .args(["--listen", "127.0.0.1:0", "--compact-interval-secs", "0"])
-        .env(
-            "SPENDSTREAM_JWT_SECRET",
-            std::str::from_utf8(SECRET).unwrap(),
-        )
-        .env("SPENDSTREAM_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    match failpoint {
-        Some(f) => cmd.env("SPENDSTREAM_FAILPOINT", f),
-        None => cmd.env_remove("SPENDSTREAM_FAILPOINT"),
-    };
+    configure(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     // A thread, so a server that never prints cannot hang the test: the
@@ -330,19 +356,106 @@ pub fn spawn(args: &[String], failpoint: Option<&str>) -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
+        let mut seen = Vec::new();
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
-            if let Some(rest) = line.strip_prefix("Spendstream is up on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            let address = line
+                .strip_prefix("Spendstream is up on ")
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+            seen.push(line);
+            if let Some(address) = address {
+                let _ = tx.send((address, std::mem::take(&mut seen)));
             }
         }
     });
-    let base = rx
+    let (base, printed) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the server never said where it listens");
-    Server { child, base }
+    (Server { child, base }, printed)
+}
+
+/// The peak resident set of process `pid` so far, in bytes (`VmHWM`).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("no VmHWM in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// Every `(route, method, status)` the server at `base` answered so far
+/// (read from its own request counter) must be in the OpenAPI document, and
+/// every documented path must answer 405 to the methods it does not list:
+/// the document describes what the code does, checked against what it did.
+pub async fn assert_documented(base: &str) {
+    let doc: Value = serde_json::from_str(spendstream::app::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let len = line[start..].find('"')?;
+        Some(line[start..start + len].to_string())
+    };
+    let mut seen = 0;
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("spendstream_http_requests_total{"))
+    {
+        let (Some(route), Some(method), Some(status)) = (
+            label(line, "route"),
+            label(line, "method"),
+            label(line, "status"),
+        ) else {
+            panic!("unreadable metric line: {line}");
+        };
+        if route == "unmatched" {
+            continue;
+        }
+        let operations = paths
+            .get(&route)
+            .unwrap_or_else(|| panic!("{route} answered but is not in the OpenAPI document"));
+        let operation = &operations[method.to_lowercase()];
+        if operation.is_null() && status == "405" {
+            // The probes below: a method the path does not have.
+            continue;
+        }
+        seen += 1;
+        let responses = &operation["responses"];
+        assert!(
+            responses.get(&status).is_some(),
+            "{method} {route} answered {status}, which the OpenAPI document does not list"
+        );
+    }
+    assert!(seen > 0, "no request was counted");
+    let client = reqwest::Client::new();
+    for (path, methods) in paths {
+        let url = format!("{base}{}", path.replace("{id}", "1"));
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            if methods.get(method.to_lowercase()).is_some() {
+                continue;
+            }
+            let status = client
+                .request(method.parse().unwrap(), &url)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(
+                status, 405,
+                "{method} {path} is routed but not in the OpenAPI document"
+            );
+        }
+    }
 }
 
 pub async fn wait_healthy(server: &mut Server) {
@@ -361,15 +474,42 @@ pub async fn wait_healthy(server: &mut Server) {
     }
 }
 
-/// A Prometheus counter's value (0 when not yet reported).
+/// The server's `/metrics` text, or `None` when it does not answer.
+async fn scrape(base: &str) -> Option<String> {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+fn sample_value(line: &str) -> Option<f64> {
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// A Prometheus counter's value (0 when not yet reported, -1 when the
+/// server does not answer).
 pub async fn counter(base: &str, name_and_labels: &str) -> f64 {
-    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+    let Some(text) = scrape(base).await else {
         return -1.0;
     };
-    let text = resp.text().await.unwrap_or_default();
     text.lines()
         .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .and_then(sample_value)
         .unwrap_or(0.0)
+}
+
+/// The sum of a counter's series whose labels include all of `labels`.
+pub async fn counter_sum(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = scrape(base).await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(sample_value)
+        .sum()
 }
