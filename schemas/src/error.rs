@@ -38,6 +38,8 @@ pub enum ErrorCode {
     /// One record (an NDJSON line, a JSON array element, a CSV row) is
     /// larger than the per-record limit; it was skipped, not buffered.
     RecordTooLarge,
+    /// A field appears twice in one record.
+    DuplicateField,
 }
 
 impl ErrorCode {
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::PanDetected => "pan_detected",
             ErrorCode::InvalidEnvelope => "invalid_envelope",
             ErrorCode::RecordTooLarge => "record_too_large",
+            ErrorCode::DuplicateField => "duplicate_field",
         }
     }
 }

@@ -1,11 +1,17 @@
 //! Card-number (PAN) detection. A PAN must never be stored, so every
-//! free-text field is scanned before a record is accepted.
+//! string a record carries is scanned before it is accepted.
+//!
+//! A card number is 13–19 digits, written without separators or in the
+//! groups cards print (4-4-4-4, 4-4-4-4-3, Amex 4-6-5, Diners 4-6-4, with
+//! single spaces or dashes), starting 2–6 and passing the Luhn check. Other
+//! shapes of digits are left alone, so that ids made of digit groups (a
+//! UUID such as `12345678-1234-1234-…`, a long reference number) are not
+//! taken for one.
 
 use std::borrow::Cow;
 
-/// True if `text` contains a run of 13–19 digits (single spaces or dashes
-/// between digits allowed) that starts like a payment card (2–6) and passes
-/// the Luhn check. Masked values such as `**** 1234` contain no such run.
+/// True if `text` contains something shaped like a card number (see the
+/// module documentation). Masked values such as `**** 1234` contain none.
 pub fn contains_pan(text: &str) -> bool {
     card_runs(text).next().is_some()
 }
@@ -38,31 +44,44 @@ pub fn mask_pans(text: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8(out).unwrap_or_default())
 }
 
-/// Byte ranges of the digit runs (single separators allowed) that hold a
-/// card number.
+/// Whether digit groups of these lengths are written the way cards are.
+fn card_shaped(lens: &[usize]) -> bool {
+    match lens {
+        [one] => (13..=19).contains(one),
+        [.., last] if lens[..lens.len() - 1].iter().all(|l| *l == 4) => (1..=4).contains(last),
+        _ => matches!(lens, [4, 6, 5] | [4, 6, 4]),
+    }
+}
+
+/// Byte ranges of the card-shaped digit groups in `text`.
 fn card_runs(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     let bytes = text.as_bytes();
     let mut i = 0;
-    let mut digits: Vec<u8> = Vec::with_capacity(19);
+    let mut found: Vec<(usize, usize)> = Vec::new();
     std::iter::from_fn(move || {
-        while i < bytes.len() {
+        loop {
+            if let Some(next) = found.pop() {
+                return Some(next);
+            }
+            if i >= bytes.len() {
+                return None;
+            }
             if !bytes[i].is_ascii_digit() || (i > 0 && bytes[i - 1].is_ascii_digit()) {
                 i += 1;
                 continue;
             }
-            // Collect one digit run, allowing one separator between digits.
-            digits.clear();
-            let start = i;
+            // One run of digit groups, joined by single spaces or dashes.
+            let mut groups: Vec<(usize, usize)> = Vec::new();
             let mut j = i;
-            while j < bytes.len() {
-                let b = bytes[j];
-                if b.is_ascii_digit() {
-                    digits.push(b - b'0');
+            loop {
+                let start = j;
+                while j < bytes.len() && bytes[j].is_ascii_digit() {
                     j += 1;
-                } else if (b == b' ' || b == b'-')
-                    && j + 1 < bytes.len()
+                }
+                groups.push((start, j));
+                if j + 1 < bytes.len()
+                    && (bytes[j] == b' ' || bytes[j] == b'-')
                     && bytes[j + 1].is_ascii_digit()
-                    && j > i
                 {
                     j += 1;
                 } else {
@@ -70,25 +89,38 @@ fn card_runs(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
                 }
             }
             i = j.max(i + 1);
-            if any_card_window(&digits) {
-                return Some((start, j));
+            // Consecutive groups that are card-shaped and hold a card
+            // number (a card may follow other digits: "ref 12 4111 1111 …").
+            let mut first = 0;
+            while first < groups.len() {
+                let mut hit = None;
+                let mut total = 0;
+                for last in first..groups.len() {
+                    total += groups[last].1 - groups[last].0;
+                    if total > 19 {
+                        break;
+                    }
+                    let lens: Vec<usize> =
+                        groups[first..=last].iter().map(|(a, b)| b - a).collect();
+                    if total >= 13 && card_shaped(&lens) {
+                        let digits: Vec<u8> = groups[first..=last]
+                            .iter()
+                            .flat_map(|(a, b)| bytes[*a..*b].iter().map(|d| d - b'0'))
+                            .collect();
+                        if looks_like_card(&digits) {
+                            hit = Some(last);
+                        }
+                    }
+                }
+                match hit {
+                    Some(last) => {
+                        found.insert(0, (groups[first].0, groups[last].1));
+                        first = last + 1;
+                    }
+                    None => first += 1,
+                }
             }
         }
-        None
-    })
-}
-
-/// A run longer than 19 digits is not itself a card number, but a card number
-/// could be glued to other digits by a separator ("ref 12 4111 1111 1111
-/// 1111"): test every 13–19 digit window that starts like a card.
-fn any_card_window(digits: &[u8]) -> bool {
-    if digits.len() < 13 {
-        return false;
-    }
-    (0..=digits.len() - 13).any(|start| {
-        (13..=19)
-            .filter(|len| start + len <= digits.len())
-            .any(|len| looks_like_card(&digits[start..start + len]))
     })
 }
 
@@ -146,6 +178,28 @@ mod tests {
         assert!(!contains_pan(&mask_pans(
             "a 5500-0000-0000-0004 b 378282246310005"
         )));
+    }
+
+    #[test]
+    fn digit_groups_that_are_not_card_shaped_are_left_alone() {
+        for id in [
+            // UUIDs whose digit groups, joined by dashes, pass Luhn.
+            "a4448023-5727-445f-a5c3-32b8d618a3ca",
+            "12345678-1234-1234-1234-123456789012",
+            // A long reference number and a phone number.
+            "40004111111111111111",
+            "+49 30 1234 5678 9012",
+        ] {
+            assert!(!contains_pan(id), "{id}");
+        }
+        for pan in [
+            "4111 1111 1111 1111 123",
+            "3782 822463 10005",
+            "ref 12 4111 1111 1111 1111",
+            "x4242424242424242y",
+        ] {
+            assert!(contains_pan(pan), "{pan}");
+        }
     }
 
     #[test]

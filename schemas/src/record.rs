@@ -125,13 +125,23 @@ const MAX_DATE: NaiveDate = NaiveDate::from_ymd_opt(2199, 12, 31).unwrap();
 impl ExpenseRecord {
     /// Validates one record given as the raw text of a JSON object.
     pub fn from_json(raw: &str) -> Result<Self, RecordError> {
-        let fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw).map_err(|e| {
-            RecordError::new(
-                ErrorCode::InvalidJson,
-                None,
-                format!("record is not a JSON object: {e}"),
-            )
-        })?;
+        let fields = match unique_object(raw) {
+            Ok(fields) => fields,
+            Err(Unique::Duplicate(name)) => {
+                return Err(RecordError::new(
+                    ErrorCode::DuplicateField,
+                    None,
+                    format!("field `{}` appears more than once", echo(&name, 64)),
+                ));
+            }
+            Err(Unique::Json(e)) => {
+                return Err(RecordError::new(
+                    ErrorCode::InvalidJson,
+                    None,
+                    format!("record is not a JSON object: {e}"),
+                ));
+            }
+        };
         Fields(fields).validate()
     }
 }
@@ -430,8 +440,13 @@ impl<'a> Fields<'a> {
         } else {
             raw.get()
         };
-        let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)
-            .map_err(|_| invalid("`metadata` must be a JSON object".into()))?;
+        let map = unique_object(text).map_err(|e| match e {
+            Unique::Duplicate(key) => invalid(format!(
+                "metadata key `{}` appears more than once",
+                echo(&key, 64)
+            )),
+            Unique::Json(_) => invalid("`metadata` must be a JSON object".into()),
+        })?;
         if map.len() > limits::METADATA_KEYS {
             return Err(invalid(format!(
                 "`metadata` has more than {} keys",
@@ -532,6 +547,60 @@ fn amount_error(field: &'static str, error: AmountError, currency: Currency) -> 
         other => format!("`{field}`: {other}"),
     };
     RecordError::field(code, field, message)
+}
+
+/// Why an object could not be read with unique keys.
+enum Unique {
+    Json(serde_json::Error),
+    Duplicate(String),
+}
+
+/// Reads a JSON object's fields, refusing a key that appears twice. JSON
+/// parsers keep the last duplicate, but the log keeps the raw text: a first
+/// `"memo"` holding a card number would pass validation and be stored.
+fn unique_object(text: &str) -> Result<BTreeMap<String, &RawValue>, Unique> {
+    use serde::de::{DeserializeSeed, MapAccess, Visitor};
+
+    struct Seed<'d>(&'d mut Option<String>);
+
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = BTreeMap<String, &'de RawValue>;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = BTreeMap<String, &'de RawValue>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                if out.contains_key(&key) {
+                    *self.0 = Some(key);
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    let mut duplicate = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Seed(&mut duplicate)
+        .deserialize(&mut de)
+        .and_then(|fields| de.end().map(|()| fields));
+    match (parsed, duplicate) {
+        (_, Some(key)) => Err(Unique::Duplicate(key)),
+        (Ok(fields), None) => Ok(fields),
+        (Err(e), None) => Err(Unique::Json(e)),
+    }
 }
 
 /// A sent value as it may be quoted back: card numbers masked first (so a
@@ -713,6 +782,24 @@ mod tests {
         }
         let err = ExpenseRecord::from_json(&format!("\"{pan}\"")).unwrap_err();
         assert!(!contains_pan(&err.message), "{}", err.message);
+    }
+
+    /// Parsers keep the last of two equal keys, but the raw text is what the
+    /// log stores: a duplicate is refused, so the first cannot smuggle
+    /// anything past validation.
+    #[test]
+    fn a_field_or_metadata_key_sent_twice_is_refused() {
+        let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount":"1","currency":"USD","memo":"4111 1111 1111 1111","memo":"x"}"#;
+        let err = ExpenseRecord::from_json(raw).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DuplicateField);
+        assert!(err.message.contains("`memo`"), "{}", err.message);
+        let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount":"1","currency":"USD","metadata":{"k":"4111 1111 1111 1111","k":"x"}}"#;
+        let err = ExpenseRecord::from_json(raw).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidMetadata);
+        assert!(err.message.contains("`k`"), "{}", err.message);
+        // The same key in two different objects is fine.
+        let raw = r#"{"source":"s","external_id":"e","account_id":"a","transaction_date":"2026-01-01","amount":"1","currency":"USD","metadata":{"memo":"x"},"memo":"y"}"#;
+        ExpenseRecord::from_json(raw).unwrap();
     }
 
     #[test]

@@ -83,6 +83,9 @@ fn header(cells: &[&[u8]]) -> Result<Vec<String>, String> {
                     .collect::<String>()
             ));
         }
+        if !name.is_empty() && names.iter().any(|n| n == name) {
+            return Err(format!("`{name}` appears twice in the CSV header"));
+        }
         names.push(name.to_string());
     }
     if names.iter().all(String::is_empty) {
@@ -242,6 +245,13 @@ mod tests {
         assert!(matches!(
             collect(Format::Csv, b"").1,
             End::Unframable { .. }
+        ));
+        assert!(matches!(
+            collect(Format::Csv, b"memo,source,memo\na,b,c\n").1,
+            End::Unframable {
+                code: "invalid_csv_header",
+                ..
+            }
         ));
         let (items, end) = collect(
             Format::Csv,
