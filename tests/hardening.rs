@@ -58,6 +58,15 @@ async fn trickle_body(addr: String, token: String) -> Option<u16> {
     status_of(&response)
 }
 
+/// A client that connects and sends `first` (maybe nothing), then waits.
+/// Returns whether the server closed the connection.
+async fn silent(addr: String, first: &'static [u8]) -> bool {
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(first).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.is_ok()
+}
+
 /// A client that sends its request head one byte every half second.
 async fn trickle_head(addr: String) -> Option<u16> {
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -79,10 +88,11 @@ async fn trickle_head(addr: String) -> Option<u16> {
     status_of(&response)
 }
 
-/// 300 connections of one tenant trickling their bodies and 50 trickling
-/// their request heads: another tenant is still served at once, and every
-/// slow connection is answered (429 past the tenant's share, 408 when its
-/// body times out) and closed by the server.
+/// 300 connections of one tenant trickling their bodies, 50 trickling
+/// their request heads and 50 sending nothing (or only the first byte of an
+/// HTTP/2 preface): another tenant is still served at once, and every slow
+/// connection is answered (429 past the tenant's share, 408 when its body
+/// times out) or cut off by the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_neither_starve_other_tenants_nor_stay_connected() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,6 +121,10 @@ async fn slow_clients_neither_starve_other_tenants_nor_stay_connected() {
     let mut heads = tokio::task::JoinSet::new();
     for _ in 0..50 {
         heads.spawn(trickle_head(addr.clone()));
+    }
+    let mut silents = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        silents.spawn(silent(addr.clone(), if i % 2 == 0 { b"" } else { b"P" }));
     }
     // The tenant's share is taken once everything past it was refused.
     let mut poll = Deadline::new(Duration::from_secs(30), Duration::from_millis(100));
@@ -147,6 +161,9 @@ async fn slow_clients_neither_starve_other_tenants_nor_stay_connected() {
         while let Some(status) = heads.join_next().await {
             status.unwrap();
         }
+        while let Some(closed) = silents.join_next().await {
+            assert!(closed.unwrap(), "a silent connection ended in an error");
+        }
         statuses
     };
     let statuses = tokio::time::timeout(Duration::from_secs(60), all)
@@ -158,7 +175,12 @@ async fn slow_clients_neither_starve_other_tenants_nor_stay_connected() {
         300,
         "{statuses:?}"
     );
-    assert_eq!(statuses.get(&Some(408)), Some(&32), "{statuses:?}");
+    // At least the tenant's 32 slots timed out (more if slots freed before
+    // every slow client had connected).
+    assert!(
+        statuses.get(&Some(408)).copied().unwrap_or(0) >= 32,
+        "{statuses:?}"
+    );
     common::assert_documented(&base).await;
 }
 
@@ -245,8 +267,9 @@ async fn bodies_built_to_exhaust_memory_are_answered_in_bounded_memory() {
     common::assert_documented(&server.base).await;
 }
 
-/// Card numbers hide in fields the first PAN check did not read: every one
-/// is refused and nothing of them reaches the log.
+/// Card numbers hide in fields the first PAN check did not read, and behind
+/// a repeated key (parsers keep the last; the log keeps the raw text):
+/// every one is refused and nothing of them reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn card_numbers_in_ids_and_metadata_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,6 +279,7 @@ async fn card_numbers_in_ids_and_metadata_keys_are_refused() {
         r#"{"source":"s","external_id":"e1","related_external_id":"4111 1111 1111 1111","account_id":"a","transaction_date":"2026-01-02","amount":"1","currency":"USD"}"#,
         r#"{"source":"visa-4111111111111111","external_id":"e2","account_id":"a","transaction_date":"2026-01-02","amount":"1","currency":"USD"}"#,
         r#"{"source":"s","external_id":"e3","account_id":"a","transaction_date":"2026-01-02","amount":"1","currency":"USD","metadata":{"5500000000000004":"x"}}"#,
+        r#"{"source":"s","external_id":"e4","account_id":"a","transaction_date":"2026-01-02","amount":"1","currency":"USD","memo":"4111 1111 1111 1111","memo":"lunch"}"#,
     ]
     .join("\n");
     let resp = common::post_ndjson(&reqwest::Client::new(), &base, body).await;
@@ -264,53 +288,58 @@ async fn card_numbers_in_ids_and_metadata_keys_are_refused() {
     assert!(!spendstream_schemas::pan::contains_pan(&text), "{text}");
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["rejected_by_code"]["pan_detected"], 3, "{body}");
+    assert_eq!(body["rejected_by_code"]["duplicate_field"], 1, "{body}");
     let log = running.log.clone().unwrap();
     assert_eq!(log.end_offsets().await.unwrap().iter().sum::<i64>(), 0);
     running.shutdown().await.unwrap();
 }
 
-/// Ingests `n` records from `start` and waits until the reports hold
-/// exactly `model` (and the lake no row twice).
+type Model = std::collections::BTreeMap<String, i64>;
+
+/// Ingests `n` records from `start`, amounts raised by `bump`, and waits
+/// until the reports hold exactly `model` (and the lake no row twice).
 async fn ingest_and_settle(
     running: &Running,
     dir: &Path,
-    start: usize,
-    n: usize,
-    model: &mut std::collections::BTreeMap<String, i64>,
+    (start, n, bump): (usize, usize, i64),
+    model: &mut Model,
 ) {
     let base = format!("http://{}", running.addr);
-    model.extend(common::ingest(&base, start, n).await);
+    model.extend(common::ingest_bumped(&base, start, n, bump).await);
     common::settle_exactly(&base, dir, model).await;
 }
 
-/// The embedded log is wiped (the lake kept): its offsets start again at 0,
-/// and the new records must not be taken for replays of the old ones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_log_under_a_kept_lake_loses_nothing() {
+/// What a new log under a kept lake must get right: records of new
+/// identities are written (their offsets, starting again at 0, are not
+/// replays), and new versions of identities the lake already holds win
+/// over the old ones (their versions rank above the old log's).
+async fn a_new_log_under_a_kept_lake(first: &Backend, second: &Backend, wipe: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = Default::default();
-    let running = common::start(dir.path()).await;
-    ingest_and_settle(&running, dir.path(), 0, 3_000, &mut model).await;
+    let mut model = Model::new();
+    let running = first.start(dir.path()).await;
+    ingest_and_settle(&running, dir.path(), (0, 3_000, 0), &mut model).await;
     running.shutdown().await.unwrap();
-    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
-    let running = common::start(dir.path()).await;
-    ingest_and_settle(&running, dir.path(), 3_000, 500, &mut model).await;
+    if wipe {
+        std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+    }
+    let running = second.start(dir.path()).await;
+    // New amounts for the identities the old log wrote last (at its highest
+    // offsets): first in the new log, so at its lowest; then 500 new ones.
+    ingest_and_settle(&running, dir.path(), (2_500, 500, 17), &mut model).await;
+    ingest_and_settle(&running, dir.path(), (3_000, 500, 0), &mut model).await;
     running.shutdown().await.unwrap();
 }
 
-/// The growth path: the same lake, first on the embedded log, then on Kafka
-/// (whose offsets also start at 0).
+/// The embedded log is wiped (the lake kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_log_under_a_kept_lake_loses_nothing() {
+    a_new_log_under_a_kept_lake(&Backend::Embedded, &Backend::Embedded, true).await;
+}
+
+/// The growth path: the same lake, first on the embedded log, then on Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_from_the_embedded_log_to_kafka_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut model = Default::default();
-    let running = Backend::Embedded.start(dir.path()).await;
-    ingest_and_settle(&running, dir.path(), 0, 2_000, &mut model).await;
-    running.shutdown().await.unwrap();
-    let kafka = Backend::kafka();
-    let running = kafka.start(dir.path()).await;
-    ingest_and_settle(&running, dir.path(), 2_000, 500, &mut model).await;
-    running.shutdown().await.unwrap();
+    a_new_log_under_a_kept_lake(&Backend::Embedded, &Backend::kafka(), false).await;
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -327,14 +356,14 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_restored_from_an_older_copy_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut model = Default::default();
+    let mut model = Model::new();
     let running = common::start(dir.path()).await;
-    ingest_and_settle(&running, dir.path(), 0, 500, &mut model).await;
+    ingest_and_settle(&running, dir.path(), (0, 500, 0), &mut model).await;
     running.shutdown().await.unwrap();
     let backup = tempfile::tempdir().unwrap();
     copy_dir(&dir.path().join("log"), backup.path());
     let running = common::start(dir.path()).await;
-    ingest_and_settle(&running, dir.path(), 500, 2_000, &mut model).await;
+    ingest_and_settle(&running, dir.path(), (500, 2_000, 0), &mut model).await;
     running.shutdown().await.unwrap();
     std::fs::remove_dir_all(dir.path().join("log")).unwrap();
     copy_dir(backup.path(), &dir.path().join("log"));
@@ -382,6 +411,37 @@ async fn a_kafka_log_behind_the_lake_is_refused() {
     );
 }
 
+/// A Kafka group whose committed offsets are past the topic's end (the topic
+/// was recreated, the group's offsets kept) is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_group_committed_past_the_log_end_is_refused() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = TestKafka::start_mock(4).unwrap();
+    let config = kafka.config();
+    let committer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", config.group_id("test-group"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&config.raw_topic(), 1, rdkafka::Offset::Offset(500))
+        .unwrap();
+    committer.commit(&offsets, CommitMode::Sync).unwrap();
+    drop(committer);
+    let backend = Backend::Kafka(kafka);
+    let error = match spendstream::start(backend.settings(dir.path())).await {
+        Ok(_) => panic!("started with a group committed past the log end"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("has committed offset 500 of partition 1"),
+        "{error}"
+    );
+}
+
 /// Two processors on one embedded data directory would each consume every
 /// partition; the second is refused with a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,8 +475,8 @@ async fn lake_commits_failing_after_they_were_written_are_not_written_twice() {
     let dir = tempfile::tempdir().unwrap();
     let running = common::start(dir.path()).await;
     running.lake.as_ref().unwrap().fail_after_next_commits(3);
-    let mut model = Default::default();
-    ingest_and_settle(&running, dir.path(), 0, 6_000, &mut model).await;
+    let mut model = Model::new();
+    ingest_and_settle(&running, dir.path(), (0, 6_000, 0), &mut model).await;
     running.shutdown().await.unwrap();
 }
 

@@ -21,6 +21,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("the lake table's schema does not match this version: missing column `{0}`")]
     SchemaMismatch(String),
+    #[error("the lake has numbered every log generation it can (2^19)")]
+    GenerationsExhausted,
     /// A failure injected by a test after a commit was written.
     #[error("injected failure after the commit was written")]
     Injected,
@@ -47,7 +49,8 @@ impl Error {
             Error::UnsupportedUrl(_)
             | Error::InvalidUrl { .. }
             | Error::Arrow(_)
-            | Error::SchemaMismatch(_) => false,
+            | Error::SchemaMismatch(_)
+            | Error::GenerationsExhausted => false,
         }
     }
 }

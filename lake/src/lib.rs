@@ -26,6 +26,11 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use url::Url;
 
+/// The application transaction counting log generations.
+const GENERATION_COUNTER: &str = "spendstream.log_generations";
+/// Prefix of the application transaction holding one log's generation.
+const GENERATION_PREFIX: &str = "spendstream.log_generation.";
+
 /// One application transaction: "everything of `app_id` up to `version` is in
 /// the table".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +237,59 @@ impl Lake {
             table_version,
             rows: n,
         })
+    }
+
+    /// The generation the log `log_id` writes under (see
+    /// `spendstream_schemas::record_version`): its own when it is the
+    /// newest log that wrote to this table, else a new one above every
+    /// generation given so far. Kept as two application transactions (the
+    /// counter and the log's own), committed together, so two processes
+    /// racing get one answer: the loser's commit conflicts and it reads
+    /// again.
+    pub async fn log_generation(&self, log_id: &str) -> Result<u32> {
+        let own = format!("{GENERATION_PREFIX}{log_id}");
+        let ids = [own.clone(), GENERATION_COUNTER.to_string()];
+        let mut conflicts = 0;
+        loop {
+            let mut table = self.table.lock().await;
+            table.update_state().await?;
+            let held = read_versions(&table, ids.iter().map(String::as_str)).await?;
+            let newest = held[1].unwrap_or(0);
+            if let Some(generation) = held[0]
+                && generation == newest
+            {
+                return u32::try_from(generation).map_err(|_| Error::GenerationsExhausted);
+            }
+            let next = newest + 1;
+            if next > i64::from(spendstream_schemas::enriched::MAX_GENERATION) {
+                return Err(Error::GenerationsExhausted);
+            }
+            let empty = spendstream_schemas::to_record_batch(&[])?;
+            let written = table
+                .clone()
+                .write(vec![empty])
+                .with_save_mode(SaveMode::Append)
+                .with_partition_columns(PARTITION_COLUMNS)
+                .with_commit_properties(CommitProperties::default().with_application_transactions(
+                    vec![
+                        Transaction::new(own.clone(), next),
+                        Transaction::new(GENERATION_COUNTER, next),
+                    ],
+                ))
+                .await;
+            match written {
+                Ok(written) => {
+                    *table = written;
+                    return u32::try_from(next).map_err(|_| Error::GenerationsExhausted);
+                }
+                // Another process numbered a log meanwhile: read again.
+                Err(e) if conflicts < 20 => {
+                    conflicts += 1;
+                    tracing::debug!(error = %e, "Numbering a log generation raced; reading again.");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A DataFusion table provider over the newest committed state.

@@ -160,3 +160,22 @@ async fn a_commit_retried_after_it_was_written_is_not_written_twice() {
     assert_eq!(lake.txn_version("g-1").await.unwrap(), Some(0));
     assert_eq!(sum_and_count(&lake, "t1").await, (4, 1500));
 }
+
+/// Each log gets a generation above every earlier one; a log that writes
+/// again after another one did gets a new, higher one; racing processes of
+/// one log agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_generations_increase_with_each_log_that_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("lake").display());
+    let lake = Lake::open(&url).await.unwrap();
+    let other = Lake::open(&url).await.unwrap();
+    let (a, b) = tokio::join!(lake.log_generation("log-a"), other.log_generation("log-a"));
+    assert_eq!((a.unwrap(), b.unwrap()), (1, 1));
+    assert_eq!(lake.log_generation("log-a").await.unwrap(), 1);
+    assert_eq!(other.log_generation("log-b").await.unwrap(), 2);
+    assert_eq!(lake.log_generation("log-b").await.unwrap(), 2);
+    // Back to the first log: it must outrank what log-b wrote.
+    assert_eq!(lake.log_generation("log-a").await.unwrap(), 3);
+    assert_eq!(sum_and_count(&lake, "t1").await, (0, 0));
+}

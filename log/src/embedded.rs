@@ -525,6 +525,17 @@ impl LogConsumer for EmbeddedConsumer {
         }
     }
 
+    async fn committed(&mut self) -> Result<Vec<Offset>> {
+        let conn = self.conn.clone();
+        let group = self.group.clone();
+        let partitions = self.log.inner.partitions;
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            read_group_offsets(&conn, &group, partitions)
+        })
+        .await?
+    }
+
     async fn commit(&mut self, offsets: &[(Partition, Offset)]) -> Result<()> {
         let partitions = self.log.inner.partitions;
         if let Some((p, _)) = offsets.iter().find(|(p, _)| *p >= partitions) {

@@ -134,6 +134,10 @@ pub trait LogConsumer: Send {
     /// A commit never moves a group backwards.
     async fn commit(&mut self, offsets: &[(Partition, Offset)]) -> Result<()>;
 
+    /// The group's committed next offset of every partition (0 where it has
+    /// committed nothing).
+    async fn committed(&mut self) -> Result<Vec<Offset>>;
+
     /// Partitions taken from this member by a group rebalance since the last
     /// call. Records of them that the caller holds from earlier polls must be
     /// dropped without committing: the new owner reads them again from the

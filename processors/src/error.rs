@@ -24,6 +24,17 @@ pub enum Error {
         version: Offset,
         end: Offset,
     },
+    #[error(
+        "group `{group}` has committed offset {committed} of partition {partition}, but the log \
+         ends at offset {end}: the topic was recreated (or the log replaced) while the group's \
+         offsets were kept; see docs/runbooks/incidents.md (\"Log behind the lake\")"
+    )]
+    LogBehindGroup {
+        group: String,
+        partition: Partition,
+        committed: Offset,
+        end: Offset,
+    },
 }
 
 impl Error {
@@ -32,7 +43,7 @@ impl Error {
         match self {
             Error::Log(e) => e.is_transient(),
             Error::Lake(e) => e.is_transient(),
-            Error::Arrow(_) | Error::LogBehindLake { .. } => false,
+            Error::Arrow(_) | Error::LogBehindLake { .. } | Error::LogBehindGroup { .. } => false,
         }
     }
 }

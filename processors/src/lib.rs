@@ -21,7 +21,7 @@ use chrono::Utc;
 use sink::dead_letter::DeadLetterSink;
 use sink::lake::LakeSink;
 use spendstream_lake::Lake;
-use spendstream_log::{Consumed, Log, LogConsumer};
+use spendstream_log::{Consumed, Log, LogConsumer, Partition};
 use spendstream_schemas::error::Chain;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +49,8 @@ pub struct Processor {
     lake: LakeSink,
     dead_letters: DeadLetterSink,
     stats: Arc<ProcessorStats>,
+    /// The log's generation in the lake, set by [`Processor::join`].
+    generation: std::sync::OnceLock<u32>,
 }
 
 /// Test hook: `SPENDSTREAM_FAILPOINT=after_lake_commit` aborts the process
@@ -83,6 +85,7 @@ impl Processor {
             lake,
             dead_letters,
             stats: Arc::default(),
+            generation: std::sync::OnceLock::new(),
         }
     }
 
@@ -129,7 +132,31 @@ impl Processor {
     /// same embedded log) fails here, before the caller reports it started.
     pub async fn join(&self) -> Result<Box<dyn LogConsumer>> {
         self.check_log_against_lake().await?;
-        Ok(self.log.consumer(&self.config.group).await?)
+        let mut consumer = self.log.consumer(&self.config.group).await?;
+        // A group committed past the log's end: the topic was recreated (or
+        // the log replaced) while the group's offsets were kept.
+        let committed = consumer.committed().await?;
+        let ends = self.log.end_offsets().await?;
+        if let Some((partition, (committed, end))) = committed
+            .iter()
+            .zip(&ends)
+            .enumerate()
+            .find(|(_, (c, e))| c > e)
+        {
+            return Err(Error::LogBehindGroup {
+                group: self.config.group.clone(),
+                partition: partition as Partition,
+                committed: *committed,
+                end: *end,
+            });
+        }
+        let generation = retry("Numbering the log's generation in the lake", || {
+            self.lake.log_generation()
+        })
+        .await?;
+        let _ = self.generation.set(generation);
+        info!(generation, "Writing under this log generation.");
+        Ok(consumer)
     }
 
     /// [`Processor::run_until_stopped`] with the consumer [`Processor::join`]
@@ -198,11 +225,17 @@ impl Processor {
 
         let processed_at = Utc::now();
         let group = self.config.group.as_str();
+        let generation = self.generation.get().copied().unwrap_or_default();
         let mut rows = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
         for entry in &batch {
             match transform::validate::validate(entry, group) {
-                Ok(valid) => rows.push(transform::enrich::enrich(entry, valid, processed_at)),
+                Ok(valid) => rows.push(transform::enrich::enrich(
+                    entry,
+                    valid,
+                    generation,
+                    processed_at,
+                )),
                 Err(letter) => letters.push(*letter),
             }
         }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 pub struct EnrichedRecord {
     pub expense_id: Uuid,
     pub tenant_id: String,
-    /// Monotonic per expense: the log offset of this version.
+    /// Monotonic per expense: see [`record_version`].
     pub version: i64,
     pub record: ExpenseRecord,
     pub category: Category,
@@ -27,6 +27,25 @@ pub struct EnrichedRecord {
     pub processed_at: DateTime<Utc>,
     pub log_partition: i32,
     pub log_offset: i64,
+}
+
+/// Bits of a version that hold the log offset; the bits above hold the
+/// log's generation.
+pub const VERSION_OFFSET_BITS: u32 = 44;
+/// Most generations a lake can number (2^19 logs).
+pub const MAX_GENERATION: u32 = (1 << (63 - VERSION_OFFSET_BITS)) - 1;
+
+/// The version of a record read at `offset` of a log of `generation`:
+/// `generation · 2^44 + offset`. Within one log, offsets order the versions
+/// of an expense (one key, one partition, in order); a log that replaces
+/// another (a wiped log, a move to Kafka) gets a higher generation from the
+/// lake, so its records are newer than anything the old log wrote even
+/// though its offsets start again at 0. Offsets past 2^44 (17.6 trillion
+/// records in one partition) saturate rather than spill into the
+/// generation.
+pub fn record_version(generation: u32, offset: i64) -> i64 {
+    let offset = offset.clamp(0, (1 << VERSION_OFFSET_BITS) - 1);
+    (i64::from(generation.min(MAX_GENERATION)) << VERSION_OFFSET_BITS) | offset
 }
 
 impl EnrichedRecord {
@@ -174,6 +193,23 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
         Arc::new(offset.finish()),
     ];
     RecordBatch::try_new(arrow_schema(), columns)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn a_later_generation_outranks_any_offset_of_an_earlier_one() {
+        assert_eq!(record_version(0, 7), 7);
+        assert!(record_version(2, 0) > record_version(1, (1 << 44) - 1));
+        assert!(record_version(1, 5) < record_version(1, 6));
+        assert!(record_version(MAX_GENERATION, (1 << 44) - 1) > 0);
+        assert_eq!(
+            record_version(1, i64::MAX),
+            record_version(1, (1 << 44) - 1)
+        );
+    }
 }
 
 #[cfg(test)]

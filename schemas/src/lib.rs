@@ -14,7 +14,7 @@ pub mod record;
 
 pub use category::Category;
 pub use currency::Currency;
-pub use enriched::{EnrichedRecord, arrow_schema, to_record_batch};
+pub use enriched::{EnrichedRecord, arrow_schema, record_version, to_record_batch};
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeWriter};
 pub use error::{ErrorCode, RecordError};
 pub use identity::{expense_id, identity_key, valid_tenant_id};

@@ -204,6 +204,29 @@ impl LogConsumer for KafkaConsumer {
         Ok(out)
     }
 
+    async fn committed(&mut self) -> Result<Vec<Offset>> {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let partitions = self.partitions;
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            let mut ask = TopicPartitionList::new();
+            for p in 0..partitions {
+                ask.add_partition(&topic, p as i32);
+            }
+            let current = consumer.committed_offsets(ask, timeout)?;
+            Ok((0..partitions)
+                .map(
+                    |p| match current.find_partition(&topic, p as i32).map(|e| e.offset()) {
+                        Some(KafkaOffset::Offset(o)) => o,
+                        _ => 0,
+                    },
+                )
+                .collect())
+        })
+        .await?
+    }
+
     async fn commit(&mut self, offsets: &[(Partition, Offset)]) -> Result<()> {
         if let Some((p, _)) = offsets.iter().find(|(p, _)| *p >= self.partitions) {
             return Err(Error::UnknownPartition(*p));

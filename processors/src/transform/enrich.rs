@@ -3,11 +3,18 @@
 use super::validate::Valid;
 use chrono::{DateTime, Utc};
 use spendstream_log::Consumed;
-use spendstream_schemas::{Category, EnrichedRecord, expense_id};
+use spendstream_schemas::{Category, EnrichedRecord, expense_id, record_version};
 
-/// Turns a validated entry into a lake row. The version is the log offset:
-/// every version of one expense is in one partition, so offsets order them.
-pub fn enrich(entry: &Consumed, valid: Valid, processed_at: DateTime<Utc>) -> EnrichedRecord {
+/// Turns a validated entry into a lake row. The version is the log offset
+/// (every version of one expense is in one partition, so offsets order
+/// them) above the log's `generation`, so a log that replaced another one
+/// writes newer versions than it, though its offsets start again at 0.
+pub fn enrich(
+    entry: &Consumed,
+    valid: Valid,
+    generation: u32,
+    processed_at: DateTime<Utc>,
+) -> EnrichedRecord {
     let Valid {
         tenant_id,
         batch_id,
@@ -26,7 +33,7 @@ pub fn enrich(entry: &Consumed, valid: Valid, processed_at: DateTime<Utc>) -> En
     EnrichedRecord {
         expense_id: expense_id(&tenant_id, &record.source, &record.external_id),
         tenant_id,
-        version: entry.offset,
+        version: record_version(generation, entry.offset),
         record,
         category,
         merchant_normalized,

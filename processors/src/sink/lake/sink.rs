@@ -27,6 +27,12 @@ impl LakeSink {
         }
     }
 
+    /// The generation this sink's log writes under (see
+    /// `Lake::log_generation`).
+    pub async fn log_generation(&self) -> Result<u32> {
+        Ok(self.lake.log_generation(&self.log_id).await?)
+    }
+
     fn app_id(&self, partition: Partition) -> String {
         app_id(&self.group, &self.log_id, partition)
     }
