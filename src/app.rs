@@ -246,62 +246,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None
     };
 
-    let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
-    let mut router = axum::Router::new();
-    if let Some(log) = &log {
-        let l = log.clone();
-        checks.push((
-            "log",
-            Arc::new(move || {
-                let l = l.clone();
-                Box::pin(async move {
-                    l.ping()
-                        .await
-                        .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
-                })
-            }),
-        ));
-    }
-    if let Some(lake) = &lake {
-        let l = lake.clone();
-        checks.push((
-            "lake",
-            Arc::new(move || {
-                let l = l.clone();
-                Box::pin(async move {
-                    l.txn_version("readyz")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
-                })
-            }),
-        ));
-    }
-    if roles.ingest
-        && let Some(log) = &log
-    {
-        router = router.merge(spendstream_ingest::router(
-            IngestState::new(keys.clone(), log, ingest).with_operator_tenant(operator_tenant),
-        ));
-    }
-    if roles.query
-        && let Some(lake) = &lake
-    {
-        router = router.merge(spendstream_query_api::router(QueryState {
-            keys: keys.clone(),
-            lake: lake.clone(),
-        }));
-    }
-    let router = router.route(
-        "/v1/openapi.json",
-        axum::routing::get(|| async {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                OPENAPI,
-            )
-        }),
+    let router = router(
+        roles,
+        &keys,
+        log.as_ref(),
+        lake.as_ref(),
+        ingest,
+        operator_tenant,
     );
-    let router = spendstream_http::finish(router.merge(spendstream_http::ops::router(checks)));
 
     let mut stats = None;
     if roles.process
@@ -403,4 +355,73 @@ async fn compact_periodically(lake: Arc<Lake>, every: Duration, stop: Cancellati
             ),
         }
     }
+}
+
+/// The HTTP routes of the roles in `roles` (ingest on `log`, query on
+/// `lake`), the operations routes with a readiness check per backend, and
+/// the shared layers. Starts ingest's group-commit task.
+pub fn router(
+    roles: Roles,
+    keys: &JwtKeys,
+    log: Option<&Arc<dyn Log>>,
+    lake: Option<&Arc<Lake>>,
+    ingest: IngestConfig,
+    operator_tenant: Option<String>,
+) -> axum::Router {
+    let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
+    let mut router = axum::Router::new();
+    if let Some(log) = log {
+        let l = log.clone();
+        checks.push((
+            "log",
+            Arc::new(move || {
+                let l = l.clone();
+                Box::pin(async move {
+                    l.ping()
+                        .await
+                        .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
+                })
+            }),
+        ));
+    }
+    if let Some(lake) = lake {
+        let l = lake.clone();
+        checks.push((
+            "lake",
+            Arc::new(move || {
+                let l = l.clone();
+                Box::pin(async move {
+                    l.txn_version("readyz")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
+                })
+            }),
+        ));
+    }
+    if roles.ingest
+        && let Some(log) = log
+    {
+        router = router.merge(spendstream_ingest::router(
+            IngestState::new(keys.clone(), log, ingest).with_operator_tenant(operator_tenant),
+        ));
+    }
+    if roles.query
+        && let Some(lake) = lake
+    {
+        router = router.merge(spendstream_query_api::router(QueryState {
+            keys: keys.clone(),
+            lake: lake.clone(),
+        }));
+    }
+    let router = router.route(
+        "/v1/openapi.json",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                OPENAPI,
+            )
+        }),
+    );
+    spendstream_http::finish(router.merge(spendstream_http::ops::router(checks)))
 }

@@ -115,6 +115,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after, .. }
             | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::RequestTimeout { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

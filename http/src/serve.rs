@@ -1,11 +1,15 @@
-//! The HTTP server: an axum router on hyper with the limits `axum::serve`
-//! does not set. A client that sends its request head slowly (or holds an
-//! idle keep-alive connection) is cut off after `header_read_timeout`; past
-//! `max_connections` new connections are closed at once instead of piling
-//! up; shutdown lets requests in flight finish, up to `drain_timeout`.
+//! The HTTP server: an axum router on hyper's HTTP/1.1 server with the
+//! limits `axum::serve` does not set. A client that sends nothing, sends its
+//! request head slowly, or idles on a keep-alive connection is cut off after
+//! `header_read_timeout` (the timer starts as soon as the server waits for a
+//! head: HTTP/1 only, because protocol sniffing for HTTP/2 would wait for
+//! bytes without a timer); past `max_connections` (never more than the
+//! process may open files for) new connections are closed at once instead
+//! of piling up; shutdown lets requests in flight finish, up to
+//! `drain_timeout`.
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,13 +48,13 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max_connections = connection_cap(limits.max_connections);
+    let slots = Arc::new(Semaphore::new(max_connections));
     let (closing, closing_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -77,7 +81,9 @@ pub async fn serve(
         let builder = builder.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -96,15 +102,46 @@ pub async fn serve(
     }
     drop(listener);
     let _ = closing.send(true);
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(limits.drain_timeout, slots.acquire_many(all))
         .await
         .is_err()
     {
         info!(
-            open = limits.max_connections - slots.available_permits(),
+            open = max_connections - slots.available_permits(),
             "Stopped waiting for open connections to finish."
         );
     }
     Ok(())
+}
+
+/// File descriptors kept for everything but client connections (the log,
+/// the lake, Kafka sockets, files being read).
+const RESERVED_FDS: usize = 256;
+
+/// `wanted`, lowered to what the open-files limit allows: past it `accept`
+/// fails for everyone, which a cap must prevent, not cause.
+fn connection_cap(wanted: usize) -> usize {
+    let Some(limit) = open_files_limit() else {
+        return wanted;
+    };
+    let allowed = limit.saturating_sub(RESERVED_FDS).max(16);
+    if wanted > allowed {
+        warn!(
+            wanted,
+            allowed,
+            open_files_limit = limit,
+            "--max-connections is above what the open-files limit allows; using the lower \
+             value (raise `ulimit -n` to allow more)."
+        );
+        return allowed;
+    }
+    wanted
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }

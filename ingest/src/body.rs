@@ -25,8 +25,10 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 pub enum BodyEnd {
     /// Read to its end (or not read to its end by choice).
     Whole,
-    /// Past the wire or decompressed limit.
+    /// Past the wire limit.
     TooLarge,
+    /// Past the decompressed limit.
+    TooLargeDecoded,
     /// Nothing arrived for the idle timeout, or it did not all arrive
     /// within the total timeout.
     TimedOut,
@@ -45,6 +47,7 @@ impl BodyEndHandle {
             BodyEnd::TooLarge => 1,
             BodyEnd::TimedOut => 2,
             BodyEnd::Broken => 3,
+            BodyEnd::TooLargeDecoded => 4,
         };
         let _ = self
             .0
@@ -56,6 +59,7 @@ impl BodyEndHandle {
             1 => BodyEnd::TooLarge,
             2 => BodyEnd::TimedOut,
             3 => BodyEnd::Broken,
+            4 => BodyEnd::TooLargeDecoded,
             _ => BodyEnd::Whole,
         }
     }
@@ -160,7 +164,10 @@ impl BodyReader {
         match end.get() {
             BodyEnd::Whole => Ok(fingerprint.finish()),
             BodyEnd::TooLarge => Err(ApiError::PayloadTooLarge {
-                limit: max_wire.min(max_decoded) as usize,
+                limit: max_wire as usize,
+            }),
+            BodyEnd::TooLargeDecoded => Err(ApiError::PayloadTooLarge {
+                limit: max_decoded as usize,
             }),
             BodyEnd::TimedOut => Err(ApiError::RequestTimeout {
                 code: "body_timeout",
@@ -245,7 +252,7 @@ impl<W: Read + Send + 'static> Read for Decoded<W> {
         };
         let n = reader.read(buf)?;
         if n as u64 > self.left {
-            self.end.set(BodyEnd::TooLarge);
+            self.end.set(BodyEnd::TooLargeDecoded);
             return Err(std::io::Error::other("decompressed body too large"));
         }
         self.left -= n as u64;

@@ -3,6 +3,11 @@
 use serde::Deserialize;
 use std::time::Duration;
 
+/// A claim on an idempotency key whose request has not finished after this
+/// long is taken over (its process died). Every request ends before it:
+/// the body and append timeouts must add up to less.
+pub const IDEMPOTENCY_STALE_AFTER: Duration = Duration::from_secs(900);
+
 /// Limits and batching of the HTTP edge.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -102,6 +107,15 @@ impl IngestConfig {
                 return Err(format!("{flag} must be at least 1"));
             }
         }
+        if self.body_timeout + self.append_timeout >= IDEMPOTENCY_STALE_AFTER {
+            return Err(format!(
+                "--body-timeout-secs ({}) plus --append-timeout-secs ({}) must stay under {} s, \
+                 the age at which an unfinished Idempotency-Key claim is taken over",
+                self.body_timeout.as_secs(),
+                self.append_timeout.as_secs(),
+                IDEMPOTENCY_STALE_AFTER.as_secs()
+            ));
+        }
         if self.body_idle_timeout > self.body_timeout {
             return Err(format!(
                 "--body-idle-timeout-secs ({}) must not be longer than --body-timeout-secs ({})",
@@ -178,6 +192,13 @@ mod tests {
                     ..Default::default()
                 },
                 "--append-timeout-secs",
+            ),
+            (
+                IngestConfig {
+                    body_timeout: Duration::from_secs(880),
+                    ..Default::default()
+                },
+                "--body-timeout-secs",
             ),
         ];
         for (config, flag) in cases {

@@ -9,6 +9,7 @@
 use crate::IngestState;
 use crate::body::{BodyEnd, BodyReader};
 use crate::committer::AppendError;
+use crate::config::IDEMPOTENCY_STALE_AFTER;
 use crate::decode::{self, End, Format, Item};
 use crate::in_flight::Shed;
 use axum::Json;
@@ -31,9 +32,6 @@ use tokio::sync::mpsc;
 use tracing::{error, info, instrument, warn};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// A claim whose request has not finished after this long is taken over (its
-/// process died); longer than any request can take.
-const IDEMPOTENCY_STALE_AFTER: Duration = Duration::from_secs(900);
 
 /// One rejected record in a response.
 #[derive(Debug, Serialize)]
@@ -474,7 +472,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
                 malformed_at,
                 "the body stopped arriving here",
             );
-            let mut out = partial_failure(
+            return partial_failure(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
@@ -484,10 +482,6 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
                 ),
                 response(accepted, rejected),
             );
-            let headers = out.response.headers_mut();
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return out;
         }
         BodyEnd::Broken => {
             cut(&mut rejected, malformed_at, "the body broke off here");
@@ -500,18 +494,22 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
                 response(accepted, rejected),
             );
         }
-        BodyEnd::TooLarge => {
+        BodyEnd::TooLarge | BodyEnd::TooLargeDecoded => {
             cut(
                 &mut rejected,
                 malformed_at,
                 "the body exceeded the size limit here",
             );
+            let limit = if body == BodyEnd::TooLarge {
+                format!("{} bytes on the wire", config.max_body_bytes)
+            } else {
+                format!("{} bytes decompressed", config.max_decompressed_bytes)
+            };
             return partial_failure(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
-                    "the body is larger than the limit ({} bytes on the wire, {} decompressed); {accepted} records before the cut were accepted",
-                    config.max_body_bytes, config.max_decompressed_bytes
+                    "the body is larger than the limit of {limit}; {accepted} records before the cut were accepted"
                 ),
                 response(accepted, rejected),
             );
@@ -580,11 +578,12 @@ fn partial_failure(
         fields.insert("request_id".into(), current_request_id().into());
     }
     let mut response = (status, Json(json)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let headers = response.headers_mut();
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::REQUEST_TIMEOUT {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    // The rest of the body (if any) was not read.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     Outcome {
         response,
         body_whole: false,

@@ -5,7 +5,7 @@ use spendstream_http::ApiError;
 /// What can go wrong answering a query.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("lake unavailable")]
+    #[error("reading the lake failed")]
     Lake(#[from] spendstream_lake::Error),
     #[error("query failed")]
     DataFusion(#[from] datafusion::error::DataFusionError),
@@ -16,10 +16,34 @@ pub enum Error {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
-            Error::Lake(e) => ApiError::unavailable("the lake", e),
+            // A retry helps only when the failure is transient (storage
+            // unreachable); a table of another schema is a 500, logged.
+            Error::Lake(e) if e.is_transient() => ApiError::unavailable("the lake", e),
             other => ApiError::internal(other),
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn only_transient_lake_failures_invite_a_retry() {
+        let transient = Error::Lake(spendstream_lake::Error::Io(std::io::Error::other("gone")));
+        assert_eq!(
+            ApiError::from(transient).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let permanent = Error::Lake(spendstream_lake::Error::SchemaMismatch(
+            "amount_minor".into(),
+        ));
+        assert_eq!(
+            ApiError::from(permanent).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

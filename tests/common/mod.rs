@@ -184,10 +184,16 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// NDJSON of records `start..start + n` of tenant `acme` (USD), and the
 /// model: external id → amount in minor units.
 pub fn acme_records(start: usize, n: usize) -> (String, BTreeMap<String, i64>) {
+    acme_records_bumped(start, n, 0)
+}
+
+/// [`acme_records`] with every amount raised by `bump` minor units: the same
+/// identities sent again as new versions.
+pub fn acme_records_bumped(start: usize, n: usize, bump: i64) -> (String, BTreeMap<String, i64>) {
     let mut body = String::new();
     let mut model = BTreeMap::new();
     for i in start..start + n {
-        let minor = (i as i64 * 7919) % 100_000 + 1;
+        let minor = (i as i64 * 7919) % 100_000 + 1 + bump;
         body.push_str(&format!(
             r#"{{"source":"s","external_id":"x{i}","account_id":"a","transaction_date":"2026-0{}-11","amount_minor":{minor},"currency":"USD"}}"#,
             1 + i % 9
@@ -213,10 +219,16 @@ pub async fn post_ndjson(client: &reqwest::Client, base: &str, body: String) -> 
 /// Sends `n` records (ids offset by `start`) in requests of 2,000; returns
 /// the model: external id → amount in minor units (USD).
 pub async fn ingest(base: &str, start: usize, n: usize) -> BTreeMap<String, i64> {
+    ingest_bumped(base, start, n, 0).await
+}
+
+/// [`ingest`] of [`acme_records_bumped`].
+pub async fn ingest_bumped(base: &str, start: usize, n: usize, bump: i64) -> BTreeMap<String, i64> {
     let client = reqwest::Client::new();
     let mut model = BTreeMap::new();
     for chunk_start in (start..start + n).step_by(2000) {
-        let (body, part) = acme_records(chunk_start, (start + n - chunk_start).min(2000));
+        let (body, part) =
+            acme_records_bumped(chunk_start, (start + n - chunk_start).min(2000), bump);
         let resp = post_ndjson(&client, base, body).await;
         assert_eq!(resp.status(), 202);
         model.extend(part);
