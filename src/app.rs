@@ -425,3 +425,81 @@ pub fn router(
     );
     spendstream_http::finish(router.merge(spendstream_http::ops::router(checks)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::defaults(
+            JwtKeys::new(&[1; 32]).unwrap(),
+            std::path::Path::new("/nonexistent/data"),
+        )
+    }
+
+    #[test]
+    fn the_defaults_are_valid_without_touching_anything() {
+        assert!(matches!(
+            settings().validate(),
+            Ok(Some(LogTarget::Embedded { .. }))
+        ));
+        assert!(!std::path::Path::new("/nonexistent").exists());
+    }
+
+    #[test]
+    fn each_mistake_names_its_setting() {
+        type Mistake = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(Mistake, &str)> = vec![
+            (Box::new(|s| s.log_url = "kafka://".into()), "--log"),
+            (Box::new(|s| s.lake_url = "s3:/x".into()), "--lake"),
+            (
+                Box::new(|s| s.processor.max_batch_records = 0),
+                "--batch-max-records",
+            ),
+            (
+                Box::new(|s| s.ingest.max_rejected_listed = 0),
+                "--max-rejected-listed",
+            ),
+            (
+                Box::new(|s| s.server.header_read_timeout = Duration::ZERO),
+                "--header-read-timeout-secs",
+            ),
+            (
+                Box::new(|s| s.operator_tenant = Some("no spaces".into())),
+                "--operator-tenant",
+            ),
+            (
+                Box::new(|s| {
+                    s.log_url = "kafka://h:9092".into();
+                    s.log_options = vec![("message.timeout.ms".into(), "30000".into())];
+                }),
+                "message.timeout.ms",
+            ),
+            (
+                Box::new(|s| {
+                    s.log_url = "kafka://h:9092".into();
+                    s.log_options = vec![("enable.idempotence".into(), "false".into())];
+                }),
+                "enable.idempotence",
+            ),
+        ];
+        for (mistake, flag) in cases {
+            let mut s = settings();
+            mistake(&mut s);
+            let error = s.validate().unwrap_err();
+            assert!(error.contains(flag), "{flag}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn only_the_roles_that_run_are_checked() {
+        let mut s = settings();
+        s.roles = Roles::QUERY;
+        s.log_url = "nonsense".into();
+        s.processor.max_batch_records = 0;
+        assert!(matches!(s.validate(), Ok(None)));
+        s.lake_url = "nonsense".into();
+        assert!(s.validate().is_err());
+    }
+}

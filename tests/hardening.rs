@@ -604,6 +604,29 @@ fn wrong_settings_fail_fast_with_one_line_naming_them() {
     assert!(!Path::new(data).join("log").exists());
 }
 
+/// Credentials in the log URL never reach the log lines of a running
+/// process (the start-up line names the log it opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_url_is_logged_without_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = TestKafka::start_mock(4).unwrap();
+    let url = format!("{}&rdkafka.sasl.password=hunter2", kafka.url());
+    let args = up_args(dir.path(), &["--log", &url]);
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let file = stderr.reopen().unwrap();
+    let (mut server, _) = common::spawn_with(&args, |cmd| {
+        cmd.env("SPENDSTREAM_LOG_LEVEL", "info")
+            .env("SPENDSTREAM_LOG_FORMAT", "text")
+            .stderr(file);
+    });
+    common::wait_healthy(&mut server).await;
+    drop(server);
+    let logged = std::fs::read_to_string(stderr.path()).unwrap();
+    assert!(logged.contains("Spendstream is listening"), "{logged}");
+    assert!(logged.contains("sasl.password=***"), "{logged}");
+    assert!(!logged.contains("hunter2"), "{logged}");
+}
+
 /// `up` prints a bearer token only when it made a new secret (or on a
 /// terminal), with the lifetime asked for; never on every start in a
 /// container's logs.
