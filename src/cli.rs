@@ -140,6 +140,14 @@ pub struct ServeArgs {
     /// Seconds a whole request body may take before the request gets 408.
     #[arg(long, env = "SPENDSTREAM_BODY_TIMEOUT_SECS", default_value_t = 600)]
     pub body_timeout_secs: u64,
+    /// Least average rate of a request body, bytes/s, checked once the idle
+    /// timeout has passed (408 below it; 0: off).
+    #[arg(
+        long,
+        env = "SPENDSTREAM_BODY_MIN_BYTES_PER_SEC",
+        default_value_t = 1024
+    )]
+    pub body_min_bytes_per_sec: u64,
     /// Seconds to wait for the log to confirm an append before answering 503.
     #[arg(long, env = "SPENDSTREAM_APPEND_TIMEOUT_SECS", default_value_t = 30)]
     pub append_timeout_secs: u64,

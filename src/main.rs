@@ -117,6 +117,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
             max_concurrent_requests_per_tenant: args.max_concurrent_requests_per_tenant,
             body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs),
             body_timeout: Duration::from_secs(args.body_timeout_secs),
+            body_min_bytes_per_sec: args.body_min_bytes_per_sec,
             append_timeout: Duration::from_secs(args.append_timeout_secs),
             ..IngestConfig::default()
         },

@@ -97,14 +97,38 @@ impl Fingerprint {
     }
 }
 
+/// How fast a body must arrive.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Longest pause between two pieces.
+    idle: Duration,
+    /// Longest transfer.
+    total: Duration,
+    /// Least average rate in bytes per second, checked once `idle` has
+    /// passed (0: not checked): a client that trickles a byte now and then
+    /// never pauses long enough for `idle`, but holds its slot all the same.
+    min_rate: u64,
+}
+
+impl Pace {
+    /// A sentence for the client saying what it was too slow for.
+    fn describe(&self) -> String {
+        format!(
+            "nothing for {} s, under {} bytes/s on average, or not all within {} s",
+            self.idle.as_secs(),
+            self.min_rate,
+            self.total.as_secs()
+        )
+    }
+}
+
 /// A request body not read yet, with its limits.
 pub struct BodyReader {
     body: Body,
     gzip: bool,
     max_wire: u64,
     max_decoded: u64,
-    idle: Duration,
-    total: Duration,
+    pace: Pace,
     fingerprint: Option<Fingerprint>,
 }
 
@@ -115,8 +139,11 @@ impl BodyReader {
             gzip,
             max_wire: config.max_body_bytes as u64,
             max_decoded: config.max_decompressed_bytes as u64,
-            idle: config.body_idle_timeout,
-            total: config.body_timeout,
+            pace: Pace {
+                idle: config.body_idle_timeout,
+                total: config.body_timeout,
+                min_rate: config.body_min_bytes_per_sec,
+            },
             fingerprint: None,
         }
     }
@@ -133,13 +160,7 @@ impl BodyReader {
     /// gzip header), and the handle that tells afterwards how reading ended.
     pub fn into_read(self) -> (impl Read + Send + 'static, BodyEndHandle) {
         let end = BodyEndHandle::default();
-        let stream = Box::pin(guarded(
-            self.body,
-            self.max_wire,
-            self.idle,
-            self.total,
-            end.clone(),
-        ));
+        let stream = Box::pin(guarded(self.body, self.max_wire, self.pace, end.clone()));
         let read = Decoded {
             wire: Some((SyncIoBridge::new(StreamReader::new(stream)), self.gzip)),
             reader: None,
@@ -153,14 +174,13 @@ impl BodyReader {
     /// Reads the whole body only to fingerprint it (a replayed request is
     /// compared with the stored one without being decoded or appended).
     pub async fn fingerprint(self, format: Format) -> Result<String, ApiError> {
-        let limits = (self.max_wire, self.max_decoded, self.idle, self.total);
+        let (max_wire, max_decoded, pace) = (self.max_wire, self.max_decoded, self.pace);
         let (reader, fingerprint) = self.hashed(format);
         let (mut read, end) = reader.into_read();
         tokio::task::spawn_blocking(move || std::io::copy(&mut read, &mut std::io::sink()))
             .await
             .map_err(ApiError::internal)?
             .ok();
-        let (max_wire, max_decoded, idle, total) = limits;
         match end.get() {
             BodyEnd::Whole => Ok(fingerprint.finish()),
             BodyEnd::TooLarge => Err(ApiError::PayloadTooLarge {
@@ -171,11 +191,7 @@ impl BodyReader {
             }),
             BodyEnd::TimedOut => Err(ApiError::RequestTimeout {
                 code: "body_timeout",
-                message: format!(
-                    "the body did not arrive in time (nothing for {} s, or not all within {} s)",
-                    idle.as_secs(),
-                    total.as_secs()
-                ),
+                message: format!("the body did not arrive in time ({})", pace.describe()),
             }),
             BodyEnd::Broken => Err(ApiError::bad_request(
                 "body_incomplete",
@@ -185,30 +201,45 @@ impl BodyReader {
     }
 }
 
-/// The body's chunks, each within the idle timeout and all within the total
-/// one, no more than `max_wire` bytes in all; the first failure ends the
-/// stream and is recorded in `end`.
+/// The body's chunks, each within the idle timeout, all within the total
+/// one, at the least average rate once the idle timeout has passed, no more
+/// than `max_wire` bytes in all; the first failure ends the stream and is
+/// recorded in `end`.
 fn guarded(
     body: Body,
     max_wire: u64,
-    idle: Duration,
-    total: Duration,
+    pace: Pace,
     end: BodyEndHandle,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
-    let deadline = Instant::now() + total;
+    let start = Instant::now();
+    let deadline = start + pace.total;
     futures::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| {
         let end = end.clone();
         async move {
             let (mut chunks, seen) = state?;
-            let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            // When the bytes so far stop meeting the least rate.
+            let slow_at = match pace.min_rate {
+                0 => deadline,
+                rate => {
+                    start
+                        + pace
+                            .idle
+                            .max(Duration::from_secs_f64(seen as f64 / rate as f64))
+                }
+            };
+            let until = (now + pace.idle).min(deadline).min(slow_at.max(now));
             let failed = |kind: BodyEnd, error: std::io::Error| {
                 end.set(kind);
                 Some((Err(error), None))
             };
-            match tokio::time::timeout(wait, chunks.next()).await {
+            match tokio::time::timeout_at(until, chunks.next()).await {
                 Err(_) => failed(
                     BodyEnd::TimedOut,
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "the body stopped arriving"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the body stopped arriving, or arrives too slowly",
+                    ),
                 ),
                 Ok(None) => None,
                 Ok(Some(Err(e))) => failed(BodyEnd::Broken, std::io::Error::other(e)),

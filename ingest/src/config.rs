@@ -42,6 +42,11 @@ pub struct IngestConfig {
     /// Longest time to receive a whole request body (408 past it).
     #[serde(with = "secs")]
     pub body_timeout: Duration,
+    /// Least average rate of a request body in bytes per second, checked
+    /// once `body_idle_timeout` has passed (408 below it; 0: not checked),
+    /// so a client trickling a byte now and then does not hold a slot for
+    /// the whole `body_timeout`.
+    pub body_min_bytes_per_sec: u64,
     /// Longest wait for the log to confirm an append before answering 503.
     #[serde(with = "secs")]
     pub append_timeout: Duration,
@@ -60,6 +65,7 @@ impl Default for IngestConfig {
             max_concurrent_requests_per_tenant: 32,
             body_idle_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(600),
+            body_min_bytes_per_sec: 1024,
             append_timeout: Duration::from_secs(30),
         }
     }

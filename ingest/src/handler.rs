@@ -476,8 +476,9 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
-                    "the body did not arrive in time (nothing for {} s, or not all within {} s); {accepted} records before the cut were accepted",
+                    "the body did not arrive in time (nothing for {} s, under {} bytes/s on average, or not all within {} s); {accepted} records before the cut were accepted",
                     config.body_idle_timeout.as_secs(),
+                    config.body_min_bytes_per_sec,
                     config.body_timeout.as_secs()
                 ),
                 response(accepted, rejected),

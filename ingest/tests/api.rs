@@ -658,6 +658,41 @@ async fn a_stalled_body_gets_408_and_frees_its_key() {
     assert_eq!(s, StatusCode::ACCEPTED);
 }
 
+/// A body that trickles (a byte every tenth of a second: never idle for
+/// long) is cut off once its average rate is below the least rate, long
+/// before the total timeout.
+#[tokio::test]
+async fn a_trickling_body_is_cut_off_by_the_least_rate() {
+    let f = fixture(IngestConfig {
+        body_idle_timeout: std::time::Duration::from_secs(1),
+        body_timeout: std::time::Duration::from_secs(60),
+        body_min_bytes_per_sec: 100,
+        ..IngestConfig::default()
+    })
+    .await;
+    let trickle = futures::stream::unfold(0u32, |i| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")),
+            i + 1,
+        ))
+    });
+    let started = std::time::Instant::now();
+    let (s, body) = send(
+        &f.app,
+        &token(&["ingest"]),
+        "trickle",
+        Body::from_stream(trickle),
+    )
+    .await;
+    assert_eq!(s, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+}
+
 /// A client that goes away mid-request (its future is dropped) does not
 /// leave its key "in progress": the honest retry runs at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
