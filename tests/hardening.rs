@@ -104,6 +104,11 @@ async fn slow_clients_neither_starve_other_tenants_nor_stay_connected() {
                 "2",
                 "--body-timeout-secs",
                 "5",
+                // The tricklers hold their slots until the total timeout
+                // (the least rate, tested in ingest's API tests, would
+                // free them earlier and let latecomers in).
+                "--body-min-bytes-per-sec",
+                "0",
                 "--header-read-timeout-secs",
                 "3",
             ],
