@@ -310,11 +310,23 @@ impl DeadLetterStore for EmbeddedLog {
     }
 }
 
-/// The lock file that keeps a second consumer of `group` out, named by a
-/// hash so any group name makes a valid file name.
+/// The lock file that keeps a second consumer of `group` out: the group's
+/// name made safe for a file name (and cut), with a hash of the whole name
+/// so two names that read the same once made safe still differ.
 fn lock_path(dir: &Path, group: &str) -> PathBuf {
+    let safe: String = group
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
     let hash = crate::partition_for(group.as_bytes(), u32::MAX);
-    dir.join(format!("consumer-{hash:08x}.lock"))
+    dir.join(format!("consumer-{safe}-{hash:08x}.lock"))
 }
 
 /// Takes the group's lock, without waiting: a second processor must fail
