@@ -259,7 +259,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if roles.process
         && let (Some(log), Some(lake)) = (&log, &lake)
     {
-        let p = Processor::new(processor, log.clone(), lake.clone());
+        let p = Processor::new(processor, log.clone(), lake.clone(), Vec::new());
         let consumer = p
             .join()
             .await

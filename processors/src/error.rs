@@ -12,12 +12,13 @@ pub enum Error {
     #[error("could not build the Arrow batch")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error(
-        "the lake holds offsets up to {version} of partition {partition} of log {log_id} for group \
+        "the {sink} holds offsets up to {version} of partition {partition} of log {log_id} for group \
          `{group}`, but that partition of the log ends at offset {end}: the log was restored from \
          an older copy or recreated under the same identity, and its new records would be skipped \
          as replays; see docs/runbooks/incidents.md (\"Log behind the lake\")"
     )]
     LogBehindLake {
+        sink: &'static str,
         group: String,
         log_id: String,
         partition: Partition,

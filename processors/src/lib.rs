@@ -20,9 +20,12 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::Utc;
 use sink::dead_letter::DeadLetterSink;
 use sink::lake::LakeSink;
+use sink::{Sink, SinkBatch};
 use spendstream_lake::Lake;
 use spendstream_log::{Consumed, Log, LogConsumer, Partition};
+use spendstream_schemas::EnrichedRecord;
 use spendstream_schemas::error::Chain;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,7 +49,10 @@ pub struct ProcessorStats {
 pub struct Processor {
     config: ProcessorConfig,
     log: Arc<dyn Log>,
-    lake: LakeSink,
+    /// The lake, which also numbers the log's generation.
+    lake: Arc<LakeSink>,
+    /// Every sink, the lake first.
+    sinks: Vec<Arc<dyn Sink>>,
     dead_letters: DeadLetterSink,
     stats: Arc<ProcessorStats>,
     /// The log's generation in the lake, set by [`Processor::join`].
@@ -76,13 +82,22 @@ fn retry_policy() -> ExponentialBuilder {
 }
 
 impl Processor {
-    pub fn new(config: ProcessorConfig, log: Arc<dyn Log>, lake: Arc<Lake>) -> Self {
-        let lake = LakeSink::new(lake, config.group.clone(), log.log_id());
+    /// A processor writing the lake and any `more` sinks.
+    pub fn new(
+        config: ProcessorConfig,
+        log: Arc<dyn Log>,
+        lake: Arc<Lake>,
+        more: Vec<Arc<dyn Sink>>,
+    ) -> Self {
+        let lake = Arc::new(LakeSink::new(lake, config.group.clone(), log.log_id()));
+        let mut sinks: Vec<Arc<dyn Sink>> = vec![lake.clone()];
+        sinks.extend(more);
         let dead_letters = DeadLetterSink::new(log.dead_letters());
         Self {
             config,
             log,
             lake,
+            sinks,
             dead_letters,
             stats: Arc::default(),
             generation: std::sync::OnceLock::new(),
@@ -93,27 +108,31 @@ impl Processor {
         self.stats.clone()
     }
 
-    /// Refuses to run on a log that is behind what the lake says it holds of
+    /// The sinks, the lake first: for readiness checks.
+    pub fn sinks(&self) -> &[Arc<dyn Sink>] {
+        &self.sinks
+    }
+
+    /// Refuses to run on a log that is behind what a sink says it holds of
     /// it: a log restored from an older copy, or a Kafka topic recreated
     /// under the same identity, would have its new records at offsets the
-    /// lake takes for replays, and they would be skipped without a trace.
+    /// sink takes for replays, and they would be skipped without a trace.
     pub async fn check_log_against_lake(&self) -> Result<()> {
         let partitions: Vec<_> = (0..self.log.partitions()).collect();
-        let held = self.lake.committed(&partitions).await?;
-        if held.is_empty() {
-            return Ok(());
-        }
         let ends = self.log.end_offsets().await?;
-        for (partition, version) in held {
-            let end = ends.get(partition as usize).copied().unwrap_or(0);
-            if version >= end {
-                return Err(Error::LogBehindLake {
-                    group: self.config.group.clone(),
-                    log_id: self.log.log_id().to_string(),
-                    partition,
-                    version,
-                    end,
-                });
+        for sink in &self.sinks {
+            for (partition, version) in sink.committed(&partitions).await? {
+                let end = ends.get(partition as usize).copied().unwrap_or(0);
+                if version >= end {
+                    return Err(Error::LogBehindLake {
+                        sink: sink.name(),
+                        group: self.config.group.clone(),
+                        log_id: self.log.log_id().to_string(),
+                        partition,
+                        version,
+                        end,
+                    });
+                }
             }
         }
         Ok(())
@@ -214,32 +233,65 @@ impl Processor {
         let last = transform::replay::last_offsets(&batch);
         let commits: Vec<_> = last.iter().map(|(p, o)| (*p, o + 1)).collect();
 
-        // Skip what the lake holds before validating: a replay after a crash
-        // should not redo the work. (The lake checks again when writing.)
+        // Skip what every sink holds before validating: a replay after a
+        // crash should not redo the work. (Each sink checks again, and
+        // leaves out what it alone holds, when writing.)
         let partitions: Vec<_> = last.keys().copied().collect();
-        let committed = retry("Reading lake transactions", || {
-            self.lake.committed(&partitions)
-        })
-        .await?;
-        let skipped = transform::replay::drop_committed(&mut batch, &committed);
+        let mut held_by_all: Option<BTreeMap<Partition, i64>> = None;
+        for sink in &self.sinks {
+            let held = retry("Reading what a sink holds", || sink.committed(&partitions)).await?;
+            held_by_all = Some(match held_by_all {
+                None => held,
+                Some(all) => all
+                    .into_iter()
+                    .filter_map(|(p, v)| held.get(&p).map(|h| (p, v.min(*h))))
+                    .collect(),
+            });
+        }
+        let skipped =
+            transform::replay::drop_committed(&mut batch, &held_by_all.unwrap_or_default());
 
         let processed_at = Utc::now();
         let group = self.config.group.as_str();
         let generation = self.generation.get().copied().unwrap_or_default();
         let mut rows = Vec::with_capacity(batch.len());
         let mut letters = Vec::new();
+        let mut entries = Vec::with_capacity(batch.len());
         for entry in &batch {
             match transform::validate::validate(entry, group) {
-                Ok(valid) => rows.push(transform::enrich::enrich(
-                    entry,
-                    valid,
-                    generation,
-                    processed_at,
-                )),
+                Ok(valid) => {
+                    rows.push(transform::enrich::enrich(
+                        entry,
+                        valid,
+                        generation,
+                        processed_at,
+                    ));
+                    entries.push(entry);
+                }
                 Err(letter) => letters.push(*letter),
             }
         }
-        let (n_rows, n_letters) = (rows.len(), letters.len());
+
+        // Rows a sink cannot hold are dead letters for it; every letter is
+        // stored before any sink records the batch's offsets as held, so a
+        // crash in between replays the batch and stores them again (once:
+        // the store keeps one per log position).
+        let mut refused: Vec<Vec<bool>> = Vec::with_capacity(self.sinks.len());
+        for sink in &self.sinks {
+            let mut mask = vec![false; rows.len()];
+            for (i, row) in rows.iter().enumerate() {
+                if let Some(reason) = sink.refuses(row) {
+                    mask[i] = true;
+                    letters.push(transform::validate::refused(
+                        entries[i],
+                        group,
+                        sink.name(),
+                        &reason,
+                    ));
+                }
+            }
+            refused.push(mask);
+        }
 
         if !batch.is_empty() {
             retry("Writing dead letters", || {
@@ -249,9 +301,30 @@ impl Processor {
             // The transaction versions cover every partition in the batch,
             // dead letters included, so a replay skips them too.
             let handled = transform::replay::last_offsets(&batch);
-            retry("Writing the lake", || self.lake.write(&rows, &handled)).await?;
+            for (sink, mask) in self.sinks.iter().zip(&refused) {
+                // Rarely anything is refused: only then copy the rest.
+                let kept: Vec<EnrichedRecord>;
+                let sink_rows = if mask.iter().any(|r| *r) {
+                    kept = rows
+                        .iter()
+                        .zip(mask)
+                        .filter(|(_, r)| !**r)
+                        .map(|(row, _)| row.clone())
+                        .collect();
+                    &kept[..]
+                } else {
+                    &rows[..]
+                };
+                let batch = SinkBatch {
+                    rows: sink_rows,
+                    last: &handled,
+                };
+                let what = format!("Writing the {}", sink.name());
+                retry(&what, || sink.write(batch)).await?;
+            }
             failpoint("after_lake_commit");
         }
+        let (n_rows, n_letters) = (rows.len(), letters.len());
 
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {
@@ -305,7 +378,7 @@ impl Processor {
 /// Runs `op` until it succeeds or fails permanently. Transient failures are
 /// retried without end (moving on without knowing what a sink holds could
 /// write a batch twice or lose it), each logged with its whole cause.
-async fn retry<T, F, Fut>(what: &'static str, op: F) -> Result<T>
+async fn retry<T, F, Fut>(what: &str, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,

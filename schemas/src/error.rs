@@ -40,6 +40,9 @@ pub enum ErrorCode {
     RecordTooLarge,
     /// A field appears twice in one record.
     DuplicateField,
+    /// A sink could not hold a valid record (a value outside what its
+    /// storage represents); the record is a dead letter for that sink.
+    SinkRefused,
 }
 
 impl ErrorCode {
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::InvalidEnvelope => "invalid_envelope",
             ErrorCode::RecordTooLarge => "record_too_large",
             ErrorCode::DuplicateField => "duplicate_field",
+            ErrorCode::SinkRefused => "sink_refused",
         }
     }
 }

@@ -53,3 +53,21 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
         record,
     })
 }
+
+/// The dead letter of a valid entry that `sink` could not hold (a value
+/// outside what its storage can represent), with the sink's reason.
+pub fn refused(entry: &Consumed, group: &str, sink: &str, reason: &str) -> DeadLetter {
+    let tenant = Envelope::from_slice(&entry.value)
+        .ok()
+        .map(|e| e.tenant_id.to_string())
+        .filter(|t| valid_tenant_id(t));
+    DeadLetter {
+        tenant_id: tenant,
+        group: group.to_string(),
+        partition: entry.partition,
+        offset: entry.offset,
+        code: ErrorCode::SinkRefused.as_str().to_string(),
+        message: format!("the {sink} sink cannot hold this record: {reason}"),
+        payload: entry.value.clone(),
+    }
+}

@@ -3,7 +3,9 @@
 //! step inside the lake, repeated on every retry.
 
 use crate::Result;
+use crate::sink::{Sink, SinkBatch, Written};
 use crate::transform::replay::app_id;
+use async_trait::async_trait;
 use spendstream_lake::{AppTxn, Lake, WriteOutcome};
 use spendstream_log::Partition;
 use spendstream_schemas::{EnrichedRecord, to_record_batch};
@@ -39,7 +41,7 @@ impl LakeSink {
 
     /// The versions the lake holds for these log partitions, read fresh
     /// from the table: another member of the group may have written since.
-    pub async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
+    async fn held(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
         if partitions.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -55,7 +57,7 @@ impl LakeSink {
     /// Commits `records` with `last` (the highest offset handled per
     /// partition, dead letters included) as the partitions' transaction
     /// versions, leaving out whatever the lake already holds.
-    pub async fn write(
+    async fn commit(
         &self,
         records: &[EnrichedRecord],
         last: &BTreeMap<Partition, i64>,
@@ -84,5 +86,29 @@ impl LakeSink {
             })
             .await?;
         Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl Sink for LakeSink {
+    fn name(&self) -> &'static str {
+        "lake"
+    }
+
+    async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
+        self.held(partitions).await
+    }
+
+    async fn write(&self, batch: SinkBatch<'_>) -> Result<Written> {
+        let rows = match self.commit(batch.rows, batch.last).await? {
+            WriteOutcome::Committed { rows, .. } => rows,
+            WriteOutcome::AlreadyCommitted | WriteOutcome::Empty => 0,
+        };
+        Ok(Written { rows })
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.lake.txn_version("readyz").await?;
+        Ok(())
     }
 }
