@@ -9,6 +9,8 @@ use spendstream_http::{JwtKeys, ServerLimits};
 use spendstream_ingest::{IngestConfig, IngestState};
 use spendstream_lake::Lake;
 use spendstream_log::{Log, LogTarget, redact_url};
+use spendstream_processors::sink::Sink;
+use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use std::net::SocketAddr;
@@ -70,6 +72,13 @@ pub struct Settings {
     pub server: ServerLimits,
     /// Tenant whose admins see dead letters without a tenant.
     pub operator_tenant: Option<String>,
+    /// ClickHouse HTTP URL: a second sink of the processors when set.
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse credentials (from the environment or a file).
+    pub clickhouse_user: Option<String>,
+    pub clickhouse_password: Option<String>,
+    /// Apply pending ClickHouse migrations at start-up instead of refusing.
+    pub migrate: bool,
     /// How often the lake is compacted (0: never).
     pub compact_interval: Duration,
     /// How long log records every group has processed are kept (embedded
@@ -94,9 +103,25 @@ impl Settings {
             processor: ProcessorConfig::default(),
             server: ServerLimits::default(),
             operator_tenant: None,
+            clickhouse_url: None,
+            clickhouse_user: None,
+            clickhouse_password: None,
+            migrate: false,
             compact_interval: Duration::from_secs(600),
             log_retention: Duration::from_secs(168 * 3600),
         }
+    }
+
+    /// The ClickHouse sink's configuration, when one is set (no I/O).
+    pub fn clickhouse(&self) -> Result<Option<ClickHouseConfig>, String> {
+        let Some(url) = &self.clickhouse_url else {
+            return Ok(None);
+        };
+        let mut config =
+            ClickHouseConfig::from_url(url).map_err(|e| format!("--clickhouse: {e}"))?;
+        config.user = self.clickhouse_user.clone();
+        config.password = self.clickhouse_password.clone();
+        Ok(Some(config))
     }
 
     /// Checks every setting of every role this process runs, without any
@@ -131,6 +156,7 @@ impl Settings {
         }
         if roles.process {
             processor.validate()?;
+            self.clickhouse()?;
         }
         if roles.ingest
             && let Some(LogTarget::Kafka(kafka)) = &log
@@ -210,6 +236,7 @@ fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::
 /// role. Returns once the server accepts connections.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let target = settings.validate().map_err(anyhow::Error::msg)?;
+    let clickhouse = settings.clickhouse().map_err(anyhow::Error::msg)?;
     let Settings {
         roles,
         listen,
@@ -220,6 +247,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         processor,
         server,
         operator_tenant,
+        migrate,
         compact_interval,
         log_retention,
         ..
@@ -246,20 +274,32 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None
     };
 
-    let router = router(
-        roles,
-        &keys,
-        log.as_ref(),
-        lake.as_ref(),
-        ingest,
-        operator_tenant,
-    );
-
     let mut stats = None;
+    let mut sink_checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     if roles.process
         && let (Some(log), Some(lake)) = (&log, &lake)
     {
-        let p = Processor::new(processor, log.clone(), lake.clone(), Vec::new());
+        let mut more: Vec<Arc<dyn Sink>> = Vec::new();
+        if let Some(config) = clickhouse {
+            more.push(Arc::new(
+                clickhouse_sink(config, migrate, &processor.group, log.log_id()).await?,
+            ));
+        }
+        let p = Processor::new(processor, log.clone(), lake.clone(), more);
+        for sink in p.sinks().iter().skip(1) {
+            let sink = sink.clone();
+            sink_checks.push((
+                sink.name(),
+                Arc::new(move || {
+                    let sink = sink.clone();
+                    Box::pin(async move {
+                        sink.ready()
+                            .await
+                            .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
+                    })
+                }),
+            ));
+        }
         let consumer = p
             .join()
             .await
@@ -290,6 +330,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
     }
 
+    let router = router(
+        roles,
+        &keys,
+        log.as_ref(),
+        lake.as_ref(),
+        ingest,
+        operator_tenant,
+        sink_checks,
+    );
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
@@ -316,6 +366,42 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stop,
         tasks,
     })
+}
+
+/// Connects the ClickHouse sink after checking (or, with `migrate`,
+/// applying) the database's migrations.
+async fn clickhouse_sink(
+    config: ClickHouseConfig,
+    migrate: bool,
+    group: &str,
+    log_id: &str,
+) -> anyhow::Result<ClickHouseSink> {
+    let at = format!("{}/{}", config.url, config.database);
+    let chain = |e: spendstream_processors::Error| {
+        anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e))
+    };
+    let report = if migrate {
+        spendstream_processors::sink::clickhouse::migrate(&config, false).await
+    } else {
+        spendstream_processors::sink::clickhouse::status(&config).await
+    }
+    .map_err(chain)
+    .with_context(|| format!("ClickHouse at {at}"))?;
+    if !migrate && !report.pending.is_empty() {
+        let pending: Vec<String> = report
+            .pending
+            .iter()
+            .map(|m| m.version.to_string())
+            .collect();
+        return Err(chain(spendstream_processors::Error::MigrationsBehind {
+            pending: pending.join(", "),
+        }))
+        .with_context(|| format!("ClickHouse at {at}"));
+    }
+    ClickHouseSink::connect(config, group, log_id)
+        .await
+        .map_err(chain)
+        .with_context(|| format!("ClickHouse at {at}"))
 }
 
 async fn trim_log_periodically(log: Arc<dyn Log>, retention: Duration, stop: CancellationToken) {
@@ -358,8 +444,9 @@ async fn compact_periodically(lake: Arc<Lake>, every: Duration, stop: Cancellati
 }
 
 /// The HTTP routes of the roles in `roles` (ingest on `log`, query on
-/// `lake`), the operations routes with a readiness check per backend, and
-/// the shared layers. Starts ingest's group-commit task.
+/// `lake`), the operations routes with a readiness check per backend (and
+/// the `more` checks: the processors' other sinks), and the shared layers.
+/// Starts ingest's group-commit task.
 pub fn router(
     roles: Roles,
     keys: &JwtKeys,
@@ -367,6 +454,7 @@ pub fn router(
     lake: Option<&Arc<Lake>>,
     ingest: IngestConfig,
     operator_tenant: Option<String>,
+    more: Vec<(&'static str, ReadyCheck)>,
 ) -> axum::Router {
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -423,6 +511,7 @@ pub fn router(
             )
         }),
     );
+    checks.extend(more);
     spendstream_http::finish(router.merge(spendstream_http::ops::router(checks)))
 }
 

@@ -45,6 +45,24 @@ pub enum Command {
     Query(ServeArgs),
     /// Mint a bearer token.
     Token(TokenArgs),
+    /// Apply the pending ClickHouse migrations (idempotent; safe to run
+    /// from two processes at once).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// ClickHouse HTTP URL, `http://host:8123[/database]`; user and password
+    /// from SPENDSTREAM_CLICKHOUSE_USER and SPENDSTREAM_CLICKHOUSE_PASSWORD
+    /// (or SPENDSTREAM_CLICKHOUSE_PASSWORD_FILE).
+    #[arg(long, env = "SPENDSTREAM_CLICKHOUSE")]
+    pub clickhouse: Option<String>,
+    /// Print what would be applied, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print every migration's statements and exit, without connecting.
+    #[arg(long)]
+    pub print_sql: bool,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +113,16 @@ pub struct ServeArgs {
     /// Lake URL: `file://<dir>`. Default: `file://<data-dir>/lake`.
     #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
     pub lake_url: Option<String>,
+    /// ClickHouse HTTP URL, `http://host:8123[/database]`: the processors
+    /// write it as a second sink. User and password from
+    /// SPENDSTREAM_CLICKHOUSE_USER and SPENDSTREAM_CLICKHOUSE_PASSWORD (or
+    /// SPENDSTREAM_CLICKHOUSE_PASSWORD_FILE), never from the URL.
+    #[arg(long, env = "SPENDSTREAM_CLICKHOUSE")]
+    pub clickhouse: Option<String>,
+    /// Apply pending ClickHouse migrations at start-up instead of refusing
+    /// to start.
+    #[arg(long, env = "SPENDSTREAM_MIGRATE")]
+    pub migrate: bool,
     /// Consumer group of the processors.
     #[arg(
         long,

@@ -58,6 +58,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest(args) => serve(args, Roles::INGEST, None).await,
         Command::Process(args) => serve(args, Roles::PROCESS, None).await,
         Command::Query(args) => serve(args, Roles::QUERY, None).await,
+        Command::Migrate(args) => migrate(args).await,
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let keys = keys
@@ -87,6 +88,61 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `spendstream migrate`: applies (or, with `--dry-run`, lists) the pending
+/// ClickHouse migrations; `--print-sql` prints every statement.
+async fn migrate(args: spendstream::cli::MigrateArgs) -> anyhow::Result<()> {
+    use spendstream_processors::sink::clickhouse;
+    if args.print_sql {
+        println!(
+            "{};",
+            spendstream_schemas::clickhouse::create_migrations_table()
+        );
+        for migration in spendstream_schemas::clickhouse::migrations() {
+            println!("-- {} {}", migration.version, migration.name);
+            for statement in &migration.statements {
+                println!("{statement};");
+            }
+        }
+        return Ok(());
+    }
+    let url = args
+        .clickhouse
+        .context("--clickhouse (or SPENDSTREAM_CLICKHOUSE) is required")?;
+    let mut config = clickhouse::ClickHouseConfig::from_url(&url)
+        .map_err(anyhow::Error::msg)
+        .context("--clickhouse")?;
+    config.user = std::env::var("SPENDSTREAM_CLICKHOUSE_USER").ok();
+    config.password = secret::clickhouse_password()?;
+    let at = format!("{}/{}", config.url, config.database);
+    let report = clickhouse::migrate(&config, args.dry_run)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e)))
+        .with_context(|| format!("ClickHouse at {at}"))?;
+    let verb = if args.dry_run {
+        "Would apply"
+    } else {
+        "Applied"
+    };
+    if report.pending.is_empty() {
+        println!(
+            "ClickHouse at {at} is up to date (migrations {:?}).",
+            report.applied
+        );
+    }
+    for migration in &report.pending {
+        println!(
+            "{verb} migration {} ({}).",
+            migration.version, migration.name
+        );
+        if args.dry_run {
+            for statement in &migration.statements {
+                println!("{statement};");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What only `up` does besides serving.
@@ -132,6 +188,10 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
             ..ServerLimits::default()
         },
         operator_tenant: args.operator_tenant.clone(),
+        clickhouse_url: args.clickhouse.clone(),
+        clickhouse_user: std::env::var("SPENDSTREAM_CLICKHOUSE_USER").ok(),
+        clickhouse_password: secret::clickhouse_password()?,
+        migrate: args.migrate,
         compact_interval: Duration::from_secs(args.compact_interval_secs),
         log_retention: Duration::from_secs(args.log_retention_hours.saturating_mul(3600)),
     };

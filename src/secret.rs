@@ -88,3 +88,20 @@ pub fn mint(keys: &JwtKeys, tenant: &str, roles: &[Role], ttl: std::time::Durati
     let now = chrono::Utc::now().timestamp();
     keys.sign(&keys.claims_for(tenant, roles, ttl_secs, now))
 }
+
+/// The ClickHouse password: `SPENDSTREAM_CLICKHOUSE_PASSWORD`, or the file
+/// `SPENDSTREAM_CLICKHOUSE_PASSWORD_FILE` names (trailing newline dropped).
+pub fn clickhouse_password() -> anyhow::Result<Option<String>> {
+    if let Ok(password) = std::env::var("SPENDSTREAM_CLICKHOUSE_PASSWORD") {
+        return Ok(Some(password));
+    }
+    match std::env::var("SPENDSTREAM_CLICKHOUSE_PASSWORD_FILE") {
+        Ok(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("SPENDSTREAM_CLICKHOUSE_PASSWORD_FILE: cannot read {path}")
+            })?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        Err(_) => Ok(None),
+    }
+}

@@ -211,7 +211,9 @@ crate::per_backend!(
 
 async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let running = backend.start(dir.path()).await;
+    let settings = backend.settings(dir.path());
+    let clickhouse = settings.clickhouse_url.clone().unwrap();
+    let running = spendstream::start(settings).await.unwrap();
     let base = format!("http://{}", running.addr);
     let mut rng = StdRng::seed_from_u64(7);
 
@@ -301,6 +303,10 @@ async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend
         let by_category = common::report(&base, &token, "group_by=category&status=all").await;
         let n: i64 = by_category.values().map(|v| v.0).sum();
         assert_eq!(n as usize, model.len());
+
+        // ClickHouse, the second sink, holds the same latest versions.
+        common::assert_clickhouse_matches_lake(&base, &clickhouse, tenant, "all").await;
+        common::assert_clickhouse_matches_lake(&base, &clickhouse, tenant, "posted").await;
     }
 
     // A tenant with no data sees nothing, whatever the others sent.
@@ -490,6 +496,7 @@ async fn openapi_document_matches_the_routes() {
         running.lake.as_ref(),
         Default::default(),
         None,
+        Vec::new(),
     );
     let debug = format!("{router:?}");
     // The routes proper; the fallback router's catch-all paths come after.

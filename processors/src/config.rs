@@ -21,8 +21,11 @@ impl ProcessorConfig {
     /// Checks the settings without touching anything; the error names the
     /// setting (by its command-line flag) and what is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if self.group.trim().is_empty() || self.group.chars().any(char::is_control) {
-            return Err("--group must be a non-empty name without control characters".into());
+        // The name goes into lake transaction ids, ClickHouse literals and
+        // lock file names: keep it to characters safe in all of them.
+        let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if !(1..=128).contains(&self.group.len()) || !self.group.chars().all(safe) {
+            return Err("--group must be 1 to 128 of A-Z a-z 0-9 . _ -".into());
         }
         if self.max_batch_records == 0 {
             return Err("--batch-max-records must be at least 1".into());
@@ -62,10 +65,12 @@ mod tests {
             ..Default::default()
         };
         assert!(zero.validate().unwrap_err().contains("--batch-max-records"));
-        let unnamed = ProcessorConfig {
-            group: " ".into(),
-            ..Default::default()
-        };
-        assert!(unnamed.validate().unwrap_err().contains("--group"));
+        for group in ["", " ", "a?b", "g'1"] {
+            let bad = ProcessorConfig {
+                group: group.into(),
+                ..Default::default()
+            };
+            assert!(bad.validate().unwrap_err().contains("--group"), "{group:?}");
+        }
     }
 }

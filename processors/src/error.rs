@@ -11,6 +11,25 @@ pub enum Error {
     Lake(#[from] spendstream_lake::Error),
     #[error("could not build the Arrow batch")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("ClickHouse")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("a row ClickHouse cannot hold reached the insert: {0}")]
+    ClickHouseRow(String),
+    #[error(
+        "ClickHouse migration {version} (\"{name}\") was applied with other statements than this \
+         build has; the database differs from what the code expects"
+    )]
+    MigrationChanged { version: u32, name: &'static str },
+    #[error(
+        "the ClickHouse database has migration {version}, but this build knows only up to \
+         {known}: run a newer Spendstream"
+    )]
+    MigrationsAhead { version: u32, known: u32 },
+    #[error(
+        "the ClickHouse database is behind: migrations {pending} are not applied; run \
+         `spendstream migrate --clickhouse <url>` or start with --migrate"
+    )]
+    MigrationsBehind { pending: String },
     #[error(
         "the {sink} holds offsets up to {version} of partition {partition} of log {log_id} for group \
          `{group}`, but that partition of the log ends at offset {end}: the log was restored from \
@@ -44,9 +63,71 @@ impl Error {
         match self {
             Error::Log(e) => e.is_transient(),
             Error::Lake(e) => e.is_transient(),
-            Error::Arrow(_) | Error::LogBehindLake { .. } | Error::LogBehindGroup { .. } => false,
+            Error::ClickHouse(e) => clickhouse_transient(e),
+            Error::Arrow(_)
+            | Error::LogBehindLake { .. }
+            | Error::LogBehindGroup { .. }
+            | Error::ClickHouseRow(_)
+            | Error::MigrationChanged { .. }
+            | Error::MigrationsAhead { .. }
+            | Error::MigrationsBehind { .. } => false,
         }
     }
 }
 
+/// ClickHouse exception codes no retry fixes: the request or the schema is
+/// wrong, or the credentials are.
+const PERMANENT_CLICKHOUSE_CODES: &[u32] = &[
+    16,  // NO_SUCH_COLUMN_IN_TABLE
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    33,  // CANNOT_READ_ALL_DATA
+    47,  // UNKNOWN_IDENTIFIER
+    53,  // TYPE_MISMATCH
+    60,  // UNKNOWN_TABLE
+    62,  // SYNTAX_ERROR
+    81,  // UNKNOWN_DATABASE
+    115, // UNKNOWN_SETTING
+    164, // READONLY
+    192, // UNKNOWN_USER
+    193, // WRONG_PASSWORD
+    194, // REQUIRED_PASSWORD
+    497, // ACCESS_DENIED
+    516, // AUTHENTICATION_FAILED
+];
+
+/// Whether a ClickHouse client error may pass on retry: network failures
+/// and timeouts do, and server exceptions other than the permanent ones
+/// (too many parts, memory limits, a server starting up).
+fn clickhouse_transient(error: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error as E;
+    match error {
+        E::Network(_) | E::TimedOut => true,
+        E::BadResponse(message) => {
+            let code = message
+                .split("Code: ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u32>().ok());
+            !code.is_some_and(|c| PERMANENT_CLICKHOUSE_CODES.contains(&c))
+        }
+        _ => false,
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_errors_classify_themselves() {
+        let bad = |m: &str| Error::ClickHouse(clickhouse::error::Error::BadResponse(m.into()));
+        assert!(
+            !bad("Code: 60, e.displayText() = DB::Exception: Table x doesn't exist").is_transient()
+        );
+        assert!(!bad("Code: 516. DB::Exception: default: Authentication failed").is_transient());
+        assert!(bad("Code: 252, e.displayText() = DB::Exception: Too many parts").is_transient());
+        assert!(Error::ClickHouse(clickhouse::error::Error::TimedOut).is_transient());
+    }
+}

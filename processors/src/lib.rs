@@ -59,10 +59,12 @@ pub struct Processor {
     generation: std::sync::OnceLock<u32>,
 }
 
-/// Test hook: `SPENDSTREAM_FAILPOINT=after_lake_commit` aborts the process
-/// right after a lake commit and before the offset commit, the window that
-/// exactly-once depends on. Crash tests use it; nothing else should.
-fn failpoint(name: &str) {
+/// Test hook: `SPENDSTREAM_FAILPOINT=<name>` aborts the process where
+/// `failpoint(name)` is called: `after_sinks` (every sink wrote, the offsets
+/// are not committed), `after_clickhouse_insert` (the rows are in
+/// ClickHouse, its offsets table not yet). Crash tests use them; nothing
+/// else should.
+pub(crate) fn failpoint(name: &str) {
     static ACTIVE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if ACTIVE
         .get_or_init(|| std::env::var("SPENDSTREAM_FAILPOINT").ok())
@@ -322,7 +324,7 @@ impl Processor {
                 let what = format!("Writing the {}", sink.name());
                 retry(&what, || sink.write(batch)).await?;
             }
-            failpoint("after_lake_commit");
+            failpoint("after_sinks");
         }
         let (n_rows, n_letters) = (rows.len(), letters.len());
 

@@ -3,6 +3,7 @@
 //! lake and the JSON Schema of an ingested record. No I/O lives here.
 
 pub mod category;
+pub mod clickhouse;
 pub mod currency;
 pub mod enriched;
 pub mod envelope;

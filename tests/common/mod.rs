@@ -23,8 +23,25 @@ pub fn token(tenant: &str, roles: &[Role]) -> String {
     spendstream::secret::mint(&keys(), tenant, roles, Duration::from_secs(3600))
 }
 
+/// A fresh database on the test ClickHouse (`SPENDSTREAM_TEST_CLICKHOUSE`,
+/// started by scripts/test): its URL.
+pub fn clickhouse_url() -> String {
+    let server = std::env::var("SPENDSTREAM_TEST_CLICKHOUSE").expect(
+        "SPENDSTREAM_TEST_CLICKHOUSE is not set: run the tests with scripts/test, which starts ClickHouse",
+    );
+    format!(
+        "{}/spendstream_e2e_{}",
+        server.trim_end_matches('/'),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Every role on the embedded log, the local lake and ClickHouse (a fresh
+/// database, migrated at start-up).
 pub fn settings(dir: &Path) -> Settings {
     Settings {
+        clickhouse_url: Some(clickhouse_url()),
+        migrate: true,
         ingest: IngestConfig {
             chunk_records: 500,
             ..IngestConfig::default()
@@ -524,4 +541,98 @@ pub async fn counter_sum(base: &str, name: &str, labels: &[(&str, &str)]) -> f64
         })
         .filter_map(sample_value)
         .sum()
+}
+
+/// Runs `sql` on the ClickHouse at `url` (`http://host:port/database`) and
+/// returns its `JSONEachRow` rows.
+pub async fn clickhouse_rows(url: &str, sql: &str) -> Vec<Value> {
+    let (server, database) = url.rsplit_once('/').unwrap();
+    let text = reqwest::Client::new()
+        .post(format!("{server}/?database={database}"))
+        .body(format!("{sql} FORMAT JSONEachRow"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A ClickHouse number: JSONEachRow quotes 64-bit integers by default.
+fn clickhouse_int(v: &Value) -> i128 {
+    match v {
+        Value::String(s) => s.parse().unwrap(),
+        other => other.to_string().parse().unwrap(),
+    }
+}
+
+/// Waits until ClickHouse's latest versions of `tenant` (the
+/// `expenses_latest` view, and the `daily_spend` rollup) count and sum, per
+/// currency and for `statuses`, exactly what the lake's report does.
+pub async fn assert_clickhouse_matches_lake(
+    base: &str,
+    clickhouse: &str,
+    tenant: &str,
+    statuses: &str,
+) {
+    let token = token(tenant, &[Role::Read]);
+    let lake: BTreeMap<String, (i64, i128)> = report(
+        base,
+        &token,
+        &format!("group_by=currency&status={statuses}"),
+    )
+    .await
+    .into_iter()
+    .map(|((_, currency), (count, minor, _))| (currency, (count, minor)))
+    .collect();
+    let wanted: Vec<String> = if statuses == "all" {
+        spendstream_schemas::Status::ALL
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect()
+    } else {
+        statuses.split(',').map(|s| format!("'{s}'")).collect()
+    };
+    let filter = format!(
+        "tenant_id = '{tenant}' AND status IN ({})",
+        wanted.join(", ")
+    );
+    // Count and sum per currency of what `from` holds for the tenant.
+    let totals = |count: &'static str, from: &'static str| {
+        let sql = format!(
+            "SELECT currency, {count} AS n, sum(amount_minor) AS total FROM {from} WHERE {filter} GROUP BY currency"
+        );
+        async move {
+            clickhouse_rows(clickhouse, &sql)
+                .await
+                .into_iter()
+                .map(|row| {
+                    (
+                        row["currency"].as_str().unwrap().to_string(),
+                        (
+                            clickhouse_int(&row["n"]) as i64,
+                            clickhouse_int(&row["total"]),
+                        ),
+                    )
+                })
+                .collect::<BTreeMap<_, _>>()
+        }
+    };
+    let mut poll = Deadline::new(Duration::from_secs(120), Duration::from_millis(200));
+    loop {
+        let latest = totals("count()", "expenses_latest").await;
+        let rollup = totals("sum(expenses)", "daily_spend").await;
+        if latest == lake && rollup == lake {
+            return;
+        }
+        poll.tick(format_args!(
+            "ClickHouse {latest:?} / rollup {rollup:?} vs lake {lake:?} for {tenant}"
+        ))
+        .await;
+    }
 }

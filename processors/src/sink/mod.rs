@@ -5,6 +5,7 @@
 //! `integration_tests.rs`) and one line where the processor's sinks are
 //! built.
 
+pub mod clickhouse;
 pub mod dead_letter;
 pub mod lake;
 

@@ -1,0 +1,361 @@
+//! Writes enriched records to ClickHouse: one RowBinary insert per batch
+//! into `expenses` (a `ReplacingMergeTree` by `version`), then what the
+//! sink now holds per log partition into `spendstream_sink_offsets`.
+//!
+//! ClickHouse has no transaction across the two inserts. A crash between
+//! them replays the batch: the rows are inserted again as the same
+//! `(expense_id, version)`, which the table folds (and every view reads
+//! through `FINAL`), so the effect is once. Where the server has it (22.2
+//! and later), each insert also carries a deduplication token derived from
+//! the log positions it covers, so a replicated table drops the copy at once.
+
+use super::ClickHouseConfig;
+use crate::Result;
+use crate::sink::{Sink, SinkBatch, Written};
+use crate::transform::replay::app_id;
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use spendstream_log::Partition;
+use spendstream_schemas::EnrichedRecord;
+use spendstream_schemas::clickhouse::{EXPENSES_TABLE, MAX_DATE, SINK_OFFSETS_TABLE};
+use std::collections::BTreeMap;
+
+/// One `expenses` row in RowBinary: the columns of
+/// `spendstream_schemas::clickhouse::expenses_columns`, in order.
+#[derive(Row, Serialize)]
+struct ExpenseRow<'a> {
+    expense_id: String,
+    tenant_id: &'a str,
+    month: String,
+    version: i64,
+    source: &'a str,
+    external_id: &'a str,
+    account_id: &'a str,
+    status: &'static str,
+    related_external_id: Option<&'a str>,
+    /// Days since 1970-01-01.
+    transaction_date: u16,
+    /// Seconds since the epoch.
+    posted_at: Option<u32>,
+    amount_minor: i64,
+    currency: &'static str,
+    billed_amount_minor: Option<i64>,
+    billed_currency: Option<&'static str>,
+    merchant_name: Option<&'a str>,
+    merchant_normalized: Option<&'a str>,
+    merchant_mcc: Option<i16>,
+    category: &'static str,
+    employee_id: Option<&'a str>,
+    memo: Option<&'a str>,
+    metadata: Option<String>,
+    batch_id: &'a str,
+    ingested_at: u32,
+    processed_at: u32,
+    log_partition: i32,
+    log_offset: i64,
+}
+
+#[derive(Row, Serialize)]
+struct OffsetRow {
+    app_id: String,
+    committed_offset: i64,
+    updated_at: u32,
+}
+
+#[derive(Row, Deserialize)]
+struct HeldRow {
+    app_id: String,
+    committed_offset: i64,
+}
+
+fn epoch_days(date: NaiveDate) -> Option<u16> {
+    let days = date.signed_duration_since(NaiveDate::default()).num_days();
+    u16::try_from(days).ok()
+}
+
+fn epoch_seconds(t: DateTime<Utc>) -> Option<u32> {
+    u32::try_from(t.timestamp()).ok()
+}
+
+fn last_day() -> NaiveDate {
+    let (y, m, d) = MAX_DATE;
+    NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
+}
+
+impl<'a> ExpenseRow<'a> {
+    /// The row, or why ClickHouse cannot hold it.
+    fn of(e: &'a EnrichedRecord) -> std::result::Result<Self, String> {
+        let r = &e.record;
+        let last = last_day();
+        let in_range = |t: DateTime<Utc>| t.date_naive() <= last;
+        if r.transaction_date > last {
+            return Err(format!(
+                "transaction_date {} is after {last}, the last day its Date type holds",
+                r.transaction_date
+            ));
+        }
+        for (name, t) in [
+            ("posted_at", r.posted_at),
+            ("ingested_at", Some(e.ingested_at)),
+            ("processed_at", Some(e.processed_at)),
+        ] {
+            if let Some(t) = t
+                && !in_range(t)
+            {
+                return Err(format!(
+                    "{name} {t} is after {last}, the last day its DateTime type holds"
+                ));
+            }
+        }
+        let seconds = |t: DateTime<Utc>| epoch_seconds(t).unwrap_or_default();
+        Ok(Self {
+            expense_id: e.expense_id.hyphenated().to_string(),
+            tenant_id: &e.tenant_id,
+            month: e.month(),
+            version: e.version,
+            source: &r.source,
+            external_id: &r.external_id,
+            account_id: &r.account_id,
+            status: r.status.as_str(),
+            related_external_id: r.related_external_id.as_deref(),
+            transaction_date: epoch_days(r.transaction_date).unwrap_or_default(),
+            posted_at: r.posted_at.map(seconds),
+            amount_minor: r.amount.minor,
+            currency: r.amount.currency.code(),
+            billed_amount_minor: r.billed.map(|m| m.minor),
+            billed_currency: r.billed.map(|m| m.currency.code()),
+            merchant_name: r.merchant_name.as_deref(),
+            merchant_normalized: e.merchant_normalized.as_deref(),
+            // MCCs are 0..=9999, so they always fit.
+            merchant_mcc: r.merchant_mcc.map(|m| m as i16),
+            category: e.category.as_str(),
+            employee_id: r.employee_id.as_deref(),
+            memo: r.memo.as_deref(),
+            metadata: (!r.metadata.is_empty())
+                .then(|| serde_json::to_string(&r.metadata).unwrap_or_default()),
+            batch_id: &e.batch_id,
+            ingested_at: seconds(e.ingested_at),
+            processed_at: seconds(e.processed_at),
+            log_partition: e.log_partition,
+            log_offset: e.log_offset,
+        })
+    }
+}
+
+/// The ClickHouse sink of one consumer group on one log.
+pub struct ClickHouseSink {
+    config: ClickHouseConfig,
+    client: clickhouse::Client,
+    group: String,
+    log_id: String,
+    /// Whether the server takes `insert_deduplication_token` (22.2+).
+    dedup_token: bool,
+}
+
+impl ClickHouseSink {
+    /// Connects (asks the server's version) for `group` on the log `log_id`.
+    pub async fn connect(
+        config: ClickHouseConfig,
+        group: impl Into<String>,
+        log_id: impl Into<String>,
+    ) -> Result<Self> {
+        let client = config.client();
+        let version = server_version(&client).await?;
+        let dedup_token = version >= (22, 2);
+        tracing::info!(
+            version = %format!("{}.{}", version.0, version.1),
+            dedup_token,
+            "ClickHouse sink ready."
+        );
+        Ok(Self {
+            config,
+            client,
+            group: group.into(),
+            log_id: log_id.into(),
+            dedup_token,
+        })
+    }
+
+    fn app_id(&self, partition: Partition) -> String {
+        app_id(&self.group, &self.log_id, partition)
+    }
+
+    /// The database this sink writes.
+    pub fn database(&self) -> &str {
+        &self.config.database
+    }
+}
+
+/// What the sink holds of these app ids. A literal tuple: ClickHouse 18.16
+/// takes no array on the right of `IN`, and the client binds a list as one.
+fn held_sql(ids: &[String]) -> String {
+    let list: Vec<String> = ids.iter().map(|id| sql_string(id)).collect();
+    format!(
+        "SELECT app_id, max(committed_offset) AS committed_offset FROM {SINK_OFFSETS_TABLE} \
+         WHERE app_id IN ({}) GROUP BY app_id",
+        list.join(", ")
+    )
+}
+
+const VERSION_SQL: &str = "SELECT version() AS v";
+
+/// Every query the sink and the migrations send besides the migrations'
+/// own statements, with example values in place of their binds, for the
+/// test suite to run on current ClickHouse (18.16 runs them for real).
+/// RowBinary inserts are left out: the format is the same everywhere.
+pub fn example_queries() -> Vec<String> {
+    let bind = |sql: &str, values: &[&str]| {
+        values
+            .iter()
+            .fold(sql.to_string(), |sql, v| sql.replacen('?', v, 1))
+    };
+    vec![
+        VERSION_SQL.to_string(),
+        held_sql(&["g-0123abcd-0".into(), "g-0123abcd-1".into()]),
+        bind(
+            super::migrate::EXISTS_SQL,
+            &["currentDatabase()", "'schema_migrations'"],
+        ),
+        super::migrate::recorded_sql(),
+        bind(
+            super::migrate::RECORD_SQL,
+            &["1", "'expenses and sink offsets'", "'abc'"],
+        ),
+    ]
+}
+
+/// `text` as a ClickHouse string literal.
+fn sql_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('\'');
+    for c in text.chars() {
+        if c == '\\' || c == '\'' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// The server's `major.minor`.
+pub async fn server_version(client: &clickhouse::Client) -> Result<(u32, u32)> {
+    #[derive(Row, Deserialize)]
+    struct Version {
+        v: String,
+    }
+    let v = client.query(VERSION_SQL).fetch_one::<Version>().await?.v;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+}
+
+#[async_trait]
+impl Sink for ClickHouseSink {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
+        if partitions.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let ids: Vec<String> = partitions.iter().map(|p| self.app_id(*p)).collect();
+        let rows = self
+            .client
+            .query(&held_sql(&ids))
+            .fetch_all::<HeldRow>()
+            .await?;
+        Ok(partitions
+            .iter()
+            .zip(ids)
+            .filter_map(|(p, id)| {
+                rows.iter()
+                    .find(|r| r.app_id == id)
+                    .map(|r| (*p, r.committed_offset))
+            })
+            .collect())
+    }
+
+    fn refuses(&self, row: &EnrichedRecord) -> Option<String> {
+        ExpenseRow::of(row).err()
+    }
+
+    async fn write(&self, batch: SinkBatch<'_>) -> Result<Written> {
+        let partitions: Vec<Partition> = batch.last.keys().copied().collect();
+        let held = self.committed(&partitions).await?;
+        let fresh: Vec<&EnrichedRecord> = batch
+            .rows
+            .iter()
+            .filter(|r| {
+                held.get(&(r.log_partition as Partition))
+                    .is_none_or(|v| r.log_offset > *v)
+            })
+            .collect();
+        let pending: Vec<(Partition, i64)> = batch
+            .last
+            .iter()
+            .filter(|(p, last)| held.get(p).is_none_or(|h| h < last))
+            .map(|(p, last)| (*p, *last))
+            .collect();
+        if pending.is_empty() {
+            return Ok(Written { rows: 0 });
+        }
+        if !fresh.is_empty() {
+            let mut insert = self.client.insert::<ExpenseRow<'_>>(EXPENSES_TABLE).await?;
+            if self.dedup_token {
+                // The same log positions make the same token, so a replayed
+                // batch is recognised as the insert it repeats.
+                let token = pending
+                    .iter()
+                    .map(|(p, last)| {
+                        format!(
+                            "{}:{}-{last}",
+                            self.app_id(*p),
+                            held.get(p).map_or(-1, |h| *h)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                insert = insert.with_setting("insert_deduplication_token", token);
+            }
+            for record in &fresh {
+                // `refuses` kept anything out of range out of the batch.
+                let row = ExpenseRow::of(record).map_err(crate::Error::ClickHouseRow)?;
+                insert.write(&row).await?;
+            }
+            insert.end().await?;
+            crate::failpoint("after_clickhouse_insert");
+        }
+        let now = epoch_seconds(Utc::now()).unwrap_or_default();
+        let mut offsets = self.client.insert::<OffsetRow>(SINK_OFFSETS_TABLE).await?;
+        for (partition, last) in &pending {
+            offsets
+                .write(&OffsetRow {
+                    app_id: self.app_id(*partition),
+                    committed_offset: *last,
+                    updated_at: now,
+                })
+                .await?;
+        }
+        offsets.end().await?;
+        Ok(Written { rows: fresh.len() })
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.client.query("SELECT 1").execute().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_literals_are_escaped() {
+        assert_eq!(sql_string("a'b\\c"), "'a\\'b\\\\c'");
+        assert_eq!(sql_string("g-0123-4"), "'g-0123-4'");
+    }
+}

@@ -1,0 +1,283 @@
+//! ClickHouse going away under load: a server of the test's own
+//! (scripts/clickhouse-server) is killed for 30 s while records keep coming.
+//! Nothing is lost, `/readyz` says ClickHouse is down meanwhile, the backlog
+//! drains once it is back, and the process's memory stays bounded (the
+//! processors hold one batch and wait; the log holds the rest).
+
+mod common;
+
+use common::Deadline;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A ClickHouse server on `dir` and `ports`; killed when dropped.
+struct ClickHouse {
+    child: Child,
+}
+
+impl ClickHouse {
+    fn start(dir: &Path, (http, tcp): (u16, u16)) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/clickhouse-server");
+        let child = Command::new(script)
+            .arg(dir)
+            .arg(http.to_string())
+            .arg(tcp.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    async fn wait_up(&mut self, url: &str) {
+        let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(100));
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/?query=SELECT%201")).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "ClickHouse exited at start-up"
+            );
+            poll.tick("ClickHouse did not start").await;
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_down_for_30_seconds_loses_nothing_and_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = (free_port(), free_port());
+    let server_url = format!("http://127.0.0.1:{}", ports.0);
+    let mut clickhouse = ClickHouse::start(&dir.path().join("clickhouse"), ports);
+    clickhouse.wait_up(&server_url).await;
+    let database = format!("{server_url}/outage");
+    let args: Vec<String> = [
+        "up",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+        "--clickhouse",
+        &database,
+        "--migrate",
+        "--batch-max-records",
+        "2000",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut server = common::spawn(&args, None);
+    common::wait_healthy(&mut server).await;
+    let pid = server.child.id();
+    let mut model = common::ingest(&server.base, 0, 10_000).await;
+    common::wait_for_totals(&server.base, &model).await;
+    common::assert_clickhouse_matches_lake(&server.base, &database, "acme", "all").await;
+    let before = common::peak_rss(pid);
+
+    // ClickHouse goes away; imports go on.
+    drop(clickhouse);
+    let mut poll = Deadline::new(Duration::from_secs(30), Duration::from_millis(100));
+    loop {
+        let status = reqwest::get(format!("{}/readyz", server.base))
+            .await
+            .unwrap()
+            .status();
+        if status == 503 {
+            break;
+        }
+        poll.tick("/readyz never noticed ClickHouse was gone").await;
+    }
+    let outage = tokio::time::Instant::now();
+    let mut start = 10_000;
+    // A steady load (2,000 records a second: pacing, not waiting for
+    // anything) for the 30 s of the outage.
+    let mut pace = tokio::time::interval(Duration::from_secs(1));
+    while outage.elapsed() < Duration::from_secs(30) {
+        pace.tick().await;
+        model.extend(common::ingest(&server.base, start, 2_000).await);
+        start += 2_000;
+    }
+    assert!(start >= 40_000, "too little was ingested during the outage");
+    let grown = common::peak_rss(pid).saturating_sub(before);
+
+    // Back on the same data: the backlog drains into both sinks.
+    let mut clickhouse = ClickHouse::start(&dir.path().join("clickhouse"), ports);
+    clickhouse.wait_up(&server_url).await;
+    common::wait_for_totals(&server.base, &model).await;
+    common::assert_clickhouse_matches_lake(&server.base, &database, "acme", "all").await;
+    common::assert_no_duplicate_rows(&dir.path().join("data")).await;
+    assert!(
+        grown < 256 << 20,
+        "the process grew by {} MiB while ClickHouse was down ({} records queued)",
+        grown >> 20,
+        start - 10_000
+    );
+    let body: serde_json::Value = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["checks"]["clickhouse"], "ok", "{body}");
+}
+
+/// Every statement Spendstream sends ClickHouse, and every query of
+/// docs/clickhouse.md, in a fresh database with some rows.
+fn statements_to_check() -> Vec<String> {
+    let mut all = vec![spendstream_schemas::clickhouse::create_migrations_table()];
+    for migration in spendstream_schemas::clickhouse::migrations() {
+        all.extend(migration.statements);
+    }
+    all.extend(spendstream_processors::sink::clickhouse::sink::example_queries());
+    let columns = "expense_id, tenant_id, month, version, source, external_id, account_id, status, \
+                   transaction_date, amount_minor, currency, merchant_normalized, category, batch_id, \
+                   ingested_at, processed_at, log_partition, log_offset";
+    all.push(format!(
+        "INSERT INTO expenses ({columns}) VALUES \
+         ('e1', 'acme', '2026-01', 1, 'visa', 'tx-1', 'card_1', 'pending', '2026-01-05', 1200, 'USD', 'Blue Bottle', 'restaurants', 'b', now(), now(), 0, 1), \
+         ('e1', 'acme', '2026-02', 2, 'visa', 'tx-1', 'card_1', 'posted', '2026-02-05', 1250, 'USD', 'Blue Bottle', 'restaurants', 'b', now(), now(), 0, 2), \
+         ('e2', 'globex', '2026-01', 3, 'visa', 'tx-2', 'card_2', 'posted', '2026-01-07', 900, 'JPY', NULL, 'other', 'b', now(), now(), 1, 3)"
+    ));
+    let doc = include_str!("../docs/clickhouse.md");
+    let section = doc
+        .split("## Queries for BI tools")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/clickhouse.md has no BI query section");
+    let queries: Vec<String> = section
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().trim().to_string())
+        .collect();
+    assert!(queries.len() >= 5, "too few BI queries found: {queries:?}");
+    all.extend(queries);
+    all.push("SELECT count() FROM expenses_latest".into());
+    all.push("SELECT sum(expenses) FROM daily_spend".into());
+    all
+}
+
+/// What runs on 18.16 also runs on current ClickHouse (chdb), and the
+/// documented BI queries run on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_runs_on_clickhouse_18_16_and_on_current_clickhouse() {
+    let statements = statements_to_check();
+    // 18.16: the test server, a fresh database.
+    let url = common::clickhouse_url();
+    let (server, database) = url.rsplit_once('/').unwrap();
+    let client = reqwest::Client::new();
+    let run = |sql: String, database: Option<&str>| {
+        let target = match database {
+            Some(db) => format!("{server}/?database={db}"),
+            None => format!("{server}/"),
+        };
+        client.post(target).body(sql).send()
+    };
+    let created = run(format!("CREATE DATABASE {database}"), None)
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
+    for statement in &statements {
+        let resp = run(statement.clone(), Some(database)).await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(
+            status, 200,
+            "ClickHouse 18.16 refused:\n{statement}\n{text}"
+        );
+    }
+    let latest = run("SELECT count() FROM expenses_latest".into(), Some(database))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        latest.trim(),
+        "2",
+        "the newest version of each of the two expenses"
+    );
+
+    // Current ClickHouse, through chdb.
+    let python = std::env::var("SPENDSTREAM_TEST_CHDB_PYTHON").expect(
+        "SPENDSTREAM_TEST_CHDB_PYTHON is not set: run the tests with scripts/test, which installs chdb",
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&statements).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-current-clickhouse.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `process` with ClickHouse refuses a database whose migrations are
+/// behind, with one line; `spendstream migrate --dry-run` lists them and
+/// changes nothing; `spendstream migrate` applies them; then it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_behind_on_migrations_is_refused_until_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::clickhouse_url();
+    let mut settings = common::settings(dir.path());
+    settings.clickhouse_url = Some(url.clone());
+    settings.migrate = false;
+    let error = match spendstream::start(settings.clone()).await {
+        Ok(_) => panic!("started on a database without migrations"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("migrations 1, 2 are not applied"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+
+    let migrate = |extra: &[&str]| {
+        common::command()
+            .args(["migrate", "--clickhouse", &url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let dry = migrate(&["--dry-run"]);
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{dry_out}");
+    assert!(dry_out.contains("Would apply migration 1"), "{dry_out}");
+    assert!(
+        spendstream::start(settings.clone()).await.is_err(),
+        "the dry run changed something"
+    );
+    let applied = migrate(&[]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let again = migrate(&[]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up to date"));
+    spendstream::start(settings)
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+}
