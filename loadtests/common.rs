@@ -1,4 +1,6 @@
 //! What the load tests share: the record they send and the HTTP clients.
+//! (Each load test uses part of it.)
+#![allow(dead_code)]
 
 use spendstream::{Roles, Running, Settings};
 use spendstream_http::{JwtKeys, Role};

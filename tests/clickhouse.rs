@@ -281,3 +281,59 @@ async fn a_database_behind_on_migrations_is_refused_until_migrated() {
         .await
         .unwrap();
 }
+
+/// A record the contract allows but ClickHouse 18.16 cannot hold (dated
+/// after 2105) is in the lake, and a `sink_refused` dead letter of the
+/// ClickHouse sink, listed with the reason; the rest of its batch is in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_clickhouse_cannot_hold_is_a_dead_letter_with_the_reason() {
+    use spendstream_http::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = common::settings(dir.path());
+    let clickhouse = settings.clickhouse_url.clone().unwrap();
+    let running = spendstream::start(settings).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let body = [
+        r#"{"source":"s","external_id":"far","account_id":"a","transaction_date":"2150-01-01","amount_minor":700,"currency":"USD"}"#,
+        r#"{"source":"s","external_id":"near","account_id":"a","transaction_date":"2026-01-01","amount_minor":300,"currency":"USD"}"#,
+    ]
+    .join("\n");
+    let resp = common::post_ndjson(&reqwest::Client::new(), &base, body).await;
+    assert_eq!(resp.status(), 202);
+    let client = reqwest::Client::new();
+    let admin = common::token("acme", &[Role::Admin]);
+    let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(100));
+    let letters = loop {
+        let body: serde_json::Value = client
+            .get(format!("{base}/v1/dead-letters"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let letters = body["dead_letters"].as_array().unwrap().clone();
+        if !letters.is_empty() {
+            break letters;
+        }
+        poll.tick("no dead letter from the ClickHouse sink").await;
+    };
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["error"], "sink_refused");
+    let message = letters[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("clickhouse") && message.contains("2105-12-31"),
+        "{message}"
+    );
+    assert_eq!(letters[0]["record"]["external_id"], "far");
+    // The lake has both; ClickHouse the one it can hold.
+    let model =
+        std::collections::BTreeMap::from([("far".to_string(), 700), ("near".to_string(), 300)]);
+    common::wait_for_totals(&base, &model).await;
+    let rows =
+        common::clickhouse_rows(&clickhouse, "SELECT external_id FROM expenses_latest").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["external_id"], "near");
+    running.shutdown().await.unwrap();
+}
