@@ -11,6 +11,7 @@ use spendstream_lake::Lake;
 use spendstream_log::{Log, LogTarget, redact_url};
 use spendstream_processors::sink::Sink;
 use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
+use spendstream_processors::sink::lake::LakeSinkConfig;
 use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use std::net::SocketAddr;
@@ -149,7 +150,10 @@ impl Settings {
             None
         };
         if roles.process || roles.query {
-            spendstream_lake::check_url(lake_url).map_err(|e| format!("--lake: {e}"))?;
+            LakeSinkConfig {
+                url: lake_url.clone(),
+            }
+            .validate()?;
         }
         if roles.ingest {
             ingest.validate()?;
@@ -267,9 +271,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     let lake = if roles.process || roles.query {
-        Some(Arc::new(Lake::open(&lake_url).await.with_context(
-            || format!("cannot open the lake (--lake {lake_url})"),
-        )?))
+        let config = LakeSinkConfig {
+            url: lake_url.clone(),
+        };
+        Some(
+            config
+                .open()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e)))
+                .with_context(|| format!("cannot open the lake (--lake {lake_url})"))?,
+        )
     } else {
         None
     };
