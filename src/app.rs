@@ -4,6 +4,7 @@
 //! is one line naming the setting before any file or connection is opened.
 
 use anyhow::Context;
+use backon::Retryable;
 use spendstream_http::ops::ReadyCheck;
 use spendstream_http::{JwtKeys, ServerLimits};
 use spendstream_ingest::{IngestConfig, IngestState};
@@ -77,7 +78,7 @@ pub struct Settings {
     pub clickhouse_url: Option<String>,
     /// ClickHouse credentials (from the environment or a file).
     pub clickhouse_user: Option<String>,
-    pub clickhouse_password: Option<String>,
+    pub clickhouse_password: Option<Password>,
     /// Apply pending ClickHouse migrations at start-up instead of refusing.
     pub migrate: bool,
     /// How often the lake is compacted (0: never).
@@ -121,7 +122,7 @@ impl Settings {
         let mut config =
             ClickHouseConfig::from_url(url).map_err(|e| format!("--clickhouse: {e}"))?;
         config.user = self.clickhouse_user.clone();
-        config.password = self.clickhouse_password.clone();
+        config.password = self.clickhouse_password.as_ref().map(|p| p.0.clone());
         Ok(Some(config))
     }
 
@@ -185,6 +186,16 @@ impl Settings {
             return Err("--operator-tenant must be 1 to 64 of A-Z a-z 0-9 _ . -".into());
         }
         Ok(log)
+    }
+}
+
+/// A password that never prints (`Settings` is `Debug`).
+#[derive(Clone)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -391,11 +402,25 @@ async fn clickhouse_sink(
     let chain = |e: spendstream_processors::Error| {
         anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e))
     };
-    let report = if migrate {
-        spendstream_processors::sink::clickhouse::migrate(&config, false).await
-    } else {
-        spendstream_processors::sink::clickhouse::status(&config).await
-    }
+    // ClickHouse may be starting too (a fresh deployment): ride out a
+    // transient failure for a while before giving up with its cause.
+    let patience = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(Duration::from_secs(60)));
+    let report = (|| async {
+        if migrate {
+            spendstream_processors::sink::clickhouse::migrate(&config, false).await
+        } else {
+            spendstream_processors::sink::clickhouse::status(&config).await
+        }
+    })
+    .retry(patience)
+    .when(spendstream_processors::Error::is_transient)
+    .notify(|e, d| {
+        warn!(error = %spendstream_schemas::error::Chain(e), retry_in = ?d, "ClickHouse does not answer yet.")
+    })
+    .await
     .map_err(chain)
     .with_context(|| format!("ClickHouse at {at}"))?;
     if !migrate && !report.pending.is_empty() {

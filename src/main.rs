@@ -190,7 +190,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         operator_tenant: args.operator_tenant.clone(),
         clickhouse_url: args.clickhouse.clone(),
         clickhouse_user: std::env::var("SPENDSTREAM_CLICKHOUSE_USER").ok(),
-        clickhouse_password: secret::clickhouse_password()?,
+        clickhouse_password: secret::clickhouse_password()?.map(spendstream::app::Password),
         migrate: args.migrate,
         compact_interval: Duration::from_secs(args.compact_interval_secs),
         log_retention: Duration::from_secs(args.log_retention_hours.saturating_mul(3600)),

@@ -14,6 +14,9 @@ use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+/// How long one readiness check may take.
+const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A readiness check: `Ok` when the dependency answers.
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
@@ -58,7 +61,10 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     let mut ok = true;
     let mut report = serde_json::Map::new();
     for (name, check) in &state.checks {
-        let result = check().await;
+        // A dependency that hangs is not ready, and must not hang /readyz.
+        let result = tokio::time::timeout(READY_CHECK_TIMEOUT, check())
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {READY_CHECK_TIMEOUT:?}")));
         ok &= result.is_ok();
         report.insert(
             (*name).to_string(),

@@ -15,6 +15,14 @@ pub enum Error {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("a row ClickHouse cannot hold reached the insert: {0}")]
     ClickHouseRow(String),
+    /// A sink refused these rows of a batch (positions in what it was
+    /// given, with its reasons) and recorded nothing: they become dead
+    /// letters and the batch is written again without them.
+    #[error("the {sink} refused {} rows", rows.len())]
+    RowsRefused {
+        sink: &'static str,
+        rows: Vec<(usize, String)>,
+    },
     #[error(
         "ClickHouse migration {version} (\"{name}\") was applied with other statements than this \
          build has; the database differs from what the code expects"
@@ -68,6 +76,7 @@ impl Error {
             | Error::LogBehindLake { .. }
             | Error::LogBehindGroup { .. }
             | Error::ClickHouseRow(_)
+            | Error::RowsRefused { .. }
             | Error::MigrationChanged { .. }
             | Error::MigrationsAhead { .. }
             | Error::MigrationsBehind { .. } => false,
@@ -78,22 +87,40 @@ impl Error {
 /// ClickHouse exception codes no retry fixes: the request or the schema is
 /// wrong, or the credentials are.
 const PERMANENT_CLICKHOUSE_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
     16,  // NO_SUCH_COLUMN_IN_TABLE
     27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
     33,  // CANNOT_READ_ALL_DATA
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
     47,  // UNKNOWN_IDENTIFIER
     53,  // TYPE_MISMATCH
     60,  // UNKNOWN_TABLE
     62,  // SYNTAX_ERROR
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
     81,  // UNKNOWN_DATABASE
     115, // UNKNOWN_SETTING
+    117, // INCORRECT_DATA
     164, // READONLY
     192, // UNKNOWN_USER
     193, // WRONG_PASSWORD
     194, // REQUIRED_PASSWORD
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    469, // VIOLATED_CONSTRAINT
     497, // ACCESS_DENIED
     516, // AUTHENTICATION_FAILED
 ];
+
+/// The exception code in a ClickHouse error message (`Code: 60, …`).
+pub(crate) fn exception_code(message: &str) -> Option<u32> {
+    message
+        .split("Code: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+}
 
 /// Whether a ClickHouse client error may pass on retry: network failures
 /// and timeouts do, and server exceptions other than the permanent ones
@@ -103,12 +130,7 @@ fn clickhouse_transient(error: &clickhouse::error::Error) -> bool {
     match error {
         E::Network(_) | E::TimedOut => true,
         E::BadResponse(message) => {
-            let code = message
-                .split("Code: ")
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u32>().ok());
-            !code.is_some_and(|c| PERMANENT_CLICKHOUSE_CODES.contains(&c))
+            !exception_code(message).is_some_and(|c| PERMANENT_CLICKHOUSE_CODES.contains(&c))
         }
         _ => false,
     }
@@ -127,7 +149,10 @@ mod tests {
             !bad("Code: 60, e.displayText() = DB::Exception: Table x doesn't exist").is_transient()
         );
         assert!(!bad("Code: 516. DB::Exception: default: Authentication failed").is_transient());
-        assert!(bad("Code: 252, e.displayText() = DB::Exception: Too many parts").is_transient());
+        assert!(
+            bad("Code: 241, e.displayText() = DB::Exception: Memory limit exceeded").is_transient()
+        );
+        assert!(!bad("Code: 117. DB::Exception: Incorrect data").is_transient());
         assert!(Error::ClickHouse(clickhouse::error::Error::TimedOut).is_transient());
     }
 }

@@ -303,26 +303,55 @@ impl Processor {
             // The transaction versions cover every partition in the batch,
             // dead letters included, so a replay skips them too.
             let handled = transform::replay::last_offsets(&batch);
-            for (sink, mask) in self.sinks.iter().zip(&refused) {
-                // Rarely anything is refused: only then copy the rest.
-                let kept: Vec<EnrichedRecord>;
-                let sink_rows = if mask.iter().any(|r| *r) {
-                    kept = rows
-                        .iter()
-                        .zip(mask)
-                        .filter(|(_, r)| !**r)
-                        .map(|(row, _)| row.clone())
-                        .collect();
-                    &kept[..]
-                } else {
-                    &rows[..]
-                };
-                let batch = SinkBatch {
-                    rows: sink_rows,
-                    last: &handled,
-                };
-                let what = format!("Writing the {}", sink.name());
-                retry(&what, || sink.write(batch)).await?;
+            for (sink, mask) in self.sinks.iter().zip(refused.iter_mut()) {
+                loop {
+                    // Rarely anything is refused: only then copy the rest.
+                    let kept_at: Vec<usize> = (0..rows.len()).filter(|i| !mask[*i]).collect();
+                    let kept: Vec<EnrichedRecord>;
+                    let sink_rows = if kept_at.len() == rows.len() {
+                        &rows[..]
+                    } else {
+                        kept = kept_at.iter().map(|i| rows[*i].clone()).collect();
+                        &kept[..]
+                    };
+                    let batch = SinkBatch {
+                        rows: sink_rows,
+                        last: &handled,
+                    };
+                    let what = format!("Writing the {}", sink.name());
+                    match retry(&what, || sink.write(batch)).await {
+                        Ok(_) => break,
+                        // The sink refused rows it could not know it would
+                        // (the server's word) and recorded nothing: store
+                        // them as dead letters first, then write the rest.
+                        Err(Error::RowsRefused { rows: bad, .. }) => {
+                            let mut refused_now = Vec::with_capacity(bad.len());
+                            for (position, reason) in bad {
+                                let Some(&at) = kept_at.get(position) else {
+                                    continue;
+                                };
+                                mask[at] = true;
+                                refused_now.push(transform::validate::refused(
+                                    entries[at],
+                                    group,
+                                    sink.name(),
+                                    &reason,
+                                ));
+                            }
+                            warn!(
+                                sink = sink.name(),
+                                rows = refused_now.len(),
+                                "A sink refused rows; they are dead letters now."
+                            );
+                            retry("Writing dead letters", || {
+                                self.dead_letters.write(refused_now.clone())
+                            })
+                            .await?;
+                            letters.extend(refused_now);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             failpoint("after_sinks");
         }

@@ -94,6 +94,31 @@ async fn migrations_apply_once_even_twice_at_once_and_edits_are_noticed() {
     drop_database(&config).await;
 }
 
+/// The table the migrations make has the lake's columns, in order, with
+/// the types the sink writes.
+#[tokio::test]
+async fn the_migrated_table_has_the_columns_of_the_lake() {
+    let config = config();
+    migrate(&config, false).await.unwrap();
+    #[derive(Row, Deserialize)]
+    struct Column {
+        name: String,
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    let columns: Vec<(String, String)> = config
+        .client()
+        .query("SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = 'expenses'")
+        .fetch_all::<Column>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.ty))
+        .collect();
+    assert_eq!(columns, spendstream_schemas::clickhouse::expenses_columns());
+    drop_database(&config).await;
+}
+
 #[tokio::test]
 async fn a_batch_written_three_times_counts_once_and_updates_win() {
     let config = config();

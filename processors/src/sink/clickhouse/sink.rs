@@ -21,6 +21,7 @@ use spendstream_log::Partition;
 use spendstream_schemas::EnrichedRecord;
 use spendstream_schemas::clickhouse::{EXPENSES_TABLE, MAX_DATE, SINK_OFFSETS_TABLE};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// One `expenses` row in RowBinary: the columns of
 /// `spendstream_schemas::clickhouse::expenses_columns`, in order.
@@ -258,6 +259,134 @@ impl Sink for ClickHouseSink {
     }
 
     async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
+        timed(self.config.timeout, self.held(partitions)).await
+    }
+
+    fn refuses(&self, row: &EnrichedRecord) -> Option<String> {
+        ExpenseRow::of(row).err()
+    }
+
+    async fn write(&self, batch: SinkBatch<'_>) -> Result<Written> {
+        timed(self.config.timeout, self.write_batch(batch)).await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        timed(self.config.timeout, async {
+            self.client.query("SELECT 1").execute().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// `op` within `limit`, else a (transient) timeout: a server that hangs
+/// must not hold the processor without a retry, nor `/readyz` forever.
+async fn timed<T>(limit: Duration, op: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, op)
+        .await
+        .unwrap_or(Err(crate::Error::ClickHouse(
+            clickhouse::error::Error::TimedOut,
+        )))
+}
+
+/// Most monthly partitions one insert touches: current ClickHouse refuses
+/// an insert into more than `max_partitions_per_insert_block` (100).
+const MONTHS_PER_INSERT: usize = 90;
+
+/// The rows split into groups of at most [`MONTHS_PER_INSERT`] months, in
+/// their order within each month.
+fn by_months<'a>(rows: &[(usize, &'a EnrichedRecord)]) -> Vec<Vec<(usize, &'a EnrichedRecord)>> {
+    let mut months: BTreeMap<String, Vec<(usize, &'a EnrichedRecord)>> = BTreeMap::new();
+    for row in rows {
+        months.entry(row.1.month()).or_default().push(*row);
+    }
+    let mut groups = Vec::new();
+    let mut group = Vec::new();
+    for (i, (_, rows)) in months.into_iter().enumerate() {
+        if i > 0 && i % MONTHS_PER_INSERT == 0 {
+            groups.push(std::mem::take(&mut group));
+        }
+        group.extend(rows);
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
+}
+
+/// The deduplication token of an insert of these rows: the same log
+/// positions make the same token, so a replayed insert is recognised.
+fn insert_token(rows: &[(usize, &EnrichedRecord)]) -> String {
+    let mut ranges: BTreeMap<i32, (i64, i64, usize)> = BTreeMap::new();
+    for (_, r) in rows {
+        let e = ranges
+            .entry(r.log_partition)
+            .or_insert((r.log_offset, r.log_offset, 0));
+        e.0 = e.0.min(r.log_offset);
+        e.1 = e.1.max(r.log_offset);
+        e.2 += 1;
+    }
+    ranges
+        .iter()
+        .map(|(p, (lo, hi, n))| format!("{p}:{lo}-{hi}#{n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// ClickHouse exception codes that mean "this data", not "this table" or
+/// "this moment": the rows of such an insert are isolated.
+const DATA_ERROR_CODES: &[u32] = &[6, 27, 38, 41, 53, 69, 70, 72, 117, 321, 469];
+
+fn is_data_error(error: &crate::Error) -> bool {
+    match error {
+        crate::Error::ClickHouse(clickhouse::error::Error::BadResponse(message)) => {
+            crate::error::exception_code(message).is_some_and(|c| DATA_ERROR_CODES.contains(&c))
+        }
+        _ => false,
+    }
+}
+
+/// Inserts `rows` with `insert`; when the server refuses the data, halves
+/// the rows until each refused row is alone, inserts the rest, and returns
+/// the refused ones (positions in `rows`) with the server's reason. When
+/// every row is refused the table, not the data, is wrong: that error is
+/// returned instead.
+async fn isolate<'a, T, F, Fut>(rows: &'a [T], mut insert: F) -> Result<Vec<(usize, String)>>
+where
+    F: FnMut(Vec<(usize, &'a T)>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut refused = Vec::new();
+    let mut first_error = None;
+    let mut stack = vec![(0, rows.len())];
+    while let Some((from, to)) = stack.pop() {
+        let part: Vec<(usize, &'a T)> = (from..to).map(|i| (i, &rows[i])).collect();
+        match insert(part).await {
+            Ok(()) => {}
+            Err(e) if is_data_error(&e) && to - from == 1 => {
+                refused.push((from, spendstream_schemas::error::Chain(&e).to_string()));
+                first_error.get_or_insert(e);
+            }
+            Err(e) if is_data_error(&e) => {
+                let mid = from + (to - from) / 2;
+                stack.push((mid, to));
+                stack.push((from, mid));
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !rows.is_empty() && refused.len() == rows.len() {
+        return Err(
+            first_error.unwrap_or(crate::Error::ClickHouseRow("every row was refused".into()))
+        );
+    }
+    refused.sort_by_key(|(i, _)| *i);
+    Ok(refused)
+}
+
+impl ClickHouseSink {
+    async fn held(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
         if partitions.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -278,17 +407,29 @@ impl Sink for ClickHouseSink {
             .collect())
     }
 
-    fn refuses(&self, row: &EnrichedRecord) -> Option<String> {
-        ExpenseRow::of(row).err()
+    /// One insert of `rows` into `expenses`.
+    async fn insert(&self, rows: &[(usize, &EnrichedRecord)]) -> Result<()> {
+        let mut insert = self.client.insert::<ExpenseRow<'_>>(EXPENSES_TABLE).await?;
+        if self.dedup_token {
+            insert = insert.with_setting("insert_deduplication_token", insert_token(rows));
+        }
+        for (_, record) in rows {
+            // `refuses` kept anything out of range out of the batch.
+            let row = ExpenseRow::of(record).map_err(crate::Error::ClickHouseRow)?;
+            insert.write(&row).await?;
+        }
+        insert.end().await?;
+        Ok(())
     }
 
-    async fn write(&self, batch: SinkBatch<'_>) -> Result<Written> {
+    async fn write_batch(&self, batch: SinkBatch<'_>) -> Result<Written> {
         let partitions: Vec<Partition> = batch.last.keys().copied().collect();
-        let held = self.committed(&partitions).await?;
-        let fresh: Vec<&EnrichedRecord> = batch
+        let held = self.held(&partitions).await?;
+        let fresh: Vec<(usize, &EnrichedRecord)> = batch
             .rows
             .iter()
-            .filter(|r| {
+            .enumerate()
+            .filter(|(_, r)| {
                 held.get(&(r.log_partition as Partition))
                     .is_none_or(|v| r.log_offset > *v)
             })
@@ -302,30 +443,25 @@ impl Sink for ClickHouseSink {
         if pending.is_empty() {
             return Ok(Written { rows: 0 });
         }
+        let mut refused = Vec::new();
+        for group in by_months(&fresh) {
+            let bad = isolate(&group, |part| async move {
+                let rows: Vec<(usize, &EnrichedRecord)> =
+                    part.into_iter().map(|(_, r)| *r).collect();
+                self.insert(&rows).await
+            })
+            .await?;
+            refused.extend(bad.into_iter().map(|(i, reason)| (group[i].0, reason)));
+        }
+        if !refused.is_empty() {
+            // Nothing is recorded as held: the processor stores these as
+            // dead letters, then writes the batch again without them.
+            return Err(crate::Error::RowsRefused {
+                sink: "clickhouse",
+                rows: refused,
+            });
+        }
         if !fresh.is_empty() {
-            let mut insert = self.client.insert::<ExpenseRow<'_>>(EXPENSES_TABLE).await?;
-            if self.dedup_token {
-                // The same log positions make the same token, so a replayed
-                // batch is recognised as the insert it repeats.
-                let token = pending
-                    .iter()
-                    .map(|(p, last)| {
-                        format!(
-                            "{}:{}-{last}",
-                            self.app_id(*p),
-                            held.get(p).map_or(-1, |h| *h)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",");
-                insert = insert.with_setting("insert_deduplication_token", token);
-            }
-            for record in &fresh {
-                // `refuses` kept anything out of range out of the batch.
-                let row = ExpenseRow::of(record).map_err(crate::Error::ClickHouseRow)?;
-                insert.write(&row).await?;
-            }
-            insert.end().await?;
             crate::failpoint("after_clickhouse_insert");
         }
         let now = epoch_seconds(Utc::now()).unwrap_or_default();
@@ -342,16 +478,111 @@ impl Sink for ClickHouseSink {
         offsets.end().await?;
         Ok(Written { rows: fresh.len() })
     }
-
-    async fn ready(&self) -> Result<()> {
-        self.client.query("SELECT 1").execute().await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(month: u32, partition: i32, offset: i64) -> EnrichedRecord {
+        let raw = format!(
+            r#"{{"source":"s","external_id":"e{offset}","account_id":"a","transaction_date":"20{:02}-{:02}-01","amount_minor":1,"currency":"USD"}}"#,
+            10 + month / 12,
+            1 + month % 12
+        );
+        EnrichedRecord {
+            expense_id: spendstream_schemas::expense_id("t", "s", "e"),
+            tenant_id: "t".into(),
+            version: offset,
+            record: spendstream_schemas::ExpenseRecord::from_json(&raw).unwrap(),
+            category: spendstream_schemas::Category::Other,
+            merchant_normalized: None,
+            batch_id: "b".into(),
+            ingested_at: Utc::now(),
+            processed_at: Utc::now(),
+            log_partition: partition,
+            log_offset: offset,
+        }
+    }
+
+    #[test]
+    fn the_row_has_the_columns_the_migrations_make_in_their_order() {
+        let columns: Vec<String> = spendstream_schemas::clickhouse::expenses_columns()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(ExpenseRow::COLUMN_NAMES, columns);
+    }
+
+    #[test]
+    fn inserts_touch_at_most_90_months_and_keep_every_row() {
+        let rows: Vec<EnrichedRecord> = (0..200).map(|m| rec(m, 0, i64::from(m))).collect();
+        let indexed: Vec<(usize, &EnrichedRecord)> = rows.iter().enumerate().collect();
+        let groups = by_months(&indexed);
+        assert_eq!(groups.len(), 3);
+        let mut seen: Vec<usize> = groups.iter().flatten().map(|(i, _)| *i).collect();
+        seen.sort();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        for g in &groups {
+            let months: std::collections::BTreeSet<String> =
+                g.iter().map(|(_, r)| r.month()).collect();
+            assert!(months.len() <= MONTHS_PER_INSERT);
+        }
+    }
+
+    #[test]
+    fn the_dedup_token_names_the_log_positions() {
+        let rows = [rec(0, 0, 5), rec(0, 0, 7), rec(1, 3, 2)];
+        let indexed: Vec<(usize, &EnrichedRecord)> = rows.iter().enumerate().collect();
+        assert_eq!(insert_token(&indexed), "0:5-7#2,3:2-2#1");
+        assert_eq!(insert_token(&indexed), insert_token(&indexed));
+    }
+
+    fn data_error() -> crate::Error {
+        crate::Error::ClickHouse(clickhouse::error::Error::BadResponse(
+            "Code: 117, e.displayText() = DB::Exception: Incorrect data".into(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn refused_rows_are_isolated_and_the_rest_inserted() {
+        let rows: Vec<u32> = (0..100).collect();
+        let inserted = std::sync::Mutex::new(Vec::new());
+        let refused = isolate(&rows, |part| {
+            let bad = part.iter().any(|(_, v)| **v == 13 || **v == 77);
+            if !bad {
+                inserted
+                    .lock()
+                    .unwrap()
+                    .extend(part.iter().map(|(_, v)| **v));
+            }
+            async move { if bad { Err(data_error()) } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![13, 77]
+        );
+        assert!(refused[0].1.contains("Incorrect data"));
+        let mut inserted = inserted.into_inner().unwrap();
+        inserted.sort();
+        assert_eq!(
+            inserted,
+            (0..100)
+                .filter(|v| *v != 13 && *v != 77)
+                .collect::<Vec<_>>()
+        );
+        // Every row refused: the table is wrong, not the data.
+        let all = isolate(&rows, |_| async { Err(data_error()) }).await;
+        assert!(all.is_err());
+        // Other errors are not isolated.
+        let timeout = isolate(&rows, |_| async {
+            Err(crate::Error::ClickHouse(clickhouse::error::Error::TimedOut))
+        })
+        .await;
+        assert!(matches!(timeout, Err(e) if e.is_transient()));
+    }
 
     #[test]
     fn string_literals_are_escaped() {
