@@ -3,10 +3,12 @@
 /// What can go wrong with the lake table.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "unsupported lake URL `{0}`: expected file://<dir> (or s3://bucket/prefix once enabled)"
-    )]
+    #[error("unsupported lake URL `{0}`: expected file://<dir> or s3://bucket/prefix")]
     UnsupportedUrl(String),
+    #[error(
+        "lake URL `{0}` carries credentials: give them in the AWS_* environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never in the URL"
+    )]
+    CredentialsInUrl(String),
     #[error("invalid lake URL `{url}`")]
     InvalidUrl {
         url: String,
@@ -19,6 +21,8 @@ pub enum Error {
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error("lake I/O failed")]
     Io(#[from] std::io::Error),
+    #[error("there is no lake table at `{0}`")]
+    NoTable(String),
     #[error("the lake table's schema does not match this version: missing column `{0}`")]
     SchemaMismatch(String),
     #[error("the lake has numbered every log generation it can (2^19)")]
@@ -33,26 +37,34 @@ impl Error {
     /// commit race lost to another writer) rather than a mistake no retry
     /// fixes (a bad URL, a table of another schema).
     pub fn is_transient(&self) -> bool {
-        use deltalake::DeltaTableError as D;
         match self {
-            Error::Delta(e) => matches!(
-                e,
-                D::ObjectStore { .. }
-                    | D::Io { .. }
-                    | D::Transaction { .. }
-                    | D::VersionAlreadyExists(_)
-                    | D::VersionMismatch(..)
-                    | D::Generic(_)
-                    | D::GenericError { .. }
-            ),
+            Error::Delta(e) => delta_is_transient(e),
             Error::Io(_) | Error::Injected => true,
             Error::UnsupportedUrl(_)
+            | Error::CredentialsInUrl(_)
             | Error::InvalidUrl { .. }
             | Error::Arrow(_)
             | Error::SchemaMismatch(_)
+            | Error::NoTable(_)
             | Error::GenerationsExhausted => false,
         }
     }
+}
+
+/// Whether a delta-rs failure may pass on a retry: storage unreachable or
+/// slow, or a commit race lost to another writer.
+pub(crate) fn delta_is_transient(e: &deltalake::DeltaTableError) -> bool {
+    use deltalake::DeltaTableError as D;
+    matches!(
+        e,
+        D::ObjectStore { .. }
+            | D::Io { .. }
+            | D::Transaction { .. }
+            | D::VersionAlreadyExists(_)
+            | D::VersionMismatch(..)
+            | D::Generic(_)
+            | D::GenericError { .. }
+    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,15 +1,25 @@
 //! The expense table on object storage: a Delta Lake table (delta-rs)
-//! partitioned by tenant and month, under `file://./data/lake` by default.
+//! partitioned by tenant and month, in a local directory
+//! (`file://./data/lake` by default) or under an S3 prefix
+//! (`s3://bucket/prefix`), both through object_store.
 //!
 //! delta-rs stays behind this small API because its interface moves between
 //! releases. Writers commit each batch with Delta application transactions
 //! (one per log partition), which is what makes processor replays idempotent:
 //! [`Lake::commit_once`] is the only way to write, and it checks the table's
-//! transaction versions and writes in one step, on every try.
+//! transaction versions and writes in one step, on every try. Commits are
+//! conditional writes of the next log file, so several processes can write
+//! one table (see `docs/lake.md`).
 
 mod error;
+mod location;
+mod maintenance;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, Result};
+pub use location::Location;
+pub use maintenance::{CompactStats, VacuumStats};
 
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
@@ -18,12 +28,12 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::{DeltaTable, DeltaTableBuilder, TableProperty};
 use spendstream_schemas::enriched::{PARTITION_COLUMNS, arrow_schema};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, MutexGuard};
 use url::Url;
 
 /// The application transaction counting log generations.
@@ -51,17 +61,53 @@ pub enum WriteOutcome {
     Empty,
 }
 
-/// Compaction results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CompactStats {
-    pub files_added: u64,
-    pub files_removed: u64,
+/// How a table handle behaves.
+#[derive(Clone)]
+pub struct LakeOptions {
+    /// object_store settings applied on top of the `AWS_*` environment
+    /// (S3 only), e.g. `aws_endpoint`, `aws_allow_http`, `aws_timeout`.
+    /// Never printed: they may hold keys.
+    pub storage: BTreeMap<String, String>,
+    /// How long readers ([`Lake::table_provider`], [`Lake::version`]) may
+    /// serve the state they last loaded before looking for new commits
+    /// (one LIST of the log). Writers always look.
+    pub read_refresh: Duration,
+    /// Commits between two checkpoints of a table this handle creates, so
+    /// opening it never replays more than this many JSON commits.
+    pub checkpoint_interval: u32,
+}
+
+impl Default for LakeOptions {
+    fn default() -> Self {
+        Self {
+            storage: BTreeMap::new(),
+            read_refresh: Duration::from_secs(1),
+            checkpoint_interval: 100,
+        }
+    }
+}
+
+impl std::fmt::Debug for LakeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeOptions")
+            .field("storage", &self.storage.keys().collect::<Vec<_>>())
+            .field("read_refresh", &self.read_refresh)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .finish()
+    }
+}
+
+/// The loaded table state and when it was loaded.
+struct Loaded {
+    table: DeltaTable,
+    at: Instant,
 }
 
 /// The lake table.
 pub struct Lake {
     url: Url,
-    table: Mutex<DeltaTable>,
+    options: LakeOptions,
+    state: Mutex<Loaded>,
     /// Test hook: commits still to fail after they were written.
     #[cfg(feature = "testing")]
     fail_after_commit: std::sync::atomic::AtomicU32,
@@ -75,55 +121,77 @@ impl std::fmt::Debug for Lake {
     }
 }
 
-/// Checks a lake URL without touching anything: `file://<dir>`.
+/// Checks a lake URL without touching anything: `file://<dir>` or
+/// `s3://bucket/prefix`.
 pub fn check_url(url: &str) -> Result<()> {
-    local_dir(url).map(|_| ())
-}
-
-fn local_dir(url: &str) -> Result<&std::path::Path> {
-    match url.strip_prefix("file://") {
-        Some("") => Err(Error::UnsupportedUrl(url.to_string())),
-        Some(path) => Ok(std::path::Path::new(path)),
-        None => Err(Error::UnsupportedUrl(url.to_string())),
-    }
-}
-
-/// Turns `file://./data/lake` or `file:///abs` into an absolute URL,
-/// creating the directory.
-fn table_url(url: &str) -> Result<Url> {
-    let path = local_dir(url)?;
-    std::fs::create_dir_all(path)?;
-    let abs = std::fs::canonicalize(path)?;
-    Url::from_directory_path(&abs).map_err(|()| Error::UnsupportedUrl(url.to_string()))
+    Location::parse(url).map(|_| ())
 }
 
 impl Lake {
-    /// Opens the table at `url`, creating it (schema and partitioning from
-    /// `spendstream-schemas`) if it does not exist yet.
+    /// Opens the table at `url` with the default options, creating it
+    /// (schema and partitioning from `spendstream-schemas`) if it does not
+    /// exist yet.
     pub async fn open(url: &str) -> Result<Self> {
-        let table_url = table_url(url)?;
-        let mut table = DeltaTableBuilder::from_url(table_url.clone())?.build()?;
+        Self::open_with(url, LakeOptions::default()).await
+    }
+
+    /// [`Lake::open`] with `options`.
+    pub async fn open_with(url: &str, options: LakeOptions) -> Result<Self> {
+        Self::load(url, options, true).await
+    }
+
+    /// Opens the table at `url`, refusing to create one (maintenance
+    /// commands: a mistyped URL must not leave an empty table behind).
+    pub async fn open_existing(url: &str, options: LakeOptions) -> Result<Self> {
+        Self::load(url, options, false).await
+    }
+
+    async fn load(url: &str, options: LakeOptions, create: bool) -> Result<Self> {
+        let location = Location::parse(url)?;
+        if !create && location.is_fresh_local() {
+            return Err(Error::NoTable(url.to_string()));
+        }
+        let table_url = location.table_url()?;
+        let builder = || -> Result<DeltaTable> {
+            Ok(DeltaTableBuilder::from_url(table_url.clone())?
+                .with_storage_options(options.storage.clone().into_iter().collect())
+                .build()?)
+        };
+        let mut table = builder()?;
         // Loading a table that is not there makes delta-rs log an ERROR;
         // on a fresh local lake go straight to creating it.
-        let fresh = table_url
-            .to_file_path()
-            .is_ok_and(|dir| !dir.join("_delta_log").exists());
-        let missing = fresh
+        let missing = location.is_fresh_local()
             || match table.load().await {
                 Ok(()) => false,
                 Err(deltalake::DeltaTableError::NotATable(_)) => true,
                 Err(e) => return Err(e.into()),
             };
+        if missing && !create {
+            return Err(Error::NoTable(url.to_string()));
+        }
         if missing {
             let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
-            table = table
+            let created = table
                 .create()
                 .with_table_name("expenses")
                 .with_comment("Spendstream enriched expense records (contract v1)")
                 .with_columns(schema.fields().cloned())
                 .with_partition_columns(PARTITION_COLUMNS)
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(options.checkpoint_interval.max(1).to_string()),
+                )
                 .with_save_mode(SaveMode::Ignore)
-                .await?;
+                .await;
+            table = match created {
+                Ok(table) => table,
+                // Another process created it first: use theirs.
+                Err(e) => {
+                    let mut theirs = builder()?;
+                    theirs.load().await.map_err(|_| e)?;
+                    theirs
+                }
+            };
         }
         let existing: Vec<String> = table
             .snapshot()?
@@ -140,10 +208,34 @@ impl Lake {
         }
         Ok(Self {
             url: table_url,
-            table: Mutex::new(table),
+            options,
+            state: Mutex::new(Loaded {
+                table,
+                at: Instant::now(),
+            }),
             #[cfg(feature = "testing")]
             fail_after_commit: Default::default(),
         })
+    }
+
+    /// The table with every commit made so far loaded (writers and
+    /// maintenance: they must see other writers' commits).
+    async fn newest(&self) -> Result<MutexGuard<'_, Loaded>> {
+        let mut loaded = self.state.lock().await;
+        loaded.table.update_state().await?;
+        loaded.at = Instant::now();
+        Ok(loaded)
+    }
+
+    /// The table as readers see it: reloaded when the state is older than
+    /// `read_refresh`, so a burst of queries costs one LIST of the log.
+    async fn for_reading(&self) -> Result<DeltaTable> {
+        let mut loaded = self.state.lock().await;
+        if loaded.at.elapsed() >= self.options.read_refresh {
+            loaded.table.update_state().await?;
+            loaded.at = Instant::now();
+        }
+        Ok(loaded.table.clone())
     }
 
     /// Test hook: the next `n` commits fail right after their commit file
@@ -183,9 +275,8 @@ impl Lake {
 
     /// [`Lake::txn_version`] for several app ids with one state refresh.
     pub async fn txn_versions(&self, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
-        let mut table = self.table.lock().await;
-        table.update_state().await?;
-        read_versions(&table, app_ids.iter().map(String::as_str)).await
+        let loaded = self.newest().await?;
+        read_versions(&loaded.table, app_ids.iter().map(String::as_str)).await
     }
 
     /// Appends exactly once: refreshes the table, reads the stored version
@@ -205,9 +296,8 @@ impl Lake {
         if txns.is_empty() {
             return Ok(WriteOutcome::Empty);
         }
-        let mut table = self.table.lock().await;
-        table.update_state().await?;
-        let stored = read_versions(&table, txns.iter().map(|t| t.app_id.as_str())).await?;
+        let mut loaded = self.newest().await?;
+        let stored = read_versions(&loaded.table, txns.iter().map(|t| t.app_id.as_str())).await?;
         let held: HashMap<String, i64> = txns
             .iter()
             .zip(&stored)
@@ -223,7 +313,8 @@ impl Lake {
         }
         let batch = rows(&held)?;
         let n = batch.num_rows();
-        let written = table
+        let written = loaded
+            .table
             .clone()
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
@@ -232,7 +323,7 @@ impl Lake {
             .await?;
         self.injected_failure()?;
         let table_version = written.version().unwrap_or_default();
-        *table = written;
+        loaded.table = written;
         Ok(WriteOutcome::Committed {
             table_version,
             rows: n,
@@ -251,9 +342,8 @@ impl Lake {
         let ids = [own.clone(), GENERATION_COUNTER.to_string()];
         let mut conflicts = 0;
         loop {
-            let mut table = self.table.lock().await;
-            table.update_state().await?;
-            let held = read_versions(&table, ids.iter().map(String::as_str)).await?;
+            let mut loaded = self.newest().await?;
+            let held = read_versions(&loaded.table, ids.iter().map(String::as_str)).await?;
             let newest = held[1].unwrap_or(0);
             if let Some(generation) = held[0]
                 && generation == newest
@@ -264,22 +354,17 @@ impl Lake {
             if next > i64::from(spendstream_schemas::enriched::MAX_GENERATION) {
                 return Err(Error::GenerationsExhausted);
             }
-            let empty = spendstream_schemas::to_record_batch(&[])?;
-            let written = table
-                .clone()
-                .write(vec![empty])
-                .with_save_mode(SaveMode::Append)
-                .with_partition_columns(PARTITION_COLUMNS)
-                .with_commit_properties(CommitProperties::default().with_application_transactions(
-                    vec![
-                        Transaction::new(own.clone(), next),
-                        Transaction::new(GENERATION_COUNTER, next),
-                    ],
-                ))
-                .await;
+            let written = commit_txns(
+                &loaded.table,
+                vec![
+                    Transaction::new(own.clone(), next),
+                    Transaction::new(GENERATION_COUNTER, next),
+                ],
+            )
+            .await;
             match written {
                 Ok(written) => {
-                    *table = written;
+                    loaded.table = written;
                     return u32::try_from(next).map_err(|_| Error::GenerationsExhausted);
                 }
                 // Another process numbered a log meanwhile: read again.
@@ -287,18 +372,15 @@ impl Lake {
                     conflicts += 1;
                     tracing::debug!(error = %e, "Numbering a log generation raced; reading again.");
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// A DataFusion table provider over the newest committed state.
+    /// A DataFusion table provider over the committed state, at most
+    /// `read_refresh` old.
     pub async fn table_provider(&self, ctx: &SessionContext) -> Result<Arc<dyn TableProvider>> {
-        let table = {
-            let mut table = self.table.lock().await;
-            table.update_state().await?;
-            table.clone()
-        };
+        let table = self.for_reading().await?;
         table.update_datafusion_session(&ctx.state())?;
         Ok(table
             .table_provider()
@@ -306,31 +388,37 @@ impl Lake {
             .map_err(deltalake::DeltaTableError::from)?)
     }
 
-    /// Rewrites small files into larger ones (OPTIMIZE), then removes files
-    /// no version younger than `retention` needs (VACUUM).
-    pub async fn compact(&self, retention: Duration) -> Result<CompactStats> {
-        let table = {
-            let mut table = self.table.lock().await;
-            table.update_state().await?;
-            table.clone()
-        };
-        let (table, metrics) = table.optimize().await?;
-        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
-        let (_table, _vacuum) = table
-            .vacuum()
-            .with_retention_period(retention)
-            .with_enforce_retention_duration(false)
-            .await?;
-        Ok(CompactStats {
-            files_added: metrics.num_files_added,
-            files_removed: metrics.num_files_removed,
-        })
+    /// The data files the newest table state reads, relative to the table
+    /// root.
+    pub async fn files(&self) -> Result<Vec<String>> {
+        let loaded = self.newest().await?;
+        Ok(loaded
+            .table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| f.path().into_owned())
+            .collect())
     }
 
-    /// Current table version.
-    pub async fn version(&self) -> Option<u64> {
-        self.table.lock().await.version()
+    /// The table version readers see (at most `read_refresh` old).
+    pub async fn version(&self) -> Result<u64> {
+        Ok(self.for_reading().await?.version().unwrap_or_default())
     }
+}
+
+/// Commits no rows, only the application transactions `txns`: the lake's
+/// own bookkeeping (log generations, the maintenance lease). A concurrent
+/// commit of the same app ids makes it fail with a conflict.
+async fn commit_txns(table: &DeltaTable, txns: Vec<Transaction>) -> Result<DeltaTable> {
+    let empty = spendstream_schemas::to_record_batch(&[])?;
+    Ok(table
+        .clone()
+        .write(vec![empty])
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .await?)
 }
 
 /// The stored version of each app id in `table`'s loaded state.

@@ -1,11 +1,133 @@
-//! The lake table against a real directory: creation, transactional appends,
-//! reads through DataFusion, compaction.
+//! The lake table on a real directory and on a real S3 API (moto, started
+//! by scripts/test): creation, transactional appends, concurrent writers,
+//! reads through DataFusion, checkpoints, compaction and vacuum. Every test
+//! runs on both, as `<name>::file` and `<name>::s3`.
 
 use chrono::Utc;
 use datafusion::prelude::SessionContext;
-use spendstream_lake::{AppTxn, Lake, WriteOutcome};
+use object_store::ObjectStoreExt as _;
+use spendstream_lake::testing::{TestBucket, rows_and_distinct};
+use spendstream_lake::{AppTxn, Lake, LakeOptions, WriteOutcome};
 use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, to_record_batch};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Where a test's table lives.
+enum Target {
+    File(tempfile::TempDir),
+    S3(TestBucket),
+}
+
+impl Target {
+    async fn file() -> Self {
+        Self::File(tempfile::tempdir().unwrap())
+    }
+
+    async fn s3() -> Self {
+        Self::S3(TestBucket::create().await)
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::File(dir) => format!("file://{}", dir.path().join("lake").display()),
+            Self::S3(bucket) => bucket.url("lake"),
+        }
+    }
+
+    fn options(&self) -> LakeOptions {
+        match self {
+            Self::File(_) => LakeOptions::default(),
+            Self::S3(bucket) => bucket.options(),
+        }
+    }
+
+    async fn open(&self) -> Lake {
+        self.open_with(self.options()).await
+    }
+
+    async fn open_with(&self, options: LakeOptions) -> Lake {
+        Lake::open_with(&self.url(), options).await.unwrap()
+    }
+
+    /// Every file of the table, relative to its root, sorted.
+    async fn files(&self) -> Vec<String> {
+        match self {
+            Self::File(dir) => {
+                let root = dir.path().join("lake");
+                let mut out = Vec::new();
+                let mut stack = vec![root.clone()];
+                while let Some(d) = stack.pop() {
+                    for entry in std::fs::read_dir(d).unwrap() {
+                        let path = entry.unwrap().path();
+                        if path.is_dir() {
+                            stack.push(path);
+                        } else {
+                            out.push(path.strip_prefix(&root).unwrap().display().to_string());
+                        }
+                    }
+                }
+                out.sort();
+                out
+            }
+            Self::S3(bucket) => bucket
+                .keys("lake")
+                .await
+                .into_iter()
+                .map(|k| k.trim_start_matches("lake/").to_string())
+                .collect(),
+        }
+    }
+
+    /// Writes `bytes` at `path` under the table root, behind the table's
+    /// back (what a writer that crashed before committing leaves).
+    async fn put(&self, path: &str, bytes: Vec<u8>) {
+        match self {
+            Self::File(dir) => {
+                let path = dir.path().join("lake").join(path);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            Self::S3(bucket) => {
+                bucket
+                    .store()
+                    .put(
+                        &object_store::path::Path::from(format!("lake/{path}")),
+                        bytes.into(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Runs each named `async fn(Target)` on a directory and on S3, as
+/// `<name>::file` and `<name>::s3`.
+macro_rules! on_file_and_s3 {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn file() {
+                super::$name(super::Target::file().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                super::$name(super::Target::s3().await).await;
+            }
+        }
+    )*};
+}
+
+on_file_and_s3!(
+    appends_commit_txns_and_are_readable,
+    a_commit_retried_after_it_was_written_is_not_written_twice,
+    log_generations_increase_with_each_log_that_takes_over,
+    concurrent_writers_lose_no_update,
+    checkpoints_are_written_every_n_commits,
+    readers_refresh_at_most_every_read_refresh,
+    compaction_during_writes_changes_no_total,
+    vacuum_removes_only_what_no_commit_needs,
+);
 
 fn record(tenant: &str, ext: &str, amount: &str, date: &str, offset: i64) -> EnrichedRecord {
     let raw = format!(
@@ -56,11 +178,8 @@ async fn sum_and_count(lake: &Lake, tenant: &str) -> (i64, i64) {
     (col(0), col(1))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_commit_txns_and_are_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", dir.path().join("lake").display());
-    let lake = Lake::open(&url).await.unwrap();
+async fn appends_commit_txns_and_are_readable(target: Target) {
+    let lake = target.open().await;
     assert_eq!(sum_and_count(&lake, "t1").await, (0, 0));
     assert_eq!(lake.txn_version("g-0").await.unwrap(), None);
 
@@ -79,7 +198,7 @@ async fn appends_commit_txns_and_are_readable() {
     assert_eq!(sum_and_count(&lake, "t2").await, (1, 10000));
 
     // A second handle (another process, say) sees the same state.
-    let other = Lake::open(&url).await.unwrap();
+    let other = target.open().await;
     assert_eq!(other.txn_version("g-0").await.unwrap(), Some(2));
     other
         .commit_once(&txn("g-0", 3), |_| {
@@ -90,7 +209,7 @@ async fn appends_commit_txns_and_are_readable() {
     assert_eq!(lake.txn_version("g-0").await.unwrap(), Some(3));
     assert_eq!(sum_and_count(&lake, "t1").await, (3, 400));
 
-    let stats = lake.compact(Duration::from_secs(0)).await.unwrap();
+    let stats = lake.compact().await.unwrap();
     assert!(stats.files_removed >= 2, "{stats:?}");
     assert_eq!(sum_and_count(&lake, "t1").await, (3, 400));
 }
@@ -98,11 +217,8 @@ async fn appends_commit_txns_and_are_readable() {
 /// Retrying a commit whose call failed after the commit file was written
 /// (a post-commit hook, a lost response) finds it in the table and writes
 /// nothing: the check and the write are one step, repeated on every try.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_retried_after_it_was_written_is_not_written_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", dir.path().join("lake").display());
-    let lake = Lake::open(&url).await.unwrap();
+async fn a_commit_retried_after_it_was_written_is_not_written_twice(target: Target) {
+    let lake = target.open().await;
     let rows = [
         record("t1", "a", "1.00", "2026-01-05", 0),
         record("t1", "b", "2.00", "2026-01-06", 1),
@@ -113,7 +229,7 @@ async fn a_commit_retried_after_it_was_written_is_not_written_twice() {
         .await;
     assert!(first.is_err(), "the injected failure did not fire");
     // Another writer (a second handle) now commits the next offsets.
-    let other = Lake::open(&url).await.unwrap();
+    let other = target.open().await;
     other
         .commit_once(&txn("g-0", 2), |held| {
             assert_eq!(held.get("g-0"), Some(&1), "the first commit is not visible");
@@ -164,12 +280,9 @@ async fn a_commit_retried_after_it_was_written_is_not_written_twice() {
 /// Each log gets a generation above every earlier one; a log that writes
 /// again after another one did gets a new, higher one; racing processes of
 /// one log agree.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_generations_increase_with_each_log_that_takes_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", dir.path().join("lake").display());
-    let lake = Lake::open(&url).await.unwrap();
-    let other = Lake::open(&url).await.unwrap();
+async fn log_generations_increase_with_each_log_that_takes_over(target: Target) {
+    let lake = target.open().await;
+    let other = target.open().await;
     let (a, b) = tokio::join!(lake.log_generation("log-a"), other.log_generation("log-a"));
     assert_eq!((a.unwrap(), b.unwrap()), (1, 1));
     assert_eq!(lake.log_generation("log-a").await.unwrap(), 1);
@@ -178,4 +291,223 @@ async fn log_generations_increase_with_each_log_that_takes_over() {
     // Back to the first log: it must outrank what log-b wrote.
     assert_eq!(lake.log_generation("log-a").await.unwrap(), 3);
     assert_eq!(sum_and_count(&lake, "t1").await, (0, 0));
+}
+
+/// Commits one 1.00 EUR record as offset `offset` of `app_id`, retrying a
+/// race lost to another writer as a processor does.
+async fn commit_one(lake: &Lake, app_id: &str, ext: &str, date: &str, offset: i64) {
+    for attempt in 0.. {
+        let out = lake
+            .commit_once(&txn(app_id, offset), |_| {
+                to_record_batch(&[record("t1", ext, "1.00", date, offset)])
+            })
+            .await;
+        match out {
+            Ok(_) => return,
+            Err(e) if e.is_transient() && attempt < 50 => {}
+            Err(e) => panic!("commit of {app_id}@{offset} failed: {e:?}"),
+        }
+    }
+}
+
+/// Several handles (processes, as far as the table can tell) commit at
+/// once, each for its own log partition. Every commit lands: the commit
+/// file is a conditional write, and a writer that loses a version to
+/// another re-reads and takes the next one, never overwriting it.
+async fn concurrent_writers_lose_no_update(target: Target) {
+    const WRITERS: usize = 3;
+    const BATCHES: i64 = 6;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let lake = target.open().await;
+        tasks.spawn(async move {
+            for b in 0..BATCHES {
+                commit_one(
+                    &lake,
+                    &format!("g-{w}"),
+                    &format!("{w}-{b}"),
+                    "2026-03-01",
+                    b,
+                )
+                .await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let lake = target.open().await;
+    for w in 0..WRITERS {
+        assert_eq!(
+            lake.txn_version(&format!("g-{w}")).await.unwrap(),
+            Some(BATCHES - 1),
+            "writer {w}'s last commit is missing"
+        );
+    }
+    let n = WRITERS as i64 * BATCHES;
+    assert_eq!(sum_and_count(&lake, "t1").await, (n, n * 100));
+    assert_eq!(rows_and_distinct(&lake).await, (n, n));
+}
+
+/// A table created with a checkpoint interval of 5 has a checkpoint at its
+/// tenth version (9) after 12 commits, so a new reader starts from it instead of
+/// replaying every JSON commit.
+async fn checkpoints_are_written_every_n_commits(target: Target) {
+    let options = LakeOptions {
+        checkpoint_interval: 5,
+        ..target.options()
+    };
+    let lake = target.open_with(options).await;
+    for offset in 0..12 {
+        commit_one(&lake, "g-0", &format!("e{offset}"), "2026-01-02", offset).await;
+    }
+    let files = target.files().await;
+    assert!(
+        files.iter().any(|f| f == "_delta_log/_last_checkpoint"),
+        "no _last_checkpoint in {files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("_delta_log/00000000000000000009.checkpoint")),
+        "no checkpoint at version 9 in {files:?}"
+    );
+    let reader = target.open().await;
+    assert_eq!(reader.version().await.unwrap(), 12);
+    assert_eq!(sum_and_count(&reader, "t1").await, (12, 1200));
+}
+
+/// Readers serve the state they loaded for `read_refresh`, then look for
+/// new commits once; writers always look.
+async fn readers_refresh_at_most_every_read_refresh(target: Target) {
+    let slow = target
+        .open_with(LakeOptions {
+            read_refresh: Duration::from_secs(3600),
+            ..target.options()
+        })
+        .await;
+    let quick = target
+        .open_with(LakeOptions {
+            read_refresh: Duration::from_millis(200),
+            ..target.options()
+        })
+        .await;
+    let before = slow.version().await.unwrap();
+    assert_eq!(quick.version().await.unwrap(), before);
+    let writer = target.open().await;
+    commit_one(&writer, "g-0", "a", "2026-01-02", 0).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while quick.version().await.unwrap() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the quick reader never saw the commit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sum_and_count(&quick, "t1").await, (1, 100));
+    // The slow reader still serves what it loaded...
+    assert_eq!(slow.version().await.unwrap(), before);
+    assert_eq!(sum_and_count(&slow, "t1").await, (0, 0));
+    // ...until the handle writes or reads a transaction version.
+    assert_eq!(slow.txn_version("g-0").await.unwrap(), Some(0));
+    assert_eq!(slow.version().await.unwrap(), before + 1);
+}
+
+/// Two compactions race each other and a writer: the table ends with every
+/// row once, whatever order the commits land in.
+async fn compaction_during_writes_changes_no_total(target: Target) {
+    let lake = target.open().await;
+    for offset in 0..8 {
+        let date = if offset % 2 == 0 {
+            "2026-01-02"
+        } else {
+            "2026-02-02"
+        };
+        commit_one(&lake, "g-0", &format!("e{offset}"), date, offset).await;
+    }
+    let writer = tokio::spawn(async move {
+        for offset in 8..20 {
+            let date = if offset % 2 == 0 {
+                "2026-01-03"
+            } else {
+                "2026-02-03"
+            };
+            commit_one(&lake, "g-0", &format!("e{offset}"), date, offset).await;
+        }
+    });
+    let (a, b) = (target.open().await, target.open().await);
+    let (sa, sb) = tokio::join!(
+        async {
+            let first = a.compact().await.unwrap();
+            let second = a.compact().await.unwrap();
+            first.files_removed + second.files_removed
+        },
+        async {
+            let first = b.compact().await.unwrap();
+            let second = b.compact().await.unwrap();
+            first.files_removed + second.files_removed
+        }
+    );
+    writer.await.unwrap();
+    assert!(sa + sb >= 2, "no compaction removed anything: {sa} {sb}");
+    let reader = target.open().await;
+    assert_eq!(sum_and_count(&reader, "t1").await, (20, 2000));
+    assert_eq!(rows_and_distinct(&reader).await, (20, 20));
+    // A last compaction leaves one file per partition.
+    let last = reader.compact().await.unwrap();
+    assert_eq!(last.conflicts, 0, "{last:?}");
+    assert_eq!(sum_and_count(&reader, "t1").await, (20, 2000));
+}
+
+/// A plain vacuum deletes the files compaction replaced; a full one also
+/// deletes uploads no commit references (a writer killed between its upload
+/// and its commit); neither touches a file the table reads.
+async fn vacuum_removes_only_what_no_commit_needs(target: Target) {
+    let lake = target.open().await;
+    for offset in 0..3 {
+        commit_one(&lake, "g-0", &format!("e{offset}"), "2026-01-02", offset).await;
+    }
+    let orphan = "tenant_id=t1/month=2026-01/part-00000-orphan-of-a-crash.parquet";
+    target.put(orphan, b"never committed".to_vec()).await;
+    let compacted = lake.compact().await.unwrap();
+    assert_eq!(
+        (compacted.files_removed, compacted.files_added),
+        (3, 1),
+        "{compacted:?}"
+    );
+
+    let dry = lake.vacuum(Duration::ZERO, false, true).await.unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(dry.files.len(), 3, "{dry:?}");
+    assert_eq!(
+        target
+            .files()
+            .await
+            .iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .count(),
+        5
+    );
+
+    let lite = lake.vacuum(Duration::ZERO, false, false).await.unwrap();
+    assert_eq!(lite.files.len(), 3, "{lite:?}");
+    assert!(target.files().await.iter().any(|f| f == orphan));
+
+    let full = lake.vacuum(Duration::ZERO, true, false).await.unwrap();
+    assert!(
+        full.files
+            .iter()
+            .any(|f| f.ends_with("orphan-of-a-crash.parquet")),
+        "{full:?}"
+    );
+    let parquet: Vec<String> = target
+        .files()
+        .await
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
+        .collect();
+    assert_eq!(parquet.len(), 1, "{parquet:?}");
+    assert_eq!(sum_and_count(&lake, "t1").await, (3, 300));
+    assert_eq!(rows_and_distinct(&target.open().await).await, (3, 3));
 }

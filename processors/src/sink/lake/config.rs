@@ -1,15 +1,17 @@
-//! Lake sink settings: the table's URL, checked without I/O and opened once
+//! Lake sink settings: the table's URL and options, checked without I/O and opened once
 //! per process (the query API shares the handle).
 
 use crate::Result;
-use spendstream_lake::Lake;
+use spendstream_lake::{Lake, LakeOptions};
 use std::sync::Arc;
 
 /// Where the lake table lives.
 #[derive(Debug, Clone)]
 pub struct LakeSinkConfig {
-    /// Table URL: `file://./data/lake`.
+    /// Table URL: `file://./data/lake` or `s3://bucket/prefix`.
     pub url: String,
+    /// Storage settings, read freshness, checkpoint interval.
+    pub options: LakeOptions,
 }
 
 impl LakeSinkConfig {
@@ -20,6 +22,8 @@ impl LakeSinkConfig {
 
     /// Opens (creating if needed) the table.
     pub async fn open(&self) -> Result<Arc<Lake>> {
-        Ok(Arc::new(Lake::open(&self.url).await?))
+        Ok(Arc::new(
+            Lake::open_with(&self.url, self.options.clone()).await?,
+        ))
     }
 }

@@ -1,6 +1,6 @@
-//! The lake sink against a real (local) Delta table: replays write nothing
-//! twice, what it holds is read back per partition, and a batch of dead
-//! letters only still records its offsets.
+//! The lake sink against a real Delta table, in a directory and on S3
+//! (moto): replays write nothing twice, what it holds is read back per
+//! partition, and a batch of dead letters only still records its offsets.
 
 use super::{LakeSink, LakeSinkConfig};
 use crate::sink::{Sink, SinkBatch};
@@ -29,11 +29,26 @@ fn record(ext: &str, partition: i32, offset: i64) -> EnrichedRecord {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replays_write_nothing_twice_and_offsets_are_held_per_partition() {
+async fn replays_write_nothing_twice_and_offsets_are_held_per_partition_on_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LakeSinkConfig {
+    replays_write_nothing_twice(LakeSinkConfig {
         url: format!("file://{}", dir.path().join("lake").display()),
-    };
+        options: Default::default(),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_write_nothing_twice_and_offsets_are_held_per_partition_on_s3() {
+    let bucket = spendstream_lake::testing::TestBucket::create().await;
+    replays_write_nothing_twice(LakeSinkConfig {
+        url: bucket.url("expenses"),
+        options: bucket.options(),
+    })
+    .await;
+}
+
+async fn replays_write_nothing_twice(config: LakeSinkConfig) {
     config.validate().unwrap();
     let sink = LakeSink::new(config.open().await.unwrap(), "g", "log-1");
     assert!(sink.committed(&[0, 1]).await.unwrap().is_empty());
@@ -59,11 +74,22 @@ async fn replays_write_nothing_twice_and_offsets_are_held_per_partition() {
     .await
     .unwrap();
     assert_eq!(sink.committed(&[2]).await.unwrap(), letters_only);
-    assert!(
+}
+
+#[test]
+fn urls_are_checked_without_io() {
+    let check = |url: &str| {
         LakeSinkConfig {
-            url: "s3://bucket".into()
+            url: url.into(),
+            options: Default::default(),
         }
         .validate()
-        .is_err()
+    };
+    assert!(check("s3://bucket/prefix").is_ok());
+    assert!(check("gs://bucket").is_err());
+    let err = check("s3://key:secret@bucket/p").unwrap_err();
+    assert!(
+        err.starts_with("--lake") && !err.contains("secret"),
+        "{err}"
     );
 }
