@@ -8,7 +8,7 @@ use backon::Retryable;
 use spendstream_http::ops::ReadyCheck;
 use spendstream_http::{JwtKeys, ServerLimits};
 use spendstream_ingest::{IngestConfig, IngestState};
-use spendstream_lake::Lake;
+use spendstream_lake::{Lake, LakeOptions};
 use spendstream_log::{Log, LogTarget, redact_url};
 use spendstream_processors::sink::Sink;
 use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
@@ -68,6 +68,9 @@ pub struct Settings {
     /// librdkafka properties applied without that check.
     pub log_unsafe_options: Vec<(String, String)>,
     pub lake_url: String,
+    /// S3 settings on top of the `AWS_*` environment, read freshness,
+    /// checkpoint interval.
+    pub lake_options: LakeOptions,
     pub keys: JwtKeys,
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
@@ -81,8 +84,12 @@ pub struct Settings {
     pub clickhouse_password: Option<Password>,
     /// Apply pending ClickHouse migrations at start-up instead of refusing.
     pub migrate: bool,
-    /// How often the lake is compacted (0: never).
+    /// How often the lake is compacted and vacuumed (0: never), by the one
+    /// process holding the maintenance lease.
     pub compact_interval: Duration,
+    /// How long vacuum keeps files compaction replaced, and uploads no
+    /// commit references.
+    pub vacuum_retain: Duration,
     /// How long log records every group has processed are kept (embedded
     /// log; 0: forever).
     pub log_retention: Duration,
@@ -100,6 +107,7 @@ impl Settings {
             log_options: Vec::new(),
             log_unsafe_options: Vec::new(),
             lake_url: format!("file://{}", data_dir.join("lake").display()),
+            lake_options: LakeOptions::default(),
             keys,
             ingest: IngestConfig::default(),
             processor: ProcessorConfig::default(),
@@ -110,7 +118,16 @@ impl Settings {
             clickhouse_password: None,
             migrate: false,
             compact_interval: Duration::from_secs(600),
+            vacuum_retain: Duration::from_secs(168 * 3600),
             log_retention: Duration::from_secs(168 * 3600),
+        }
+    }
+
+    /// The lake's configuration (no I/O).
+    pub fn lake(&self) -> LakeSinkConfig {
+        LakeSinkConfig {
+            url: self.lake_url.clone(),
+            options: self.lake_options.clone(),
         }
     }
 
@@ -135,7 +152,6 @@ impl Settings {
             log_url,
             log_options,
             log_unsafe_options,
-            lake_url,
             ingest,
             processor,
             server,
@@ -151,10 +167,10 @@ impl Settings {
             None
         };
         if roles.process || roles.query {
-            LakeSinkConfig {
-                url: lake_url.clone(),
+            self.lake().validate()?;
+            if self.vacuum_retain < MIN_VACUUM_RETAIN {
+                return Err("--vacuum-retain-hours must be at least 1".into());
             }
-            .validate()?;
         }
         if roles.ingest {
             ingest.validate()?;
@@ -252,6 +268,7 @@ fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let target = settings.validate().map_err(anyhow::Error::msg)?;
     let clickhouse = settings.clickhouse().map_err(anyhow::Error::msg)?;
+    let lake_config = settings.lake();
     let Settings {
         roles,
         listen,
@@ -264,6 +281,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         operator_tenant,
         migrate,
         compact_interval,
+        vacuum_retain,
         log_retention,
         ..
     } = settings;
@@ -282,11 +300,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     let lake = if roles.process || roles.query {
-        let config = LakeSinkConfig {
-            url: lake_url.clone(),
-        };
         Some(
-            config
+            lake_config
                 .open()
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e)))
@@ -346,7 +361,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             let lake = lake.clone();
             let stop = stop.clone();
             tasks.spawn(async move {
-                compact_periodically(lake, compact_interval, stop).await;
+                maintain_periodically(lake, compact_interval, vacuum_retain, stop).await;
                 Ok(())
             });
         }
@@ -458,25 +473,67 @@ async fn trim_log_periodically(log: Arc<dyn Log>, retention: Duration, stop: Can
     }
 }
 
-async fn compact_periodically(lake: Arc<Lake>, every: Duration, stop: CancellationToken) {
+/// Vacuum never keeps less than this: a query may still read a replaced
+/// file, a writer may still be between its upload and its commit.
+pub const MIN_VACUUM_RETAIN: Duration = Duration::from_secs(3600);
+
+/// Every `every`, if this process holds the lake's maintenance lease (one
+/// process of all sharing the table does), compacts the lake and vacuums
+/// the files compaction replaced more than `retain` ago; once a day also
+/// the uploads no commit references.
+async fn maintain_periodically(
+    lake: Arc<Lake>,
+    every: Duration,
+    retain: Duration,
+    stop: CancellationToken,
+) {
+    let owner = i64::from_ne_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    let mut last_full: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        // Files younger than an hour stay: a query may still be reading them.
-        match lake.compact(Duration::from_secs(3600)).await {
-            Ok(stats) => info!(
-                files_added = stats.files_added,
-                files_removed = stats.files_removed,
-                "Compacted the lake."
-            ),
+        let full = last_full.is_none_or(|at| at.elapsed() >= Duration::from_secs(86_400));
+        match maintain_once(&lake, owner, every, retain, full).await {
+            Ok(true) if full => last_full = Some(std::time::Instant::now()),
+            Ok(_) => {}
             Err(error) => warn!(
                 error = %spendstream_schemas::error::Chain(&error),
-                "Compacting the lake failed; will try again."
+                "Maintaining the lake failed; will try again."
             ),
         }
     }
+}
+
+/// One maintenance round; false when another process holds the lease.
+async fn maintain_once(
+    lake: &Lake,
+    owner: i64,
+    every: Duration,
+    retain: Duration,
+    full: bool,
+) -> spendstream_lake::Result<bool> {
+    // The lease outlives one period, so the leader keeps it while it runs.
+    if !lake.try_lead(owner, every.saturating_mul(3)).await? {
+        return Ok(false);
+    }
+    let compacted = lake.compact().await?;
+    let vacuumed = lake.vacuum(retain, full, false).await?;
+    info!(
+        partitions = compacted.partitions,
+        files_added = compacted.files_added,
+        files_removed = compacted.files_removed,
+        conflicts = compacted.conflicts,
+        vacuumed = vacuumed.files.len(),
+        full,
+        "Compacted and vacuumed the lake."
+    );
+    Ok(true)
 }
 
 /// The HTTP routes of the roles in `roles` (ingest on `log`, query on
@@ -577,6 +634,14 @@ mod tests {
         let cases: Vec<(Mistake, &str)> = vec![
             (Box::new(|s| s.log_url = "kafka://".into()), "--log"),
             (Box::new(|s| s.lake_url = "s3:/x".into()), "--lake"),
+            (
+                Box::new(|s| s.lake_url = "s3://key:secret@bucket/p".into()),
+                "--lake",
+            ),
+            (
+                Box::new(|s| s.vacuum_retain = Duration::from_secs(60)),
+                "--vacuum-retain-hours",
+            ),
             (
                 Box::new(|s| s.processor.max_batch_records = 0),
                 "--batch-max-records",

@@ -48,6 +48,89 @@ pub enum Command {
     /// Apply the pending ClickHouse migrations (idempotent; safe to run
     /// from two processes at once).
     Migrate(MigrateArgs),
+    /// Maintain the lake table: compaction and vacuum (safe while
+    /// Spendstream runs).
+    #[command(subcommand)]
+    Lake(LakeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LakeCommand {
+    /// Rewrite every tenant × month partition of more than one file into
+    /// files clustered by `expense_id, version`. Ingest and queries carry
+    /// on; no report changes.
+    Compact(LakeArgs),
+    /// Delete files the table no longer reads: those compaction replaced
+    /// longer than `--retain` ago, and with `--full` also uploads no commit
+    /// references (writers killed before committing).
+    Vacuum(VacuumArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LakeArgs {
+    /// Where the default local lake lives.
+    #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Lake URL: `file://<dir>` or `s3://bucket/prefix`. Default:
+    /// `file://<data-dir>/lake`.
+    #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
+    pub lake_url: Option<String>,
+}
+
+impl LakeArgs {
+    pub fn lake_url(&self) -> String {
+        self.lake_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// Keep files removed or written less than this long ago: `7d`, `12h`,
+    /// `30m`. It must outlast the longest query and the longest
+    /// upload-to-commit of a writer, or a running query or a commit loses
+    /// its files.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub retain: std::time::Duration,
+    /// Also delete files no commit references (lists the whole table).
+    #[arg(long)]
+    pub full: bool,
+    /// Print what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow `--retain` under one hour (only when nothing writes or reads
+    /// the table).
+    #[arg(long)]
+    pub allow_short_retention: bool,
+}
+
+/// `90s`, `30m`, `12h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: use s, m, h or d (e.g. 7d)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a number"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`: use s, m, h or d"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(
+        number.saturating_mul(seconds),
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -110,9 +193,29 @@ pub struct ServeArgs {
         value_parser = parse_kafka_option
     )]
     pub unsafe_kafka_options: Vec<(String, String)>,
-    /// Lake URL: `file://<dir>`. Default: `file://<data-dir>/lake`.
+    /// Lake URL: `file://<dir>` or `s3://bucket/prefix` (S3 settings from
+    /// the usual AWS_* environment: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    /// AWS_ALLOW_HTTP, AWS_VIRTUAL_HOSTED_STYLE_REQUEST). Default:
+    /// `file://<data-dir>/lake`.
     #[arg(long = "lake", env = "SPENDSTREAM_LAKE")]
     pub lake_url: Option<String>,
+    /// Milliseconds the query API may serve the lake state it loaded before
+    /// looking for new commits (one LIST of the log per period, not per
+    /// request).
+    #[arg(long, env = "SPENDSTREAM_LAKE_REFRESH_MS", default_value_t = 1000)]
+    pub lake_refresh_ms: u64,
+    /// Commits between two checkpoints of a lake table this process creates.
+    #[arg(
+        long,
+        env = "SPENDSTREAM_LAKE_CHECKPOINT_INTERVAL",
+        default_value_t = 100
+    )]
+    pub lake_checkpoint_interval: u32,
+    /// Hours the periodic vacuum keeps files compaction replaced (readers
+    /// that time-travel need them).
+    #[arg(long, env = "SPENDSTREAM_VACUUM_RETAIN_HOURS", default_value_t = 168)]
+    pub vacuum_retain_hours: u64,
     /// ClickHouse HTTP URL, `http://host:8123[/database]`: the processors
     /// write it as a second sink. User and password from
     /// SPENDSTREAM_CLICKHOUSE_USER and SPENDSTREAM_CLICKHOUSE_PASSWORD (or
@@ -223,9 +326,11 @@ impl ServeArgs {
     }
 
     pub fn lake_url(&self) -> String {
-        self.lake_url
-            .clone()
-            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("lake").display()))
+        LakeArgs {
+            data_dir: self.data_dir.clone(),
+            lake_url: self.lake_url.clone(),
+        }
+        .lake_url()
     }
 }
 

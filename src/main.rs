@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use spendstream::cli::{Cli, Command, LogFormat, ServeArgs};
+use spendstream::cli::{Cli, Command, LakeCommand, LogFormat, ServeArgs};
 use spendstream::secret::{self, Origin};
 use spendstream::{Roles, Settings};
 use spendstream_http::{Role, ServerLimits};
@@ -59,6 +59,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Process(args) => serve(args, Roles::PROCESS, None).await,
         Command::Query(args) => serve(args, Roles::QUERY, None).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Lake(command) => lake(command).await,
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let keys = keys
@@ -145,6 +146,71 @@ async fn migrate(args: spendstream::cli::MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `spendstream lake compact|vacuum`.
+async fn lake(command: LakeCommand) -> anyhow::Result<()> {
+    let open = |args: &spendstream::cli::LakeArgs| {
+        let url = args.lake_url();
+        async move {
+            spendstream_lake::Lake::open_existing(&url, Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e)))
+                .with_context(|| {
+                    format!(
+                        "cannot open the lake (--lake {})",
+                        spendstream_log::redact_url(&url)
+                    )
+                })
+        }
+    };
+    match command {
+        LakeCommand::Compact(args) => {
+            let stats = open(&args).await?.compact().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "compacting failed: {}",
+                    spendstream_schemas::error::Chain(&e)
+                )
+            })?;
+            println!(
+                "Compacted {} partitions: {} files replaced by {}.",
+                stats.partitions, stats.files_removed, stats.files_added
+            );
+            if stats.conflicts > 0 {
+                println!(
+                    "{} partitions were being compacted by another process; run again to retry them.",
+                    stats.conflicts
+                );
+            }
+        }
+        LakeCommand::Vacuum(args) => {
+            if args.retain < spendstream::app::MIN_VACUUM_RETAIN && !args.allow_short_retention {
+                bail!(
+                    "--retain under 1h can delete files a running query or an uncommitted write still needs; \
+                     add --allow-short-retention if nothing uses the table"
+                );
+            }
+            let stats = open(&args.lake)
+                .await?
+                .vacuum(args.retain, args.full, args.dry_run)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("vacuum failed: {}", spendstream_schemas::error::Chain(&e))
+                })?;
+            let verb = if stats.dry_run {
+                "Would delete"
+            } else {
+                "Deleted"
+            };
+            println!("{verb} {} files.", stats.files.len());
+            if stats.dry_run {
+                for file in &stats.files {
+                    println!("{file}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What only `up` does besides serving.
 struct Up {
     demo: bool,
@@ -163,6 +229,11 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         log_options: args.kafka_options.clone(),
         log_unsafe_options: args.unsafe_kafka_options.clone(),
         lake_url: args.lake_url(),
+        lake_options: spendstream_lake::LakeOptions {
+            read_refresh: Duration::from_millis(args.lake_refresh_ms),
+            checkpoint_interval: args.lake_checkpoint_interval,
+            ..Default::default()
+        },
         keys: stand_in,
         ingest: IngestConfig {
             max_body_bytes: args.max_body_bytes,
@@ -193,6 +264,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         clickhouse_password: secret::clickhouse_password()?.map(spendstream::app::Password),
         migrate: args.migrate,
         compact_interval: Duration::from_secs(args.compact_interval_secs),
+        vacuum_retain: Duration::from_secs(args.vacuum_retain_hours.saturating_mul(3600)),
         log_retention: Duration::from_secs(args.log_retention_hours.saturating_mul(3600)),
     };
     settings.validate().map_err(anyhow::Error::msg)?;

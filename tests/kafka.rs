@@ -22,7 +22,7 @@ fn mock() -> Backend {
 fn cluster(backend: &Backend) -> &TestKafka {
     match backend {
         Backend::Kafka(k) => k,
-        Backend::Embedded => unreachable!("these tests run on Kafka"),
+        _ => unreachable!("these tests run on Kafka"),
     }
 }
 
@@ -266,27 +266,39 @@ async fn processors_joining_and_leaving_mid_stream_keep_reports_exact() {
     first.shutdown().await.unwrap();
 }
 
-/// Processor processes (the real binary) share one group; one is killed
-/// with SIGKILL mid-stream, without leaving the group, and the other takes
-/// its partitions over once the session times out.
+/// Processor processes (the real binary) share one group and one lake
+/// table in a directory; one is killed with SIGKILL mid-stream, without
+/// leaving the group, and the other takes its partitions over once the
+/// session times out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processor_processes_share_a_group_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = common::TestLake::local(dir.path());
+    processor_processes_share_a_group(dir.path(), &lake).await;
+}
+
+/// The same with the table on S3: two processes commit to it at once, each
+/// for its own partitions, through conditional writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_processes_share_a_group_and_an_s3_lake_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = common::TestLake::s3().await;
+    processor_processes_share_a_group(dir.path(), &lake).await;
+}
+
+async fn processor_processes_share_a_group(dir: &Path, test_lake: &common::TestLake) {
     let backend = mock();
     let kafka = cluster(&backend);
-    let dir = tempfile::tempdir().unwrap();
-    let edge = start(
-        &backend,
-        dir.path(),
-        Roles {
-            ingest: true,
-            process: false,
-            query: true,
-        },
-        &[],
-    )
-    .await;
+    let mut settings = backend.settings(dir);
+    settings.roles = Roles {
+        ingest: true,
+        process: false,
+        query: true,
+    };
+    test_lake.apply(&mut settings);
+    let edge = spendstream::start(settings).await.unwrap();
     let base = format!("http://{}", edge.addr);
-    let lake = format!("file://{}", dir.path().join("lake").display());
+    let lake = test_lake.url();
     let processor = |n: usize| {
         let args: Vec<String> = [
             "process",
@@ -297,7 +309,7 @@ async fn processor_processes_share_a_group_and_survive_a_sigkill() {
             "--group",
             "test-group",
             "--data-dir",
-            &dir.path().join(format!("p{n}")).display().to_string(),
+            &dir.join(format!("p{n}")).display().to_string(),
             "--batch-max-records",
             "500",
             "--batch-max-wait-ms",
@@ -306,7 +318,10 @@ async fn processor_processes_share_a_group_and_survive_a_sigkill() {
         .iter()
         .map(|a| a.to_string())
         .collect();
-        common::spawn(&args, None)
+        common::spawn_with(&args, |cmd| {
+            cmd.envs(test_lake.env());
+        })
+        .0
     };
     let written = "spendstream_processor_records_total{outcome=\"written\"}";
     let mut one = processor(1);
@@ -336,7 +351,7 @@ async fn processor_processes_share_a_group_and_survive_a_sigkill() {
     let next = model.len();
     model.extend(common::ingest(&base, next, 6_000).await);
 
-    let rows = common::settle_exactly(&base, dir.path(), &model).await;
+    let rows = common::settle_exactly_in(&base, test_lake, &model).await;
     assert_eq!(rows, model.len() as i64);
     drop(one);
     edge.shutdown().await.unwrap();

@@ -6,6 +6,8 @@ use serde_json::Value;
 use spendstream::{Running, Settings};
 use spendstream_http::{JwtKeys, Role};
 use spendstream_ingest::IngestConfig;
+use spendstream_lake::testing::TestBucket;
+use spendstream_lake::{Lake, LakeOptions};
 use spendstream_log::kafka::testing::TestKafka;
 use spendstream_processors::ProcessorConfig;
 use std::collections::BTreeMap;
@@ -61,11 +63,64 @@ pub async fn start(dir: &Path) -> Running {
     spendstream::start(settings(dir)).await.unwrap()
 }
 
+/// Where a test's lake lives: under its data directory, or under a prefix
+/// of a bucket of its own on the test S3 server (moto).
+pub enum TestLake {
+    Local(std::path::PathBuf),
+    S3(TestBucket),
+}
+
+impl TestLake {
+    /// `<dir>/lake`, where `Settings::defaults(dir)` puts it.
+    pub fn local(dir: &Path) -> Self {
+        Self::Local(dir.join("lake"))
+    }
+
+    /// `s3://<a new bucket>/lake`.
+    pub async fn s3() -> Self {
+        Self::S3(TestBucket::create().await)
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Local(dir) => format!("file://{}", dir.display()),
+            Self::S3(bucket) => bucket.url("lake"),
+        }
+    }
+
+    pub fn options(&self) -> LakeOptions {
+        match self {
+            Self::Local(_) => LakeOptions::default(),
+            Self::S3(bucket) => bucket.options(),
+        }
+    }
+
+    /// The environment a `spendstream` child needs to reach the lake.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Local(_) => Vec::new(),
+            Self::S3(bucket) => bucket.env(),
+        }
+    }
+
+    /// Points `settings` at this lake.
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.lake_url = self.url();
+        settings.lake_options = self.options();
+    }
+
+    pub async fn open(&self) -> Lake {
+        Lake::open_with(&self.url(), self.options()).await.unwrap()
+    }
+}
+
 /// The log a test runs on. The Kafka one holds the mock cluster (or names
 /// the external broker in `SPENDSTREAM_TEST_KAFKA`) and must outlive the app.
+/// `EmbeddedS3Lake` is the embedded log with the lake on S3.
 pub enum Backend {
     Embedded,
     Kafka(TestKafka),
+    EmbeddedS3Lake(TestLake),
 }
 
 impl Backend {
@@ -73,11 +128,17 @@ impl Backend {
         Self::Kafka(TestKafka::start(4).unwrap())
     }
 
+    pub async fn s3_lake() -> Self {
+        Self::EmbeddedS3Lake(TestLake::s3().await)
+    }
+
     /// `settings(dir)` on this backend.
     pub fn settings(&self, dir: &Path) -> Settings {
         let mut settings = settings(dir);
-        if let Self::Kafka(kafka) = self {
-            settings.log_url = kafka.url();
+        match self {
+            Self::Embedded => {}
+            Self::Kafka(kafka) => settings.log_url = kafka.url(),
+            Self::EmbeddedS3Lake(lake) => lake.apply(&mut settings),
         }
         settings
     }
@@ -88,7 +149,8 @@ impl Backend {
 }
 
 /// Runs each named `async fn(Backend)` once per log backend, as
-/// `<name>::embedded` and `<name>::kafka`.
+/// `<name>::embedded` and `<name>::kafka`, and on the embedded log with the
+/// lake on S3, as `<name>::embedded_s3_lake`.
 #[macro_export]
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {$(
@@ -101,6 +163,11 @@ macro_rules! per_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn kafka() {
                 super::$name($crate::common::Backend::kafka()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_s3_lake() {
+                super::$name($crate::common::Backend::s3_lake().await).await;
             }
         }
     )*};
@@ -282,14 +349,24 @@ pub async fn wait_for_totals(base: &str, model: &BTreeMap<String, i64>) {
 /// row twice. Returns the lake's row count: more than the model when the
 /// log holds several versions of one identity.
 pub async fn settle_exactly(base: &str, dir: &Path, model: &BTreeMap<String, i64>) -> i64 {
+    settle_exactly_in(base, &TestLake::local(dir), model).await
+}
+
+/// [`settle_exactly`] on `lake`.
+pub async fn settle_exactly_in(base: &str, lake: &TestLake, model: &BTreeMap<String, i64>) -> i64 {
     wait_for_totals(base, model).await;
-    assert_no_duplicate_rows(dir).await
+    assert_no_duplicate_rows_in(lake).await
 }
 
 /// Fails if the lake holds any `(expense_id, version)` twice; returns the
 /// number of rows.
 pub async fn assert_no_duplicate_rows(dir: &Path) -> i64 {
-    let (rows, distinct) = lake_rows(dir).await;
+    assert_no_duplicate_rows_in(&TestLake::local(dir)).await
+}
+
+/// [`assert_no_duplicate_rows`] on `lake`.
+pub async fn assert_no_duplicate_rows_in(lake: &TestLake) -> i64 {
+    let (rows, distinct) = lake_rows_in(lake).await;
     assert_eq!(
         rows,
         distinct,
@@ -302,29 +379,12 @@ pub async fn assert_no_duplicate_rows(dir: &Path) -> i64 {
 /// Rows in the lake and distinct `(expense_id, version)` pairs among them:
 /// equal when no record was written twice.
 pub async fn lake_rows(dir: &Path) -> (i64, i64) {
-    use datafusion::arrow::array::Int64Array;
-    let lake = spendstream_lake::Lake::open(&format!("file://{}", dir.join("lake").display()))
-        .await
-        .unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("expenses", lake.table_provider(&ctx).await.unwrap())
-        .unwrap();
-    let batches = ctx
-        .sql("SELECT CAST(COUNT(*) AS BIGINT) AS total_rows, CAST((SELECT COUNT(*) FROM (SELECT DISTINCT expense_id, version FROM expenses)) AS BIGINT) AS distinct_rows FROM expenses")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let col = |i: usize| {
-        batches[0]
-            .column(i)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0)
-    };
-    (col(0), col(1))
+    lake_rows_in(&TestLake::local(dir)).await
+}
+
+/// [`lake_rows`] of `lake`.
+pub async fn lake_rows_in(lake: &TestLake) -> (i64, i64) {
+    spendstream_lake::testing::rows_and_distinct(&lake.open().await).await
 }
 
 /// A `spendstream` child process; killed when dropped.
