@@ -55,10 +55,12 @@ impl Error {
 /// slow, or a commit race lost to another writer.
 pub(crate) fn delta_is_transient(e: &deltalake::DeltaTableError) -> bool {
     use deltalake::DeltaTableError as D;
+    if let D::ObjectStore { source } = e {
+        return store_is_transient(source);
+    }
     matches!(
         e,
-        D::ObjectStore { .. }
-            | D::Io { .. }
+        D::Io { .. }
             | D::Transaction { .. }
             | D::VersionAlreadyExists(_)
             | D::VersionMismatch(..)
@@ -67,4 +69,48 @@ pub(crate) fn delta_is_transient(e: &deltalake::DeltaTableError) -> bool {
     )
 }
 
+/// Whether an object-store failure may pass: not when the store refused
+/// the credentials or the request itself (a retry gets the same answer).
+fn store_is_transient(e: &object_store::Error) -> bool {
+    use object_store::Error as S;
+    !matches!(
+        e,
+        S::PermissionDenied { .. }
+            | S::Unauthenticated { .. }
+            | S::UnknownConfigurationKey { .. }
+            | S::InvalidPath { .. }
+            | S::NotSupported { .. }
+            | S::NotImplemented { .. }
+    )
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(source: object_store::Error) -> Error {
+        Error::Delta(deltalake::DeltaTableError::ObjectStore { source })
+    }
+
+    #[test]
+    fn refused_credentials_are_permanent_and_outages_transient() {
+        let cause = || Box::new(std::io::Error::other("x")) as _;
+        let denied = store(object_store::Error::PermissionDenied {
+            path: "p".into(),
+            source: cause(),
+        });
+        let unauthenticated = store(object_store::Error::Unauthenticated {
+            path: "p".into(),
+            source: cause(),
+        });
+        let away = store(object_store::Error::Generic {
+            store: "S3",
+            source: cause(),
+        });
+        assert!(!denied.is_transient());
+        assert!(!unauthenticated.is_transient());
+        assert!(away.is_transient());
+    }
+}
