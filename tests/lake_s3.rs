@@ -154,6 +154,32 @@ async fn a_crash_between_upload_and_commit_leaves_harmless_orphans_that_vacuum_d
     assert_eq!(common::lake_rows_in(&lake).await, (rows, rows));
 }
 
+/// The process dies after the lake committed a batch and before the log
+/// offsets were committed: the restarted processors read the batch again,
+/// find it in the lake's transactions and skip it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_lake_commit_and_the_offset_commit_is_skipped_on_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = TestLake::s3().await;
+    let mut server = spawn(dir.path(), &lake, Some("after_sinks"));
+    common::wait_healthy(&mut server).await;
+    let model = common::ingest(&server.base, 0, 3_000).await;
+    let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(20));
+    while server.child.try_wait().unwrap().is_none() {
+        poll.tick("the failpoint never fired").await;
+    }
+    let mut server = spawn(dir.path(), &lake, None);
+    common::wait_healthy(&mut server).await;
+    let rows = common::settle_exactly_in(&server.base, &lake, &model).await;
+    assert_eq!(rows, model.len() as i64);
+    let skipped = common::counter(
+        &server.base,
+        "spendstream_processor_records_total{outcome=\"replay_skipped\"}",
+    )
+    .await;
+    assert!(skipped > 0.0, "no replay was detected: {skipped}");
+}
+
 /// Compaction (the leader's periodic one, and operators' `spendstream lake
 /// compact` at the same time) and vacuum run while records arrive and
 /// reports are read: every report stays exact and no row is lost or
@@ -266,6 +292,35 @@ async fn a_backup_copied_log_last_restores_into_a_new_prefix_with_equal_reports(
     for q in queries {
         original.push(common::report(&base, &token, q).await);
     }
+
+    // The same copy while processors commit: the copy is a consistent
+    // table (every file its log names is there, no row twice), at some
+    // commit at or after the quiet one.
+    let (static_rows, _) = common::lake_rows_in(&lake).await;
+    let more = tokio::spawn({
+        let base = base.clone();
+        async move { common::ingest(&base, 10_000, 3_000).await }
+    });
+    copy_table(store.as_ref(), "lake", "restored-live").await;
+    more.await.unwrap();
+    let live_copy =
+        spendstream_lake::Lake::open_existing(&bucket(&lake).url("restored-live"), lake.options())
+            .await
+            .unwrap();
+    let copied: BTreeSet<String> = bucket(&lake)
+        .keys("restored-live")
+        .await
+        .into_iter()
+        .collect();
+    for file in live_copy.files().await.unwrap() {
+        assert!(
+            copied.contains(&format!("restored-live/{file}")),
+            "the copy's log names {file}, which was not copied"
+        );
+    }
+    let (rows, distinct) = spendstream_lake::testing::rows_and_distinct(&live_copy).await;
+    assert_eq!(rows, distinct);
+    assert!(rows >= static_rows, "{rows} < {static_rows}");
     running.shutdown().await.unwrap();
 
     let restore_dir = tempfile::tempdir().unwrap();
