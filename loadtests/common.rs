@@ -19,7 +19,17 @@ pub async fn start(
     dir: &Path,
     processor_batch: usize,
 ) -> anyhow::Result<Running> {
-    spendstream::start(Settings {
+    spendstream::start(settings(roles, log_url, dir, processor_batch)?).await
+}
+
+/// The settings [`start`] runs with.
+pub fn settings(
+    roles: Roles,
+    log_url: String,
+    dir: &Path,
+    processor_batch: usize,
+) -> anyhow::Result<Settings> {
+    Ok(Settings {
         roles,
         log_url,
         processor: ProcessorConfig {
@@ -30,7 +40,6 @@ pub async fn start(
         log_retention: Duration::ZERO,
         ..Settings::defaults(keys()?, dir)
     })
-    .await
 }
 
 fn keys() -> anyhow::Result<JwtKeys> {
@@ -43,6 +52,16 @@ pub fn token() -> anyhow::Result<String> {
         &keys()?,
         "bench",
         &[Role::Ingest],
+        Duration::from_secs(3600),
+    ))
+}
+
+/// A read token for tenant `bench`.
+pub fn read_token() -> anyhow::Result<String> {
+    Ok(spendstream::secret::mint(
+        &keys()?,
+        "bench",
+        &[Role::Read],
         Duration::from_secs(3600),
     ))
 }

@@ -285,8 +285,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         log_retention,
         ..
     } = settings;
-    // Printed in logs and errors: never with its credentials.
+    // Printed in logs and errors: never with their credentials.
     let log_url = redact_url(&log_url);
+    let lake_url = spendstream_lake::redact(&lake_url);
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -572,9 +573,8 @@ pub fn router(
             Arc::new(move || {
                 let l = l.clone();
                 Box::pin(async move {
-                    l.txn_version("readyz")
+                    l.ping()
                         .await
-                        .map(|_| ())
                         .map_err(|e| spendstream_schemas::error::Chain(&e).to_string())
                 })
             }),

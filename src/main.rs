@@ -157,7 +157,7 @@ async fn lake(command: LakeCommand) -> anyhow::Result<()> {
                 .with_context(|| {
                     format!(
                         "cannot open the lake (--lake {})",
-                        spendstream_log::redact_url(&url)
+                        spendstream_lake::redact(&url)
                     )
                 })
         }

@@ -21,6 +21,10 @@ pub enum Error {
     Arrow(#[from] deltalake::arrow::error::ArrowError),
     #[error("lake I/O failed")]
     Io(#[from] std::io::Error),
+    #[error(
+        "the lake table has a column this version does not know, `{0}`: compaction would drop it"
+    )]
+    UnknownColumn(String),
     #[error("there is no lake table at `{0}`")]
     NoTable(String),
     #[error("the lake table's schema does not match this version: missing column `{0}`")]
@@ -46,8 +50,24 @@ impl Error {
             | Error::Arrow(_)
             | Error::SchemaMismatch(_)
             | Error::NoTable(_)
+            | Error::UnknownColumn(_)
             | Error::GenerationsExhausted => false,
         }
+    }
+}
+
+impl Error {
+    /// Whether this is a commit that lost to a concurrent commit it
+    /// conflicts with (not an outage).
+    pub fn is_commit_conflict(&self) -> bool {
+        use deltalake::DeltaTableError as D;
+        use deltalake::kernel::transaction::TransactionError as T;
+        matches!(
+            self,
+            Error::Delta(D::Transaction {
+                source: T::CommitConflict(_)
+            })
+        )
     }
 }
 

@@ -18,7 +18,7 @@ mod maintenance;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use location::Location;
+pub use location::{Location, redact};
 pub use maintenance::{CompactStats, VacuumStats};
 
 use datafusion::catalog::TableProvider;
@@ -107,10 +107,19 @@ struct Loaded {
 pub struct Lake {
     url: Url,
     options: LakeOptions,
+    /// Writers' state, held through a whole check-and-write.
     state: Mutex<Loaded>,
+    /// Readers' state, apart from the writers' so a report never waits
+    /// for a commit (an upload to S3 may take seconds).
+    reader: std::sync::Mutex<Loaded>,
+    /// Held while the readers' state is refreshed: one refresh at a time.
+    refreshing: Mutex<()>,
     /// Test hook: commits still to fail after they were written.
     #[cfg(feature = "testing")]
     fail_after_commit: std::sync::atomic::AtomicU32,
+    /// Test hook: compactions wait here between reading and committing.
+    #[cfg(feature = "testing")]
+    compaction_barrier: Mutex<Option<Arc<tokio::sync::Barrier>>>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -149,7 +158,7 @@ impl Lake {
     async fn load(url: &str, options: LakeOptions, create: bool) -> Result<Self> {
         let location = Location::parse(url)?;
         if !create && location.is_fresh_local() {
-            return Err(Error::NoTable(url.to_string()));
+            return Err(Error::NoTable(location::redact(url)));
         }
         let table_url = location.table_url()?;
         let builder = || -> Result<DeltaTable> {
@@ -167,7 +176,7 @@ impl Lake {
                 Err(e) => return Err(e.into()),
             };
         if missing && !create {
-            return Err(Error::NoTable(url.to_string()));
+            return Err(Error::NoTable(location::redact(url)));
         }
         if missing {
             let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
@@ -209,12 +218,19 @@ impl Lake {
         Ok(Self {
             url: table_url,
             options,
+            reader: std::sync::Mutex::new(Loaded {
+                table: table.clone(),
+                at: Instant::now(),
+            }),
             state: Mutex::new(Loaded {
                 table,
                 at: Instant::now(),
             }),
+            refreshing: Mutex::new(()),
             #[cfg(feature = "testing")]
             fail_after_commit: Default::default(),
+            #[cfg(feature = "testing")]
+            compaction_barrier: Mutex::new(None),
         })
     }
 
@@ -224,18 +240,62 @@ impl Lake {
         let mut loaded = self.state.lock().await;
         loaded.table.update_state().await?;
         loaded.at = Instant::now();
+        self.publish(&loaded.table);
         Ok(loaded)
     }
 
-    /// The table as readers see it: reloaded when the state is older than
-    /// `read_refresh`, so a burst of queries costs one LIST of the log.
-    async fn for_reading(&self) -> Result<DeltaTable> {
-        let mut loaded = self.state.lock().await;
-        if loaded.at.elapsed() >= self.options.read_refresh {
-            loaded.table.update_state().await?;
-            loaded.at = Instant::now();
+    /// Hands a state a writer loaded or committed to the readers, when it
+    /// is newer than theirs: what this process wrote is readable at once.
+    fn publish(&self, table: &DeltaTable) {
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        if table.version() > reader.table.version() {
+            *reader = Loaded {
+                table: table.clone(),
+                at: Instant::now(),
+            };
         }
-        Ok(loaded.table.clone())
+    }
+
+    /// The table as readers see it: refreshed incrementally (the commits
+    /// after the one held) when the state is older than `read_refresh`, so
+    /// a burst of queries costs one LIST of the log. Never waits for a
+    /// writer.
+    async fn for_reading(&self) -> Result<DeltaTable> {
+        if let Some(table) = self.cached_for_reading(self.options.read_refresh) {
+            return Ok(table);
+        }
+        self.refresh_for_reading(self.options.read_refresh).await
+    }
+
+    fn cached_for_reading(&self, max_age: Duration) -> Option<DeltaTable> {
+        let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        (reader.at.elapsed() < max_age).then(|| reader.table.clone())
+    }
+
+    /// Refreshes the readers' state unless another caller did so within
+    /// `max_age` while this one waited for the refresh.
+    async fn refresh_for_reading(&self, max_age: Duration) -> Result<DeltaTable> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        if let Some(table) = self.cached_for_reading(max_age) {
+            return Ok(table);
+        }
+        let mut table = self
+            .reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .table
+            .clone();
+        table.update_state().await?;
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
+            table: table.clone(),
+            at: Instant::now(),
+        };
+        Ok(table)
+    }
+
+    /// Reads the table's log now (readiness checks: the store answers).
+    pub async fn ping(&self) -> Result<()> {
+        self.refresh_for_reading(Duration::ZERO).await.map(|_| ())
     }
 
     /// Test hook: the next `n` commits fail right after their commit file
@@ -261,6 +321,13 @@ impl Lake {
     #[cfg(not(feature = "testing"))]
     fn injected_failure(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Test hook: compactions of this handle wait at `barrier` after
+    /// rewriting a partition and before committing it (`None`: no more).
+    #[cfg(feature = "testing")]
+    pub async fn pause_compactions_at(&self, barrier: Option<Arc<tokio::sync::Barrier>>) {
+        *self.compaction_barrier.lock().await = barrier;
     }
 
     pub fn url(&self) -> &Url {
@@ -323,6 +390,7 @@ impl Lake {
             .await?;
         self.injected_failure()?;
         let table_version = written.version().unwrap_or_default();
+        self.publish(&written);
         loaded.table = written;
         Ok(WriteOutcome::Committed {
             table_version,

@@ -39,29 +39,29 @@ impl Location {
             return Ok(Self::Local(PathBuf::from(path)));
         }
         if !url.starts_with("s3://") {
-            return Err(Error::UnsupportedUrl(redacted(url)));
+            return Err(Error::UnsupportedUrl(redact(url)));
         }
         // Checked on the text: parsing resolves `..` away.
         if url.split(['/', '?', '#']).any(|s| s == "." || s == "..") {
-            return Err(Error::UnsupportedUrl(redacted(url)));
+            return Err(Error::UnsupportedUrl(redact(url)));
         }
         let parsed = Url::parse(url).map_err(|source| Error::InvalidUrl {
-            url: redacted(url),
+            url: redact(url),
             source,
         })?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(Error::CredentialsInUrl(redacted(url)));
+            return Err(Error::CredentialsInUrl(redact(url)));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() || parsed.port().is_some() {
-            return Err(Error::UnsupportedUrl(redacted(url)));
+            return Err(Error::UnsupportedUrl(redact(url)));
         }
         let bucket = parsed.host_str().unwrap_or_default().to_string();
         if bucket.is_empty() {
-            return Err(Error::UnsupportedUrl(url.to_string()));
+            return Err(Error::UnsupportedUrl(redact(url)));
         }
         let prefix = parsed.path().trim_matches('/').to_string();
-        if prefix.split('/').any(|s| s == "." || s == "..") || prefix.contains("//") {
-            return Err(Error::UnsupportedUrl(url.to_string()));
+        if prefix.contains("//") {
+            return Err(Error::UnsupportedUrl(redact(url)));
         }
         Ok(Self::S3 { bucket, prefix })
     }
@@ -94,8 +94,10 @@ impl Location {
     }
 }
 
-/// `url` with anything between `://` and `@` replaced, for errors.
-fn redacted(url: &str) -> String {
+/// `url` as it may be printed: user info (an access key, a secret)
+/// replaced by `***`, query and fragment (options, perhaps keys) dropped.
+pub fn redact(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
@@ -331,7 +333,13 @@ mod tests {
             !text.contains("s3cr3t") && !text.contains("AKIAKEY"),
             "{text}"
         );
-        let err = Location::parse("gs://user:s3cr3t@bucket/p").unwrap_err();
-        assert!(!format!("{err} {err:?}").contains("s3cr3t"));
+        for url in [
+            "gs://user:s3cr3t@bucket/p",
+            "s3://bucket/p?aws_secret_access_key=s3cr3t",
+            "s3://bucket/p#s3cr3t",
+        ] {
+            let err = Location::parse(url).unwrap_err();
+            assert!(!format!("{err} {err:?}").contains("s3cr3t"), "{url}");
+        }
     }
 }

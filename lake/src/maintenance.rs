@@ -17,7 +17,8 @@ use crate::{Lake, Result, commit_txns, read_versions};
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use deltalake::arrow::compute::{
-    SortColumn, cast, concat_batches, lexsort_to_indices, take_record_batch,
+    CastOptions, SortColumn, cast_with_options, concat_batches, lexsort_to_indices,
+    take_record_batch,
 };
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
@@ -66,9 +67,11 @@ pub struct VacuumStats {
     pub files: Vec<String>,
 }
 
-/// A data file: its path relative to the table root and its size.
+/// A data file: its path relative to the table root (as the log names it
+/// and as the store keys it) and its size.
 struct DataFile {
     path: String,
+    location: Path,
     size: i64,
 }
 
@@ -84,6 +87,11 @@ impl Lake {
             if file.size() >= SMALL_FILE_BYTES {
                 continue;
             }
+            // Rows hidden by a deletion vector would come back in the
+            // rewrite; Spendstream never writes them, others might.
+            if file.deletion_vector_descriptor().is_some() {
+                continue;
+            }
             let values = file.partition_values_map();
             let value = |c: &str| values.get(c).cloned().flatten().unwrap_or_default();
             small
@@ -91,6 +99,7 @@ impl Lake {
                 .or_default()
                 .push(DataFile {
                     path: file.path().into_owned(),
+                    location: file.object_store_path(),
                     size: file.size(),
                 });
         }
@@ -100,13 +109,13 @@ impl Lake {
             if bins.is_empty() {
                 continue;
             }
-            match compact_partition(&table, &tenant, &month, &bins).await {
+            match compact_partition(self, &table, &tenant, &month, &bins).await {
                 Ok((added, removed)) => {
                     stats.partitions += 1;
                     stats.files_added += added;
                     stats.files_removed += removed;
                 }
-                Err(e) if e.is_transient() => {
+                Err(e) if e.is_commit_conflict() => {
                     tracing::info!(
                         error = %spendstream_schemas::error::Chain(&e),
                         tenant, month,
@@ -217,6 +226,7 @@ fn bins(mut files: Vec<DataFile>) -> Vec<Vec<DataFile>> {
 /// swap with the partition's compaction transaction. Returns the files
 /// added and removed.
 async fn compact_partition(
+    #[cfg_attr(not(feature = "testing"), allow(unused_variables))] lake: &Lake,
     table: &DeltaTable,
     tenant: &str,
     month: &str,
@@ -230,7 +240,7 @@ async fn compact_partition(
         for file in bin {
             // Small files (under SMALL_FILE_BYTES): read whole.
             let bytes = store
-                .get(&Path::from(file.path.as_str()))
+                .get(&file.location)
                 .await
                 .map_err(deltalake::DeltaTableError::from)?
                 .bytes()
@@ -252,6 +262,10 @@ async fn compact_partition(
     }
     let removed = bins.iter().map(|b| b.len() as u64).sum::<u64>();
     let added = actions.len() as u64 - removed;
+    #[cfg(feature = "testing")]
+    if let Some(barrier) = lake.compaction_barrier.lock().await.clone() {
+        barrier.wait().await;
+    }
     let txn = Transaction::new(format!("{COMPACTION_PREFIX}{tenant}/{month}"), now_ms());
     CommitBuilder::from(CommitProperties::default().with_application_transactions(vec![txn]))
         .with_actions(actions)
@@ -287,7 +301,22 @@ fn remove(table: &DeltaTable, path: &str) -> Result<deltalake::kernel::Remove> {
 /// files) filled in.
 fn conform(batch: &RecordBatch, tenant: &str, month: &str) -> Result<RecordBatch> {
     let schema = arrow_schema();
+    // A column this version does not know (a newer writer's) would be
+    // dropped by the rewrite: leave such tables alone.
+    if let Some(unknown) = batch
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| schema.field_with_name(f.name()).is_err())
+    {
+        return Err(crate::Error::UnknownColumn(unknown.name().clone()));
+    }
     let rows = batch.num_rows();
+    // A value that does not convert is an error, never a null.
+    let strict = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let column: ArrayRef = match field.name().as_str() {
@@ -298,7 +327,7 @@ fn conform(batch: &RecordBatch, tenant: &str, month: &str) -> Result<RecordBatch
                 .cloned()
                 .ok_or_else(|| crate::Error::SchemaMismatch(name.to_string()))?,
         };
-        columns.push(cast(&column, field.data_type())?);
+        columns.push(cast_with_options(&column, field.data_type(), &strict)?);
     }
     Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -414,8 +414,10 @@ async fn readers_refresh_at_most_every_read_refresh(target: Target) {
     assert_eq!(slow.version().await.unwrap(), before + 1);
 }
 
-/// Two compactions race each other and a writer: the table ends with every
-/// row once, whatever order the commits land in.
+/// Two compactions race each other and a writer: both rewrite each
+/// partition from the same snapshot before either commits (a barrier holds
+/// them), so for each partition exactly one commit lands and the other
+/// conflicts. The table ends with every row once.
 async fn compaction_during_writes_changes_no_total(target: Target) {
     let lake = target.open().await;
     for offset in 0..8 {
@@ -437,27 +439,24 @@ async fn compaction_during_writes_changes_no_total(target: Target) {
         }
     });
     let (a, b) = (target.open().await, target.open().await);
-    let (sa, sb) = tokio::join!(
-        async {
-            let first = a.compact().await.unwrap();
-            let second = a.compact().await.unwrap();
-            first.files_removed + second.files_removed
-        },
-        async {
-            let first = b.compact().await.unwrap();
-            let second = b.compact().await.unwrap();
-            first.files_removed + second.files_removed
-        }
-    );
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    a.pause_compactions_at(Some(barrier.clone())).await;
+    b.pause_compactions_at(Some(barrier)).await;
+    let (sa, sb) = tokio::join!(a.compact(), b.compact());
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!(sa.partitions + sb.partitions, 2, "{sa:?} {sb:?}");
+    assert_eq!(sa.conflicts + sb.conflicts, 2, "{sa:?} {sb:?}");
     writer.await.unwrap();
-    assert!(sa + sb >= 2, "no compaction removed anything: {sa} {sb}");
+
     let reader = target.open().await;
     assert_eq!(sum_and_count(&reader, "t1").await, (20, 2000));
     assert_eq!(rows_and_distinct(&reader).await, (20, 20));
-    // A last compaction leaves one file per partition.
+    // A last compaction, alone, leaves one file per partition.
     let last = reader.compact().await.unwrap();
     assert_eq!(last.conflicts, 0, "{last:?}");
+    assert_eq!(reader.files().await.unwrap().len(), 2);
     assert_eq!(sum_and_count(&reader, "t1").await, (20, 2000));
+    assert_eq!(rows_and_distinct(&reader).await, (20, 20));
 }
 
 /// A plain vacuum deletes the files compaction replaced; a full one also

@@ -109,8 +109,12 @@ impl TestLake {
         settings.lake_options = self.options();
     }
 
+    /// Opens the table, which must exist (a test looking in the wrong
+    /// place must not see an empty new table).
     pub async fn open(&self) -> Lake {
-        Lake::open_with(&self.url(), self.options()).await.unwrap()
+        Lake::open_existing(&self.url(), self.options())
+            .await
+            .unwrap()
     }
 }
 
