@@ -132,10 +132,7 @@ async fn reference(server: &str, bodies: &[String], n: usize) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    let args = common::numeric_args()?;
     let n = args.first().copied().unwrap_or(200_000);
     let batch = args.get(1).copied().unwrap_or(50_000);
     let server = std::env::var("SPENDSTREAM_BENCH_CLICKHOUSE")

@@ -56,6 +56,14 @@ pub fn token() -> anyhow::Result<String> {
     ))
 }
 
+/// The command line's arguments, all numbers (`[records] [concurrency] …`).
+pub fn numeric_args() -> anyhow::Result<Vec<usize>> {
+    Ok(std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?)
+}
+
 /// A read token for tenant `bench`.
 pub fn read_token() -> anyhow::Result<String> {
     Ok(spendstream::secret::mint(

@@ -127,10 +127,7 @@ async fn run(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    let args = common::numeric_args()?;
     let records = args.first().copied().unwrap_or(200_000);
     let processor_batch = args.get(1).copied().unwrap_or(50_000);
 

@@ -36,10 +36,7 @@ fn peak_rss_bytes() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    let args = common::numeric_args()?;
     let records = args.first().copied().unwrap_or(200_000);
     let concurrency = args.get(1).copied().unwrap_or(4);
     let batch = args.get(2).copied().unwrap_or(2_000);
