@@ -15,6 +15,7 @@ use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink}
 use spendstream_processors::sink::lake::LakeSinkConfig;
 use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
+use spendstream_query_api::sql::SqlLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,8 @@ pub struct Settings {
     pub server: ServerLimits,
     /// Tenant whose admins see dead letters without a tenant.
     pub operator_tenant: Option<String>,
+    /// Limits of `POST /v1/sql`.
+    pub sql_limits: SqlLimits,
     /// ClickHouse HTTP URL: a second sink of the processors when set.
     pub clickhouse_url: Option<String>,
     /// ClickHouse credentials (from the environment or a file).
@@ -113,6 +116,7 @@ impl Settings {
             processor: ProcessorConfig::default(),
             server: ServerLimits::default(),
             operator_tenant: None,
+            sql_limits: SqlLimits::default(),
             clickhouse_url: None,
             clickhouse_user: None,
             clickhouse_password: None,
@@ -189,6 +193,18 @@ impl Settings {
                 kafka.message_timeout().as_millis(),
                 ingest.append_timeout.as_secs()
             ));
+        }
+        if roles.query {
+            let limits = &self.sql_limits;
+            if limits.timeout.is_zero() {
+                return Err("--sql-timeout-secs must be at least 1".into());
+            }
+            if limits.memory_bytes == 0 {
+                return Err("--sql-memory-mb must be at least 1".into());
+            }
+            if limits.max_rows == 0 {
+                return Err("--sql-max-rows must be at least 1".into());
+            }
         }
         if server.header_read_timeout.is_zero() {
             return Err("--header-read-timeout-secs must be at least 1".into());
@@ -279,6 +295,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         processor,
         server,
         operator_tenant,
+        sql_limits,
         migrate,
         compact_interval,
         vacuum_retain,
@@ -373,8 +390,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         &keys,
         log.as_ref(),
         lake.as_ref(),
-        ingest,
-        operator_tenant,
+        RouteOptions {
+            ingest,
+            operator_tenant,
+            sql_limits,
+        },
         sink_checks,
     );
 
@@ -537,6 +557,14 @@ async fn maintain_once(
     Ok(true)
 }
 
+/// How the routes behave: ingest's limits, the operator tenant, SQL limits.
+#[derive(Debug, Clone, Default)]
+pub struct RouteOptions {
+    pub ingest: IngestConfig,
+    pub operator_tenant: Option<String>,
+    pub sql_limits: SqlLimits,
+}
+
 /// The HTTP routes of the roles in `roles` (ingest on `log`, query on
 /// `lake`), the operations routes with a readiness check per backend (and
 /// the `more` checks: the processors' other sinks), and the shared layers.
@@ -546,10 +574,14 @@ pub fn router(
     keys: &JwtKeys,
     log: Option<&Arc<dyn Log>>,
     lake: Option<&Arc<Lake>>,
-    ingest: IngestConfig,
-    operator_tenant: Option<String>,
+    options: RouteOptions,
     more: Vec<(&'static str, ReadyCheck)>,
 ) -> axum::Router {
+    let RouteOptions {
+        ingest,
+        operator_tenant,
+        sql_limits,
+    } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
     if let Some(log) = log {
@@ -593,6 +625,7 @@ pub fn router(
         router = router.merge(spendstream_query_api::router(QueryState {
             keys: keys.clone(),
             lake: lake.clone(),
+            sql_limits,
         }));
     }
     let router = router.route(
@@ -642,6 +675,7 @@ mod tests {
                 Box::new(|s| s.vacuum_retain = Duration::from_secs(60)),
                 "--vacuum-retain-hours",
             ),
+            (Box::new(|s| s.sql_limits.max_rows = 0), "--sql-max-rows"),
             (
                 Box::new(|s| s.processor.max_batch_records = 0),
                 "--batch-max-records",

@@ -212,6 +212,16 @@ pub struct ServeArgs {
         default_value_t = 100
     )]
     pub lake_checkpoint_interval: u32,
+    /// Seconds one `POST /v1/sql` query may run (422 query_timeout).
+    #[arg(long, env = "SPENDSTREAM_SQL_TIMEOUT_SECS", default_value_t = 30)]
+    pub sql_timeout_secs: u64,
+    /// MiB of memory one SQL query's operators may hold (422
+    /// query_memory_exceeded).
+    #[arg(long, env = "SPENDSTREAM_SQL_MEMORY_MB", default_value_t = 256)]
+    pub sql_memory_mb: usize,
+    /// Most rows one SQL query returns (422 result_too_large).
+    #[arg(long, env = "SPENDSTREAM_SQL_MAX_ROWS", default_value_t = 100_000)]
+    pub sql_max_rows: usize,
     /// Hours the periodic vacuum keeps files compaction replaced (readers
     /// that time-travel need them).
     #[arg(long, env = "SPENDSTREAM_VACUUM_RETAIN_HOURS", default_value_t = 168)]

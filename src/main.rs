@@ -259,6 +259,12 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
             ..ServerLimits::default()
         },
         operator_tenant: args.operator_tenant.clone(),
+        sql_limits: spendstream_query_api::sql::SqlLimits {
+            timeout: Duration::from_secs(args.sql_timeout_secs),
+            memory_bytes: args.sql_memory_mb.saturating_mul(1 << 20),
+            max_rows: args.sql_max_rows,
+            ..Default::default()
+        },
         clickhouse_url: args.clickhouse.clone(),
         clickhouse_user: std::env::var("SPENDSTREAM_CLICKHOUSE_USER").ok(),
         clickhouse_password: secret::clickhouse_password()?.map(spendstream::app::Password),

@@ -279,6 +279,27 @@ async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend
         let got = common::report(&base, &token, "group_by=currency&status=all").await;
         let got_simple: BTreeMap<_, _> = got.iter().map(|(k, v)| (k.clone(), (v.0, v.1))).collect();
         assert_eq!(got_simple, expected, "tenant {tenant}");
+        // The tenant's SQL view of its latest versions says the same.
+        let by_sql = common::sql(
+            &base,
+            &token,
+            "SELECT currency, COUNT(*), CAST(SUM(amount_minor) AS DECIMAL(38, 0)) FROM expenses_latest GROUP BY currency",
+        )
+        .await;
+        let by_sql: BTreeMap<_, _> = by_sql["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let currency = r[0].as_str().unwrap().to_string();
+                let total: i128 = r[2].as_str().unwrap().parse().unwrap();
+                (
+                    (Some(currency.clone()), currency),
+                    (r[1].as_i64().unwrap(), total),
+                )
+            })
+            .collect();
+        assert_eq!(by_sql, expected, "tenant {tenant} over SQL");
         // Decimal strings carry each currency's exponent exactly.
         for ((_, currency), (_, minor, text)) in &got {
             let exp = spendstream_schemas::Currency::from_code(currency)
@@ -372,11 +393,48 @@ async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
         );
         assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
     }
-    let r = get("/v1/reports/spend?group_by=month", Some(read))
+    let r = get("/v1/reports/spend?group_by=month", Some(read.clone()))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["rows"], json!([]));
+
+    // SQL: roles, refusals and errors with codes.
+    let sql = |token: Option<&str>, body: Value| {
+        let mut req = client.post(format!("{base}/v1/sql")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let select = json!({"sql": "SELECT COUNT(*) AS n FROM expenses_latest"});
+    assert_eq!(sql(None, select.clone()).await.unwrap().status(), 401);
+    let ingest_only = common::token("acme", &[Role::Ingest]);
+    assert_eq!(
+        sql(Some(&ingest_only), select.clone())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = sql(Some(&read), select).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["columns"], json!([{"name": "n", "type": "Int64"}]));
+    assert_eq!(body["rows"], json!([[0]]));
+    for (body, code) in [
+        (
+            json!({"sql": "DROP TABLE expenses"}),
+            "statement_not_allowed",
+        ),
+        (json!({"sql": "SELECT * FROM '/etc/passwd'"}), "invalid_sql"),
+        (json!({"sql": "SELECT nope FROM expenses"}), "invalid_sql"),
+        (json!({"query": "SELECT 1"}), "invalid_body"),
+    ] {
+        let r = sql(Some(&read), body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], code, "{body}");
+    }
 
     assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
     let ready: Value = get("/readyz", None).await.unwrap().json().await.unwrap();
@@ -495,7 +553,6 @@ async fn openapi_document_matches_the_routes() {
         running.log.as_ref(),
         running.lake.as_ref(),
         Default::default(),
-        None,
         Vec::new(),
     );
     let debug = format!("{router:?}");

@@ -1,14 +1,16 @@
 //! The query service: reports over the lake through DataFusion, scoped to
-//! the caller's tenant, counting only the latest version of each expense.
+//! the caller's tenant, counting only the latest version of each expense,
+//! and tenant-scoped SQL.
 
 mod error;
 pub mod report;
+pub mod sql;
 
 pub use error::{Error, Result};
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{get, post};
 use spendstream_http::JwtKeys;
 use spendstream_lake::Lake;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use std::sync::Arc;
 pub struct QueryState {
     pub keys: JwtKeys,
     pub lake: Arc<Lake>,
+    /// Limits of `POST /v1/sql`.
+    pub sql_limits: sql::SqlLimits,
 }
 
 impl FromRef<QueryState> for JwtKeys {
@@ -30,5 +34,6 @@ impl FromRef<QueryState> for JwtKeys {
 pub fn router(state: QueryState) -> Router {
     Router::new()
         .route("/v1/reports/spend", get(report::spend))
+        .route("/v1/sql", post(sql::sql))
         .with_state(state)
 }

@@ -262,6 +262,19 @@ pub async fn report(
     }
 }
 
+/// `POST /v1/sql` as `token`; the answer must be 200.
+pub async fn sql(base: &str, token: &str, sql: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/sql"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{sql}: {}", resp.text().await.unwrap());
+    resp.json().await.unwrap()
+}
+
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

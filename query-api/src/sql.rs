@@ -1,0 +1,445 @@
+//! `POST /v1/sql`: one read-only statement over the caller's tenant.
+//!
+//! Isolation is in the plan, not in the SQL text. Each request gets a
+//! session of its own whose catalog holds only two views, `expenses` (every
+//! row version of the tenant) and `expenses_latest` (the latest version of
+//! each of its expenses); both are plans that filter the lake scan by the
+//! tenant, and the lake table itself is never registered, so no name
+//! reaches another tenant's rows. On top of that:
+//! - DDL, DML, `COPY`, `SET` and other statements are refused
+//!   ([`SQLOptions`]), and so are `EXPLAIN` (its plan lists the table's
+//!   files) and recursive CTEs; URL tables are off (DataFusion's default);
+//! - the plan is checked: every table scan must be one of the tenant's
+//!   views' scans of the lake or an `information_schema` table, so a table
+//!   function or anything registered later cannot slip in;
+//! - each query has a time limit, a memory pool of its own, and a cap on
+//!   the rows it returns; breaking one is a 422 with a code, never a crash.
+
+use crate::QueryState;
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::TableReference;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::ViewTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use spendstream_http::{ApiError, Auth, Role};
+use spendstream_lake::Lake;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::instrument;
+
+/// The name the lake scan carries inside the views' plans. It is never
+/// registered in a tenant's session.
+const BASE: &str = "spendstream_lake_base";
+
+/// Functions left out of tenant sessions: their output grows with an
+/// argument, not with the data, and outside the query's memory pool.
+const AMPLIFIERS: [&str; 7] = [
+    "generate_series",
+    "range",
+    "repeat",
+    "lpad",
+    "rpad",
+    "array_repeat",
+    "overlay",
+];
+
+/// Limits of one SQL query.
+#[derive(Debug, Clone)]
+pub struct SqlLimits {
+    /// Longest a query may run (planning and execution).
+    pub timeout: Duration,
+    /// Memory the query's operators may hold (sorts, joins, aggregates).
+    pub memory_bytes: usize,
+    /// Most rows returned.
+    pub max_rows: usize,
+    /// Most bytes of Arrow data returned.
+    pub max_result_bytes: usize,
+    /// Longest statement text.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+            max_rows: 100_000,
+            max_result_bytes: 64 << 20,
+            max_sql_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlRequest {
+    pub sql: String,
+}
+
+/// A result column.
+#[derive(Debug, Serialize)]
+pub struct SqlColumn {
+    pub name: String,
+    /// The Arrow type, e.g. `Int64`, `Utf8`, `Decimal128(38, 0)`.
+    pub r#type: String,
+}
+
+/// The answer: columns, then rows as arrays in column order. Integers and
+/// booleans are JSON numbers and booleans; decimals (money), dates and
+/// everything else are strings, exactly as DataFusion prints them.
+#[derive(Debug, Serialize)]
+pub struct SqlResult {
+    pub columns: Vec<SqlColumn>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+#[instrument(skip_all, fields(tenant = %auth.tenant()))]
+pub async fn sql(
+    State(state): State<QueryState>,
+    auth: Auth,
+    body: Result<Json<SqlRequest>, JsonRejection>,
+) -> Result<Json<SqlResult>, ApiError> {
+    auth.require(Role::Read)?;
+    let Json(request) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    Ok(Json(
+        answer(&state.lake, auth.tenant(), &request.sql, &state.sql_limits).await?,
+    ))
+}
+
+/// Runs `sql` for `tenant` within every limit of `limits`.
+pub async fn answer(
+    lake: &Lake,
+    tenant: &str,
+    sql: &str,
+    limits: &SqlLimits,
+) -> Result<SqlResult, ApiError> {
+    tokio::time::timeout(limits.timeout, run(lake, tenant, sql, limits))
+        .await
+        .map_err(|_| {
+            unprocessable(
+                "query_timeout",
+                format!(
+                    "the query ran longer than {} ms",
+                    limits.timeout.as_millis()
+                ),
+            )
+        })?
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::Unprocessable {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Runs `sql` for `tenant` within `limits` (but the time limit, which
+/// [`answer`] applies).
+async fn run(
+    lake: &Lake,
+    tenant: &str,
+    sql: &str,
+    limits: &SqlLimits,
+) -> Result<SqlResult, ApiError> {
+    if sql.len() > limits.max_sql_bytes {
+        return Err(ApiError::PayloadTooLarge {
+            limit: limits.max_sql_bytes,
+        });
+    }
+    let ctx = tenant_session(lake, tenant, limits).await?;
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| refused_or_invalid(&e))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| ApiError::bad_request("statement_not_allowed", e.strip_backtrace()))?;
+    check_plan(&plan)?;
+    let optimized = ctx
+        .state()
+        .optimize(&plan)
+        .map_err(|e| execution_error(&e))?;
+    check_joins(&optimized)?;
+    let frame = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| execution_error(&e))?;
+    let schema = frame.schema().inner().clone();
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| execution_error(&e))?;
+    let mut batches = Vec::new();
+    let (mut rows, mut bytes) = (0, 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| execution_error(&e))?;
+        rows += batch.num_rows();
+        bytes += batch.get_array_memory_size();
+        if rows > limits.max_rows || bytes > limits.max_result_bytes {
+            return Err(unprocessable(
+                "result_too_large",
+                format!(
+                    "the result has more than {} rows or {} bytes: aggregate, filter or add LIMIT",
+                    limits.max_rows, limits.max_result_bytes
+                ),
+            ));
+        }
+        batches.push(batch);
+    }
+    Ok(SqlResult {
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| SqlColumn {
+                name: f.name().clone(),
+                r#type: f.data_type().to_string(),
+            })
+            .collect(),
+        rows: to_json_rows(&batches)?,
+    })
+}
+
+/// A session whose catalog holds only `tenant`'s two views, with the
+/// limits' memory pool.
+pub async fn tenant_session(
+    lake: &Lake,
+    tenant: &str,
+    limits: &SqlLimits,
+) -> Result<SessionContext, ApiError> {
+    if !spendstream_schemas::valid_tenant_id(tenant) {
+        // The token layer guarantees this; the literal below relies on it.
+        return Err(ApiError::internal(format!(
+            "tenant id `{tenant}` is not valid"
+        )));
+    }
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .build_arc()
+        .map_err(ApiError::internal)?;
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("spendstream", "public");
+    config.options_mut().execution.enable_recursive_ctes = false;
+    config.options_mut().sql_parser.recursion_limit =
+        datafusion::common::config::ConfigNonZeroUsize::try_new(30).map_err(ApiError::internal)?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Functions that build a large value from a small argument allocate
+    // outside the memory pool: a one-line query could exhaust the process.
+    for name in AMPLIFIERS {
+        ctx.deregister_udf(name);
+        ctx.deregister_udtf(name);
+    }
+
+    // The views are planned in a scratch session that knows the lake under
+    // BASE; the tenant's session only ever sees the finished plans.
+    let scratch = SessionContext::new();
+    let base = lake
+        .table_provider(&scratch)
+        .await
+        .map_err(crate::Error::from)?;
+    scratch
+        .register_table(BASE, base)
+        .map_err(ApiError::internal)?;
+    let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
+    let latest = format!(
+        "SELECT * FROM (
+           SELECT *, row_number() OVER (PARTITION BY expense_id ORDER BY version DESC) AS spendstream_rank
+           FROM {BASE} WHERE tenant_id = '{tenant}'
+         ) WHERE spendstream_rank = 1"
+    );
+    for (name, text) in [("expenses", all), ("expenses_latest", latest)] {
+        let mut plan = scratch
+            .state()
+            .create_logical_plan(&text)
+            .await
+            .map_err(ApiError::internal)?;
+        if name == "expenses_latest" {
+            // Without the rank column.
+            let keep: Vec<_> = plan
+                .schema()
+                .columns()
+                .into_iter()
+                .filter(|c| c.name != "spendstream_rank")
+                .map(datafusion::prelude::Expr::Column)
+                .collect();
+            plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+                .project(keep)
+                .and_then(|b| b.build())
+                .map_err(ApiError::internal)?;
+        }
+        ctx.register_table(name, Arc::new(ViewTable::new(plan, None)))
+            .map_err(ApiError::internal)?;
+    }
+    Ok(ctx)
+}
+
+/// Refuses every plan that reads anything but the tenant's views (whose
+/// scans carry the lake under [`BASE`]) and `information_schema`, and
+/// `EXPLAIN`, whose text lists the table's files.
+fn check_plan(plan: &LogicalPlan) -> Result<(), ApiError> {
+    let mut refused: Option<String> = None;
+    plan.apply_with_subqueries(|node| {
+        let verdict = match node {
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
+                Some("EXPLAIN is not available".to_string())
+            }
+            LogicalPlan::TableScan(scan) if !allowed_scan(&scan.table_name) => Some(format!(
+                "`{}` is not one of your tables (expenses, expenses_latest)",
+                scan.table_name
+            )),
+            _ => None,
+        };
+        if verdict.is_some() {
+            refused = verdict;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(ApiError::internal)?;
+    match refused {
+        Some(message) => Err(ApiError::bad_request("statement_not_allowed", message)),
+        None => Ok(()),
+    }
+}
+
+/// Refuses joins without an equality condition. A Cartesian product (or a
+/// join on inequalities only) produces its rows in a loop that does not
+/// give the CPU back: cancelled at the time limit, it would go on burning
+/// a core long after the caller got its 422.
+fn check_joins(plan: &LogicalPlan) -> Result<(), ApiError> {
+    let mut product = false;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Join(join) = node
+            && join.on.is_empty()
+        {
+            product = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map_err(ApiError::internal)?;
+    if product {
+        return Err(ApiError::bad_request(
+            "statement_not_allowed",
+            "joins need an equality condition (`a JOIN b ON a.x = b.y`); Cartesian products are not available",
+        ));
+    }
+    Ok(())
+}
+
+fn allowed_scan(name: &TableReference) -> bool {
+    match name {
+        TableReference::Bare { table } => {
+            table.as_ref() == BASE
+                || table.as_ref() == "expenses"
+                || table.as_ref() == "expenses_latest"
+        }
+        TableReference::Partial { schema, table } | TableReference::Full { schema, table, .. } => {
+            schema.as_ref() == "information_schema"
+                || (schema.as_ref() == "public"
+                    && (table.as_ref() == "expenses" || table.as_ref() == "expenses_latest"))
+        }
+    }
+}
+
+/// A planning failure: a statement the options refuse (400
+/// `statement_not_allowed`) or SQL that does not plan (400 `invalid_sql`).
+fn refused_or_invalid(e: &DataFusionError) -> ApiError {
+    let message = e.strip_backtrace();
+    if statement_refused(&message) {
+        return ApiError::bad_request("statement_not_allowed", message);
+    }
+    execution_error(e)
+}
+
+fn statement_refused(message: &str) -> bool {
+    [
+        "DDL not supported",
+        "DML not supported",
+        "Statement not supported",
+        "Unsupported SQL statement",
+        "Recursive CTEs are not enabled",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// An execution failure, by cause.
+fn execution_error(e: &DataFusionError) -> ApiError {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => unprocessable(
+            "query_memory_exceeded",
+            "the query needs more memory than one query may hold: aggregate or filter more",
+        ),
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => {
+            ApiError::bad_request("invalid_sql", e.strip_backtrace())
+        }
+        DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
+            unprocessable("query_failed", e.strip_backtrace())
+        }
+        _ => ApiError::internal(DataFusionError::Execution(e.strip_backtrace())),
+    }
+}
+
+/// Rows as JSON arrays.
+fn to_json_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<Value>>, ApiError> {
+    let options = FormatOptions::default().with_null("");
+    let mut rows = Vec::new();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::internal)?;
+        for i in 0..batch.num_rows() {
+            let mut row = Vec::with_capacity(batch.num_columns());
+            for (column, formatter) in batch.columns().iter().zip(&formatters) {
+                row.push(json_value(column.as_ref(), formatter, i));
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+fn json_value(column: &dyn Array, formatter: &ArrayFormatter<'_>, i: usize) -> Value {
+    if column.is_null(i) {
+        return Value::Null;
+    }
+    let text = formatter.value(i).to_string();
+    match column.data_type() {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => text
+            .parse::<serde_json::Number>()
+            .map_or(Value::String(text), Value::Number),
+        DataType::Boolean => Value::Bool(text == "true"),
+        _ => Value::String(text),
+    }
+}
