@@ -350,6 +350,70 @@ async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend
     running.shutdown().await.unwrap();
 }
 
+/// Reports and SQL answers carry an ETag of the table version and the
+/// request; asked again with it, they answer 304 until the table moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_304_while_the_table_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let read = common::token("acme", &[Role::Read]);
+    let model = common::ingest(&base, 0, 300).await;
+    common::wait_for_totals(&base, &model).await;
+
+    let report = format!("{base}/v1/reports/spend?group_by=currency&status=all");
+    let get = |tag: Option<&str>| {
+        let mut req = client.get(&report).bearer_auth(&read);
+        if let Some(tag) = tag {
+            req = req.header("if-none-match", tag);
+        }
+        req.send()
+    };
+    let sql = |tag: Option<&str>| {
+        let mut req = client
+            .post(format!("{base}/v1/sql"))
+            .bearer_auth(&read)
+            .json(&json!({"sql": "SELECT COUNT(*) FROM expenses_latest"}));
+        if let Some(tag) = tag {
+            req = req.header("if-none-match", tag);
+        }
+        req.send()
+    };
+    let etag = |r: &reqwest::Response| r.headers()["etag"].to_str().unwrap().to_string();
+    for ask in [&get as &dyn Fn(Option<&str>) -> _, &sql] {
+        let first = ask(None).await.unwrap();
+        assert_eq!(first.status(), 200);
+        let tag = etag(&first);
+        let again = ask(Some(&tag)).await.unwrap();
+        assert_eq!(again.status(), 304);
+        assert_eq!(etag(&again), tag);
+        assert!(again.bytes().await.unwrap().is_empty());
+        let other = ask(Some("W/\"0-0000000000000000\"")).await.unwrap();
+        assert_eq!(other.status(), 200);
+    }
+    // Another tenant asking the same gets its own tag.
+    let tag = etag(&get(None).await.unwrap());
+    let globex = client
+        .get(&report)
+        .bearer_auth(common::token("globex", &[Role::Read]))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(globex.status(), 200);
+
+    // The table moves: the old tag no longer matches.
+    let mut all = model;
+    all.extend(common::ingest(&base, 300, 100).await);
+    common::wait_for_totals(&base, &all).await;
+    let after = get(Some(&tag)).await.unwrap();
+    assert_eq!(after.status(), 200);
+    assert_ne!(etag(&after), tag);
+    common::assert_documented(&base).await;
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
     let dir = tempfile::tempdir().unwrap();

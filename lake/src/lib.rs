@@ -448,12 +448,23 @@ impl Lake {
     /// A DataFusion table provider over the committed state, at most
     /// `read_refresh` old.
     pub async fn table_provider(&self, ctx: &SessionContext) -> Result<Arc<dyn TableProvider>> {
+        Ok(self.versioned_table_provider(ctx).await?.1)
+    }
+
+    /// [`Lake::table_provider`] and the table version it reads: what a
+    /// cache or an `ETag` is keyed on.
+    pub async fn versioned_table_provider(
+        &self,
+        ctx: &SessionContext,
+    ) -> Result<(u64, Arc<dyn TableProvider>)> {
         let table = self.for_reading().await?;
         table.update_datafusion_session(&ctx.state())?;
-        Ok(table
+        let version = table.version().unwrap_or_default();
+        let provider = table
             .table_provider()
             .await
-            .map_err(deltalake::DeltaTableError::from)?)
+            .map_err(deltalake::DeltaTableError::from)?;
+        Ok((version, provider))
     }
 
     /// The data files the newest table state reads, relative to the table

@@ -3,6 +3,7 @@
 //! and tenant-scoped SQL.
 
 mod error;
+pub mod etag;
 pub mod report;
 pub mod sql;
 

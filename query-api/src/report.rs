@@ -1,9 +1,12 @@
 //! `GET /v1/reports/spend`: spend grouped by one dimension and currency,
 //! counting only the latest version of each expense.
 
+use crate::etag::{etag, matches, not_modified, with_tag};
 use crate::{Error, QueryState, Result};
 use axum::Json;
 use axum::extract::{Query, State, rejection::QueryRejection};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chrono::NaiveDate;
@@ -128,8 +131,9 @@ fn decode_cursor(cursor: &str, fp: u64) -> Result<usize, ApiError> {
 pub async fn spend(
     State(state): State<QueryState>,
     auth: Auth,
+    headers: HeaderMap,
     params: Result<Query<SpendParams>, QueryRejection>,
-) -> Result<Json<SpendReport>, ApiError> {
+) -> Result<Response, ApiError> {
     auth.require(Role::Read)?;
     let Query(params) = params?;
     let statuses = parse_statuses(params.status.as_deref())?;
@@ -147,27 +151,46 @@ pub async fn spend(
         Some(c) => decode_cursor(c, fp)?,
         None => 0,
     };
-    let rows = spend_rows(&state, auth.tenant(), &params, &statuses).await?;
+    let ctx = SessionContext::new();
+    let (version, table) = state
+        .lake
+        .versioned_table_provider(&ctx)
+        .await
+        .map_err(Error::from)?;
+    let tag = etag(
+        version,
+        &[
+            auth.tenant(),
+            &format!("{fp:x}"),
+            &start.to_string(),
+            &limit.to_string(),
+        ],
+    );
+    if matches(&headers, &tag) {
+        return Ok(not_modified(&tag));
+    }
+    ctx.register_table("expenses", table).map_err(Error::from)?;
+    let rows = spend_rows(&ctx, auth.tenant(), &params, &statuses).await?;
     let end = (start + limit).min(rows.len());
     let next_cursor = (end < rows.len()).then(|| encode_cursor(end, fp));
     let page = rows.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
-    Ok(Json(SpendReport {
+    let report = Json(SpendReport {
         group_by: params.group_by,
         rows: page,
         next_cursor,
-    }))
+    });
+    Ok(with_tag(report.into_response(), &tag))
 }
 
-/// Every row of the report for `tenant`, sorted by amount (exactly, across
-/// exponents) descending, then group and currency.
+/// Every row of the report for `tenant` over the table `ctx` holds as
+/// `expenses`, sorted by amount (exactly, across exponents) descending,
+/// then group and currency.
 pub async fn spend_rows(
-    state: &QueryState,
+    ctx: &SessionContext,
     tenant: &str,
     params: &SpendParams,
     statuses: &[Status],
 ) -> Result<Vec<SpendRow>> {
-    let ctx = SessionContext::new();
-    ctx.register_table("expenses", state.lake.table_provider(&ctx).await?)?;
     let sql = spend_sql(tenant, params, statuses);
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut rows = Vec::new();

@@ -16,9 +16,12 @@
 //!   the rows it returns; breaking one is a 422 with a code, never a crash.
 
 use crate::QueryState;
+use crate::etag::{etag, matches, not_modified, with_tag};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -110,13 +113,20 @@ pub struct SqlResult {
 pub async fn sql(
     State(state): State<QueryState>,
     auth: Auth,
+    headers: HeaderMap,
     body: Result<Json<SqlRequest>, JsonRejection>,
-) -> Result<Json<SqlResult>, ApiError> {
+) -> Result<Response, ApiError> {
     auth.require(Role::Read)?;
     let Json(request) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
-    Ok(Json(
-        answer(&state.lake, auth.tenant(), &request.sql, &state.sql_limits).await?,
-    ))
+    let limits = &state.sql_limits;
+    check_length(&request.sql, limits)?;
+    let (ctx, version) = tenant_session(&state.lake, auth.tenant(), limits).await?;
+    let tag = etag(version, &[auth.tenant(), &request.sql]);
+    if matches(&headers, &tag) {
+        return Ok(not_modified(&tag));
+    }
+    let result = within_time(limits, run(ctx, &request.sql, limits)).await?;
+    Ok(with_tag(Json(result).into_response(), &tag))
 }
 
 /// Runs `sql` for `tenant` within every limit of `limits`.
@@ -126,7 +136,25 @@ pub async fn answer(
     sql: &str,
     limits: &SqlLimits,
 ) -> Result<SqlResult, ApiError> {
-    tokio::time::timeout(limits.timeout, run(lake, tenant, sql, limits))
+    check_length(sql, limits)?;
+    let (ctx, _) = tenant_session(lake, tenant, limits).await?;
+    within_time(limits, run(ctx, sql, limits)).await
+}
+
+fn check_length(sql: &str, limits: &SqlLimits) -> Result<(), ApiError> {
+    if sql.len() > limits.max_sql_bytes {
+        return Err(ApiError::PayloadTooLarge {
+            limit: limits.max_sql_bytes,
+        });
+    }
+    Ok(())
+}
+
+async fn within_time<T>(
+    limits: &SqlLimits,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(limits.timeout, work)
         .await
         .map_err(|_| {
             unprocessable(
@@ -146,20 +174,9 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Runs `sql` for `tenant` within `limits` (but the time limit, which
-/// [`answer`] applies).
-async fn run(
-    lake: &Lake,
-    tenant: &str,
-    sql: &str,
-    limits: &SqlLimits,
-) -> Result<SqlResult, ApiError> {
-    if sql.len() > limits.max_sql_bytes {
-        return Err(ApiError::PayloadTooLarge {
-            limit: limits.max_sql_bytes,
-        });
-    }
-    let ctx = tenant_session(lake, tenant, limits).await?;
+/// Runs `sql` in the tenant session `ctx` within `limits` (but the time
+/// limit, which the callers apply).
+async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<SqlResult, ApiError> {
     let plan = ctx
         .state()
         .create_logical_plan(sql)
@@ -217,12 +234,12 @@ async fn run(
 }
 
 /// A session whose catalog holds only `tenant`'s two views, with the
-/// limits' memory pool.
+/// limits' memory pool, and the lake table version the views read.
 pub async fn tenant_session(
     lake: &Lake,
     tenant: &str,
     limits: &SqlLimits,
-) -> Result<SessionContext, ApiError> {
+) -> Result<(SessionContext, u64), ApiError> {
     if !spendstream_schemas::valid_tenant_id(tenant) {
         // The token layer guarantees this; the literal below relies on it.
         return Err(ApiError::internal(format!(
@@ -249,9 +266,11 @@ pub async fn tenant_session(
 
     // The views are planned in a scratch session that knows the lake under
     // BASE; the tenant's session only ever sees the finished plans.
+    // The provider is made for the tenant's session: its object store is
+    // registered where the query runs.
     let scratch = SessionContext::new();
-    let base = lake
-        .table_provider(&scratch)
+    let (version, base) = lake
+        .versioned_table_provider(&ctx)
         .await
         .map_err(crate::Error::from)?;
     scratch
@@ -287,7 +306,7 @@ pub async fn tenant_session(
         ctx.register_table(name, Arc::new(ViewTable::new(plan, None)))
             .map_err(ApiError::internal)?;
     }
-    Ok(ctx)
+    Ok((ctx, version))
 }
 
 /// Refuses every plan that reads anything but the tenant's views (whose
