@@ -20,10 +20,10 @@ use crate::etag::{etag, matches, not_modified, with_tag};
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -119,14 +119,24 @@ pub async fn sql(
     auth.require(Role::Read)?;
     let Json(request) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     let limits = &state.sql_limits;
+    let format = Format::negotiate(&headers)?;
     check_length(&request.sql, limits)?;
     let (ctx, version) = tenant_session(&state.lake, auth.tenant(), limits).await?;
-    let tag = etag(version, &[auth.tenant(), &request.sql]);
+    let tag = etag(version, &[auth.tenant(), format.media_type(), &request.sql]);
     if matches(&headers, &tag) {
         return Ok(not_modified(&tag));
     }
     let result = within_time(limits, run(ctx, &request.sql, limits)).await?;
-    Ok(with_tag(Json(result).into_response(), &tag))
+    let body = result.render(format)?;
+    let response = (
+        [
+            (header::CONTENT_TYPE, format.media_type()),
+            (header::VARY, "accept"),
+        ],
+        body,
+    )
+        .into_response();
+    Ok(with_tag(response, &tag))
 }
 
 /// Runs `sql` for `tenant` within every limit of `limits`.
@@ -138,7 +148,7 @@ pub async fn answer(
 ) -> Result<SqlResult, ApiError> {
     check_length(sql, limits)?;
     let (ctx, _) = tenant_session(lake, tenant, limits).await?;
-    within_time(limits, run(ctx, sql, limits)).await
+    within_time(limits, run(ctx, sql, limits)).await?.to_json()
 }
 
 fn check_length(sql: &str, limits: &SqlLimits) -> Result<(), ApiError> {
@@ -176,7 +186,7 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 
 /// Runs `sql` in the tenant session `ctx` within `limits` (but the time
 /// limit, which the callers apply).
-async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<SqlResult, ApiError> {
+async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<Batches, ApiError> {
     let plan = ctx
         .state()
         .create_logical_plan(sql)
@@ -220,17 +230,132 @@ async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<SqlRe
         }
         batches.push(batch);
     }
-    Ok(SqlResult {
-        columns: schema
-            .fields()
+    Ok(Batches { schema, batches })
+}
+
+/// A query's result as Arrow.
+pub struct Batches {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Batches {
+    /// As JSON columns and rows.
+    pub fn to_json(&self) -> Result<SqlResult, ApiError> {
+        Ok(SqlResult {
+            columns: self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| SqlColumn {
+                    name: f.name().clone(),
+                    r#type: f.data_type().to_string(),
+                })
+                .collect(),
+            rows: to_json_rows(&self.batches)?,
+        })
+    }
+
+    /// The body in `format`.
+    fn render(&self, format: Format) -> Result<Vec<u8>, ApiError> {
+        let mut out = Vec::new();
+        match format {
+            Format::Json => {
+                out = serde_json::to_vec(&self.to_json()?).map_err(ApiError::internal)?;
+            }
+            Format::Csv => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
+                for batch in &self.batches {
+                    writer.write(batch).map_err(ApiError::internal)?;
+                }
+            }
+            Format::ArrowStream => {
+                let mut writer =
+                    datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &self.schema)
+                        .map_err(ApiError::internal)?;
+                for batch in &self.batches {
+                    writer.write(batch).map_err(ApiError::internal)?;
+                }
+                writer.finish().map_err(ApiError::internal)?;
+            }
+            Format::Parquet => {
+                let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+                    &mut out,
+                    self.schema.clone(),
+                    None,
+                )
+                .map_err(ApiError::internal)?;
+                for batch in &self.batches {
+                    writer.write(batch).map_err(ApiError::internal)?;
+                }
+                writer.close().map_err(ApiError::internal)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The answer formats, chosen by `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    ArrowStream,
+    Parquet,
+}
+
+impl Format {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::ArrowStream => "application/vnd.apache.arrow.stream",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+
+    /// The first media type of `Accept` (by weight, then order) this
+    /// service produces; JSON without `Accept` or for `*/*`.
+    pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
+        let accept: Vec<&str> = headers
+            .get_all(header::ACCEPT)
             .iter()
-            .map(|f| SqlColumn {
-                name: f.name().clone(),
-                r#type: f.data_type().to_string(),
-            })
-            .collect(),
-        rows: to_json_rows(&batches)?,
-    })
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if accept.is_empty() {
+            return Ok(Format::Json);
+        }
+        let mut offered: Vec<(u16, usize, &str)> = Vec::new();
+        for (i, item) in accept.iter().flat_map(|v| v.split(',')).enumerate() {
+            let mut parts = item.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            let weight = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|q| q.parse::<f32>().ok())
+                .next()
+                .unwrap_or(1.0);
+            if weight > 0.0 {
+                offered.push(((weight * 1000.0) as u16, i, media));
+            }
+        }
+        offered.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, _, media) in &offered {
+            let format = match media.to_ascii_lowercase().as_str() {
+                "application/json" | "application/*" | "*/*" => Format::Json,
+                "text/csv" | "text/*" => Format::Csv,
+                "application/vnd.apache.arrow.stream" => Format::ArrowStream,
+                "application/vnd.apache.parquet" | "application/x-parquet" => Format::Parquet,
+                _ => continue,
+            };
+            return Ok(format);
+        }
+        Err(ApiError::NotAcceptable(format!(
+            "{}; available: application/json, text/csv, application/vnd.apache.arrow.stream, application/vnd.apache.parquet",
+            accept.join(", ")
+        )))
+    }
 }
 
 /// A session whose catalog holds only `tenant`'s two views, with the
