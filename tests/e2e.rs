@@ -392,6 +392,63 @@ async fn answers_are_304_while_the_table_is_unchanged() {
         let other = ask(Some("W/\"0-0000000000000000\"")).await.unwrap();
         assert_eq!(other.status(), 200);
     }
+    // Reports as CSV and Arrow, the next page's cursor in a header.
+    let json_rows = get(None).await.unwrap().json::<Value>().await.unwrap()["rows"]
+        .as_array()
+        .unwrap()
+        .len();
+    let csv = client
+        .get(format!("{report}&limit=1"))
+        .bearer_auth(&read)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    let cursor = csv.headers()["spendstream-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = csv.text().await.unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("group,currency,count,amount,amount_minor")
+    );
+    assert_eq!(lines.count(), 1);
+    let second = client
+        .get(format!("{report}&limit=1&cursor={cursor}"))
+        .bearer_auth(&read)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 200);
+    assert_ne!(second.text().await.unwrap(), text);
+    let arrow = client
+        .get(&report)
+        .bearer_auth(&read)
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(arrow.status(), 200);
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
+        std::io::Cursor::new(arrow.bytes().await.unwrap()),
+        None,
+    )
+    .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, json_rows);
+    let refused = client
+        .get(&report)
+        .bearer_auth(&read)
+        .header("accept", "image/png")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 406);
+
     // Another tenant asking the same gets its own tag.
     let tag = etag(&get(None).await.unwrap());
     let globex = client

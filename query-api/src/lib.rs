@@ -4,6 +4,7 @@
 
 mod error;
 pub mod etag;
+pub mod format;
 pub mod report;
 pub mod sql;
 

@@ -2,22 +2,26 @@
 //! counting only the latest version of each expense.
 
 use crate::etag::{etag, matches, not_modified, with_tag};
+use crate::format::Format;
 use crate::{Error, QueryState, Result};
 use axum::Json;
 use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, Decimal128Array, Int64Array, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use spendstream_http::{ApiError, Auth, Role};
 use spendstream_schemas::{Currency, Status, format_minor};
 use std::cmp::Ordering;
+use std::sync::Arc;
 use tracing::instrument;
 
 /// Dimensions a report can group by.
@@ -146,6 +150,7 @@ pub async fn spend(
         ));
     }
     let limit = spendstream_http::page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let format = Format::negotiate(&headers)?;
     let fp = fingerprint(&params, &statuses);
     let start = match &params.cursor {
         Some(c) => decode_cursor(c, fp)?,
@@ -164,6 +169,7 @@ pub async fn spend(
             &format!("{fp:x}"),
             &start.to_string(),
             &limit.to_string(),
+            format.media_type(),
         ],
     );
     if matches(&headers, &tag) {
@@ -174,12 +180,68 @@ pub async fn spend(
     let end = (start + limit).min(rows.len());
     let next_cursor = (end < rows.len()).then(|| encode_cursor(end, fp));
     let page = rows.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
-    let report = Json(SpendReport {
-        group_by: params.group_by,
-        rows: page,
-        next_cursor,
-    });
-    Ok(with_tag(report.into_response(), &tag))
+    let response = if format == Format::Json {
+        Json(SpendReport {
+            group_by: params.group_by,
+            rows: page,
+            next_cursor,
+        })
+        .into_response()
+    } else {
+        // Rows as a table; the next page's cursor in a header.
+        let (schema, batch) = rows_as_batch(&page)?;
+        let mut response = (
+            [(header::CONTENT_TYPE, format.media_type())],
+            format.encode(&schema, &[batch])?,
+        )
+            .into_response();
+        if let Some(cursor) = next_cursor.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(NEXT_CURSOR, cursor);
+        }
+        response
+    };
+    let mut response = with_tag(response, &tag);
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    Ok(response)
+}
+
+/// The header that carries the next page's cursor in CSV, Arrow and
+/// Parquet answers.
+pub const NEXT_CURSOR: &str = "spendstream-next-cursor";
+
+/// Report rows as one Arrow batch: `group`, `currency`, `count`, `amount`
+/// (decimal text in the currency's exponent), `amount_minor` (exact).
+fn rows_as_batch(rows: &[SpendRow]) -> Result<(SchemaRef, RecordBatch), ApiError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("group", DataType::Utf8, true),
+        Field::new("currency", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("amount", DataType::Utf8, false),
+        Field::new("amount_minor", DataType::Decimal128(38, 0), false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.group.clone()).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.currency.clone()).collect::<Vec<_>>(),
+        )),
+        Arc::new(Int64Array::from(
+            rows.iter().map(|r| r.count).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.amount.clone()).collect::<Vec<_>>(),
+        )),
+        Arc::new(
+            Decimal128Array::from(rows.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
+                .with_precision_and_scale(38, 0)
+                .map_err(ApiError::internal)?,
+        ),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(ApiError::internal)?;
+    Ok((schema, batch))
 }
 
 /// Every row of the report for `tenant` over the table `ctx` holds as
