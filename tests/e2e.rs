@@ -451,6 +451,50 @@ async fn answers_are_304_while_the_table_is_unchanged() {
         .unwrap();
     assert_eq!(refused.status(), 406);
 
+    // Filters apply to the latest version of each expense.
+    let count = |query: &'static str| {
+        let (base, read) = (base.clone(), read.clone());
+        async move {
+            common::report(&base, &read, query)
+                .await
+                .values()
+                .map(|v| v.0)
+                .sum::<i64>()
+        }
+    };
+    let big = model.values().filter(|v| **v >= 50_000).count() as i64;
+    assert_eq!(count("group_by=month&status=all&currency=USD").await, 300);
+    assert_eq!(count("group_by=month&status=all&currency=EUR,GBP").await, 0);
+    assert_eq!(count("group_by=month&status=all&account=a").await, 300);
+    assert_eq!(count("group_by=month&status=all&account=it's").await, 0);
+    assert_eq!(count("group_by=month&status=all&employee=e-1").await, 0);
+    assert_eq!(
+        count("group_by=month&status=all&category=other,fuel").await,
+        300
+    );
+    assert_eq!(
+        count("group_by=month&status=all&min_amount_minor=50000").await,
+        big
+    );
+    assert_eq!(
+        count("group_by=month&status=all&max_amount_minor=49999").await,
+        300 - big
+    );
+    for bad in [
+        "currency=XYZ",
+        "category=nope",
+        "min_amount_minor=5&max_amount_minor=4",
+        "min_amount_minor=ten",
+    ] {
+        let r = client
+            .get(format!("{base}/v1/reports/spend?group_by=month&{bad}"))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+
     // Another tenant asking the same gets its own tag.
     let tag = etag(&get(None).await.unwrap());
     let globex = client

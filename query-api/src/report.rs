@@ -19,7 +19,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 use spendstream_http::{ApiError, Auth, Role};
-use spendstream_schemas::{Currency, Status, format_minor};
+use spendstream_schemas::{Category, Currency, Status, format_minor};
 use std::cmp::Ordering;
 use std::sync::Arc;
 use tracing::instrument;
@@ -63,6 +63,114 @@ pub struct SpendParams {
     pub status: Option<String>,
     pub limit: Option<usize>,
     pub cursor: Option<String>,
+    /// Comma-separated categories.
+    pub category: Option<String>,
+    /// One account id.
+    pub account: Option<String>,
+    /// One employee id.
+    pub employee: Option<String>,
+    /// Comma-separated ISO 4217 codes.
+    pub currency: Option<String>,
+    /// Least amount included, in minor units of the record's currency.
+    pub min_amount_minor: Option<i64>,
+    /// Greatest amount included, in minor units.
+    pub max_amount_minor: Option<i64>,
+}
+
+/// The filters of a report besides status and dates, checked.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub categories: Vec<Category>,
+    pub currencies: Vec<String>,
+    pub account: Option<String>,
+    pub employee: Option<String>,
+    pub min_amount_minor: Option<i64>,
+    pub max_amount_minor: Option<i64>,
+}
+
+impl Filters {
+    fn parse(p: &SpendParams) -> Result<Self, ApiError> {
+        let invalid = |m: String| ApiError::bad_request("invalid_query", m);
+        let list = |text: &Option<String>| -> Vec<String> {
+            text.iter()
+                .flat_map(|t| t.split(','))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let categories = list(&p.category)
+            .iter()
+            .map(|c| {
+                c.parse::<Category>()
+                    .map_err(|_| invalid(format!("unknown category `{c}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let currencies = list(&p.currency)
+            .into_iter()
+            .map(|c| {
+                Currency::from_code(&c)
+                    .map(|_| c.clone())
+                    .ok_or_else(|| invalid(format!("unknown currency `{c}`")))
+            })
+            .collect::<Result<_, _>>()?;
+        let id = |name: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
+            match value {
+                Some(v) if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) => {
+                    Err(invalid(format!(
+                        "`{name}` must be 1 to 256 characters, no control characters"
+                    )))
+                }
+                other => Ok(other.clone()),
+            }
+        };
+        if let (Some(min), Some(max)) = (p.min_amount_minor, p.max_amount_minor)
+            && min > max
+        {
+            return Err(invalid(
+                "`min_amount_minor` is above `max_amount_minor`".into(),
+            ));
+        }
+        Ok(Self {
+            categories,
+            currencies,
+            account: id("account", &p.account)?,
+            employee: id("employee", &p.employee)?,
+            min_amount_minor: p.min_amount_minor,
+            max_amount_minor: p.max_amount_minor,
+        })
+    }
+
+    /// The SQL conditions on the latest version's columns.
+    fn conditions(&self) -> Vec<String> {
+        let quoted = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let list = |items: Vec<String>| items.join(", ");
+        let mut out = Vec::new();
+        if !self.categories.is_empty() {
+            out.push(format!(
+                "category IN ({})",
+                list(self.categories.iter().map(|c| quoted(c.as_str())).collect())
+            ));
+        }
+        if !self.currencies.is_empty() {
+            out.push(format!(
+                "currency IN ({})",
+                list(self.currencies.iter().map(|c| quoted(c)).collect())
+            ));
+        }
+        if let Some(account) = &self.account {
+            out.push(format!("account_id = {}", quoted(account)));
+        }
+        if let Some(employee) = &self.employee {
+            out.push(format!("employee_id = {}", quoted(employee)));
+        }
+        if let Some(min) = self.min_amount_minor {
+            out.push(format!("amount_minor >= {min}"));
+        }
+        if let Some(max) = self.max_amount_minor {
+            out.push(format!("amount_minor <= {max}"));
+        }
+        out
+    }
 }
 
 /// One report row.
@@ -104,8 +212,11 @@ fn parse_statuses(text: Option<&str>) -> Result<Vec<Status>, ApiError> {
 
 /// A cursor names the row to start at and a fingerprint of the query it
 /// belongs to, so it cannot be replayed against another query.
-fn fingerprint(p: &SpendParams, statuses: &[Status]) -> u64 {
-    let text = format!("{:?}|{:?}|{:?}|{:?}", p.group_by, p.from, p.to, statuses);
+fn fingerprint(p: &SpendParams, statuses: &[Status], filters: &Filters) -> u64 {
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        p.group_by, p.from, p.to, statuses, filters
+    );
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
@@ -141,6 +252,7 @@ pub async fn spend(
     auth.require(Role::Read)?;
     let Query(params) = params?;
     let statuses = parse_statuses(params.status.as_deref())?;
+    let filters = Filters::parse(&params)?;
     if let (Some(from), Some(to)) = (params.from, params.to)
         && from > to
     {
@@ -151,7 +263,7 @@ pub async fn spend(
     }
     let limit = spendstream_http::page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let format = Format::negotiate(&headers)?;
-    let fp = fingerprint(&params, &statuses);
+    let fp = fingerprint(&params, &statuses, &filters);
     let start = match &params.cursor {
         Some(c) => decode_cursor(c, fp)?,
         None => 0,
@@ -176,7 +288,7 @@ pub async fn spend(
         return Ok(not_modified(&tag));
     }
     ctx.register_table("expenses", table).map_err(Error::from)?;
-    let rows = spend_rows(&ctx, auth.tenant(), &params, &statuses).await?;
+    let rows = spend_rows(&ctx, auth.tenant(), &params, &statuses, &filters).await?;
     let end = (start + limit).min(rows.len());
     let next_cursor = (end < rows.len()).then(|| encode_cursor(end, fp));
     let page = rows.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
@@ -252,8 +364,9 @@ pub async fn spend_rows(
     tenant: &str,
     params: &SpendParams,
     statuses: &[Status],
+    filters: &Filters,
 ) -> Result<Vec<SpendRow>> {
-    let sql = spend_sql(tenant, params, statuses);
+    let sql = spend_sql(tenant, params, statuses, filters);
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut rows = Vec::new();
     for batch in batches {
@@ -310,23 +423,26 @@ fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
         .then_with(|| a.currency.cmp(&b.currency))
 }
 
-/// The report query. Every interpolated value is trusted: the tenant passed
-/// token validation (`[A-Za-z0-9_.-]`), dates and statuses are parsed values,
-/// the group expression comes from [`GroupBy`].
-fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status]) -> String {
+/// The report query. Every interpolated value is trusted or quoted: the
+/// tenant passed token validation (`[A-Za-z0-9_.-]`), dates, statuses,
+/// categories, currencies and amounts are parsed values, the group
+/// expression comes from [`GroupBy`], account and employee ids are quoted
+/// string literals.
+fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status], filters: &Filters) -> String {
     let latest = |col: &str| format!("first_value({col} ORDER BY version DESC)");
     let status_list = statuses
         .iter()
         .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut filters = vec![format!("status IN ({status_list})")];
+    let mut conditions = vec![format!("status IN ({status_list})")];
     if let Some(from) = params.from {
-        filters.push(format!("transaction_date >= DATE '{from}'"));
+        conditions.push(format!("transaction_date >= DATE '{from}'"));
     }
     if let Some(to) = params.to {
-        filters.push(format!("transaction_date <= DATE '{to}'"));
+        conditions.push(format!("transaction_date <= DATE '{to}'"));
     }
+    conditions.extend(filters.conditions());
     format!(
         "SELECT g, currency, CAST(COUNT(*) AS BIGINT) AS n,
                 SUM(CAST(amount_minor AS DECIMAL(38, 0))) AS total
@@ -336,6 +452,9 @@ fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status]) -> String 
                   {date} AS transaction_date,
                   {amount} AS amount_minor,
                   {currency} AS currency,
+                  {category} AS category,
+                  {account} AS account_id,
+                  {employee} AS employee_id,
                   {group} AS g
            FROM expenses
            WHERE tenant_id = '{tenant}'
@@ -347,9 +466,12 @@ fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status]) -> String 
         date = latest("transaction_date"),
         amount = latest("amount_minor"),
         currency = latest("currency"),
+        category = latest("category"),
+        account = latest("account_id"),
+        employee = latest("employee_id"),
         group = latest(params.group_by.column()),
         tenant = tenant.replace('\'', "''"),
-        filters = filters.join(" AND "),
+        filters = conditions.join(" AND "),
     )
 }
 
