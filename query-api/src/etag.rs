@@ -1,5 +1,5 @@
-//! Entity tags of query answers: the lake table version the answer read and
-//! a hash of who asked what. A conditional request whose `If-None-Match`
+//! Entity tags of report answers: the lake table version the answer read
+//! and a hash of who asked what. A conditional request whose `If-None-Match`
 //! holds the tag of an unchanged table gets `304 Not Modified` before any
 //! query runs.
 
@@ -30,9 +30,13 @@ pub fn matches(headers: &HeaderMap, tag: &str) -> bool {
         .any(|candidate| candidate.trim() == "*" || strip(candidate) == strip(tag))
 }
 
-/// `304 Not Modified` with the tag.
+/// `304 Not Modified` with the tag (and `Vary: accept`, as the 200 has).
 pub fn not_modified(tag: &str) -> Response {
-    with_tag(StatusCode::NOT_MODIFIED.into_response(), tag)
+    let mut response = with_tag(StatusCode::NOT_MODIFIED.into_response(), tag);
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 /// `response` with an `ETag` header.

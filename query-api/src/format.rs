@@ -18,6 +18,19 @@ pub enum Format {
 impl Format {
     /// `batches` in this format (not JSON: each endpoint shapes its own).
     pub fn encode(self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
+        // An empty answer still says its columns (the CSV header line).
+        let empty = [RecordBatch::new_empty(schema.clone())];
+        let batches = if batches.is_empty() {
+            &empty[..]
+        } else {
+            batches
+        };
+        // A column this format cannot hold (a list as CSV, an interval as
+        // Parquet) is the query's choice, not a server fault.
+        let cannot = |e: &dyn std::fmt::Display| ApiError::Unprocessable {
+            code: "unsupported_result_type",
+            message: format!("the result cannot be written as {}: {e}", self.media_type()),
+        };
         let mut out = Vec::new();
         match self {
             Format::Json => {
@@ -28,17 +41,17 @@ impl Format {
                     .with_header(true)
                     .build(&mut out);
                 for batch in batches {
-                    writer.write(batch).map_err(ApiError::internal)?;
+                    writer.write(batch).map_err(|e| cannot(&e))?;
                 }
             }
             Format::ArrowStream => {
                 let mut writer =
                     datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)
-                        .map_err(ApiError::internal)?;
+                        .map_err(|e| cannot(&e))?;
                 for batch in batches {
-                    writer.write(batch).map_err(ApiError::internal)?;
+                    writer.write(batch).map_err(|e| cannot(&e))?;
                 }
-                writer.finish().map_err(ApiError::internal)?;
+                writer.finish().map_err(|e| cannot(&e))?;
             }
             Format::Parquet => {
                 let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
@@ -54,6 +67,17 @@ impl Format {
             }
         }
         Ok(out)
+    }
+
+    /// The format of one exact media type.
+    fn exact(media: &str) -> Option<Format> {
+        match media {
+            "application/json" => Some(Format::Json),
+            "text/csv" => Some(Format::Csv),
+            "application/vnd.apache.arrow.stream" => Some(Format::ArrowStream),
+            "application/vnd.apache.parquet" | "application/x-parquet" => Some(Format::Parquet),
+            _ => None,
+        }
     }
 
     pub fn media_type(self) -> &'static str {
@@ -76,33 +100,93 @@ impl Format {
         if accept.is_empty() {
             return Ok(Format::Json);
         }
-        let mut offered: Vec<(u16, usize, &str)> = Vec::new();
+        // (weight in thousandths, position, media type); weights outside
+        // 0..=1 make the item unreadable, so it is skipped.
+        let mut offered: Vec<(u16, usize, String)> = Vec::new();
         for (i, item) in accept.iter().flat_map(|v| v.split(',')).enumerate() {
             let mut parts = item.split(';');
-            let media = parts.next().unwrap_or_default().trim();
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
             let weight = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .filter_map(|q| q.parse::<f32>().ok())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| v.trim().parse::<f32>().ok())?
+                })
                 .next()
                 .unwrap_or(1.0);
-            if weight > 0.0 {
+            if (0.0..=1.0).contains(&weight) {
                 offered.push(((weight * 1000.0) as u16, i, media));
             }
         }
+        let refused: Vec<Format> = offered
+            .iter()
+            .filter(|(w, _, _)| *w == 0)
+            .filter_map(|(_, _, m)| Self::exact(m))
+            .collect();
+        offered.retain(|(w, _, _)| *w > 0);
         offered.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         for (_, _, media) in &offered {
-            let format = match media.to_ascii_lowercase().as_str() {
-                "application/json" | "application/*" | "*/*" => Format::Json,
-                "text/csv" | "text/*" => Format::Csv,
-                "application/vnd.apache.arrow.stream" => Format::ArrowStream,
-                "application/vnd.apache.parquet" | "application/x-parquet" => Format::Parquet,
-                _ => continue,
+            let candidates: Vec<Format> = match media.as_str() {
+                "*/*" => vec![
+                    Format::Json,
+                    Format::Csv,
+                    Format::ArrowStream,
+                    Format::Parquet,
+                ],
+                "application/*" => vec![Format::Json, Format::ArrowStream, Format::Parquet],
+                "text/*" => vec![Format::Csv],
+                exact => Self::exact(exact).into_iter().collect(),
             };
-            return Ok(format);
+            if let Some(format) = candidates.iter().find(|f| !refused.contains(f)) {
+                return Ok(*format);
+            }
         }
         Err(ApiError::NotAcceptable(format!(
             "{}; available: application/json, text/csv, application/vnd.apache.arrow.stream, application/vnd.apache.parquet",
             accept.join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn pick(accept: &str) -> Result<Format, ApiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        Format::negotiate(&headers)
+    }
+
+    #[test]
+    fn accept_weights_wildcards_and_refusals() {
+        assert_eq!(Format::negotiate(&HeaderMap::new()).unwrap(), Format::Json);
+        assert_eq!(pick("text/csv").unwrap(), Format::Csv);
+        assert_eq!(
+            pick("application/json;q=0.5, text/csv").unwrap(),
+            Format::Csv
+        );
+        assert_eq!(
+            pick("text/csv;Q=0.1, application/vnd.apache.parquet").unwrap(),
+            Format::Parquet
+        );
+        assert_eq!(pick("application/json;q=0, */*").unwrap(), Format::Csv);
+        assert_eq!(
+            pick("text/csv;q=2, application/json;q=0.1").unwrap(),
+            Format::Json
+        );
+        assert!(pick("image/png").is_err());
+        assert!(pick("text/csv;q=0").is_err());
+    }
+
+    #[test]
+    fn an_empty_csv_answer_has_its_header() {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let out = Format::Csv.encode(&schema, &[]).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "n\n");
     }
 }

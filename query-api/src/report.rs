@@ -109,7 +109,7 @@ impl Filters {
             .into_iter()
             .map(|c| {
                 Currency::from_code(&c)
-                    .map(|_| c.clone())
+                    .map(|currency| currency.code().to_string())
                     .ok_or_else(|| invalid(format!("unknown currency `{c}`")))
             })
             .collect::<Result<_, _>>()?;
