@@ -80,6 +80,8 @@ pub struct Settings {
     pub operator_tenant: Option<String>,
     /// Limits of `POST /v1/sql`.
     pub sql_limits: SqlLimits,
+    /// Rows of report answers kept in memory (0: none).
+    pub report_cache_rows: usize,
     /// ClickHouse HTTP URL: a second sink of the processors when set.
     pub clickhouse_url: Option<String>,
     /// ClickHouse credentials (from the environment or a file).
@@ -117,6 +119,7 @@ impl Settings {
             server: ServerLimits::default(),
             operator_tenant: None,
             sql_limits: SqlLimits::default(),
+            report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
             clickhouse_url: None,
             clickhouse_user: None,
             clickhouse_password: None,
@@ -295,6 +298,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         processor,
         server,
         operator_tenant,
+        report_cache_rows,
         sql_limits,
         migrate,
         compact_interval,
@@ -394,6 +398,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             ingest,
             operator_tenant,
             sql_limits,
+            report_cache_rows,
         },
         sink_checks,
     );
@@ -557,12 +562,25 @@ async fn maintain_once(
     Ok(true)
 }
 
-/// How the routes behave: ingest's limits, the operator tenant, SQL limits.
-#[derive(Debug, Clone, Default)]
+/// How the routes behave: ingest's limits, the operator tenant, SQL limits,
+/// the report cache's size.
+#[derive(Debug, Clone)]
 pub struct RouteOptions {
     pub ingest: IngestConfig,
     pub operator_tenant: Option<String>,
     pub sql_limits: SqlLimits,
+    pub report_cache_rows: usize,
+}
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        Self {
+            ingest: IngestConfig::default(),
+            operator_tenant: None,
+            sql_limits: SqlLimits::default(),
+            report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
+        }
+    }
 }
 
 /// The HTTP routes of the roles in `roles` (ingest on `log`, query on
@@ -581,6 +599,7 @@ pub fn router(
         ingest,
         operator_tenant,
         sql_limits,
+        report_cache_rows,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -622,11 +641,12 @@ pub fn router(
     if roles.query
         && let Some(lake) = lake
     {
-        router = router.merge(spendstream_query_api::router(QueryState {
-            keys: keys.clone(),
-            lake: lake.clone(),
+        router = router.merge(spendstream_query_api::router(QueryState::new(
+            keys.clone(),
+            lake.clone(),
             sql_limits,
-        }));
+            report_cache_rows,
+        )));
     }
     let router = router.route(
         "/v1/openapi.json",

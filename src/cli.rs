@@ -222,6 +222,11 @@ pub struct ServeArgs {
     /// Most rows one SQL query returns (422 result_too_large).
     #[arg(long, env = "SPENDSTREAM_SQL_MAX_ROWS", default_value_t = 100_000)]
     pub sql_max_rows: usize,
+    /// Rows of computed report answers kept in memory, so later pages and
+    /// repeats on an unchanged table are not recomputed (about 150 bytes
+    /// each; 0 keeps none).
+    #[arg(long, env = "SPENDSTREAM_REPORT_CACHE_ROWS", default_value_t = spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS)]
+    pub report_cache_rows: usize,
     /// Hours the periodic vacuum keeps files compaction replaced (readers
     /// that time-travel need them).
     #[arg(long, env = "SPENDSTREAM_VACUUM_RETAIN_HOURS", default_value_t = 168)]

@@ -265,6 +265,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
             max_rows: args.sql_max_rows,
             ..Default::default()
         },
+        report_cache_rows: args.report_cache_rows,
         clickhouse_url: args.clickhouse.clone(),
         clickhouse_user: std::env::var("SPENDSTREAM_CLICKHOUSE_USER").ok(),
         clickhouse_password: secret::clickhouse_password()?.map(spendstream::app::Password),

@@ -313,15 +313,7 @@ async fn a_record_clickhouse_cannot_hold_is_a_dead_letter_with_the_reason() {
     let admin = common::token("acme", &[Role::Admin]);
     let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(100));
     let letters = loop {
-        let body: serde_json::Value = client
-            .get(format!("{base}/v1/dead-letters"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = common::get_json(&client, format!("{base}/v1/dead-letters"), &admin).await;
         let letters = body["dead_letters"].as_array().unwrap().clone();
         if !letters.is_empty() {
             break letters;

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use spendstream_http::Role;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 const CURRENCIES: [(&str, u32); 5] = [("USD", 2), ("EUR", 2), ("JPY", 0), ("BHD", 3), ("CLF", 4)];
 
@@ -350,18 +351,221 @@ async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend
     running.shutdown().await.unwrap();
 }
 
+/// A server on `dir` whose reports show 300 records of tenant `acme`
+/// (one day in each of nine months of 2026); its address and the model.
+async fn start_with_300_acme_records(
+    dir: &std::path::Path,
+) -> (spendstream::Running, String, BTreeMap<String, i64>) {
+    let running = common::start(dir).await;
+    let base = format!("http://{}", running.addr);
+    let model = common::ingest(&base, 0, 300).await;
+    common::wait_for_totals(&base, &model).await;
+    (running, base, model)
+}
+
+/// Reports by day, week and month are time series with a zero row for each
+/// period without spend; `top=N` keeps the first N groups; the pages after
+/// the first come from the answer the first page computed, on its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_as_time_series_top_groups_and_cached_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, base, model) = start_with_300_acme_records(dir.path()).await;
+    let client = reqwest::Client::new();
+    let read = common::token("acme", &[Role::Read]);
+    let total: i128 = model.values().map(|v| i128::from(*v)).sum();
+
+    // By day: every day from the first spend (2026-01-11) to the last
+    // (2026-09-11), zero where nothing was spent.
+    let by_day = common::report(&base, &read, "group_by=day&status=all").await;
+    assert_eq!(by_day.len(), 244);
+    let days: Vec<chrono::NaiveDate> = by_day
+        .keys()
+        .map(|(g, _)| g.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(days.windows(2).all(|w| w[0].succ_opt() == Some(w[1])));
+    assert_eq!(by_day.values().filter(|v| v.0 > 0).count(), 9);
+    assert_eq!(by_day.values().map(|v| v.1).sum::<i128>(), total);
+    assert_eq!(by_day[&(Some("2026-01-12".into()), "USD".into())].2, "0.00");
+
+    // By week (labelled by Monday) over a range wider than the data, with a
+    // currency the filter names but nobody spent.
+    let by_week = common::report(
+        &base,
+        &read,
+        "group_by=week&status=all&from=2025-12-29&to=2026-02-01&currency=USD,EUR",
+    )
+    .await;
+    let january: Vec<i64> = (0..300)
+        .filter(|i| i % 9 == 0)
+        .map(|i| model[&format!("x{i}")])
+        .collect();
+    let weeks: Vec<_> = by_week
+        .iter()
+        .map(|((g, c), v)| (g.clone().unwrap(), c.clone(), v.0, v.1))
+        .collect();
+    let mut want = Vec::new();
+    for monday in [
+        "2025-12-29",
+        "2026-01-05",
+        "2026-01-12",
+        "2026-01-19",
+        "2026-01-26",
+    ] {
+        for currency in ["EUR", "USD"] {
+            let (n, sum) = if monday == "2026-01-05" && currency == "USD" {
+                (
+                    january.len() as i64,
+                    january.iter().map(|v| i128::from(*v)).sum(),
+                )
+            } else {
+                (0, 0)
+            };
+            want.push((monday.to_string(), currency.to_string(), n, sum));
+        }
+    }
+    assert_eq!(weeks, want);
+
+    // A time series is ordered by period.
+    let months = common::get_json(
+        &client,
+        format!("{base}/v1/reports/spend?group_by=month&status=all"),
+        &read,
+    )
+    .await;
+    let order: Vec<&str> = months["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06", "2026-07", "2026-08",
+            "2026-09"
+        ]
+    );
+
+    // Top merchants: another tenant's spend at four merchants, in two
+    // currencies at one of them.
+    let globex = common::token("globex", &[Role::Read]);
+    let mut body = String::new();
+    for (i, (merchant, minor, currency)) in [
+        ("Alpha", 9_000, "USD"),
+        ("Beta", 7_000, "USD"),
+        ("Alpha", 5_000, "EUR"),
+        ("Gamma", 3_000, "USD"),
+        ("Delta", 1_000, "USD"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        body.push_str(&format!(
+            r#"{{"source":"s","external_id":"m{i}","account_id":"a","transaction_date":"2026-03-0{}","amount_minor":{minor},"currency":"{currency}","merchant_name":"{merchant}"}}"#,
+            i + 1
+        ));
+        body.push('\n');
+    }
+    let sent = client
+        .post(format!("{base}/v1/expenses"))
+        .bearer_auth(common::token("globex", &[Role::Ingest]))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let mut poll = common::Deadline::new(Duration::from_secs(60), Duration::from_millis(100));
+    loop {
+        let seen = common::report(&base, &globex, "group_by=currency&status=all").await;
+        if seen.values().map(|v| v.0).sum::<i64>() == 5 {
+            break;
+        }
+        poll.tick("globex's five records").await;
+    }
+    let top = |query: &'static str| {
+        let (client, base, globex) = (client.clone(), base.clone(), globex.clone());
+        async move {
+            client
+                .get(format!("{base}/v1/reports/spend?{query}"))
+                .bearer_auth(&globex)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let two: Value = top("group_by=merchant&top=2").await.json().await.unwrap();
+    let rows: Vec<(&str, &str)> = two["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap(),
+                r["currency"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("Alpha", "USD"), ("Beta", "USD"), ("Alpha", "EUR")]);
+    assert!(two["next_cursor"].is_null());
+    for (bad, code) in [
+        ("group_by=merchant&top=0", "invalid_query"),
+        ("group_by=merchant&top=1001", "invalid_query"),
+        ("group_by=merchant&top=2&limit=5", "invalid_query"),
+        ("group_by=month&top=2", "invalid_query"),
+        (
+            "group_by=day&from=1900-01-01&to=2100-01-01",
+            "range_too_large",
+        ),
+    ] {
+        let refused = top(bad).await;
+        assert_eq!(refused.status(), 400, "{bad}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"], code, "{bad}: {body}");
+    }
+
+    // Pages after the first read the answer the first page computed, so
+    // they stay on its snapshot when the table moves meanwhile.
+    let page = |cursor: Option<String>| {
+        let (client, base, read) = (client.clone(), base.clone(), read.clone());
+        async move {
+            let mut url = format!("{base}/v1/reports/spend?group_by=day&status=all&limit=100");
+            if let Some(c) = cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            common::get_json(&client, url, &read).await
+        }
+    };
+    let first = page(None).await;
+    let second = page(first["next_cursor"].as_str().map(str::to_string)).await;
+    let changed = common::ingest_bumped(&base, 0, 300, 1).await;
+    common::wait_for_totals(&base, &changed).await;
+    let third = page(second["next_cursor"].as_str().map(str::to_string)).await;
+    assert!(third["next_cursor"].is_null());
+    let paged: i128 = [&first, &second, &third]
+        .iter()
+        .flat_map(|p| p["rows"].as_array().unwrap().iter())
+        .map(|r| r["amount_minor"].to_string().parse::<i128>().unwrap())
+        .sum();
+    assert_eq!(paged, total, "pages mixed two snapshots");
+    let now: i128 = common::report(&base, &read, "group_by=day&status=all")
+        .await
+        .values()
+        .map(|v| v.1)
+        .sum();
+    assert_eq!(now, total + 300);
+    running.shutdown().await.unwrap();
+}
+
 /// Reports carry an ETag of the table version, the tenant, the request and
 /// the format; asked again with it, they answer 304 until the table moves.
 /// SQL answers (POST) carry none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_304_while_the_table_is_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let running = common::start(dir.path()).await;
-    let base = format!("http://{}", running.addr);
+    let (running, base, model) = start_with_300_acme_records(dir.path()).await;
     let client = reqwest::Client::new();
     let read = common::token("acme", &[Role::Read]);
-    let model = common::ingest(&base, 0, 300).await;
-    common::wait_for_totals(&base, &model).await;
 
     let report = format!("{base}/v1/reports/spend?group_by=currency&status=all");
     let get = |tag: Option<&str>| {

@@ -2,6 +2,7 @@
 //! the caller's tenant, counting only the latest version of each expense,
 //! and tenant-scoped SQL.
 
+pub mod cache;
 mod error;
 pub mod etag;
 pub mod format;
@@ -24,6 +25,29 @@ pub struct QueryState {
     pub lake: Arc<Lake>,
     /// Limits of `POST /v1/sql`.
     pub sql_limits: sql::SqlLimits,
+    /// Computed report answers by table version, tenant and query.
+    pub reports: Arc<cache::AnswerCache<report::SpendRow>>,
+}
+
+/// Rows of report answers kept by default (about 150 bytes each).
+pub const DEFAULT_REPORT_CACHE_ROWS: usize = 200_000;
+
+impl QueryState {
+    /// The state of the query routes, keeping up to `report_cache_rows`
+    /// rows of report answers.
+    pub fn new(
+        keys: JwtKeys,
+        lake: Arc<Lake>,
+        sql_limits: sql::SqlLimits,
+        report_cache_rows: usize,
+    ) -> Self {
+        Self {
+            keys,
+            lake,
+            sql_limits,
+            reports: Arc::new(cache::AnswerCache::new(report_cache_rows)),
+        }
+    }
 }
 
 impl FromRef<QueryState> for JwtKeys {

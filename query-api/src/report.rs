@@ -1,6 +1,16 @@
 //! `GET /v1/reports/spend`: spend grouped by one dimension and currency,
-//! counting only the latest version of each expense.
+//! counting only the latest version of each expense. By day, week or month
+//! the answer is a time series with a zero row for every period without
+//! spend; by any other dimension it is ranked by amount, and `top=N` keeps
+//! the first N groups.
+//!
+//! A computed answer is kept in the [`AnswerCache`](crate::cache::AnswerCache) under the table
+//! version it read: the pages after the first are read from it (a cursor
+//! names the version its first page read, so paging stays on one snapshot
+//! while the answer is kept), and a repeated report on an unchanged table is
+//! not recomputed.
 
+use crate::cache::Key;
 use crate::etag::{etag, matches, not_modified, with_tag};
 use crate::format::Format;
 use crate::{Error, QueryState, Result};
@@ -10,7 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{
     Array, ArrayRef, Decimal128Array, Int64Array, RecordBatch, StringArray,
 };
@@ -21,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use spendstream_http::{ApiError, Auth, Role};
 use spendstream_schemas::{Category, Currency, Status, format_minor};
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use tracing::instrument;
 
@@ -33,11 +44,15 @@ pub enum GroupBy {
     Account,
     Employee,
     Currency,
+    Day,
+    /// ISO weeks, labelled by their Monday.
+    Week,
     Month,
 }
 
 impl GroupBy {
-    /// The lake expression of the dimension (trusted text: from this enum).
+    /// The lake expression whose latest value is grouped (trusted text:
+    /// from this enum). Periods group by day in SQL and are bucketed here.
     fn column(&self) -> &'static str {
         match self {
             GroupBy::Category => "category",
@@ -45,10 +60,61 @@ impl GroupBy {
             GroupBy::Account => "account_id",
             GroupBy::Employee => "employee_id",
             GroupBy::Currency => "currency",
-            GroupBy::Month => "CAST(month AS VARCHAR)",
+            GroupBy::Day | GroupBy::Week | GroupBy::Month => "transaction_date",
+        }
+    }
+
+    /// The period of a time series, if this is one.
+    fn period(&self) -> Option<Period> {
+        match self {
+            GroupBy::Day => Some(Period::Day),
+            GroupBy::Week => Some(Period::Week),
+            GroupBy::Month => Some(Period::Month),
+            _ => None,
         }
     }
 }
+
+/// The step of a time series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// The first day of the period holding `date`.
+    fn start(self, date: NaiveDate) -> NaiveDate {
+        match self {
+            Period::Day => date,
+            Period::Week => date.week(chrono::Weekday::Mon).first_day(),
+            Period::Month => date.with_day(1).unwrap_or(date),
+        }
+    }
+
+    /// The first day of the period after the one starting at `start`.
+    fn next(self, start: NaiveDate) -> Option<NaiveDate> {
+        match self {
+            Period::Day => start.succ_opt(),
+            Period::Week => start.checked_add_days(chrono::Days::new(7)),
+            Period::Month => start.checked_add_months(chrono::Months::new(1)),
+        }
+    }
+
+    /// The label of the period starting at `start`: the day, the week's
+    /// Monday (`YYYY-MM-DD`), or the month (`YYYY-MM`, as the lake's
+    /// partitions are named).
+    fn label(self, start: NaiveDate) -> String {
+        match self {
+            Period::Day | Period::Week => start.to_string(),
+            Period::Month => start.format("%Y-%m").to_string(),
+        }
+    }
+}
+
+/// The most periods a time series may hold (27 years of days).
+pub const MAX_PERIODS: usize = 10_000;
 
 /// Query parameters.
 #[derive(Debug, Deserialize)]
@@ -63,6 +129,9 @@ pub struct SpendParams {
     pub status: Option<String>,
     pub limit: Option<usize>,
     pub cursor: Option<String>,
+    /// Only the first N groups by amount, in one answer (not with periods,
+    /// `limit` or `cursor`).
+    pub top: Option<usize>,
     /// Comma-separated categories.
     pub category: Option<String>,
     /// One account id.
@@ -210,23 +279,25 @@ fn parse_statuses(text: Option<&str>) -> Result<Vec<Status>, ApiError> {
     }
 }
 
-/// A cursor names the row to start at and a fingerprint of the query it
-/// belongs to, so it cannot be replayed against another query.
+/// A cursor names the row to start at, the table version the first page
+/// read and a fingerprint of the query it belongs to, so it cannot be
+/// replayed against another query.
 fn fingerprint(p: &SpendParams, statuses: &[Status], filters: &Filters) -> u64 {
     let text = format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}",
-        p.group_by, p.from, p.to, statuses, filters
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        p.group_by, p.from, p.to, statuses, filters, p.top
     );
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
 
-fn encode_cursor(offset: usize, fp: u64) -> String {
-    B64.encode(format!("v1:{offset}:{fp:x}"))
+fn encode_cursor(offset: usize, fp: u64, version: u64) -> String {
+    B64.encode(format!("v2:{offset}:{fp:x}:{version}"))
 }
 
-fn decode_cursor(cursor: &str, fp: u64) -> Result<usize, ApiError> {
+/// The offset and the table version a cursor names.
+fn decode_cursor(cursor: &str, fp: u64) -> Result<(usize, u64), ApiError> {
     let bad = || ApiError::bad_request("invalid_cursor", "the cursor is not valid for this query");
     let text = B64
         .decode(cursor)
@@ -234,11 +305,69 @@ fn decode_cursor(cursor: &str, fp: u64) -> Result<usize, ApiError> {
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(bad)?;
     let mut parts = text.split(':');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some(offset), Some(f), None) if f == format!("{fp:x}") => {
-            offset.parse().map_err(|_| bad())
-        }
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("v2"), Some(offset), Some(f), Some(version), None) if f == format!("{fp:x}") => Ok((
+            offset.parse().map_err(|_| bad())?,
+            version.parse().map_err(|_| bad())?,
+        )),
         _ => Err(bad()),
+    }
+}
+
+/// A report request, checked.
+struct Request {
+    params: SpendParams,
+    statuses: Vec<Status>,
+    filters: Filters,
+    fp: u64,
+}
+
+impl Request {
+    fn parse(params: SpendParams) -> Result<Self, ApiError> {
+        let invalid = |m: &str| ApiError::bad_request("invalid_query", m);
+        let statuses = parse_statuses(params.status.as_deref())?;
+        let filters = Filters::parse(&params)?;
+        if let (Some(from), Some(to)) = (params.from, params.to)
+            && from > to
+        {
+            return Err(invalid("`from` is after `to`"));
+        }
+        if let Some(top) = params.top {
+            if params.group_by.period().is_some() {
+                return Err(invalid(
+                    "`top` ranks groups by amount; a time series is ordered by period",
+                ));
+            }
+            if params.limit.is_some() || params.cursor.is_some() {
+                return Err(invalid(
+                    "`top` answers in one page: leave out `limit` and `cursor`",
+                ));
+            }
+            if !(1..=MAX_LIMIT).contains(&top) {
+                return Err(invalid(&format!("`top` must be 1 to {MAX_LIMIT}")));
+            }
+        }
+        let fp = fingerprint(&params, &statuses, &filters);
+        Ok(Self {
+            params,
+            statuses,
+            filters,
+            fp,
+        })
+    }
+
+    fn key(&self, version: u64, tenant: &str) -> Key {
+        Key {
+            version,
+            tenant: tenant.to_string(),
+            query: self.fp,
+        }
     }
 }
 
@@ -251,46 +380,63 @@ pub async fn spend(
 ) -> Result<Response, ApiError> {
     auth.require(Role::Read)?;
     let Query(params) = params?;
-    let statuses = parse_statuses(params.status.as_deref())?;
-    let filters = Filters::parse(&params)?;
-    if let (Some(from), Some(to)) = (params.from, params.to)
-        && from > to
-    {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`from` is after `to`",
-        ));
-    }
-    let limit = spendstream_http::page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let format = Format::negotiate(&headers)?;
-    let fp = fingerprint(&params, &statuses, &filters);
-    let start = match &params.cursor {
-        Some(c) => decode_cursor(c, fp)?,
-        None => 0,
+    let request = Request::parse(params)?;
+    let params = &request.params;
+    let limit = match params.top {
+        Some(_) => usize::MAX,
+        None => spendstream_http::page_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?,
     };
-    let ctx = SessionContext::new();
-    let (version, table) = state
-        .lake
-        .versioned_table_provider(&ctx)
-        .await
-        .map_err(Error::from)?;
-    let tag = etag(
-        version,
-        &[
-            auth.tenant(),
-            &format!("{fp:x}"),
-            &start.to_string(),
-            &limit.to_string(),
-            format.media_type(),
-        ],
-    );
-    if matches(&headers, &tag) {
-        return Ok(not_modified(&tag));
+    let format = Format::negotiate(&headers)?;
+    let (start, pinned) = match &params.cursor {
+        Some(c) => {
+            let (offset, version) = decode_cursor(c, request.fp)?;
+            (offset, Some(version))
+        }
+        None => (0, None),
+    };
+    let tenant = auth.tenant();
+    let tag_of = |version: u64| {
+        etag(
+            version,
+            &[
+                tenant,
+                &format!("{:x}", request.fp),
+                &start.to_string(),
+                &limit.to_string(),
+                format.media_type(),
+            ],
+        )
+    };
+    // A cursor's pages come from the snapshot its first page read while
+    // that answer is kept; otherwise from the newest table.
+    let current = state.lake.version().await.map_err(Error::from)?;
+    let cached = pinned
+        .and_then(|v| Some((v, state.reports.get(&request.key(v, tenant))?)))
+        .or_else(|| Some((current, state.reports.get(&request.key(current, tenant))?)));
+    let version = cached.as_ref().map_or(current, |(v, _)| *v);
+    if matches(&headers, &tag_of(version)) {
+        return Ok(not_modified(&tag_of(version)));
     }
-    ctx.register_table("expenses", table).map_err(Error::from)?;
-    let rows = spend_rows(&ctx, auth.tenant(), &params, &statuses, &filters).await?;
-    let end = (start + limit).min(rows.len());
-    let next_cursor = (end < rows.len()).then(|| encode_cursor(end, fp));
+    let (version, rows) = match cached {
+        Some(hit) => hit,
+        None => {
+            let ctx = SessionContext::new();
+            let (version, table) = state
+                .lake
+                .versioned_table_provider(&ctx)
+                .await
+                .map_err(Error::from)?;
+            ctx.register_table("expenses", table).map_err(Error::from)?;
+            let rows = Arc::new(answer(&ctx, tenant, &request).await?);
+            state
+                .reports
+                .insert(request.key(version, tenant), rows.clone());
+            (version, rows)
+        }
+    };
+    let tag = tag_of(version);
+    let end = start.saturating_add(limit).min(rows.len());
+    let next_cursor = (end < rows.len()).then(|| encode_cursor(end, request.fp, version));
     let page = rows.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
     let response = if format == Format::Json {
         Json(SpendReport {
@@ -317,6 +463,109 @@ pub async fn spend(
         .headers_mut()
         .insert(header::VARY, HeaderValue::from_static("accept"));
     Ok(response)
+}
+
+/// The whole answer to `request`: ranked rows (the first `top` groups when
+/// asked), or a time series with its gaps filled.
+async fn answer(
+    ctx: &SessionContext,
+    tenant: &str,
+    request: &Request,
+) -> Result<Vec<SpendRow>, ApiError> {
+    let params = &request.params;
+    let rows = spend_rows(ctx, tenant, params, &request.statuses, &request.filters).await?;
+    Ok(match (params.group_by.period(), params.top) {
+        (Some(period), _) => time_series(
+            rows,
+            period,
+            params.from,
+            params.to,
+            &request.filters.currencies,
+        )?,
+        (None, Some(top)) => top_groups(rows, top),
+        (None, None) => rows,
+    })
+}
+
+/// The rows of the first `n` distinct groups of ranked `rows` (a group
+/// spent in several currencies keeps each of its rows).
+fn top_groups(rows: Vec<SpendRow>, n: usize) -> Vec<SpendRow> {
+    let mut groups = HashSet::new();
+    rows.into_iter()
+        .filter(|row| {
+            groups.contains(&row.group) || (groups.len() < n && groups.insert(row.group.clone()))
+        })
+        .collect()
+}
+
+/// Day rows (`group` = `YYYY-MM-DD`) bucketed into `period`s, one row per
+/// period and currency from `from` (or the first spend) to `to` (or the
+/// last), zero where nothing was spent, ordered by period then currency.
+/// The currencies are those spent plus those the filter names.
+fn time_series(
+    days: Vec<SpendRow>,
+    period: Period,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+    currencies: &[String],
+) -> Result<Vec<SpendRow>, ApiError> {
+    let mut sums: BTreeMap<(NaiveDate, String), (i64, i128)> = BTreeMap::new();
+    for row in days {
+        let day = row
+            .group
+            .as_deref()
+            .and_then(|g| NaiveDate::parse_from_str(g, "%Y-%m-%d").ok())
+            .ok_or_else(|| ApiError::internal(format!("a day row is labelled {:?}", row.group)))?;
+        let sum = sums.entry((period.start(day), row.currency)).or_default();
+        sum.0 += row.count;
+        sum.1 += row.amount_minor;
+    }
+    let codes: BTreeSet<String> = sums
+        .keys()
+        .map(|(_, c)| c.clone())
+        .chain(currencies.iter().cloned())
+        .collect();
+    let first = from
+        .map(|d| period.start(d))
+        .or_else(|| sums.keys().next().map(|(d, _)| *d));
+    let last = to
+        .map(|d| period.start(d))
+        .or_else(|| sums.keys().next_back().map(|(d, _)| *d));
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(Vec::new());
+    };
+    if codes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::new();
+    let mut at = Some(first);
+    let mut periods = 0;
+    while let Some(start) = at.filter(|d| *d <= last) {
+        periods += 1;
+        if periods > MAX_PERIODS {
+            return Err(ApiError::bad_request(
+                "range_too_large",
+                format!(
+                    "a time series holds at most {MAX_PERIODS} periods; narrow `from` and `to` or group by a longer period"
+                ),
+            ));
+        }
+        for code in &codes {
+            let (count, minor) = sums
+                .get(&(start, code.clone()))
+                .copied()
+                .unwrap_or_default();
+            rows.push(SpendRow {
+                group: Some(period.label(start)),
+                currency: code.clone(),
+                count,
+                amount: format_minor(minor, exponent_of(code)),
+                amount_minor: minor,
+            });
+        }
+        at = period.next(start);
+    }
+    Ok(rows)
 }
 
 /// The header that carries the next page's cursor in CSV, Arrow and
@@ -502,11 +751,151 @@ mod tests {
         assert_eq!(order, ["b", "a", "d", "c"]);
     }
 
+    fn day(date: &str, currency: &str, minor: i128) -> SpendRow {
+        SpendRow {
+            group: Some(date.into()),
+            currency: currency.into(),
+            count: 1,
+            amount: String::new(),
+            amount_minor: minor,
+        }
+    }
+
+    fn date(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    fn series(rows: &[SpendRow]) -> Vec<(String, String, i64, String)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r.group.clone().unwrap(),
+                    r.currency.clone(),
+                    r.count,
+                    r.amount.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn t(group: &str, currency: &str, count: i64, amount: &str) -> (String, String, i64, String) {
+        (group.into(), currency.into(), count, amount.into())
+    }
+
+    #[test]
+    fn time_series_fill_gaps_with_zero_rows_per_currency() {
+        let days = vec![
+            day("2026-01-01", "USD", 100),
+            day("2026-01-03", "USD", 250),
+            day("2026-01-03", "JPY", 7),
+        ];
+        let by_day = time_series(days.clone(), Period::Day, None, None, &[]).unwrap();
+        assert_eq!(
+            series(&by_day),
+            [
+                t("2026-01-01", "JPY", 0, "0"),
+                t("2026-01-01", "USD", 1, "1.00"),
+                t("2026-01-02", "JPY", 0, "0"),
+                t("2026-01-02", "USD", 0, "0.00"),
+                t("2026-01-03", "JPY", 1, "7"),
+                t("2026-01-03", "USD", 1, "2.50"),
+            ]
+        );
+        // A range wider than the data, and a currency the filter names
+        // without spend in it.
+        let eur = ["EUR".to_string()];
+        let by_week = time_series(
+            days.clone(),
+            Period::Week,
+            Some(date("2025-12-25")),
+            Some(date("2026-01-06")),
+            &eur,
+        )
+        .unwrap();
+        let weeks: Vec<_> = by_week
+            .iter()
+            .filter(|r| r.currency == "USD")
+            .map(|r| (r.group.clone().unwrap(), r.amount_minor))
+            .collect();
+        // 2025-12-22 and 2025-12-29 are Mondays; Jan 1 and 3 fall in the
+        // week of Dec 29.
+        assert_eq!(
+            weeks,
+            [
+                ("2025-12-22".to_string(), 0),
+                ("2025-12-29".to_string(), 350),
+                ("2026-01-05".to_string(), 0),
+            ]
+        );
+        assert_eq!(by_week.len(), 9, "three weeks × EUR, JPY, USD");
+        let by_month = time_series(
+            days,
+            Period::Month,
+            Some(date("2025-11-30")),
+            Some(date("2026-01-01")),
+            &[],
+        )
+        .unwrap();
+        let months: Vec<_> = by_month
+            .iter()
+            .filter(|r| r.currency == "USD")
+            .map(|r| (r.group.clone().unwrap(), r.count))
+            .collect();
+        assert_eq!(
+            months,
+            [
+                ("2025-11".to_string(), 0),
+                ("2025-12".to_string(), 0),
+                ("2026-01".to_string(), 2),
+            ]
+        );
+        // Nothing spent and no currency named: no rows.
+        assert!(
+            time_series(Vec::new(), Period::Day, Some(date("2026-01-01")), None, &[])
+                .unwrap()
+                .is_empty()
+        );
+        // Too many periods is refused, not allocated.
+        let err = time_series(
+            Vec::new(),
+            Period::Day,
+            Some(date("1900-01-01")),
+            Some(date("2100-01-01")),
+            &eur,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "range_too_large");
+    }
+
+    #[test]
+    fn top_keeps_every_currency_of_the_first_groups() {
+        let rows = vec![
+            row("a", "USD", 900),
+            row("b", "USD", 800),
+            row("a", "EUR", 700),
+            row("c", "USD", 600),
+            row("b", "GBP", 500),
+        ];
+        let top: Vec<_> = top_groups(rows, 2)
+            .into_iter()
+            .map(|r| (r.group.unwrap(), r.currency))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("a".to_string(), "USD".to_string()),
+                ("b".to_string(), "USD".to_string()),
+                ("a".to_string(), "EUR".to_string()),
+                ("b".to_string(), "GBP".to_string()),
+            ]
+        );
+    }
+
     #[test]
     fn cursors_are_bound_to_their_query() {
         let fp = 42;
-        let c = encode_cursor(100, fp);
-        assert_eq!(decode_cursor(&c, fp).unwrap(), 100);
+        let c = encode_cursor(100, fp, 7);
+        assert_eq!(decode_cursor(&c, fp).unwrap(), (100, 7));
         assert!(decode_cursor(&c, 43).is_err());
         assert!(decode_cursor("garbage", fp).is_err());
     }

@@ -63,6 +63,19 @@ pub async fn start(dir: &Path) -> Running {
     spendstream::start(settings(dir)).await.unwrap()
 }
 
+/// A GET with `token` whose answer is JSON.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Where a test's lake lives: under its data directory, or under a prefix
 /// of a bucket of its own on the test S3 server (moto).
 pub enum TestLake {
