@@ -82,6 +82,11 @@ pub struct Settings {
     pub sql_limits: SqlLimits,
     /// Rows of report answers kept in memory (0: none).
     pub report_cache_rows: usize,
+    /// The Postgres wire endpoint's address (query role; None: off).
+    pub pg_listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key: the Postgres endpoint then
+    /// requires TLS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// ClickHouse HTTP URL: a second sink of the processors when set.
     pub clickhouse_url: Option<String>,
     /// ClickHouse credentials (from the environment or a file).
@@ -120,6 +125,8 @@ impl Settings {
             operator_tenant: None,
             sql_limits: SqlLimits::default(),
             report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
+            pg_listen: None,
+            tls: None,
             clickhouse_url: None,
             clickhouse_user: None,
             clickhouse_password: None,
@@ -238,6 +245,8 @@ impl std::fmt::Debug for Password {
 pub struct Running {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// The Postgres wire endpoint's bound address, when it runs.
+    pub pg_addr: Option<SocketAddr>,
     pub stats: Option<Arc<ProcessorStats>>,
     pub lake: Option<Arc<Lake>>,
     pub log: Option<Arc<dyn Log>>,
@@ -300,6 +309,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         operator_tenant,
         report_cache_rows,
         sql_limits,
+        pg_listen,
+        tls,
         migrate,
         compact_interval,
         vacuum_retain,
@@ -397,11 +408,44 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         RouteOptions {
             ingest,
             operator_tenant,
-            sql_limits,
+            sql_limits: sql_limits.clone(),
             report_cache_rows,
         },
         sink_checks,
     );
+
+    let mut pg_addr = None;
+    if roles.query
+        && let (Some(pg_listen), Some(lake)) = (pg_listen, lake.as_ref())
+    {
+        let tls = match &tls {
+            Some((cert, key)) => Some(
+                spendstream_pg::tls_acceptor(cert, key)
+                    .context("cannot use --tls-cert/--tls-key")?,
+            ),
+            None => None,
+        };
+        if tls.is_none() && !pg_listen.ip().is_loopback() {
+            tracing::warn!(%pg_listen, "The Postgres endpoint listens beyond this machine without TLS: tokens travel in the clear. Give --tls-cert and --tls-key.");
+        }
+        let listener = tokio::net::TcpListener::bind(pg_listen)
+            .await
+            .with_context(|| format!("cannot listen on {pg_listen} (--pg-listen)"))?;
+        let bound = listener.local_addr()?;
+        pg_addr = Some(bound);
+        let config = spendstream_pg::PgConfig {
+            keys: keys.clone(),
+            lake: lake.clone(),
+            limits: sql_limits,
+            tls,
+        };
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            spendstream_pg::serve(listener, config, stop).await;
+            Ok(())
+        });
+        info!(addr = %bound, database = spendstream_pg::DATABASE, "The Postgres wire endpoint is listening.");
+    }
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -423,6 +467,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     info!(%addr, ?roles, log = %log_url, lake = %lake_url, "Spendstream is listening.");
     Ok(Running {
         addr,
+        pg_addr,
         stats,
         lake,
         log,

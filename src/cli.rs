@@ -169,6 +169,18 @@ pub struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "SPENDSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Postgres wire listen address of the query role (database
+    /// `spendstream`, user = tenant, password = a token with role read), or
+    /// `off`.
+    #[arg(long, env = "SPENDSTREAM_PG_LISTEN", default_value = "127.0.0.1:5433", value_parser = parse_listen_or_off)]
+    pub pg_listen: ListenOrOff,
+    /// PEM certificate chain for TLS (with --tls-key): the Postgres endpoint
+    /// then refuses plaintext connections.
+    #[arg(long, env = "SPENDSTREAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SPENDSTREAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log URL: `embedded://<dir>[?partitions=N]` or
     /// `kafka://host:port[,host:port][?prefix=&partitions=&replication=&compression=&state=]`.
     /// Default: `embedded://<data-dir>/log`.
@@ -378,4 +390,17 @@ pub struct TokenArgs {
     /// Where `up` keeps its generated secret (when SPENDSTREAM_JWT_SECRET is unset).
     #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// A listen address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOrOff(pub Option<SocketAddr>);
+
+fn parse_listen_or_off(text: &str) -> Result<ListenOrOff, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(ListenOrOff(None));
+    }
+    text.parse()
+        .map(|addr| ListenOrOff(Some(addr)))
+        .map_err(|e| format!("`{text}` is neither host:port nor off: {e}"))
 }

@@ -266,6 +266,8 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
             ..Default::default()
         },
         report_cache_rows: args.report_cache_rows,
+        pg_listen: args.pg_listen.0,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         clickhouse_url: args.clickhouse.clone(),
         clickhouse_user: std::env::var("SPENDSTREAM_CLICKHOUSE_USER").ok(),
         clickhouse_password: secret::clickhouse_password()?.map(spendstream::app::Password),

@@ -191,18 +191,7 @@ async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<Batch
         .create_logical_plan(sql)
         .await
         .map_err(|e| refused_or_invalid(&e))?;
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(&plan)
-        .map_err(|e| ApiError::bad_request("statement_not_allowed", e.strip_backtrace()))?;
-    check_plan(&plan)?;
-    let optimized = ctx
-        .state()
-        .optimize(&plan)
-        .map_err(|e| execution_error(&e))?;
-    check_joins(&optimized)?;
+    check_statement(&ctx, &plan, Catalogs::InformationSchema)?;
     let frame = ctx
         .execute_logical_plan(plan)
         .await
@@ -288,12 +277,7 @@ pub async fn tenant_session(
     config.options_mut().sql_parser.recursion_limit =
         datafusion::common::config::ConfigNonZeroUsize::try_new(30).map_err(ApiError::internal)?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    // Functions that build a large value from a small argument allocate
-    // outside the memory pool: a one-line query could exhaust the process.
-    for name in AMPLIFIERS {
-        ctx.deregister_udf(name);
-        ctx.deregister_udtf(name);
-    }
+    remove_amplifiers(&ctx);
 
     // The views are planned in a scratch session that knows the lake under
     // BASE; the tenant's session only ever sees the finished plans.
@@ -340,20 +324,53 @@ pub async fn tenant_session(
     Ok((ctx, version))
 }
 
+/// The catalog schemas a tenant session may read besides its views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catalogs {
+    InformationSchema,
+    /// `information_schema` and `pg_catalog` (the Postgres wire endpoint,
+    /// whose clients read it to list tables).
+    WithPgCatalog,
+}
+
+/// Whether the planned statement `plan` may run in the tenant session
+/// `ctx`: no DDL, DML or other statements, no scan but the tenant's views
+/// and `catalogs`, no `EXPLAIN`, no join without an equality condition.
+pub fn check_statement(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    catalogs: Catalogs,
+) -> Result<(), ApiError> {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|e| ApiError::bad_request("statement_not_allowed", e.strip_backtrace()))?;
+    check_plan(plan, catalogs)?;
+    let optimized = ctx
+        .state()
+        .optimize(plan)
+        .map_err(|e| execution_error(&e))?;
+    check_joins(&optimized)
+}
+
 /// Refuses every plan that reads anything but the tenant's views (whose
-/// scans carry the lake under [`BASE`]) and `information_schema`, and
-/// `EXPLAIN`, whose text lists the table's files.
-fn check_plan(plan: &LogicalPlan) -> Result<(), ApiError> {
+/// scans carry the lake under [`BASE`]) and `catalogs`, and `EXPLAIN`,
+/// whose text lists the table's files.
+fn check_plan(plan: &LogicalPlan, catalogs: Catalogs) -> Result<(), ApiError> {
     let mut refused: Option<String> = None;
     plan.apply_with_subqueries(|node| {
         let verdict = match node {
             LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
                 Some("EXPLAIN is not available".to_string())
             }
-            LogicalPlan::TableScan(scan) if !allowed_scan(&scan.table_name) => Some(format!(
-                "`{}` is not one of your tables (expenses, expenses_latest)",
-                scan.table_name
-            )),
+            LogicalPlan::TableScan(scan) if !allowed_scan(&scan.table_name, catalogs) => {
+                Some(format!(
+                    "`{}` is not one of your tables (expenses, expenses_latest)",
+                    scan.table_name
+                ))
+            }
             _ => None,
         };
         if verdict.is_some() {
@@ -366,6 +383,16 @@ fn check_plan(plan: &LogicalPlan) -> Result<(), ApiError> {
     match refused {
         Some(message) => Err(ApiError::bad_request("statement_not_allowed", message)),
         None => Ok(()),
+    }
+}
+
+/// Removes the functions that build a large value from a small argument:
+/// they allocate outside the memory pool, so a one-line query could exhaust
+/// the process. (Again after anything that registers functions.)
+pub fn remove_amplifiers(ctx: &SessionContext) {
+    for name in AMPLIFIERS {
+        ctx.deregister_udf(name);
+        ctx.deregister_udtf(name);
     }
 }
 
@@ -394,7 +421,7 @@ fn check_joins(plan: &LogicalPlan) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn allowed_scan(name: &TableReference) -> bool {
+fn allowed_scan(name: &TableReference, catalogs: Catalogs) -> bool {
     match name {
         TableReference::Bare { table } => {
             table.as_ref() == BASE
@@ -403,6 +430,7 @@ fn allowed_scan(name: &TableReference) -> bool {
         }
         TableReference::Partial { schema, table } | TableReference::Full { schema, table, .. } => {
             schema.as_ref() == "information_schema"
+                || (catalogs == Catalogs::WithPgCatalog && schema.as_ref() == "pg_catalog")
                 || (schema.as_ref() == "public"
                     && (table.as_ref() == "expenses" || table.as_ref() == "expenses_latest"))
         }
@@ -411,7 +439,7 @@ fn allowed_scan(name: &TableReference) -> bool {
 
 /// A planning failure: a statement the options refuse (400
 /// `statement_not_allowed`) or SQL that does not plan (400 `invalid_sql`).
-fn refused_or_invalid(e: &DataFusionError) -> ApiError {
+pub fn refused_or_invalid(e: &DataFusionError) -> ApiError {
     let message = e.strip_backtrace();
     if statement_refused(&message) {
         return ApiError::bad_request("statement_not_allowed", message);
@@ -432,7 +460,7 @@ fn statement_refused(message: &str) -> bool {
 }
 
 /// An execution failure, by cause.
-fn execution_error(e: &DataFusionError) -> ApiError {
+pub fn execution_error(e: &DataFusionError) -> ApiError {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => unprocessable(
             "query_memory_exceeded",

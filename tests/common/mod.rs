@@ -44,6 +44,13 @@ pub fn settings(dir: &Path) -> Settings {
     Settings {
         clickhouse_url: Some(clickhouse_url()),
         migrate: true,
+        ..settings_without_clickhouse(dir)
+    }
+}
+
+/// [`settings`] without the ClickHouse sink.
+pub fn settings_without_clickhouse(dir: &Path) -> Settings {
+    Settings {
         ingest: IngestConfig {
             chunk_records: 500,
             ..IngestConfig::default()
@@ -443,7 +450,9 @@ pub fn spawn(args: &[String], failpoint: Option<&str>) -> Server {
     .0
 }
 
-/// The `spendstream` command with the tests' JWT secret and quiet logs.
+/// The `spendstream` command with the tests' JWT secret, quiet logs and
+/// the Postgres endpoint on a port the system picks (parallel servers would
+/// race for 5433).
 pub fn command() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_spendstream"));
     cmd.env(
@@ -451,6 +460,7 @@ pub fn command() -> std::process::Command {
         std::str::from_utf8(SECRET).unwrap(),
     )
     .env("SPENDSTREAM_LOG_LEVEL", "warn")
+    .env("SPENDSTREAM_PG_LISTEN", "127.0.0.1:0")
     .env_remove("SPENDSTREAM_FAILPOINT");
     cmd
 }

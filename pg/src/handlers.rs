@@ -1,0 +1,523 @@
+//! The pgwire handlers: token startup, per-connection tenant sessions, the
+//! guard, time limits.
+
+use crate::{DATABASE, PgConfig, guard};
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser, QueryHook};
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
+    METADATA_DATABASE, METADATA_USER, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use spendstream_http::{ApiError, Role};
+use spendstream_query_api::sql::{SqlLimits, execution_error, remove_amplifiers, tenant_session};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// A prepared statement as `datafusion-postgres` keeps it.
+type DfStatement = (String, Option<(Statement, LogicalPlan)>);
+
+/// An error the client sees, with its SQLSTATE.
+fn pg_error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.into(),
+        code.into(),
+        message.into(),
+    )))
+}
+
+/// A refusal or failure of ours as a Postgres error: the SQLSTATE for the
+/// class, and our code first in the message.
+pub fn to_pg(error: ApiError) -> PgWireError {
+    let code = match error.code() {
+        "statement_not_allowed" => "42501",
+        "invalid_sql" => "42601",
+        "query_timeout" => "57014",
+        "query_memory_exceeded" => "53200",
+        "result_too_large" | "payload_too_large" => "54000",
+        "query_failed" => "22000",
+        _ => "XX000",
+    };
+    let message = match &error {
+        ApiError::Internal(_) => "internal error; see the server log".to_string(),
+        other => other.to_string(),
+    };
+    pg_error("ERROR", code, format!("{}: {message}", error.code()))
+}
+
+/// `datafusion-postgres`' own failures (parsing, planning, execution) by
+/// cause, as over HTTP: a statement that does not parse is the client's
+/// (42601), not an internal error.
+fn classify(error: PgWireError) -> PgWireError {
+    match error {
+        PgWireError::ApiError(inner) => {
+            if let Some(e) = inner.downcast_ref::<DataFusionError>() {
+                return to_pg(execution_error(e));
+            }
+            let message = inner.to_string();
+            if message.contains("sql parser error") || message.contains("ParserError") {
+                return pg_error("ERROR", "42601", format!("invalid_sql: {message}"));
+            }
+            PgWireError::ApiError(inner)
+        }
+        other => other,
+    }
+}
+
+/// `response` with its rows capped at the limits' rows and bytes (then
+/// 54000 `result_too_large`, as over HTTP) and its row errors classified.
+fn capped(response: Response, limits: &SqlLimits) -> Response {
+    let (max_rows, max_bytes) = (limits.max_rows, limits.max_result_bytes);
+    match response {
+        Response::Query(mut query) => {
+            let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+            let (mut seen, mut bytes) = (0usize, 0usize);
+            query.data_rows = Box::pin(rows.map(move |row| {
+                let row = row.map_err(classify)?;
+                seen += 1;
+                bytes += row.data.len();
+                if seen > max_rows || bytes > max_bytes {
+                    return Err(to_pg(ApiError::Unprocessable {
+                        code: "result_too_large",
+                        message: format!(
+                            "the result has more than {max_rows} rows or {max_bytes} bytes: aggregate, filter or add LIMIT"
+                        ),
+                    }));
+                }
+                Ok(row)
+            }));
+            Response::Query(query)
+        }
+        other => other,
+    }
+}
+
+/// The session of an authenticated connection, kept in its extensions.
+struct TenantSession {
+    tenant: String,
+    /// The lake version the views read.
+    version: u64,
+    service: Arc<DfSessionService>,
+}
+
+/// Refuses a statement the guard refuses; runs before `datafusion-postgres`'
+/// own hooks.
+struct Guard;
+
+#[async_trait]
+impl QueryHook for Guard {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        guard::check(statement, ctx)
+            .await
+            .err()
+            .map(|e| Err(to_pg(e)))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        guard::check(statement, ctx)
+            .await
+            .err()
+            .map(|e| Err(to_pg(e)))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        // Checked when parsed.
+        None
+    }
+}
+
+/// Every handler of the endpoint; the per-connection state lives in each
+/// connection's session extensions.
+pub struct Handlers {
+    startup: Arc<Startup>,
+    queries: Arc<Queries>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl Handlers {
+    pub fn new(config: PgConfig) -> Self {
+        let config = Arc::new(config);
+        let connections = Arc::new(ConnectionManager::new());
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.server_version = format!("16.0 (Spendstream {})", env!("CARGO_PKG_VERSION"));
+        Self {
+            startup: Arc::new(Startup {
+                config: config.clone(),
+                pids: Arc::new(RandomPidSecretKeyGenerator::default()),
+                connections: connections.clone(),
+                parameters,
+            }),
+            queries: Arc::new(Queries {
+                parser: Arc::new(TenantParser {
+                    config: config.clone(),
+                    any: DfSessionService::new(Arc::new(SessionContext::new())).query_parser(),
+                }),
+                config,
+            }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.queries.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// A session for `tenant` over the newest lake: the views, `pg_catalog`,
+/// the guard first among the hooks.
+async fn open_session(config: &PgConfig, tenant: &str) -> PgWireResult<TenantSession> {
+    let (ctx, version) = tenant_session(&config.lake, tenant, &config.limits)
+        .await
+        .map_err(to_pg)?;
+    setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
+        .map_err(|e| to_pg(ApiError::internal(e.to_string())))?;
+    // pg_catalog registers functions of its own: take the amplifiers out again.
+    remove_amplifiers(&ctx);
+    let hooks: Vec<Arc<dyn QueryHook>> = vec![
+        Arc::new(Guard),
+        Arc::new(CursorStatementHook),
+        Arc::new(SetShowHook),
+        Arc::new(TransactionStatementHook),
+    ];
+    Ok(TenantSession {
+        tenant: tenant.to_string(),
+        version,
+        service: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+    })
+}
+
+/// The connection's session, reopened first when the lake has moved.
+async fn session<C: ClientInfo + ?Sized>(
+    config: &PgConfig,
+    client: &C,
+) -> PgWireResult<Arc<TenantSession>> {
+    let extensions = client.session_extensions();
+    let current = extensions
+        .get::<TenantSession>()
+        .ok_or_else(|| pg_error("FATAL", "28000", "not authenticated"))?;
+    let version = config
+        .lake
+        .version()
+        .await
+        .map_err(|e| to_pg(ApiError::internal(e.to_string())))?;
+    if version == current.version {
+        return Ok(current);
+    }
+    extensions.insert(open_session(config, &current.tenant).await?);
+    extensions
+        .get::<TenantSession>()
+        .ok_or_else(|| pg_error("FATAL", "28000", "not authenticated"))
+}
+
+struct Startup {
+    config: Arc<PgConfig>,
+    pids: Arc<RandomPidSecretKeyGenerator>,
+    connections: Arc<ConnectionManager>,
+    parameters: DefaultServerParameterProvider,
+}
+
+impl Startup {
+    /// The tenant `token` may read as, if the startup's user and database
+    /// match it.
+    fn authorize<C: ClientInfo>(&self, client: &C, token: &str) -> Result<String, &'static str> {
+        let claims = self
+            .config
+            .keys
+            .verify(token)
+            .map_err(|_| "the password is not a valid Spendstream token")?;
+        if !claims.has(Role::Read) {
+            return Err("the token lacks the read role");
+        }
+        let metadata = client.metadata();
+        if metadata.get(METADATA_USER).map(String::as_str) != Some(claims.tenant.as_str()) {
+            return Err("the user must be the token's tenant");
+        }
+        if metadata.get(METADATA_DATABASE).map(String::as_str) != Some(DATABASE) {
+            return Err("the database must be spendstream");
+        }
+        Ok(claims.tenant)
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                if self.config.tls.is_some() && !client.is_secure() {
+                    // Before the token is sent in the clear.
+                    refused(client, "TLS is required (sslmode=require)");
+                    return Err(pg_error(
+                        "FATAL",
+                        "28000",
+                        "this server requires TLS: connect with sslmode=require",
+                    ));
+                }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let token = password.into_password()?.password;
+                let tenant = self.authorize(client, &token).map_err(|reason| {
+                    refused(client, reason);
+                    pg_error("FATAL", "28P01", format!("authentication failed: {reason}"))
+                })?;
+                let session = open_session(&self.config, &tenant).await?;
+                client.session_extensions().insert(session);
+                let (pid, key) = self.pids.generate(client);
+                client.set_pid_and_secret_key(pid, key.clone());
+                let (handle, registration) = self.connections.register(pid, key);
+                client
+                    .session_extensions()
+                    .insert::<Arc<ConnectionHandle>>(handle);
+                client
+                    .session_extensions()
+                    .insert::<ConnectionGuard>(registration);
+                tracing::debug!(%tenant, peer = %client.socket_addr(), "Postgres connection authenticated.");
+                finish_authentication(client, &self.parameters).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The audit line of a refused connection: why, who it claimed to be, from
+/// where; never the token.
+fn refused<C: ClientInfo>(client: &C, reason: &str) {
+    tracing::warn!(
+        reason,
+        user = client.metadata().get(METADATA_USER).map(String::as_str).unwrap_or(""),
+        peer = %client.socket_addr(),
+        "Refused a Postgres connection."
+    );
+}
+
+/// Parses in the connection's session; parameter types and result schemas
+/// depend only on the statement, so any parser answers them.
+pub struct TenantParser {
+    config: Arc<PgConfig>,
+    any: Arc<Parser>,
+}
+
+#[async_trait]
+impl QueryParser for TenantParser {
+    type Statement = DfStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<DfStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        check_length(&self.config, sql)?;
+        let session = session(&self.config, client).await?;
+        session
+            .service
+            .query_parser()
+            .parse_sql(client, sql, types)
+            .await
+            .map_err(classify)
+    }
+
+    fn get_parameter_types(&self, statement: &DfStatement) -> PgWireResult<Vec<Type>> {
+        self.any.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &DfStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.any.get_result_schema(statement, format)
+    }
+}
+
+fn check_length(config: &PgConfig, sql: &str) -> PgWireResult<()> {
+    let max = config.limits.max_sql_bytes;
+    if sql.len() > max {
+        return Err(to_pg(ApiError::PayloadTooLarge { limit: max }));
+    }
+    Ok(())
+}
+
+fn timed_out(config: &PgConfig) -> PgWireError {
+    to_pg(ApiError::Unprocessable {
+        code: "query_timeout",
+        message: format!(
+            "the statement ran longer than {} ms",
+            config.limits.timeout.as_millis()
+        ),
+    })
+}
+
+/// Both protocols, each statement within the time limit (rows streamed to
+/// the client included).
+pub struct Queries {
+    config: Arc<PgConfig>,
+    parser: Arc<TenantParser>,
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        check_length(&self.config, &query.query)?;
+        tokio::time::timeout(self.config.limits.timeout, self._on_query(client, query))
+            .await
+            .map_err(|_| timed_out(&self.config))?
+            .map_err(classify)
+    }
+
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(&self.config, client).await?;
+        let responses =
+            <DfSessionService as SimpleQueryHandler>::do_query(&session.service, client, query)
+                .await
+                .map_err(classify)?;
+        Ok(responses
+            .into_iter()
+            .map(|r| capped(r, &self.config.limits))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = DfStatement;
+    type QueryParser = TenantParser;
+
+    fn query_parser(&self) -> Arc<TenantParser> {
+        self.parser.clone()
+    }
+
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        tokio::time::timeout(
+            self.config.limits.timeout,
+            self._on_execute(client, message),
+        )
+        .await
+        .map_err(|_| timed_out(&self.config))?
+        .map_err(classify)
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<DfStatement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // The session the statement was parsed in may be older: execute in
+        // the current one (the plan carries its own scans).
+        let session = session(&self.config, client).await?;
+        <DfSessionService as ExtendedQueryHandler>::do_query(
+            &session.service,
+            client,
+            portal,
+            max_rows,
+        )
+        .await
+        .map(|r| capped(r, &self.config.limits))
+        .map_err(classify)
+    }
+}

@@ -1,0 +1,133 @@
+//! The Postgres wire endpoint: the same tenant-scoped, read-only SQL as
+//! `POST /v1/sql`, for BI tools and `psql`.
+//!
+//! Built on `datafusion-postgres`, which has no authentication and shares
+//! one session across connections; here each connection is its own:
+//! - the startup asks for a cleartext password, which is a Spendstream
+//!   bearer token: it must verify, carry the `read` role, name the tenant
+//!   the startup's `user` names, and the database must be `spendstream`
+//!   (anything else ends the connection with `FATAL`, before any query);
+//! - the connection gets the tenant's session (the two views over the lake
+//!   and the catalogs, nothing else), rebuilt when the lake has moved, so a
+//!   long-lived BI connection sees new data;
+//! - a guard runs before every statement of both protocols: queries are
+//!   planned and checked exactly as over HTTP (no DDL, DML, `COPY`, no
+//!   scan but the views, `information_schema` and `pg_catalog`, no
+//!   Cartesian join), `SET` may not touch engine options, and any other
+//!   statement is refused;
+//! - each statement runs within the time limit (SQLSTATE 57014), its
+//!   operators within the session's memory pool.
+//!
+//! With a certificate, connections must use TLS.
+
+mod guard;
+mod handlers;
+
+use datafusion_postgres::pgwire;
+use handlers::Handlers;
+use pgwire::tokio::TlsAcceptor;
+use pgwire::tokio::tokio_rustls::rustls;
+use spendstream_http::JwtKeys;
+use spendstream_lake::Lake;
+use spendstream_query_api::sql::SqlLimits;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The database name clients must ask for.
+pub const DATABASE: &str = "spendstream";
+
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// What the endpoint serves and how.
+#[derive(Clone)]
+pub struct PgConfig {
+    pub keys: JwtKeys,
+    pub lake: Arc<Lake>,
+    pub limits: SqlLimits,
+    /// With TLS, plaintext connections are refused.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accepts connections on `listener` until `stop` is cancelled; each is
+/// served on a task of its own.
+pub async fn serve(listener: TcpListener, config: PgConfig, stop: CancellationToken) {
+    let tls = config.tls.clone();
+    let handlers = Arc::new(Handlers::new(config));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: go on.
+                    tracing::warn!(error = %e, "Could not accept a Postgres connection.");
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "Refused a Postgres connection: too many open.");
+            continue;
+        };
+        let (handlers, tls, stop) = (handlers.clone(), tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                served = pgwire::tokio::process_socket(socket, tls, handlers) => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "A Postgres connection ended with an error.");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Why a certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the certificate {path}: {source}")]
+    Certificate {
+        path: String,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("cannot read the private key {path}: {source}")]
+    Key {
+        path: String,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the certificate and key do not make a TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A TLS acceptor from PEM files: the certificate chain and its private
+/// key (PKCS#8, PKCS#1 or SEC1).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Certificate {
+            path: cert.display().to_string(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.display().to_string(),
+        source,
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    // Clients that open TLS directly (sslnegotiation=direct) ask for it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
