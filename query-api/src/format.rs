@@ -2,9 +2,66 @@
 //! CSV, an Arrow IPC stream, Parquet.
 
 use axum::http::{HeaderMap, header};
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use spendstream_http::ApiError;
+use std::sync::Arc;
+
+/// `batch` with every text cell that a spreadsheet would run as a formula
+/// (starting with `=`, `+`, `-`, `@`, tab or carriage return, and not a
+/// number) prefixed with `'`, as OWASP advises for CSV exports: merchant
+/// names and memos come from card feeds, not from the reader.
+fn defuse_formulas(
+    batch: &RecordBatch,
+) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let risky =
+        |s: &str| s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+    let columns = batch
+        .columns()
+        .iter()
+        .map(
+            |column| -> Result<ArrayRef, datafusion::arrow::error::ArrowError> {
+                let text = match column.data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                        datafusion::arrow::compute::cast(column, &DataType::Utf8)?
+                    }
+                    _ => return Ok(column.clone()),
+                };
+                let Some(strings) = text.as_any().downcast_ref::<StringArray>() else {
+                    return Ok(column.clone());
+                };
+                if !strings.iter().flatten().any(risky) {
+                    return Ok(column.clone());
+                }
+                let defused: StringArray = strings
+                    .iter()
+                    .map(|v| {
+                        v.map(|s| {
+                            if risky(s) {
+                                format!("'{s}")
+                            } else {
+                                s.to_string()
+                            }
+                        })
+                    })
+                    .collect();
+                Ok(Arc::new(defused))
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<_> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+        .collect();
+    RecordBatch::try_new(
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+        columns,
+    )
+}
 
 /// The answer formats, chosen by `Accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +98,9 @@ impl Format {
                     .with_header(true)
                     .build(&mut out);
                 for batch in batches {
-                    writer.write(batch).map_err(|e| cannot(&e))?;
+                    writer
+                        .write(&defuse_formulas(batch).map_err(|e| cannot(&e))?)
+                        .map_err(|e| cannot(&e))?;
                 }
             }
             Format::ArrowStream => {
@@ -179,6 +238,34 @@ mod tests {
         );
         assert!(pick("image/png").is_err());
         assert!(pick("text/csv;q=0").is_err());
+    }
+
+    #[test]
+    fn csv_cells_that_would_be_formulas_are_defused() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("merchant", DataType::Utf8, true),
+            Field::new("amount", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("=HYPERLINK(\"http://evil\")"),
+                    Some("+1+2"),
+                    Some("@SUM(A1)"),
+                    Some("Blue Bottle"),
+                    None,
+                ])),
+                Arc::new(StringArray::from(vec!["-42.10", "1", "-3", "0", "-1e3"])),
+            ],
+        )
+        .unwrap();
+        let out = String::from_utf8(Format::Csv.encode(&schema, &[batch]).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "merchant,amount\n\"'=HYPERLINK(\"\"http://evil\"\")\",-42.10\n'+1+2,1\n'@SUM(A1),-3\nBlue Bottle,0\n,-1e3\n"
+        );
     }
 
     #[test]
