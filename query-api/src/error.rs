@@ -19,6 +19,19 @@ impl From<Error> for ApiError {
             // A retry helps only when the failure is transient (storage
             // unreachable); a table of another schema is a 500, logged.
             Error::Lake(e) if e.is_transient() => ApiError::unavailable("the lake", e),
+            // A report bigger than a query's memory pool: the caller can
+            // narrow it, or the operator raise --sql-memory-mb.
+            Error::DataFusion(e)
+                if matches!(
+                    e.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                ) =>
+            {
+                ApiError::Unprocessable {
+                    code: "query_memory_exceeded",
+                    message: "the report needs more memory than one query may hold (--sql-memory-mb): narrow it with from/to or filters".into(),
+                }
+            }
             other => ApiError::internal(other),
         }
     }

@@ -420,14 +420,12 @@ pub async fn spend(
     let (version, rows) = match cached {
         Some(hit) => hit,
         None => {
-            let ctx = SessionContext::new();
-            let (version, table) = state
-                .lake
-                .versioned_table_provider(&ctx)
-                .await
-                .map_err(Error::from)?;
-            ctx.register_table("expenses", table).map_err(Error::from)?;
-            let rows = Arc::new(answer(&ctx, tenant, &request).await?);
+            // The tenant's session of `POST /v1/sql`: its `expenses` view
+            // holds only the tenant's rows (isolation in the plan, not in
+            // this SQL text), and its memory pool bounds the report.
+            let (ctx, version) =
+                crate::sql::tenant_session(&state.lake, tenant, &state.sql_limits).await?;
+            let rows = Arc::new(answer(&ctx, &request).await?);
             state
                 .reports
                 .insert(request.key(version, tenant), rows.clone());
@@ -467,13 +465,9 @@ pub async fn spend(
 
 /// The whole answer to `request`: ranked rows (the first `top` groups when
 /// asked), or a time series with its gaps filled.
-async fn answer(
-    ctx: &SessionContext,
-    tenant: &str,
-    request: &Request,
-) -> Result<Vec<SpendRow>, ApiError> {
+async fn answer(ctx: &SessionContext, request: &Request) -> Result<Vec<SpendRow>, ApiError> {
     let params = &request.params;
-    let rows = spend_rows(ctx, tenant, params, &request.statuses, &request.filters).await?;
+    let rows = spend_rows(ctx, params, &request.statuses, &request.filters).await?;
     Ok(match (params.group_by.period(), params.top) {
         (Some(period), _) => time_series(
             rows,
@@ -605,17 +599,16 @@ fn rows_as_batch(rows: &[SpendRow]) -> Result<(SchemaRef, RecordBatch), ApiError
     Ok((schema, batch))
 }
 
-/// Every row of the report for `tenant` over the table `ctx` holds as
-/// `expenses`, sorted by amount (exactly, across exponents) descending,
-/// then group and currency.
+/// Every row of the report over the rows `ctx` holds as `expenses` (a
+/// tenant session's view), sorted by amount (exactly, across exponents)
+/// descending, then group and currency.
 pub async fn spend_rows(
     ctx: &SessionContext,
-    tenant: &str,
     params: &SpendParams,
     statuses: &[Status],
     filters: &Filters,
 ) -> Result<Vec<SpendRow>> {
-    let sql = spend_sql(tenant, params, statuses, filters);
+    let sql = spend_sql(params, statuses, filters);
     let batches = ctx.sql(&sql).await?.collect().await?;
     let mut rows = Vec::new();
     for batch in batches {
@@ -672,12 +665,11 @@ fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
         .then_with(|| a.currency.cmp(&b.currency))
 }
 
-/// The report query. Every interpolated value is trusted or quoted: the
-/// tenant passed token validation (`[A-Za-z0-9_.-]`), dates, statuses,
-/// categories, currencies and amounts are parsed values, the group
-/// expression comes from [`GroupBy`], account and employee ids are quoted
-/// string literals.
-fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status], filters: &Filters) -> String {
+/// The report query. Every interpolated value is trusted or quoted: dates,
+/// statuses, categories, currencies and amounts are parsed values, the
+/// group expression comes from [`GroupBy`], account and employee ids are
+/// quoted string literals. No tenant: the session's view holds only one.
+fn spend_sql(params: &SpendParams, statuses: &[Status], filters: &Filters) -> String {
     let latest = |col: &str| format!("first_value({col} ORDER BY version DESC)");
     let status_list = statuses
         .iter()
@@ -706,7 +698,6 @@ fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status], filters: &
                   {employee} AS employee_id,
                   {group} AS g
            FROM expenses
-           WHERE tenant_id = '{tenant}'
            GROUP BY expense_id
          ) latest
          WHERE {filters}
@@ -719,7 +710,6 @@ fn spend_sql(tenant: &str, params: &SpendParams, statuses: &[Status], filters: &
         account = latest("account_id"),
         employee = latest("employee_id"),
         group = latest(params.group_by.column()),
-        tenant = tenant.replace('\'', "''"),
         filters = conditions.join(" AND "),
     )
 }
