@@ -234,6 +234,25 @@ async fn psql_logs_in_with_a_token_lists_the_views_and_reads_its_tenant() {
             text(&out.stderr)
         );
     }
+    // A connection ends when its token expires.
+    let short = spendstream::secret::mint(
+        &common::keys(),
+        "acme",
+        &[Role::Read],
+        Duration::from_secs(3),
+    );
+    let expired = psycopg(
+        pg,
+        &Login::new("acme", &short),
+        vec![json!({"sql": "SELECT 1", "until_rows": [], "within": 30})],
+    )
+    .await;
+    assert_eq!(expired[0]["ok"], false, "{}", expired[0]);
+    assert!(
+        expired[0]["message"].as_str().unwrap().contains("expired"),
+        "{}",
+        expired[0]
+    );
     running.shutdown().await.unwrap();
 }
 

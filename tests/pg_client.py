@@ -8,11 +8,13 @@ and prints one JSON result per statement, in order:
   {"ok": true, "rows": [[...], ...]}  or
   {"ok": false, "sqlstate": "42501", "message": "...", "client": false}
 with "seconds" on each. A statement with "until_rows" is run again every
-0.1 s until its rows equal them (at most "within" seconds, then its last
-result is given). After a statement with "then_touch", that file is created (a test
+0.1 s until its rows equal them or it fails (at most "within" seconds, then
+its last result is given). After a statement with "then_touch", that file is created (a test
 waits for it to change data while the connection is open). Every statement runs on one autocommit connection,
 so a failure must leave the connection usable for the next; "simple" uses
-the simple query protocol (client-side binding), otherwise the extended one.
+the simple query protocol (client-side binding), otherwise the extended one
+(Parse/Bind/Execute, as a prepared statement, which psycopg otherwise only
+uses for statements with parameters).
 """
 
 import json
@@ -31,6 +33,7 @@ def main():
             result = run(conn, statement)
             while (
                 "until_rows" in statement
+                and result["ok"]
                 and result.get("rows") != statement["until_rows"]
                 and time.monotonic() - started < statement.get("within", 60)
             ):
@@ -47,7 +50,10 @@ def run(conn, statement):
     cursor_class = psycopg.ClientCursor if statement.get("simple") else psycopg.Cursor
     try:
         with cursor_class(conn) as cur:
-            cur.execute(statement["sql"], statement.get("params"))
+            if statement.get("simple"):
+                cur.execute(statement["sql"], statement.get("params"))
+            else:
+                cur.execute(statement["sql"], statement.get("params"), prepare=True)
             rows = cur.fetchall() if cur.description is not None else []
             return {"ok": True, "rows": [list(r) for r in rows]}
     except psycopg.Error as e:

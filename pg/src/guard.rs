@@ -14,14 +14,12 @@ use spendstream_query_api::sql::{Catalogs, check_statement, refused_or_invalid};
 pub async fn check(statement: &Statement, ctx: &SessionContext) -> Result<(), ApiError> {
     match statement {
         Statement::Query(_) => plan_and_check(statement.clone(), ctx).await.map(drop),
-        Statement::Declare { stmts } => {
-            for declared in stmts {
-                if let Some(query) = &declared.for_query {
-                    plan_and_check(Statement::Query(query.clone()), ctx).await?;
-                }
-            }
-            Ok(())
-        }
+        // A cursor's FETCHes are separate statements, each under its own
+        // limits: together they would read past the row cap and the time
+        // limit. Clients page with LIMIT/OFFSET instead.
+        Statement::Declare { .. } | Statement::Fetch { .. } => Err(not_allowed(
+            "cursors are not available: page with LIMIT and OFFSET",
+        )),
         Statement::Set(_) => {
             if statement
                 .to_string()
@@ -39,7 +37,6 @@ pub async fn check(statement: &Statement, ctx: &SessionContext) -> Result<(), Ap
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
-        | Statement::Fetch { .. }
         | Statement::Close { .. }
         | Statement::Discard { .. } => Ok(()),
         other => {

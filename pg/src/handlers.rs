@@ -25,7 +25,7 @@ use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, Response};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
@@ -67,7 +67,10 @@ pub fn to_pg(error: ApiError) -> PgWireError {
         _ => "XX000",
     };
     let message = match &error {
-        ApiError::Internal(_) => "internal error; see the server log".to_string(),
+        ApiError::Internal(inner) => {
+            tracing::error!(error = %inner, "A Postgres statement failed.");
+            "internal error; see the server log".to_string()
+        }
         other => other.to_string(),
     };
     pg_error("ERROR", code, format!("{}: {message}", error.code()))
@@ -123,6 +126,9 @@ fn capped(response: Response, limits: &SqlLimits) -> Response {
 /// The session of an authenticated connection, kept in its extensions.
 struct TenantSession {
     tenant: String,
+    /// When the login token expires (seconds since the epoch): the
+    /// connection ends then.
+    expires: i64,
     /// The lake version the views read.
     version: u64,
     service: Arc<DfSessionService>,
@@ -224,7 +230,11 @@ impl PgWireServerHandlers for Handlers {
 
 /// A session for `tenant` over the newest lake: the views, `pg_catalog`,
 /// the guard first among the hooks.
-async fn open_session(config: &PgConfig, tenant: &str) -> PgWireResult<TenantSession> {
+async fn open_session(
+    config: &PgConfig,
+    tenant: &str,
+    expires: i64,
+) -> PgWireResult<TenantSession> {
     let (ctx, version) = tenant_session(&config.lake, tenant, &config.limits)
         .await
         .map_err(to_pg)?;
@@ -240,6 +250,7 @@ async fn open_session(config: &PgConfig, tenant: &str) -> PgWireResult<TenantSes
     ];
     Ok(TenantSession {
         tenant: tenant.to_string(),
+        expires,
         version,
         service: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
     })
@@ -254,6 +265,13 @@ async fn session<C: ClientInfo + ?Sized>(
     let current = extensions
         .get::<TenantSession>()
         .ok_or_else(|| pg_error("FATAL", "28000", "not authenticated"))?;
+    if chrono::Utc::now().timestamp() >= current.expires {
+        return Err(pg_error(
+            "FATAL",
+            "28000",
+            "the login token has expired: connect again with a fresh one",
+        ));
+    }
     let version = config
         .lake
         .version()
@@ -262,7 +280,7 @@ async fn session<C: ClientInfo + ?Sized>(
     if version == current.version {
         return Ok(current);
     }
-    extensions.insert(open_session(config, &current.tenant).await?);
+    extensions.insert(open_session(config, &current.tenant, current.expires).await?);
     extensions
         .get::<TenantSession>()
         .ok_or_else(|| pg_error("FATAL", "28000", "not authenticated"))
@@ -278,7 +296,11 @@ struct Startup {
 impl Startup {
     /// The tenant `token` may read as, if the startup's user and database
     /// match it.
-    fn authorize<C: ClientInfo>(&self, client: &C, token: &str) -> Result<String, &'static str> {
+    fn authorize<C: ClientInfo>(
+        &self,
+        client: &C,
+        token: &str,
+    ) -> Result<(String, i64), &'static str> {
         let claims = self
             .config
             .keys
@@ -294,7 +316,7 @@ impl Startup {
         if metadata.get(METADATA_DATABASE).map(String::as_str) != Some(DATABASE) {
             return Err("the database must be spendstream");
         }
-        Ok(claims.tenant)
+        Ok((claims.tenant, claims.exp))
     }
 }
 
@@ -332,11 +354,11 @@ impl StartupHandler for Startup {
             }
             PgWireFrontendMessage::PasswordMessageFamily(password) => {
                 let token = password.into_password()?.password;
-                let tenant = self.authorize(client, &token).map_err(|reason| {
+                let (tenant, expires) = self.authorize(client, &token).map_err(|reason| {
                     refused(client, reason);
                     pg_error("FATAL", "28P01", format!("authentication failed: {reason}"))
                 })?;
-                let session = open_session(&self.config, &tenant).await?;
+                let session = open_session(&self.config, &tenant, expires).await?;
                 client.session_extensions().insert(session);
                 let (pid, key) = self.pids.generate(client);
                 client.set_pid_and_secret_key(pid, key.clone());
@@ -388,13 +410,19 @@ impl QueryParser for TenantParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         check_length(&self.config, sql)?;
-        let session = session(&self.config, client).await?;
-        session
-            .service
-            .query_parser()
-            .parse_sql(client, sql, types)
+        one_statement(sql)?;
+        let parse = async {
+            let session = session(&self.config, client).await?;
+            session
+                .service
+                .query_parser()
+                .parse_sql(client, sql, types)
+                .await
+                .map_err(classify)
+        };
+        tokio::time::timeout(self.config.limits.timeout, parse)
             .await
-            .map_err(classify)
+            .map_err(|_| timed_out(&self.config))?
     }
 
     fn get_parameter_types(&self, statement: &DfStatement) -> PgWireResult<Vec<Type>> {
@@ -407,6 +435,21 @@ impl QueryParser for TenantParser {
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         self.any.get_result_schema(statement, format)
+    }
+}
+
+/// A Parse message holds one statement (as in Postgres, 42601): the parser
+/// underneath would plan the first and drop the rest unseen.
+fn one_statement(sql: &str) -> PgWireResult<()> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    match datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql) {
+        Ok(statements) if statements.len() > 1 => Err(pg_error(
+            "ERROR",
+            "42601",
+            "invalid_sql: cannot insert multiple commands into a prepared statement",
+        )),
+        // Parse errors are the session parser's to report.
+        _ => Ok(()),
     }
 }
 
@@ -507,13 +550,46 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        // The session the statement was parsed in may be older: execute in
-        // the current one (the plan carries its own scans).
+        // A prepared statement's plan holds the table state of the session
+        // it was parsed in: plan it again in the current one (through the
+        // guard again), so a statement prepared once reads new data.
         let session = session(&self.config, client).await?;
+        let replanned = match &portal.statement.statement {
+            (sql, Some(_)) => {
+                let statement = self
+                    .parser
+                    .parse_sql(client, sql, &portal.statement.parameter_types)
+                    .await?
+                    .ok_or_else(|| to_pg(ApiError::internal("a statement planned to nothing")))?;
+                let mut fresh = Portal::new_cursor(
+                    portal.name.clone(),
+                    Arc::new(StoredStatement::new(
+                        portal.statement.id.clone(),
+                        statement,
+                        portal.statement.parameter_types.clone(),
+                    )),
+                );
+                fresh.parameter_format = portal.parameter_format.clone();
+                fresh.parameters = portal.parameters.clone();
+                fresh.result_column_format = portal.result_column_format.clone();
+                fresh.state = portal.state.clone();
+                fresh
+            }
+            (_, None) => {
+                return <DfSessionService as ExtendedQueryHandler>::do_query(
+                    &session.service,
+                    client,
+                    portal,
+                    max_rows,
+                )
+                .await
+                .map_err(classify);
+            }
+        };
         <DfSessionService as ExtendedQueryHandler>::do_query(
             &session.service,
             client,
-            portal,
+            &replanned,
             max_rows,
         )
         .await

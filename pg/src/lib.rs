@@ -64,8 +64,10 @@ pub async fn serve(listener: TcpListener, config: PgConfig, stop: CancellationTo
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: go on.
+                    // Out of file descriptors and the like: go on after a
+                    // pause rather than spin.
                     tracing::warn!(error = %e, "Could not accept a Postgres connection.");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },

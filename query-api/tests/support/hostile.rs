@@ -62,6 +62,10 @@ pub fn corpus(secret: &str) -> Vec<String> {
         "ROLLBACK",
         "PREPARE p AS SELECT 1",
         "EXECUTE p",
+        // Cursors (their FETCHes would each get fresh limits) and INTO
+        "DECLARE c CURSOR FOR SELECT * FROM expenses",
+        "FETCH 100000 FROM c",
+        "SELECT * INTO stolen FROM expenses",
         // The table under the views, other catalogs and tenants
         "SELECT * FROM spendstream_lake_base",
         "SELECT * FROM datafusion.public.expenses",
