@@ -517,6 +517,8 @@ async fn reports_as_time_series_top_groups_and_cached_pages() {
             "group_by=day&from=1900-01-01&to=2100-01-01",
             "range_too_large",
         ),
+        ("group_by=day&from=%2B10000-01-01", "invalid_query"),
+        ("group_by=week&from=0001-01-01", "invalid_query"),
     ] {
         let refused = top(bad).await;
         assert_eq!(refused.status(), 400, "{bad}");

@@ -2,8 +2,9 @@
 //! pages after the first, and repeated reports on an unchanged table, read
 //! rows from memory instead of recomputing the whole report.
 //!
-//! Bounded by the number of rows held: the least recently used answers are
-//! dropped first, and an answer larger than the whole budget is not kept.
+//! Bounded by the number of rows held (an empty answer counts as one) and
+//! by a number of answers: the least recently used answers are dropped
+//! first, and an answer larger than the whole budget is not kept.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,14 @@ struct Inner<T> {
 pub struct AnswerCache<T> {
     inner: Mutex<Inner<T>>,
     max_rows: usize,
+}
+
+/// The most answers kept, whatever their size: eviction scans them.
+pub const MAX_ANSWERS: usize = 4096;
+
+/// The rows an answer is charged for.
+fn weight<T>(rows: &[T]) -> usize {
+    rows.len().max(1)
 }
 
 impl<T> AnswerCache<T> {
@@ -72,17 +81,17 @@ impl<T> AnswerCache<T> {
     /// Stores `rows` under `key`, dropping the least recently used answers
     /// until the budget holds.
     pub fn insert(&self, key: Key, rows: Arc<Vec<T>>) {
-        if rows.len() > self.max_rows {
+        if weight(&rows) > self.max_rows {
             return;
         }
         let mut inner = self.lock();
         inner.clock += 1;
         let used = inner.clock;
-        inner.rows += rows.len();
+        inner.rows += weight(&rows);
         if let Some(old) = inner.entries.insert(key, Entry { rows, used }) {
-            inner.rows -= old.rows.len();
+            inner.rows -= weight(&old.rows);
         }
-        while inner.rows > self.max_rows {
+        while inner.rows > self.max_rows || inner.entries.len() > MAX_ANSWERS {
             let Some(oldest) = inner
                 .entries
                 .iter()
@@ -92,7 +101,7 @@ impl<T> AnswerCache<T> {
                 break;
             };
             if let Some(gone) = inner.entries.remove(&oldest) {
-                inner.rows -= gone.rows.len();
+                inner.rows -= weight(&gone.rows);
             }
         }
     }
@@ -141,5 +150,24 @@ mod tests {
         // Replacing an answer counts its rows once.
         cache.insert(key(1, 1), Arc::new(vec![0; 2]));
         assert_eq!(cache.rows(), 6);
+        // Empty answers count as one row each, so they cannot pile up.
+        for query in 100..200 {
+            cache.insert(key(1, query), Arc::new(Vec::new()));
+        }
+        assert!(cache.rows() <= 10);
+        // A cache of no rows keeps nothing, not even empty answers.
+        let none = AnswerCache::<u8>::new(0);
+        none.insert(key(1, 1), Arc::new(Vec::new()));
+        assert!(none.get(&key(1, 1)).is_none());
+    }
+
+    #[test]
+    fn keeps_at_most_max_answers() {
+        let cache = AnswerCache::new(usize::MAX);
+        for query in 0..(MAX_ANSWERS as u64 + 10) {
+            cache.insert(key(1, query), Arc::new(vec![0u8]));
+        }
+        assert_eq!(cache.rows(), MAX_ANSWERS);
+        assert!(cache.get(&key(1, 0)).is_none());
     }
 }

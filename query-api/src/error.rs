@@ -29,7 +29,7 @@ impl From<Error> for ApiError {
             {
                 ApiError::Unprocessable {
                     code: "query_memory_exceeded",
-                    message: "the report needs more memory than one query may hold (--sql-memory-mb): narrow it with from/to or filters".into(),
+                    message: "the query needs more memory than one query may hold (--sql-memory-mb): narrow it with from/to or filters".into(),
                 }
             }
             other => ApiError::internal(other),

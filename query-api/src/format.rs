@@ -26,6 +26,14 @@ fn defuse_formulas(
                     DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                         datafusion::arrow::compute::cast(column, &DataType::Utf8)?
                     }
+                    DataType::Dictionary(_, values)
+                        if matches!(
+                            values.as_ref(),
+                            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                        ) =>
+                    {
+                        datafusion::arrow::compute::cast(column, &DataType::Utf8)?
+                    }
                     _ => return Ok(column.clone()),
                 };
                 let Some(strings) = text.as_any().downcast_ref::<StringArray>() else {

@@ -116,6 +116,25 @@ impl Period {
 /// The most periods a time series may hold (27 years of days).
 pub const MAX_PERIODS: usize = 10_000;
 
+/// The most rows (periods × currencies) a time series may hold.
+pub const MAX_SERIES_ROWS: usize = 100_000;
+
+/// Years a `from` or `to` may name.
+const YEARS: std::ops::RangeInclusive<i32> = 1900..=2200;
+
+/// Changes when the same rows are written differently (CSV formula
+/// defusing), so caches keyed on an older tag do not keep the old bytes.
+const ANSWER_REVISION: &str = "2";
+
+fn range_too_large() -> ApiError {
+    ApiError::bad_request(
+        "range_too_large",
+        format!(
+            "a time series holds at most {MAX_PERIODS} periods and {MAX_SERIES_ROWS} rows; narrow `from` and `to`, filter currencies, or group by a longer period"
+        ),
+    )
+}
+
 /// Query parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -338,6 +357,24 @@ impl Request {
         {
             return Err(invalid("`from` is after `to`"));
         }
+        if [params.from, params.to]
+            .iter()
+            .flatten()
+            .any(|d| !YEARS.contains(&d.year()))
+        {
+            return Err(invalid(&format!(
+                "`from` and `to` must be in the years {} to {}",
+                YEARS.start(),
+                YEARS.end()
+            )));
+        }
+        // A range too long to fill is refused before any query runs.
+        if let (Some(period), Some(from), Some(to)) =
+            (params.group_by.period(), params.from, params.to)
+            && periods_between(period, from, to) > MAX_PERIODS
+        {
+            return Err(range_too_large());
+        }
         if let Some(top) = params.top {
             if params.group_by.period().is_some() {
                 return Err(invalid(
@@ -404,6 +441,7 @@ pub async fn spend(
                 &start.to_string(),
                 &limit.to_string(),
                 format.media_type(),
+                ANSWER_REVISION,
             ],
         )
     };
@@ -425,7 +463,8 @@ pub async fn spend(
             // this SQL text), and its memory pool bounds the report.
             let (ctx, version) =
                 crate::sql::tenant_session(&state.lake, tenant, &state.sql_limits).await?;
-            let rows = Arc::new(answer(&ctx, &request).await?);
+            let rows =
+                Arc::new(crate::sql::within_time(&state.sql_limits, answer(&ctx, &request)).await?);
             state
                 .reports
                 .insert(request.key(version, tenant), rows.clone());
@@ -492,6 +531,19 @@ fn top_groups(rows: Vec<SpendRow>, n: usize) -> Vec<SpendRow> {
         .collect()
 }
 
+/// The periods from the one holding `from` to the one holding `to`.
+fn periods_between(period: Period, from: NaiveDate, to: NaiveDate) -> usize {
+    let days = usize::try_from((to - from).num_days()).unwrap_or(0);
+    match period {
+        Period::Day => days + 1,
+        Period::Week => days / 7 + 2,
+        Period::Month => {
+            let months = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32;
+            usize::try_from(months).unwrap_or(0) + 1
+        }
+    }
+}
+
 /// Day rows (`group` = `YYYY-MM-DD`) bucketed into `period`s, one row per
 /// period and currency from `from` (or the first spend) to `to` (or the
 /// last), zero where nothing was spent, ordered by period then currency.
@@ -531,18 +583,16 @@ fn time_series(
     if codes.is_empty() {
         return Ok(Vec::new());
     }
+    if periods_between(period, first, last).saturating_mul(codes.len()) > MAX_SERIES_ROWS {
+        return Err(range_too_large());
+    }
     let mut rows = Vec::new();
     let mut at = Some(first);
     let mut periods = 0;
     while let Some(start) = at.filter(|d| *d <= last) {
         periods += 1;
         if periods > MAX_PERIODS {
-            return Err(ApiError::bad_request(
-                "range_too_large",
-                format!(
-                    "a time series holds at most {MAX_PERIODS} periods; narrow `from` and `to` or group by a longer period"
-                ),
-            ));
+            return Err(range_too_large());
         }
         for code in &codes {
             let (count, minor) = sums

@@ -159,7 +159,8 @@ fn check_length(sql: &str, limits: &SqlLimits) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn within_time<T>(
+/// `work` within the limits' time (422 `query_timeout` past it).
+pub async fn within_time<T>(
     limits: &SqlLimits,
     work: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
