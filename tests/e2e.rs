@@ -931,7 +931,7 @@ async fn openapi_document_matches_the_routes() {
     let dir = tempfile::tempdir().unwrap();
     let running = common::start(dir.path()).await;
     let base = format!("http://{}", running.addr);
-    let doc: Value = serde_json::from_str(spendstream::app::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(spendstream::app::openapi_json()).unwrap();
     let documented: std::collections::BTreeSet<String> =
         doc["paths"].as_object().unwrap().keys().cloned().collect();
 

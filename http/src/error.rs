@@ -5,7 +5,6 @@ use crate::request_id::current_request_id;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use std::time::Duration;
 
 /// Every error an endpoint returns.
@@ -126,6 +125,16 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub error: String,
+    pub message: String,
+    pub request_id: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -145,11 +154,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = json!({
-            "error": self.code(),
-            "message": message,
-            "request_id": request_id,
-        });
+        let body = ErrorBody {
+            error: self.code().to_string(),
+            message,
+            request_id,
+        };
         let mut response = (status, Json(body)).into_response();
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs().max(1).to_string();

@@ -10,7 +10,7 @@ pub mod request_id;
 pub mod serve;
 
 pub use auth::{Auth, Claims, JwtKeys, Role};
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 pub use serve::{ServerLimits, serve};
 
 /// Wraps a service router with request ids, metrics and a JSON 404.

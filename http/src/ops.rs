@@ -51,12 +51,50 @@ pub fn router(checks: Vec<(&'static str, ReadyCheck)>) -> axum::Router {
     // would otherwise be lost.
     let _ = prometheus();
     axum::Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|| async { prometheus().render() }))
+        .route("/metrics", get(metrics_text))
         .with_state(OpsState { checks })
 }
 
+/// The operations routes' part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz, metrics_text))]
+pub struct OpsApi;
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "Alive."),
+    ),
+)]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Text exposition format."),
+    ),
+)]
+pub async fn metrics_text() -> String {
+    prometheus().render()
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Readiness of the log and the lake",
+    responses(
+        (status = 200, description = "Ready."),
+        (status = 503, description = "A dependency does not answer."),
+    ),
+)]
 async fn readyz(State(state): State<OpsState>) -> Response {
     let mut ok = true;
     let mut report = serde_json::Map::new();

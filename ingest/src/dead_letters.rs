@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use spendstream_http::{ApiError, Auth, Role};
+use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_log::{LetterScope, Record, StoredDeadLetter};
 use spendstream_schemas::{Envelope, identity_key};
 use std::collections::BTreeMap;
@@ -19,11 +19,14 @@ use tracing::{info, instrument};
 
 const MAX_LIMIT: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Return letters with ids above this (the previous page's `next_cursor`).
     pub after: Option<i64>,
+    /// Letters per page.
+    #[param(minimum = 1, maximum = 500, default = 100)]
     pub limit: Option<usize>,
     /// List the letters no tenant could be read from instead (the
     /// operator tenant's admins only).
@@ -55,6 +58,21 @@ fn letter_json(l: &StoredDeadLetter) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    summary = "List dead letters",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "Letters, oldest first, with next_cursor."),
+        (status = 401, description = "No or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role, or asks for unattributed letters without being the operator tenant.", body = ErrorBody),
+        (status = 400, description = "invalid_query", body = ErrorBody),
+        (status = 500, description = "internal: the dead-letter store failed for a reason no retry fixes.", body = ErrorBody),
+        (status = 503, description = "unavailable: the dead-letter store did not answer; Retry-After.", body = ErrorBody),
+    ),
+)]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn list(
     State(state): State<IngestState>,
@@ -91,6 +109,25 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/{id}/replay",
+    summary = "Append a dead letter to the log again",
+    security(("bearer" = [])),
+    params(
+        ("id" = i64, Path, description = "The letter id."),
+    ),
+    responses(
+        (status = 202, description = "Appended at the returned partition and offset."),
+        (status = 404, description = "No such letter for this tenant.", body = ErrorBody),
+        (status = 409, description = "already_replayed", body = ErrorBody),
+        (status = 422, description = "not_replayable", body = ErrorBody),
+        (status = 401, description = "No or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable: the log or the dead-letter store did not answer; Retry-After.", body = ErrorBody),
+    ),
+)]
 #[instrument(skip_all, fields(tenant = %auth.tenant(), id))]
 pub async fn replay(
     State(state): State<IngestState>,

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
 use spendstream_http::request_id::current_request_id;
-use spendstream_http::{ApiError, Auth, Role};
+use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_log::{Claim, IdempotencyStore, Record};
 use spendstream_schemas::error::Chain;
 use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
@@ -33,9 +33,26 @@ use tracing::{error, info, instrument, warn};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// A record of the request body: the contract's JSON Schema, served at
+/// `/v1/schemas/expense.v1.json` (a reference to it in the document).
+pub struct RecordRef;
+
+impl utoipa::PartialSchema for RecordRef {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::Ref::new("/v1/schemas/expense.v1.json").into()
+    }
+}
+
+impl utoipa::ToSchema for RecordRef {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Record".into()
+    }
+}
+
 /// One rejected record in a response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Rejected {
+    /// Position of the record in the body, from 0.
     pub index: usize,
     #[serde(flatten)]
     pub error: RecordError,
@@ -43,15 +60,19 @@ pub struct Rejected {
 
 /// The rejections of one request: the first `limit` listed with their
 /// index, every one counted by code.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Rejections {
+    /// The first max_rejected_listed rejections (default 1,000), by index.
     #[serde(rename = "rejected")]
     pub listed: Vec<Rejected>,
+    /// Every rejected record, listed or not.
     #[serde(rename = "rejected_total")]
     pub total: usize,
+    /// Rejected records per error code (all of them).
     #[serde(rename = "rejected_by_code")]
+    #[schema(value_type = BTreeMap<String, usize>)]
     pub by_code: BTreeMap<ErrorCode, usize>,
-    /// More were rejected than are listed.
+    /// More records were rejected than are listed.
     #[serde(rename = "rejected_truncated")]
     pub truncated: bool,
     #[serde(skip)]
@@ -84,8 +105,9 @@ impl Rejections {
 
 /// The body of 202 and 422 answers (and, with an error, of 408, 413 and
 /// 503 answers past the first append).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestResponse {
+    /// A UUID naming this request's records in the log and the lake.
     pub batch_id: String,
     pub accepted: usize,
     #[serde(flatten)]
@@ -114,6 +136,35 @@ struct Decoded {
     rejected: Rejections,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/expenses",
+    summary = "Ingest expense records",
+    description = "Streams NDJSON, a JSON array or CSV (gzip with Content-Encoding). Each record is validated; accepted records are durably in the log before 202 is sent. Every request is bounded: per-tenant and global in-flight limits, idle and total body timeouts, wire, decompressed and per-record byte limits, and at most max_rejected_listed rejections listed (all counted by code).",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = ""),
+    ),
+    request_body(content(
+        (String = "application/x-ndjson"),
+        (Vec<RecordRef> = "application/json"),
+        (String = "text/csv"),
+    )),
+    responses(
+        (status = 202, description = "At least one record accepted.", body = IngestResponse),
+        (status = 400, description = "Nothing could be framed (invalid_body, invalid_csv_header, empty_body, invalid_idempotency_key), or body_incomplete: the body did not arrive whole (carries batch_id, accepted and the rejection counts; the Idempotency-Key is not used up).", body = ErrorBody),
+        (status = 401, description = "No or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the ingest role.", body = ErrorBody),
+        (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
+        (status = 413, description = "payload_too_large: past the wire or decompressed limit (with batch_id, accepted and the rejection counts when cut mid-stream).", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "No record acceptable (same body as 202), or idempotency_key_reused.", body = IngestResponse),
+        (status = 503, description = "unavailable: the log did not confirm every record (Kafka: a delivery report failed or timed out, or the producer queue is full), or the edge has too many requests in flight; Retry-After. Carries accepted when some records were confirmed first.", body = ErrorBody),
+        (status = 408, description = "body_timeout: the body paused longer than the idle timeout or took longer than the total timeout. Carries batch_id, accepted and the rejection counts; Retry-After; the connection is closed.", body = ErrorBody),
+        (status = 429, description = "rate_limited: this tenant already has its share of ingest requests in flight; Retry-After.", body = ErrorBody),
+        (status = 500, description = "internal: the log refused the records for a reason no retry fixes (logged with the request id). Carries accepted.", body = ErrorBody),
+    ),
+)]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn post_expenses(
     State(state): State<IngestState>,

@@ -86,21 +86,46 @@ pub(crate) fn store_error(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/expense.v1.json",
+    summary = "JSON Schema of a record (contract v1)",
+    responses(
+        (status = 200, description = "The schema."),
+    ),
+)]
+pub async fn record_schema() -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        spendstream_schemas::RECORD_JSON_SCHEMA,
+    )
+}
+
+/// The ingest routes' part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        handler::post_expenses,
+        dead_letters::list,
+        dead_letters::replay,
+        record_schema
+    ),
+    components(schemas(
+        handler::IngestResponse,
+        handler::Rejected,
+        handler::RecordRef,
+        spendstream_http::ErrorBody
+    ))
+)]
+pub struct IngestApi;
+
 /// The ingest routes (without the shared layers; see `spendstream_http::finish`).
 pub fn router(state: IngestState) -> Router {
     Router::new()
         .route("/v1/expenses", post(handler::post_expenses))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/{id}/replay", post(dead_letters::replay))
-        .route(
-            "/v1/schemas/expense.v1.json",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "application/schema+json")],
-                    spendstream_schemas::RECORD_JSON_SCHEMA,
-                )
-            }),
-        )
+        .route("/v1/schemas/expense.v1.json", get(record_schema))
         // The handler enforces its own, streaming-aware limits.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

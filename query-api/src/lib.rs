@@ -56,6 +56,14 @@ impl FromRef<QueryState> for JwtKeys {
     }
 }
 
+/// The query routes' part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(report::spend, sql::sql),
+    components(schemas(report::SpendReport, report::SpendRow, sql::SqlResult, sql::SqlRequest))
+)]
+pub struct QueryApi;
+
 /// The query routes (without the shared layers; see `spendstream_http::finish`).
 pub fn router(state: QueryState) -> Router {
     Router::new()

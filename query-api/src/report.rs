@@ -28,15 +28,17 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use spendstream_http::{ApiError, Auth, Role};
+use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_schemas::{Category, Currency, Status, format_minor};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use tracing::instrument;
 
-/// Dimensions a report can group by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// Dimensions a report can group by: day, week (labelled by its Monday)
+/// and month answer a time series ordered by period, with a zero row for
+/// each period and currency without spend; the others are ranked by amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     Category,
@@ -136,8 +138,9 @@ fn range_too_large() -> ApiError {
 }
 
 /// Query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SpendParams {
     pub group_by: GroupBy,
     /// First transaction date included (YYYY-MM-DD).
@@ -146,10 +149,14 @@ pub struct SpendParams {
     pub to: Option<NaiveDate>,
     /// Comma-separated statuses, or `all`; default `posted,pending`.
     pub status: Option<String>,
+    /// Rows per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<usize>,
+    /// The previous page's `next_cursor` (bound to the same query).
     pub cursor: Option<String>,
-    /// Only the first N groups by amount, in one answer (not with periods,
-    /// `limit` or `cursor`).
+    /// Only the first N groups by amount (every currency of each), in one
+    /// answer (not with periods, `limit` or `cursor`).
+    #[param(minimum = 1, maximum = 1000)]
     pub top: Option<usize>,
     /// Comma-separated categories.
     pub category: Option<String>,
@@ -262,7 +269,7 @@ impl Filters {
 }
 
 /// One report row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SpendRow {
     pub group: Option<String>,
     pub currency: String,
@@ -273,7 +280,7 @@ pub struct SpendRow {
 }
 
 /// A page of a report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SpendReport {
     pub group_by: GroupBy,
     pub rows: Vec<SpendRow>,
@@ -408,6 +415,27 @@ impl Request {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/reports/spend",
+    summary = "Spend grouped by a dimension and currency",
+    security(("bearer" = [])),
+    params(
+        SpendParams,
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer: 304 while the lake table is unchanged."),
+    ),
+    responses(
+        (status = 200, description = "One page, in the format Accept asks for: application/json (default), text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet; non-JSON pages hold the rows (group, currency, count, amount, amount_minor) and the next cursor in the Spendstream-Next-Cursor header.", content((SpendReport = "application/json"), (String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"), (Vec<u8> = "application/vnd.apache.parquet")), headers(("ETag" = String, description = "Weak tag of the lake table version and the request."), ("Spendstream-Next-Cursor" = String, description = "CSV, Arrow and Parquet answers: the cursor of the next page, when there is one."))),
+        (status = 400, description = "invalid_query, invalid_cursor, range_too_large (a time series of more than 10000 periods or 100000 rows)", body = ErrorBody),
+        (status = 401, description = "No or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the read role.", body = ErrorBody),
+        (status = 503, description = "The lake is unavailable.", body = ErrorBody),
+        (status = 500, description = "internal: the query failed for a reason no retry fixes (logged with the request id).", body = ErrorBody),
+        (status = 304, description = "Not modified: the lake table has not changed since the answer tagged with If-None-Match (the ETag header repeats the tag)."),
+        (status = 406, description = "not_acceptable: no media type of Accept is available.", body = ErrorBody),
+        (status = 422, description = "query_memory_exceeded: the report needs more memory than one query may hold (--sql-memory-mb); query_timeout: it ran longer than --sql-timeout-secs.", body = ErrorBody),
+    ),
+)]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn spend(
     State(state): State<QueryState>,

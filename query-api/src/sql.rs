@@ -36,7 +36,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use spendstream_http::{ApiError, Auth, Role};
+use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_lake::Lake;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,14 +88,14 @@ impl Default for SqlLimits {
 }
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
     pub sql: String,
 }
 
 /// A result column.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SqlColumn {
     pub name: String,
     /// The Arrow type, e.g. `Int64`, `Utf8`, `Decimal128(38, 0)`.
@@ -105,12 +105,31 @@ pub struct SqlColumn {
 /// The answer: columns, then rows as arrays in column order. Integers and
 /// booleans are JSON numbers and booleans; decimals (money), dates and
 /// everything else are strings, exactly as DataFusion prints them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SqlResult {
     pub columns: Vec<SqlColumn>,
     pub rows: Vec<Vec<Value>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sql",
+    summary = "One read-only SQL statement over the caller's tenant",
+    description = "The session holds two views, `expenses` (every row version of the tenant) and `expenses_latest` (the latest version of each expense), plus `information_schema`. DDL, DML, COPY, SET, EXPLAIN, recursive CTEs, file and URL tables are refused.",
+    security(("bearer" = [])),
+    request_body(content = SqlRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The result, in the format Accept asks for: application/json (default), text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet.", content((SqlResult = "application/json"), (String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"), (Vec<u8> = "application/vnd.apache.parquet"))),
+        (status = 400, description = "invalid_body, invalid_sql, statement_not_allowed", body = ErrorBody),
+        (status = 401, description = "No or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the read role.", body = ErrorBody),
+        (status = 413, description = "payload_too_large: the statement is longer than the limit.", body = ErrorBody),
+        (status = 422, description = "query_timeout, query_memory_exceeded, result_too_large, query_failed, unsupported_result_type", body = ErrorBody),
+        (status = 503, description = "The lake is unavailable.", body = ErrorBody),
+        (status = 500, description = "internal (logged with the request id).", body = ErrorBody),
+        (status = 406, description = "not_acceptable: no media type of Accept is available.", body = ErrorBody),
+    ),
+)]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn sql(
     State(state): State<QueryState>,

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// A stable code for why one record was rejected. The string forms are part
 /// of the public API: never rename one, only add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The record is not a JSON object (or the NDJSON line is not JSON).
@@ -82,12 +82,14 @@ impl fmt::Display for ErrorCode {
 /// for people. The sentence never carries a card number: anything in it that
 /// looks like one (an echoed value, a parser's quote of the input) is masked
 /// when the error is made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error, utoipa::ToSchema)]
 #[error("{code}: {message}")]
 pub struct RecordError {
     #[serde(rename = "error")]
     pub code: ErrorCode,
+    /// The field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub field: Option<&'static str>,
     pub message: String,
 }

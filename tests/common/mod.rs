@@ -522,7 +522,7 @@ pub fn peak_rss(pid: u32) -> u64 {
 /// every documented path must answer 405 to the methods it does not list:
 /// the document describes what the code does, checked against what it did.
 pub async fn assert_documented(base: &str) {
-    let doc: Value = serde_json::from_str(spendstream::app::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(spendstream::app::openapi_json()).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
