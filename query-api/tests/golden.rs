@@ -10,18 +10,9 @@
 
 mod support;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use serde_json::{Value, json};
-use spendstream_http::{Claims, JwtKeys};
-use spendstream_query_api::sql::SqlLimits;
-use spendstream_query_api::{QueryState, router};
+use serde_json::Value;
 use spendstream_schemas::{Category, EnrichedRecord};
-use std::sync::Arc;
-use support::fixtures::{enriched, lake_with};
-use tower::ServiceExt as _;
-
-const SECRET: &[u8] = b"golden-tests-secret-golden-tests-secret";
+use support::fixtures::{QueryApp, enriched, lake_with};
 
 fn rows() -> Vec<EnrichedRecord> {
     use Category::*;
@@ -149,59 +140,25 @@ fn rows() -> Vec<EnrichedRecord> {
 }
 
 struct Api {
-    app: axum::Router,
-    token: String,
+    app: QueryApp,
     _dir: tempfile::TempDir,
 }
 
 impl Api {
     async fn new() -> Self {
         let (dir, lake) = lake_with(&rows()).await;
-        let keys = JwtKeys::new(SECRET).unwrap();
-        let token = keys.sign(&Claims {
-            tenant: "acme".into(),
-            roles: vec!["read".into()],
-            exp: chrono::Utc::now().timestamp() + 3600,
-            ..Claims::default()
-        });
-        let state = QueryState::new(keys, Arc::new(lake), SqlLimits::default(), 10_000);
         Self {
-            app: spendstream_http::finish(router(state)),
-            token,
+            app: QueryApp::new(lake, "acme", 10_000),
             _dir: dir,
         }
     }
 
-    async fn send(&self, request: Request<Body>) -> Value {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-
     async fn report(&self, query: &str) -> Value {
-        self.send(
-            Request::get(format!("/v1/reports/spend?{query}"))
-                .header("authorization", format!("Bearer {}", self.token))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
+        self.app.report(query).await
     }
 
     async fn sql(&self, sql: &str) -> Value {
-        self.send(
-            Request::post("/v1/sql")
-                .header("authorization", format!("Bearer {}", self.token))
-                .header("content-type", "application/json")
-                .body(Body::from(json!({ "sql": sql }).to_string()))
-                .unwrap(),
-        )
-        .await
+        self.app.sql(sql).await
     }
 }
 

@@ -4,24 +4,16 @@
 
 mod support;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
-use serde_json::{Value, json};
-use spendstream_http::{Claims, JwtKeys};
-use spendstream_query_api::sql::SqlLimits;
-use spendstream_query_api::{QueryState, router};
+use serde_json::json;
 use spendstream_schemas::{Category, EnrichedRecord};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use support::fixtures::{enriched, lake_with};
-use tower::ServiceExt as _;
+use support::fixtures::{QueryApp, enriched, lake_with};
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 const CURRENCIES: [&str; 3] = ["EUR", "USD", "JPY"];
 const STATUSES: [&str; 4] = ["posted", "pending", "reversed", "declined"];
 const CATEGORIES: [Category; 3] = [Category::Restaurants, Category::Airlines, Category::Other];
-const SECRET: &[u8] = b"isolation-tests-secret-isolation-tests";
 
 /// One row version: tenant, expense, version, amount, currency, status,
 /// category, day of 2026.
@@ -143,17 +135,6 @@ fn expected(rows: &[Row], tenant: usize, statuses: &[usize]) -> BTreeMap<String,
     out
 }
 
-async fn send(app: &axum::Router, request: Request<Body>) -> Value {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
-        .await
-        .unwrap();
-    let body: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -173,27 +154,14 @@ proptest! {
         runtime.block_on(async {
             let records: Vec<EnrichedRecord> = rows.iter().map(Row::record).collect();
             let (_dir, lake) = lake_with(&records).await;
-            let keys = JwtKeys::new(SECRET).unwrap();
-            let token = keys.sign(&Claims {
-                tenant: TENANTS[tenant].into(),
-                roles: vec!["read".into()],
-                exp: chrono::Utc::now().timestamp() + 3600,
-                ..Claims::default()
-            });
-            let app = spendstream_http::finish(router(QueryState::new(keys, Arc::new(lake), SqlLimits::default(), 1_000)));
-            let bearer = format!("Bearer {token}");
+            let app = QueryApp::new(lake, TENANTS[tenant], 1_000);
             for ask in &asks {
                 match ask {
                     Ask::Report { group_by, statuses } => {
                         let status = statuses.iter().map(|s| STATUSES[*s]).collect::<Vec<_>>().join(",");
-                        let body = send(
-                            &app,
-                            Request::get(format!("/v1/reports/spend?group_by={group_by}&status={status}&limit=1000"))
-                                .header("authorization", &bearer)
-                                .body(Body::empty())
-                                .unwrap(),
-                        )
-                        .await;
+                        let body = app
+                            .report(&format!("group_by={group_by}&status={status}&limit=1000"))
+                            .await;
                         assert!(body["next_cursor"].is_null(), "{body}");
                         let mut totals: BTreeMap<String, (i64, i128)> = BTreeMap::new();
                         for r in body["rows"].as_array().unwrap() {
@@ -206,15 +174,7 @@ proptest! {
                         assert_eq!(totals, expected(&rows, tenant, statuses), "{ask:?}: {body}");
                     }
                     Ask::Sql(sql) => {
-                        let body = send(
-                            &app,
-                            Request::post("/v1/sql")
-                                .header("authorization", &bearer)
-                                .header("content-type", "application/json")
-                                .body(Body::from(json!({ "sql": sql }).to_string()))
-                                .unwrap(),
-                        )
-                        .await;
+                        let body = app.sql(sql).await;
                         let answered = body["rows"].as_array().unwrap();
                         for r in answered {
                             assert_eq!(r[0], json!(TENANTS[tenant]), "{sql}: {body}");

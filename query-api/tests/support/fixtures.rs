@@ -2,11 +2,18 @@
 
 #![allow(dead_code)]
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use chrono::Utc;
+use serde_json::{Value, json};
+use spendstream_http::{Claims, JwtKeys};
 use spendstream_lake::{AppTxn, Lake};
 use spendstream_query_api::sql::SqlLimits;
+use spendstream_query_api::{QueryState, router};
 use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, to_record_batch};
+use std::sync::Arc;
 use std::time::Duration;
+use tower::ServiceExt as _;
 
 /// The `version` of the expense `external_id` of `tenant` (source `s`) whose
 /// other fields are the record-contract JSON members in `fields` (e.g.
@@ -64,5 +71,68 @@ pub fn limits() -> SqlLimits {
         max_rows: 1_000,
         max_result_bytes: 4 << 20,
         max_sql_bytes: 16 << 10,
+    }
+}
+
+/// The query routes over a lake, called as one tenant with role `read`.
+pub struct QueryApp {
+    app: axum::Router,
+    bearer: String,
+}
+
+impl QueryApp {
+    pub fn new(lake: Lake, tenant: &str, report_cache_rows: usize) -> Self {
+        let keys = JwtKeys::new(b"query-tests-secret-query-tests-secret").unwrap();
+        let token = keys.sign(&Claims {
+            tenant: tenant.into(),
+            roles: vec!["read".into()],
+            exp: Utc::now().timestamp() + 3600,
+            ..Claims::default()
+        });
+        let state = QueryState::new(
+            keys,
+            Arc::new(lake),
+            SqlLimits::default(),
+            report_cache_rows,
+        );
+        Self {
+            app: spendstream_http::finish(router(state)),
+            bearer: format!("Bearer {token}"),
+        }
+    }
+
+    /// The JSON answer of a 200 (any other status fails the test).
+    async fn send(&self, request: Request<Body>) -> Value {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// `GET /v1/reports/spend?{query}`.
+    pub async fn report(&self, query: &str) -> Value {
+        self.send(
+            Request::get(format!("/v1/reports/spend?{query}"))
+                .header("authorization", &self.bearer)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// `POST /v1/sql` with `sql`.
+    pub async fn sql(&self, sql: &str) -> Value {
+        self.send(
+            Request::post("/v1/sql")
+                .header("authorization", &self.bearer)
+                .header("content-type", "application/json")
+                .body(Body::from(json!({ "sql": sql }).to_string()))
+                .unwrap(),
+        )
+        .await
     }
 }
