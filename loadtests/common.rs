@@ -64,6 +64,16 @@ pub fn numeric_args() -> anyhow::Result<Vec<usize>> {
         .collect::<Result<_, _>>()?)
 }
 
+/// A token for `tenant` with `role`, signed with the instances' keys.
+pub fn token_for(tenant: &str, role: Role) -> anyhow::Result<String> {
+    Ok(spendstream::secret::mint(
+        &keys()?,
+        tenant,
+        &[role],
+        Duration::from_secs(3600),
+    ))
+}
+
 /// A read token for tenant `bench`.
 pub fn read_token() -> anyhow::Result<String> {
     Ok(spendstream::secret::mint(
