@@ -143,6 +143,24 @@ fn questions() -> Vec<Question> {
             ),
             "SELECT currency, currency, count(*), sum(amount_minor::HUGEINT) FROM latest WHERE status IN ('posted', 'pending') GROUP BY ALL",
         ),
+        // The category report's question as SQL on the view, and written out
+        // by hand with the same latest-version join.
+        q(
+            "SQL: by category on expenses_latest",
+            None,
+            Some(
+                "SELECT category, currency, COUNT(*) AS n, CAST(SUM(amount_minor) AS DECIMAL(38, 0)) AS total FROM expenses_latest WHERE status IN ('posted', 'pending') GROUP BY category, currency",
+            ),
+            "SELECT category, currency, count(*), sum(amount_minor::HUGEINT) FROM latest WHERE status IN ('posted', 'pending') GROUP BY ALL",
+        ),
+        q(
+            "SQL: by category, max-version join",
+            None,
+            Some(
+                "SELECT e.category, e.currency, COUNT(*) AS n, CAST(SUM(e.amount_minor) AS DECIMAL(38, 0)) AS total FROM expenses e JOIN (SELECT expense_id, MAX(version) AS v FROM expenses GROUP BY expense_id) m ON e.expense_id = m.expense_id AND e.version = m.v WHERE e.status IN ('posted', 'pending') GROUP BY e.category, e.currency",
+            ),
+            "SELECT category, currency, count(*), sum(amount_minor::HUGEINT) FROM latest WHERE status IN ('posted', 'pending') GROUP BY ALL",
+        ),
         q(
             "SQL: spend by employee and month",
             None,
@@ -180,7 +198,6 @@ async fn through_api(
                     .bearer_auth(&token)
                     .send()
                     .await?
-                    .error_for_status()?
                     .json()
                     .await?
             }
@@ -191,13 +208,13 @@ async fn through_api(
                     .json(&json!({ "sql": sql }))
                     .send()
                     .await?
-                    .error_for_status()?
                     .json()
                     .await?
             }
             (None, None) => anyhow::bail!("{}: nothing to ask", question.name),
         };
         timings.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(body.get("error").is_none(), "{}: {body}", question.name);
         if question.report.is_some() {
             anyhow::ensure!(
                 body["next_cursor"].is_null(),
@@ -283,7 +300,8 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let mut api = Vec::new();
     for question in questions() {
-        api.push(through_api(&client, &base, &question, repeats).await?);
+        // A refusal (a limit broken) is a figure too: printed in its row.
+        api.push(through_api(&client, &base, &question, repeats).await);
     }
     let plan = json!({
         "files": files.iter().filter(|f| f.contains("tenant_id=big/")).collect::<Vec<_>>(),
@@ -315,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
         "\n| question | API p50 ms | API p95 ms | DuckDB p50 ms | DuckDB p95 ms | API / DuckDB (p50) | goal |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (question, (timings, totals)) in questions().iter().zip(&api) {
+    for (question, answer) in questions().iter().zip(&api) {
         let d = &duck[question.name];
         let d_ms: Vec<f64> = d["ms"]
             .as_array()
@@ -332,6 +350,23 @@ async fn main() -> anyhow::Result<()> {
                 r[3].as_str().unwrap_or_default().parse()?,
             );
         }
+        let goal = if question.report.is_some() {
+            "≤ 0.5"
+        } else {
+            "≤ 1.5"
+        };
+        let (timings, totals) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                println!(
+                    "| {} | refused: {e} | | {:.0} | {:.0} | — | {goal} |",
+                    question.name,
+                    percentile(&d_ms, 0.5),
+                    percentile(&d_ms, 0.95)
+                );
+                continue;
+            }
+        };
         anyhow::ensure!(
             *totals == d_totals,
             "{}: the API answered {totals:?}, DuckDB {d_totals:?}",

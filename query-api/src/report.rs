@@ -486,7 +486,7 @@ pub async fn spend(
     let (version, rows) = match cached {
         Some(hit) => hit,
         None => {
-            // The tenant's session of `POST /v1/sql`: its `expenses` view
+            // The tenant's session of `POST /v1/sql`: its `expenses_latest` view
             // holds only the tenant's rows (isolation in the plan, not in
             // this SQL text), and its memory pool bounds the report.
             let (ctx, version) =
@@ -677,8 +677,8 @@ fn rows_as_batch(rows: &[SpendRow]) -> Result<(SchemaRef, RecordBatch), ApiError
     Ok((schema, batch))
 }
 
-/// Every row of the report over the rows `ctx` holds as `expenses` (a
-/// tenant session's view), sorted by amount (exactly, across exponents)
+/// Every row of the report over the rows `ctx` holds as `expenses_latest`
+/// (a tenant session's view: the latest version of each expense), sorted by amount (exactly, across exponents)
 /// descending, then group and currency.
 pub async fn spend_rows(
     ctx: &SessionContext,
@@ -748,7 +748,6 @@ fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
 /// group expression comes from [`GroupBy`], account and employee ids are
 /// quoted string literals. No tenant: the session's view holds only one.
 fn spend_sql(params: &SpendParams, statuses: &[Status], filters: &Filters) -> String {
-    let latest = |col: &str| format!("first_value({col} ORDER BY version DESC)");
     let status_list = statuses
         .iter()
         .map(|s| format!("'{}'", s.as_str()))
@@ -762,32 +761,13 @@ fn spend_sql(params: &SpendParams, statuses: &[Status], filters: &Filters) -> St
         conditions.push(format!("transaction_date <= DATE '{to}'"));
     }
     conditions.extend(filters.conditions());
+    let group = params.group_by.column();
     format!(
-        "SELECT g, currency, CAST(COUNT(*) AS BIGINT) AS n,
+        "SELECT {group} AS g, currency, CAST(COUNT(*) AS BIGINT) AS n,
                 SUM(CAST(amount_minor AS DECIMAL(38, 0))) AS total
-         FROM (
-           SELECT expense_id,
-                  {status} AS status,
-                  {date} AS transaction_date,
-                  {amount} AS amount_minor,
-                  {currency} AS currency,
-                  {category} AS category,
-                  {account} AS account_id,
-                  {employee} AS employee_id,
-                  {group} AS g
-           FROM expenses
-           GROUP BY expense_id
-         ) latest
+         FROM expenses_latest
          WHERE {filters}
-         GROUP BY g, currency",
-        status = latest("status"),
-        date = latest("transaction_date"),
-        amount = latest("amount_minor"),
-        currency = latest("currency"),
-        category = latest("category"),
-        account = latest("account_id"),
-        employee = latest("employee_id"),
-        group = latest(params.group_by.column()),
+         GROUP BY {group}, currency",
         filters = conditions.join(" AND "),
     )
 }

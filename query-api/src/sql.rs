@@ -312,32 +312,26 @@ pub async fn tenant_session(
         .register_table(BASE, base)
         .map_err(ApiError::internal)?;
     let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
+    // The latest version of each expense: a hash aggregate of the highest
+    // version per expense joined back, which streams the table twice (the
+    // first time two columns) where a window over every version must hold
+    // and sort all of them (it broke the memory pool at ~500k rows). The
+    // lake holds each (expense, version) once, so each expense joins once.
     let latest = format!(
-        "SELECT * FROM (
-           SELECT *, row_number() OVER (PARTITION BY expense_id ORDER BY version DESC) AS spendstream_rank
+        "SELECT e.* FROM {BASE} e
+         JOIN (
+           SELECT expense_id, MAX(version) AS latest_version
            FROM {BASE} WHERE tenant_id = '{tenant}'
-         ) WHERE spendstream_rank = 1"
+           GROUP BY expense_id
+         ) m ON e.expense_id = m.expense_id AND e.version = m.latest_version
+         WHERE e.tenant_id = '{tenant}'"
     );
     for (name, text) in [("expenses", all), ("expenses_latest", latest)] {
-        let mut plan = scratch
+        let plan = scratch
             .state()
             .create_logical_plan(&text)
             .await
             .map_err(ApiError::internal)?;
-        if name == "expenses_latest" {
-            // Without the rank column.
-            let keep: Vec<_> = plan
-                .schema()
-                .columns()
-                .into_iter()
-                .filter(|c| c.name != "spendstream_rank")
-                .map(datafusion::prelude::Expr::Column)
-                .collect();
-            plan = datafusion::logical_expr::LogicalPlanBuilder::from(plan)
-                .project(keep)
-                .and_then(|b| b.build())
-                .map_err(ApiError::internal)?;
-        }
         ctx.register_table(name, Arc::new(ViewTable::new(plan, None)))
             .map_err(ApiError::internal)?;
     }
