@@ -143,7 +143,7 @@ struct Decoded {
     description = "Streams NDJSON, a JSON array or CSV (gzip with Content-Encoding). Each record is validated; accepted records are durably in the log before 202 is sent. Every request is bounded: per-tenant and global in-flight limits, idle and total body timeouts, wire, decompressed and per-record byte limits, and at most max_rejected_listed rejections listed (all counted by code).",
     security(("bearer" = [])),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = ""),
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, description = "A client's key for this request (at most 255 characters): a retry with the same key and body gets the first answer back and writes nothing."),
     ),
     request_body(content(
         (String = "application/x-ndjson"),

@@ -553,7 +553,6 @@ impl ExtendedQueryHandler for Queries {
         // A prepared statement's plan holds the table state of the session
         // it was parsed in: plan it again in the current one (through the
         // guard again), so a statement prepared once reads new data.
-        let session = session(&self.config, client).await?;
         let replanned = match &portal.statement.statement {
             (sql, Some(_)) => {
                 let statement = self
@@ -576,6 +575,7 @@ impl ExtendedQueryHandler for Queries {
                 fresh
             }
             (_, None) => {
+                let session = session(&self.config, client).await?;
                 return <DfSessionService as ExtendedQueryHandler>::do_query(
                     &session.service,
                     client,
@@ -586,6 +586,9 @@ impl ExtendedQueryHandler for Queries {
                 .map_err(classify);
             }
         };
+        // The session the statement was just planned in (parsing reopened
+        // it if the lake had moved).
+        let session = session(&self.config, client).await?;
         <DfSessionService as ExtendedQueryHandler>::do_query(
             &session.service,
             client,

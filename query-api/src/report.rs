@@ -271,6 +271,8 @@ impl Filters {
 /// One report row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SpendRow {
+    /// The group's value (null for records without one).
+    #[schema(required)]
     pub group: Option<String>,
     pub currency: String,
     pub count: i64,
@@ -284,6 +286,8 @@ pub struct SpendRow {
 pub struct SpendReport {
     pub group_by: GroupBy,
     pub rows: Vec<SpendRow>,
+    /// The next page's cursor; null on the last page.
+    #[schema(required)]
     pub next_cursor: Option<String>,
 }
 
@@ -564,7 +568,10 @@ fn periods_between(period: Period, from: NaiveDate, to: NaiveDate) -> usize {
     let days = usize::try_from((to - from).num_days()).unwrap_or(0);
     match period {
         Period::Day => days + 1,
-        Period::Week => days / 7 + 2,
+        Period::Week => {
+            let weeks = (period.start(to) - period.start(from)).num_days() / 7;
+            usize::try_from(weeks).unwrap_or(0) + 1
+        }
         Period::Month => {
             let months = (to.year() - from.year()) * 12 + to.month() as i32 - from.month() as i32;
             usize::try_from(months).unwrap_or(0) + 1
@@ -913,6 +920,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code(), "range_too_large");
+    }
+
+    #[test]
+    fn periods_between_counts_each_period_once() {
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        // Mondays 2026-01-05 and 2026-01-19: three weeks; mid-week ends too.
+        assert_eq!(
+            periods_between(Period::Week, d("2026-01-05"), d("2026-01-19")),
+            3
+        );
+        assert_eq!(
+            periods_between(Period::Week, d("2026-01-07"), d("2026-01-20")),
+            3
+        );
+        assert_eq!(
+            periods_between(Period::Week, d("2026-01-05"), d("2026-01-05")),
+            1
+        );
+        assert_eq!(
+            periods_between(Period::Day, d("2026-01-05"), d("2026-01-05")),
+            1
+        );
+        assert_eq!(
+            periods_between(Period::Month, d("2025-12-31"), d("2026-02-01")),
+            3
+        );
     }
 
     #[test]
