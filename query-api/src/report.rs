@@ -493,10 +493,14 @@ pub async fn spend(
             // The tenant's session of `POST /v1/sql`: its `expenses_latest` view
             // holds only the tenant's rows (isolation in the plan, not in
             // this SQL text), and its memory pool bounds the report.
-            let (ctx, version) =
-                crate::sql::tenant_session(&state.lake, tenant, &state.sql_limits).await?;
-            let rows =
-                Arc::new(crate::sql::within_time(&state.sql_limits, answer(&ctx, &request)).await?);
+            // One time limit over opening the session and the report.
+            let (version, rows) = crate::sql::within_time(&state.sql_limits, async {
+                let (ctx, version) =
+                    crate::sql::tenant_session(&state.lake, tenant, &state.sql_limits).await?;
+                Ok((version, answer(&ctx, &request).await?))
+            })
+            .await?;
+            let rows = Arc::new(rows);
             state
                 .reports
                 .insert(request.key(version, tenant), rows.clone());

@@ -144,8 +144,13 @@ pub async fn sql(
     check_length(&request.sql, limits)?;
     // No ETag: a POST is not answered 304 (RFC 9110), and a statement may
     // read the clock or random numbers, so equal text is not an equal answer.
-    let (ctx, _version) = tenant_session(&state.lake, auth.tenant(), limits).await?;
-    let result = within_time(limits, run(ctx, &request.sql, limits)).await?;
+    // One time limit over opening the session (reading the lake state) and
+    // the query.
+    let result = within_time(limits, async {
+        let (ctx, _version) = tenant_session(&state.lake, auth.tenant(), limits).await?;
+        run(ctx, &request.sql, limits).await
+    })
+    .await?;
     let body = result.render(format)?;
     Ok((
         [
@@ -165,8 +170,12 @@ pub async fn answer(
     limits: &SqlLimits,
 ) -> Result<SqlResult, ApiError> {
     check_length(sql, limits)?;
-    let (ctx, _) = tenant_session(lake, tenant, limits).await?;
-    within_time(limits, run(ctx, sql, limits)).await?.to_json()
+    within_time(limits, async {
+        let (ctx, _) = tenant_session(lake, tenant, limits).await?;
+        run(ctx, sql, limits).await
+    })
+    .await?
+    .to_json()
 }
 
 fn check_length(sql: &str, limits: &SqlLimits) -> Result<(), ApiError> {
