@@ -114,9 +114,21 @@ pub async fn post_all(
         .chunks(batch)
         .map(|c| c.iter().map(|i| line(*i) + "\n").collect())
         .collect();
+    let started = Instant::now();
+    let accepted = post_bodies(url, token, bodies, concurrency).await?;
+    Ok((accepted, started.elapsed().as_secs_f64()))
+}
+
+/// Posts NDJSON `bodies` from `concurrency` clients; every request must get
+/// a 202. Returns the records accepted.
+pub async fn post_bodies(
+    url: &str,
+    token: &str,
+    bodies: Vec<String>,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
     let queue = Arc::new(std::sync::Mutex::new(bodies));
     let client = reqwest::Client::new();
-    let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..concurrency {
         let (queue, client, url, token) = (
@@ -149,7 +161,14 @@ pub async fn post_all(
     for c in clients {
         accepted += c.await??;
     }
-    Ok((accepted, started.elapsed().as_secs_f64()))
+    Ok(accepted)
+}
+
+/// The `p` quantile (0 to 1) of `samples`, nearest rank.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Waits until the processors wrote `records` rows to the lake. A processor

@@ -36,11 +36,6 @@ struct Figures {
     after_commit_max: f64,
 }
 
-fn percentile(samples: &mut [f64], p: f64) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
-
 async fn report_ms(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
     let resp = client
@@ -118,10 +113,10 @@ async fn run(
     running.shutdown().await?;
     Ok(Figures {
         processors,
-        report_p50: percentile(&mut warm, 0.5),
-        report_p95: percentile(&mut warm, 0.95),
-        after_commit_p50: percentile(&mut after_commit, 0.5),
-        after_commit_max: percentile(&mut after_commit, 1.0),
+        report_p50: common::percentile(&warm, 0.5),
+        report_p95: common::percentile(&warm, 0.95),
+        after_commit_p50: common::percentile(&after_commit, 0.5),
+        after_commit_max: common::percentile(&after_commit, 1.0),
     })
 }
 

@@ -18,6 +18,7 @@
 
 #[path = "common.rs"]
 mod common;
+use common::percentile;
 use serde_json::{Value, json};
 use spendstream::Roles;
 use std::collections::BTreeMap;
@@ -49,47 +50,8 @@ async fn send(base: &str, tenant: &str, ids: Vec<usize>, bump: usize) -> anyhow:
         .chunks(5_000)
         .map(|c| c.iter().map(|i| line(*i, bump) + "\n").collect())
         .collect();
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
-    let client = reqwest::Client::new();
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (queue, client, url, token) = (
-            queue.clone(),
-            client.clone(),
-            format!("{base}/v1/expenses"),
-            token.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut accepted = 0;
-            loop {
-                let Some(body) = queue.lock().unwrap().pop() else {
-                    break;
-                };
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status() == 202, "status {}", resp.status());
-                let v: Value = resp.json().await?;
-                accepted += v["accepted"].as_u64().unwrap_or(0) as usize;
-            }
-            Ok::<_, anyhow::Error>(accepted)
-        }));
-    }
-    let mut accepted = 0;
-    for c in clients {
-        accepted += c.await??;
-    }
-    Ok(accepted)
-}
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    let accepted = common::post_bodies(&format!("{base}/v1/expenses"), &token, bodies, 4).await?;
+    Ok(accepted as usize)
 }
 
 /// Per currency: (count, sum of minor units).
