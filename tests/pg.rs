@@ -361,7 +361,11 @@ async fn psycopg_runs_bi_catalog_queries_and_parameters_and_the_hostile_corpus_f
         } else {
             "extended"
         };
-        if result["seconds"].as_f64().unwrap() >= (TIMEOUT + Duration::from_secs(2)).as_secs_f64() {
+        // Parse and execute each get the time limit (extended protocol), and
+        // the 2-core machine runs other tests meanwhile.
+        if result["seconds"].as_f64().unwrap()
+            >= (2 * TIMEOUT + Duration::from_secs(3)).as_secs_f64()
+        {
             wrong.push(format!("{protocol} `{shown}` took {}", result["seconds"]));
         }
         if hostile::HARMLESS_OVER_THE_WIRE.contains(&sql) || result["client"] == true {
