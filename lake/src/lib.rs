@@ -12,12 +12,14 @@
 //! one table (see `docs/lake.md`).
 
 mod error;
+mod files;
 mod location;
 mod maintenance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::{Error, Result};
+pub use files::DataFileRef;
 pub use location::{Location, redact};
 pub use maintenance::{CompactStats, VacuumStats};
 

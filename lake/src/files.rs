@@ -1,0 +1,125 @@
+//! Reading the table's data files one by one: what a reader that keeps its
+//! own state of the table (the query service's current state) needs to load
+//! only the files a new table version added.
+
+use crate::{Error, Lake, Result};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::compute::{CastOptions, cast_with_options};
+use deltalake::arrow::datatypes::{Field, Schema};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::ObjectStoreExt as _;
+use object_store::path::Path;
+use spendstream_schemas::enriched::arrow_schema;
+use std::sync::Arc;
+
+/// One data file of a table state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFileRef {
+    /// Relative to the table root, as the log names it: the file's identity.
+    pub path: String,
+    /// The value of the file's `tenant_id` partition.
+    pub tenant: String,
+    location: Path,
+    deletion_vector: bool,
+}
+
+impl Lake {
+    /// The table version readers see (as [`Lake::version`]) and the data
+    /// files that state reads.
+    pub async fn snapshot_files(&self) -> Result<(u64, Vec<DataFileRef>)> {
+        let table = self.for_reading().await?;
+        let version = table.version().unwrap_or_default();
+        let files = table
+            .snapshot()?
+            .log_data()
+            .iter()
+            .map(|f| DataFileRef {
+                path: f.path().into_owned(),
+                tenant: f
+                    .partition_values_map()
+                    .get("tenant_id")
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default(),
+                location: f.object_store_path(),
+                deletion_vector: f.deletion_vector_descriptor().is_some(),
+            })
+            .collect();
+        Ok((version, files))
+    }
+
+    /// The columns `columns` of the data file `file` (read whole), cast to
+    /// the record contract's types, in that order. Partition columns are
+    /// not stored in data files: take them from `file`.
+    pub async fn read_columns(
+        &self,
+        file: &DataFileRef,
+        columns: &[&str],
+    ) -> Result<Vec<RecordBatch>> {
+        if file.deletion_vector {
+            // Rows a deletion vector hides would come back. Spendstream
+            // never writes them; another writer might.
+            return Err(deltalake::DeltaTableError::Generic(format!(
+                "{} has a deletion vector, which this reader does not apply",
+                file.path
+            ))
+            .into());
+        }
+        let table = self.for_reading().await?;
+        let bytes = table
+            .object_store()
+            .get(&file.location)
+            .await
+            .map_err(deltalake::DeltaTableError::from)?
+            .bytes()
+            .await
+            .map_err(deltalake::DeltaTableError::from)?;
+        let columns: Vec<String> = columns.iter().map(|c| (*c).to_string()).collect();
+        tokio::task::spawn_blocking(move || decode(bytes, &columns))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// `columns` of the Parquet file `bytes`, cast to the contract's types.
+fn decode(bytes: bytes::Bytes, columns: &[String]) -> Result<Vec<RecordBatch>> {
+    let contract = arrow_schema();
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|name| {
+            contract
+                .field_with_name(name)
+                .cloned()
+                .map_err(|_| Error::SchemaMismatch(name.clone()))
+        })
+        .collect::<Result<_>>()?;
+    let schema = Arc::new(Schema::new(fields));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(deltalake::DeltaTableError::from)?;
+    let mask =
+        ProjectionMask::columns(builder.parquet_schema(), columns.iter().map(String::as_str));
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(deltalake::DeltaTableError::from)?;
+    // A value that does not convert is an error, never a null.
+    let strict = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let mut arrays = Vec::with_capacity(columns.len());
+        for field in schema.fields() {
+            let column = batch
+                .column_by_name(field.name())
+                .ok_or_else(|| Error::SchemaMismatch(field.name().clone()))?;
+            arrays.push(cast_with_options(column, field.data_type(), &strict)?);
+        }
+        out.push(RecordBatch::try_new(schema.clone(), arrays)?);
+    }
+    Ok(out)
+}
