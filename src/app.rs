@@ -15,6 +15,7 @@ use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink}
 use spendstream_processors::sink::lake::LakeSinkConfig;
 use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
+use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,6 +148,9 @@ pub struct Settings {
     pub sql_limits: SqlLimits,
     /// Rows of report answers kept in memory (0: none).
     pub report_cache_rows: usize,
+    /// Expenses the reports' current state holds in memory (0: none;
+    /// reports then read the lake for each computed answer).
+    pub report_state_rows: usize,
     /// The Postgres wire endpoint's address (query role; None: off).
     pub pg_listen: Option<SocketAddr>,
     /// PEM certificate chain and private key: the Postgres endpoint then
@@ -190,6 +194,7 @@ impl Settings {
             operator_tenant: None,
             sql_limits: SqlLimits::default(),
             report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
+            report_state_rows: spendstream_query_api::current::DEFAULT_REPORT_STATE_ROWS,
             pg_listen: None,
             tls: None,
             clickhouse_url: None,
@@ -373,6 +378,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         server,
         operator_tenant,
         report_cache_rows,
+        report_state_rows,
         sql_limits,
         pg_listen,
         tls,
@@ -465,6 +471,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
     }
 
+    // The reports' current state, shared by HTTP and the Postgres endpoint:
+    // read now, then each commit's files as they come (ADR 0009).
+    let report_state = match (&lake, roles.query && report_state_rows > 0) {
+        (Some(lake), true) => {
+            let state = Arc::new(CurrentState::new(report_state_rows));
+            state.follow(lake, Duration::from_secs(1));
+            Some(state)
+        }
+        _ => None,
+    };
     let router = router(
         roles,
         &keys,
@@ -475,6 +491,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             operator_tenant,
             sql_limits: sql_limits.clone(),
             report_cache_rows,
+            report_state: report_state.clone(),
         },
         sink_checks,
     );
@@ -501,6 +518,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         let config = spendstream_pg::PgConfig {
             keys: keys.clone(),
             lake: lake.clone(),
+            current: report_state,
             limits: sql_limits,
             tls,
         };
@@ -680,6 +698,8 @@ pub struct RouteOptions {
     pub operator_tenant: Option<String>,
     pub sql_limits: SqlLimits,
     pub report_cache_rows: usize,
+    /// The reports' current state (None: reports read the lake).
+    pub report_state: Option<Arc<CurrentState>>,
 }
 
 impl Default for RouteOptions {
@@ -689,6 +709,7 @@ impl Default for RouteOptions {
             operator_tenant: None,
             sql_limits: SqlLimits::default(),
             report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
+            report_state: None,
         }
     }
 }
@@ -710,6 +731,7 @@ pub fn router(
         operator_tenant,
         sql_limits,
         report_cache_rows,
+        report_state,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -751,12 +773,9 @@ pub fn router(
     if roles.query
         && let Some(lake) = lake
     {
-        router = router.merge(spendstream_query_api::router(QueryState::new(
-            keys.clone(),
-            lake.clone(),
-            sql_limits,
-            report_cache_rows,
-        )));
+        let state = QueryState::new(keys.clone(), lake.clone(), sql_limits, report_cache_rows)
+            .with_report_state(report_state);
+        router = router.merge(spendstream_query_api::router(state));
     }
     let router = router.route("/v1/openapi.json", axum::routing::get(openapi_document));
     checks.extend(more);

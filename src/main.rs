@@ -266,6 +266,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
             ..Default::default()
         },
         report_cache_rows: args.report_cache_rows,
+        report_state_rows: args.report_state_rows,
         pg_listen: args.pg_listen.0,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         clickhouse_url: args.clickhouse.clone(),

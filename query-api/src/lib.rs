@@ -3,6 +3,7 @@
 //! and tenant-scoped SQL.
 
 pub mod cache;
+pub mod current;
 mod error;
 pub mod etag;
 pub mod format;
@@ -27,6 +28,9 @@ pub struct QueryState {
     pub sql_limits: sql::SqlLimits,
     /// Computed report answers by table version, tenant and query.
     pub reports: Arc<cache::AnswerCache<report::SpendRow>>,
+    /// The latest version of each expense, in memory; `None`: reports
+    /// read the lake for each computed answer.
+    pub current: Option<Arc<current::CurrentState>>,
 }
 
 /// Rows of report answers kept by default (about 150 bytes each).
@@ -46,7 +50,22 @@ impl QueryState {
             lake,
             sql_limits,
             reports: Arc::new(cache::AnswerCache::new(report_cache_rows)),
+            current: Some(Arc::new(current::CurrentState::new(
+                current::DEFAULT_REPORT_STATE_ROWS,
+            ))),
         }
+    }
+
+    /// Keeps up to `rows` expenses in the reports' current state (0: none,
+    /// reports read the lake for each computed answer).
+    pub fn with_report_state_rows(self, rows: usize) -> Self {
+        self.with_report_state((rows > 0).then(|| Arc::new(current::CurrentState::new(rows))))
+    }
+
+    /// Reports read `state` (shared with other endpoints; None: the lake).
+    pub fn with_report_state(mut self, state: Option<Arc<current::CurrentState>>) -> Self {
+        self.current = state;
+        self
     }
 }
 

@@ -11,6 +11,7 @@
 //! not recomputed.
 
 use crate::cache::Key;
+use crate::current::Ask;
 use crate::etag::{etag, matches, not_modified, with_tag};
 use crate::format::Format;
 use crate::{Error, QueryState, Result};
@@ -281,6 +282,20 @@ pub struct SpendRow {
     pub amount_minor: i128,
 }
 
+impl SpendRow {
+    /// The row of `group` in `currency`: `count` expenses totalling `minor`.
+    pub fn new(group: Option<String>, currency: String, count: i64, minor: i128) -> Self {
+        let amount = format_minor(minor, exponent_of(&currency));
+        Self {
+            group,
+            currency,
+            count,
+            amount,
+            amount_minor: minor,
+        }
+    }
+}
+
 /// A page of a report.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SpendReport {
@@ -490,16 +505,33 @@ pub async fn spend(
     let (version, rows) = match cached {
         Some(hit) => hit,
         None => {
-            // The tenant's session of `POST /v1/sql`: its `expenses_latest` view
-            // holds only the tenant's rows (isolation in the plan, not in
-            // this SQL text), and its memory pool bounds the report.
-            // One time limit over opening the session and the report.
+            // One time limit over catching up or opening a session, and
+            // the report.
             let (version, rows) = crate::sql::within_time(&state.sql_limits, async {
+                let ask = Ask {
+                    group_by: params.group_by,
+                    statuses: &request.statuses,
+                    from: params.from,
+                    to: params.to,
+                    filters: &request.filters,
+                };
+                if let Some(current) = &state.current
+                    && let Some(found) = current.spend_rows(&state.lake, tenant, &ask).await?
+                {
+                    return Ok(found);
+                }
+                // The tenant's session of `POST /v1/sql`: its
+                // `expenses_latest` view holds only the tenant's rows
+                // (isolation in the plan, not in this SQL text), and its
+                // memory pool bounds the report.
                 let (ctx, version) =
-                    crate::sql::tenant_session(&state.lake, tenant, &state.sql_limits).await?;
-                Ok((version, answer(&ctx, &request).await?))
+                    crate::sql::tenant_session(&state.lake, None, tenant, &state.sql_limits)
+                        .await?;
+                let rows = spend_rows(&ctx, params, &request.statuses, &request.filters).await?;
+                Ok((version, rows))
             })
             .await?;
+            let rows = answer(rows, &request)?;
             let rows = Arc::new(rows);
             state
                 .reports
@@ -540,9 +572,8 @@ pub async fn spend(
 
 /// The whole answer to `request`: ranked rows (the first `top` groups when
 /// asked), or a time series with its gaps filled.
-async fn answer(ctx: &SessionContext, request: &Request) -> Result<Vec<SpendRow>, ApiError> {
+fn answer(rows: Vec<SpendRow>, request: &Request) -> Result<Vec<SpendRow>, ApiError> {
     let params = &request.params;
-    let rows = spend_rows(ctx, params, &request.statuses, &request.filters).await?;
     Ok(match (params.group_by.period(), params.top) {
         (Some(period), _) => time_series(
             rows,
@@ -722,16 +753,12 @@ pub async fn spend_rows(
             .downcast_ref::<Decimal128Array>()
             .ok_or_else(|| Error::Shape("total is not Decimal128".into()))?;
         for i in 0..batch.num_rows() {
-            let code = currencies.value(i).to_string();
-            let exponent = Currency::from_code(&code).map_or(2, |c| c.exponent());
-            let minor = totals.value(i);
-            rows.push(SpendRow {
-                group: (!groups.is_null(i)).then(|| groups.value(i).to_string()),
-                currency: code,
-                count: counts.value(i),
-                amount: format_minor(minor, exponent),
-                amount_minor: minor,
-            });
+            rows.push(SpendRow::new(
+                (!groups.is_null(i)).then(|| groups.value(i).to_string()),
+                currencies.value(i).to_string(),
+                counts.value(i),
+                totals.value(i),
+            ));
         }
     }
     rows.sort_by(compare_rows);
@@ -744,7 +771,7 @@ fn exponent_of(code: &str) -> u8 {
 
 /// Descending by amount in major units, compared exactly by scaling both to
 /// the larger exponent; ties by group, then currency.
-fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
+pub(crate) fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
     let (ea, eb) = (exponent_of(&a.currency), exponent_of(&b.currency));
     let max = ea.max(eb);
     let scale = |v: i128, e: u8| v.saturating_mul(10i128.pow(u32::from(max - e)));

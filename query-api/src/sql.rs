@@ -16,6 +16,7 @@
 //!   the rows it returns; breaking one is a 422 with a code, never a crash.
 
 use crate::QueryState;
+use crate::current::CurrentState;
 use crate::format::Format;
 use axum::Json;
 use axum::extract::State;
@@ -27,7 +28,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::ViewTable;
+use datafusion::datasource::{MemTable, ViewTable};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -45,6 +46,11 @@ use tracing::instrument;
 /// The name the lake scan carries inside the views' plans. It is never
 /// registered in a tenant's session.
 const BASE: &str = "spendstream_lake_base";
+
+/// The name of the tenant's superseded row versions inside the
+/// `expenses_latest` view's plan (from the current state). Never
+/// registered in a tenant's session either.
+const SUPERSEDED: &str = "spendstream_superseded";
 
 /// Functions left out of tenant sessions: their output grows with an
 /// argument, not with the data, and outside the query's memory pool.
@@ -147,7 +153,8 @@ pub async fn sql(
     // One time limit over opening the session (reading the lake state) and
     // the query.
     let result = within_time(limits, async {
-        let (ctx, _version) = tenant_session(&state.lake, auth.tenant(), limits).await?;
+        let (ctx, _version) =
+            tenant_session(&state.lake, state.current.as_ref(), auth.tenant(), limits).await?;
         run(ctx, &request.sql, limits).await
     })
     .await?;
@@ -162,16 +169,17 @@ pub async fn sql(
         .into_response())
 }
 
-/// Runs `sql` for `tenant` within every limit of `limits`.
+/// Runs `sql` for `tenant` within every limit of `limits` (reading the
+/// lake alone, without a reports' current state).
 pub async fn answer(
-    lake: &Lake,
+    lake: &Arc<Lake>,
     tenant: &str,
     sql: &str,
     limits: &SqlLimits,
 ) -> Result<SqlResult, ApiError> {
     check_length(sql, limits)?;
     within_time(limits, async {
-        let (ctx, _) = tenant_session(lake, tenant, limits).await?;
+        let (ctx, _) = tenant_session(lake, None, tenant, limits).await?;
         run(ctx, sql, limits).await
     })
     .await?
@@ -283,9 +291,14 @@ impl Batches {
 }
 
 /// A session whose catalog holds only `tenant`'s two views, with the
-/// limits' memory pool, and the lake table version the views read.
+/// limits' memory pool, and the lake table version the views read. With
+/// the reports' `current` state, `expenses_latest` is the tenant's rows
+/// minus the versions the state knows are superseded; without it (or when
+/// the state is off or at another version) the highest version per
+/// expense is found by a query over every version.
 pub async fn tenant_session(
-    lake: &Lake,
+    lake: &Arc<Lake>,
+    current: Option<&Arc<CurrentState>>,
     tenant: &str,
     limits: &SqlLimits,
 ) -> Result<(SessionContext, u64), ApiError> {
@@ -308,6 +321,13 @@ pub async fn tenant_session(
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     remove_amplifiers(&ctx);
 
+    let superseded = match current {
+        Some(current) => current
+            .superseded(lake, tenant)
+            .await
+            .map_err(ApiError::from)?,
+        None => None,
+    };
     // The views are planned in a scratch session that knows the lake under
     // BASE; the tenant's session only ever sees the finished plans.
     // The provider is made for the tenant's session: its object store is
@@ -321,20 +341,36 @@ pub async fn tenant_session(
         .register_table(BASE, base)
         .map_err(ApiError::internal)?;
     let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
-    // The latest version of each expense: a hash aggregate of the highest
-    // version per expense joined back, which streams the table twice (the
-    // first time two columns) where a window over every version must hold
-    // and sort all of them (it broke the memory pool at ~500k rows). The
-    // lake holds each (expense, version) once, so each expense joins once.
-    let latest = format!(
-        "SELECT e.* FROM {BASE} e
-         JOIN (
-           SELECT expense_id, MAX(version) AS latest_version
-           FROM {BASE} WHERE tenant_id = '{tenant}'
-           GROUP BY expense_id
-         ) m ON e.expense_id = m.expense_id AND e.version = m.latest_version
-         WHERE e.tenant_id = '{tenant}'"
-    );
+    let latest = match superseded.filter(|(at, _)| *at == version) {
+        Some((_, batch)) => {
+            let table =
+                MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(ApiError::internal)?;
+            scratch
+                .register_table(SUPERSEDED, Arc::new(table))
+                .map_err(ApiError::internal)?;
+            format!(
+                "SELECT e.* FROM {BASE} e
+                 LEFT ANTI JOIN {SUPERSEDED} s
+                   ON e.expense_id = s.expense_id AND e.version = s.version
+                 WHERE e.tenant_id = '{tenant}'"
+            )
+        }
+        // The latest version of each expense: a hash aggregate of the
+        // highest version per expense joined back, which streams the table
+        // twice (the first time two columns) where a window over every
+        // version must hold and sort all of them (it broke the memory pool
+        // at ~500k rows). The lake holds each (expense, version) once, so
+        // each expense joins once.
+        None => format!(
+            "SELECT e.* FROM {BASE} e
+             JOIN (
+               SELECT expense_id, MAX(version) AS latest_version
+               FROM {BASE} WHERE tenant_id = '{tenant}'
+               GROUP BY expense_id
+             ) m ON e.expense_id = m.expense_id AND e.version = m.latest_version
+             WHERE e.tenant_id = '{tenant}'"
+        ),
+    };
     for (name, text) in [("expenses", all), ("expenses_latest", latest)] {
         let plan = scratch
             .state()
@@ -448,6 +484,7 @@ fn allowed_scan(name: &TableReference, catalogs: Catalogs) -> bool {
     match name {
         TableReference::Bare { table } => {
             table.as_ref() == BASE
+                || table.as_ref() == SUPERSEDED
                 || table.as_ref() == "expenses"
                 || table.as_ref() == "expenses_latest"
         }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use spendstream_lake::Lake;
 use spendstream_query_api::sql::{SqlResult, answer};
 use spendstream_schemas::{Category, EnrichedRecord};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::fixtures::limits;
 
@@ -33,7 +34,7 @@ fn record(tenant: &str, i: usize, version: i64) -> EnrichedRecord {
     )
 }
 
-async fn lake() -> (tempfile::TempDir, Lake) {
+async fn lake() -> (tempfile::TempDir, Arc<Lake>) {
     let mut rows = Vec::new();
     for tenant in TENANTS {
         for i in 0..PER_TENANT {
@@ -43,7 +44,8 @@ async fn lake() -> (tempfile::TempDir, Lake) {
             }
         }
     }
-    support::fixtures::lake_with(&rows).await
+    let (dir, lake) = support::fixtures::lake_with(&rows).await;
+    (dir, Arc::new(lake))
 }
 
 fn column(result: &SqlResult, i: usize) -> Vec<&Value> {

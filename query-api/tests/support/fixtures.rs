@@ -82,6 +82,22 @@ pub struct QueryApp {
 
 impl QueryApp {
     pub fn new(lake: Lake, tenant: &str, report_cache_rows: usize) -> Self {
+        Self::with_state_rows(
+            lake,
+            tenant,
+            report_cache_rows,
+            spendstream_query_api::current::DEFAULT_REPORT_STATE_ROWS,
+        )
+    }
+
+    /// [`QueryApp::new`] whose reports' current state holds up to
+    /// `report_state_rows` expenses (0: none, reports read the lake).
+    pub fn with_state_rows(
+        lake: Lake,
+        tenant: &str,
+        report_cache_rows: usize,
+        report_state_rows: usize,
+    ) -> Self {
         let keys = JwtKeys::new(b"query-tests-secret-query-tests-secret").unwrap();
         let token = keys.sign(&Claims {
             tenant: tenant.into(),
@@ -94,7 +110,8 @@ impl QueryApp {
             Arc::new(lake),
             SqlLimits::default(),
             report_cache_rows,
-        );
+        )
+        .with_report_state_rows(report_state_rows);
         Self {
             app: spendstream_http::finish(router(state)),
             bearer: format!("Bearer {token}"),

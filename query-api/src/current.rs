@@ -1,0 +1,561 @@
+//! The reports' current state: the latest version of each expense of every
+//! tenant, the columns reports read, in memory, kept up to date by reading
+//! only the data files each new table version added.
+//!
+//! Reports over the lake otherwise dedupe every version of the tenant on
+//! every computed answer (a hash aggregate and a join over all its files).
+//! Here the dedupe happens once per row, when its file is first read: each
+//! expense keeps one slot, replaced by a higher version and left alone by an
+//! equal or lower one, so reading a file twice (a compaction's rewrite of
+//! rows already held) changes nothing. The lake never drops a row version
+//! except by compaction, which moves it to a new file, so the state of a
+//! table version is a function of the files it reads; a table version lower
+//! than the one held (a table restored from a backup) starts the state over.
+//!
+//! It also keeps every (expense, version) that is not its expense's latest,
+//! so SQL sessions read `expenses_latest` as the lake minus those (an
+//! anti-join with a small table) instead of deduping every version.
+//!
+//! Memory is bounded: past `max_rows` entries (an expense is about 130
+//! bytes, a superseded version about 40) the
+//! state is dropped for good and reports fall back to the SQL path, with a
+//! warning. A refresh that fails leaves the state at no version until one
+//! succeeds, so a half-read table version never answers.
+
+use crate::report::{Filters, GroupBy, SpendRow};
+use crate::{Error, Result};
+use chrono::{Datelike as _, NaiveDate};
+use datafusion::arrow::array::{
+    Array, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use futures::{StreamExt as _, TryStreamExt as _};
+use spendstream_lake::{DataFileRef, Lake};
+use spendstream_schemas::Status;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, RwLock};
+
+/// Entries (expenses and superseded versions) the current state holds by
+/// default: about 260 MB.
+pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_000_000;
+
+/// The lake columns the state reads, in this order.
+const COLUMNS: [&str; 11] = [
+    "expense_id",
+    "version",
+    "status",
+    "transaction_date",
+    "amount_minor",
+    "currency",
+    "category",
+    "account_id",
+    "employee_id",
+    "merchant_normalized",
+    "merchant_name",
+];
+
+/// Files read at once while catching up.
+const READ_AHEAD: usize = 4;
+
+/// Days from 0001-01-01 (chrono's day 1) to 1970-01-01 (Arrow's day 0).
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// No text (id 0), or an unknown status.
+const NONE: u32 = 0;
+const UNKNOWN_STATUS: u8 = u8::MAX;
+
+/// The text values of one tenant, each stored once; id 0 is null.
+#[derive(Default)]
+struct Strings {
+    ids: HashMap<Arc<str>, u32>,
+    texts: Vec<Arc<str>>,
+}
+
+impl Strings {
+    fn intern(&mut self, text: Option<&str>) -> u32 {
+        let Some(text) = text else { return NONE };
+        if let Some(id) = self.ids.get(text) {
+            return *id;
+        }
+        let text: Arc<str> = text.into();
+        self.texts.push(text.clone());
+        let id = u32::try_from(self.texts.len()).unwrap_or(u32::MAX);
+        self.ids.insert(text, id);
+        id
+    }
+
+    fn find(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    fn text(&self, id: u32) -> Option<&str> {
+        id.checked_sub(1)
+            .and_then(|i| self.texts.get(i as usize))
+            .map(|t| &**t)
+    }
+}
+
+/// The latest version of one expense, as reports read it.
+#[derive(Clone, Copy)]
+struct Row {
+    amount_minor: i64,
+    /// Days since 1970-01-01.
+    date: i32,
+    category: u32,
+    /// `COALESCE(merchant_normalized, merchant_name)`.
+    merchant: u32,
+    account: u32,
+    employee: u32,
+    currency: u32,
+    /// Index in [`Status::ALL`].
+    status: u8,
+}
+
+/// One tenant's expenses.
+#[derive(Default)]
+struct Tenant {
+    strings: Strings,
+    rows: Vec<Row>,
+    /// Each expense's slot in `rows` and the version held there.
+    latest: HashMap<Arc<str>, (u32, i64)>,
+    /// Every (expense, version) read that is not the expense's latest.
+    superseded: HashSet<(Arc<str>, i64)>,
+}
+
+impl Tenant {
+    /// The rows of `batch` (columns as [`COLUMNS`]) that [`Tenant::merge`]
+    /// would change anything for: a new expense, a higher version, or a
+    /// lower version not known as superseded.
+    fn changes(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Shape("expense_id is not text".into()))?;
+        let versions = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| Error::Shape("version is not Int64".into()))?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                let (id, version) = (ids.value(i), versions.value(i));
+                Some(match self.latest.get_key_value(id) {
+                    None => true,
+                    Some((_, &(_, held))) if held < version => true,
+                    Some((_, &(_, held))) if held == version => false,
+                    Some((key, _)) => !self.superseded.contains(&(key.clone(), version)),
+                })
+            })
+            .collect();
+        filter_record_batch(batch, &keep).map_err(|e| Error::DataFusion(e.into()))
+    }
+
+    /// Takes each row of `batch` (columns as [`COLUMNS`]) whose version is
+    /// higher than the one held for its expense. Returns how many entries
+    /// (expenses and superseded versions) it added.
+    fn merge(&mut self, batch: &RecordBatch) -> Result<usize> {
+        let before = self.rows.len() + self.superseded.len();
+        let text = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| Error::Shape(format!("{} is not text", COLUMNS[i])))
+        };
+        let int = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| Error::Shape(format!("{} is not Int64", COLUMNS[i])))
+        };
+        let (ids, versions, statuses) = (text(0)?, int(1)?, text(2)?);
+        let dates = batch
+            .column(3)
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .ok_or_else(|| Error::Shape("transaction_date is not Date32".into()))?;
+        let (amounts, currencies, categories) = (int(4)?, text(5)?, text(6)?);
+        let (accounts, employees, normalized, names) = (text(7)?, text(8)?, text(9)?, text(10)?);
+        for i in 0..batch.num_rows() {
+            let id = ids.value(i);
+            let version = versions.value(i);
+            let held = self.latest.get_key_value(id).map(|(k, v)| (k.clone(), *v));
+            match &held {
+                Some((_, (_, v))) if *v == version => continue,
+                Some((key, (_, v))) if *v > version => {
+                    self.superseded.insert((key.clone(), version));
+                    continue;
+                }
+                _ => {}
+            }
+            let status = statuses.value(i);
+            let row = Row {
+                amount_minor: amounts.value(i),
+                date: dates.value(i),
+                category: self.strings.intern(value(categories, i)),
+                merchant: self
+                    .strings
+                    .intern(value(normalized, i).or_else(|| value(names, i))),
+                account: self.strings.intern(value(accounts, i)),
+                employee: self.strings.intern(value(employees, i)),
+                currency: self.strings.intern(value(currencies, i)),
+                status: Status::ALL
+                    .iter()
+                    .position(|s| s.as_str() == status)
+                    .and_then(|p| u8::try_from(p).ok())
+                    .unwrap_or(UNKNOWN_STATUS),
+            };
+            match held {
+                Some((key, (slot, older))) => {
+                    self.rows[slot as usize] = row;
+                    self.latest.insert(key.clone(), (slot, version));
+                    self.superseded.insert((key, older));
+                }
+                None => {
+                    let slot = u32::try_from(self.rows.len())
+                        .map_err(|_| Error::Shape("more than 2^32 expenses".into()))?;
+                    self.rows.push(row);
+                    self.latest.insert(id.into(), (slot, version));
+                }
+            }
+        }
+        Ok(self.rows.len() + self.superseded.len() - before)
+    }
+}
+
+/// The state at one table version.
+#[derive(Default)]
+struct State {
+    /// The table version the state is of; `None` before the first refresh
+    /// and after a failed one.
+    version: Option<u64>,
+    files: HashSet<String>,
+    tenants: HashMap<String, Tenant>,
+    rows: usize,
+    /// Over the row limit: dropped for good.
+    off: bool,
+}
+
+/// The current state of every tenant's expenses.
+pub struct CurrentState {
+    max_rows: usize,
+    state: RwLock<State>,
+    /// Held through a refresh: one at a time.
+    refreshing: Mutex<()>,
+}
+
+impl std::fmt::Debug for CurrentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentState")
+            .field("max_rows", &self.max_rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CurrentState {
+    /// A state holding up to `max_rows` expenses; 0 turns it off.
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            max_rows,
+            state: RwLock::new(State {
+                off: max_rows == 0,
+                ..State::default()
+            }),
+            refreshing: Mutex::new(()),
+        }
+    }
+
+    /// Brings the state to the table version readers see, in a task of its
+    /// own: a caller that gives up (its time limit) does not cancel a
+    /// refresh others wait for.
+    async fn catch_up(self: &Arc<Self>, lake: &Arc<Lake>) -> Result<()> {
+        let (this, lake) = (self.clone(), lake.clone());
+        tokio::spawn(async move { this.refresh(&lake).await })
+            .await
+            .map_err(|e| Error::Shape(format!("the state's refresh failed: {e}")))?
+    }
+
+    /// Reads the table now (at start-up) and then every `interval` the
+    /// files new commits added, so a report seldom waits for them. Ends
+    /// when the state or the lake is dropped, or the state is off; a
+    /// failure is logged and tried again.
+    pub fn follow(self: &Arc<Self>, lake: &Arc<Lake>, interval: Duration) {
+        let (this, lake) = (Arc::downgrade(self), Arc::downgrade(lake));
+        tokio::spawn(async move {
+            loop {
+                let (Some(state), Some(lake)) = (this.upgrade(), lake.upgrade()) else {
+                    return;
+                };
+                if let Err(e) = state.refresh(&lake).await {
+                    tracing::warn!(error = %spendstream_schemas::error::Chain(&e), "Reading new lake files into the reports' state failed; trying again.");
+                }
+                if state.state.read().await.off {
+                    return;
+                }
+                drop((state, lake));
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    /// Brings the state to the newest table version. The first read (and a
+    /// read after a failed one or a restore) merges file by file holding
+    /// the state; later ones read and sift the new files while reports go
+    /// on at the version held, then apply what changes in one step, so a
+    /// compaction's rewrite of every row never stops reports.
+    async fn refresh(&self, lake: &Arc<Lake>) -> Result<()> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let (version, files) = lake.snapshot_files().await?;
+        let (held, new) = {
+            let state = self.state.read().await;
+            if state.off || state.version == Some(version) {
+                return Ok(());
+            }
+            let new: Vec<DataFileRef> = files
+                .iter()
+                .filter(|f| !state.files.contains(&f.path))
+                .cloned()
+                .collect();
+            (state.version, new)
+        };
+        let mut reads = futures::stream::iter(new)
+            .map(|file| {
+                let lake = lake.clone();
+                async move {
+                    let batches = lake.read_columns(&file, &COLUMNS).await?;
+                    Ok::<_, Error>((file, batches))
+                }
+            })
+            .buffered(READ_AHEAD);
+        match held {
+            Some(held) if held < version => {
+                let mut changes = Vec::new();
+                while let Some((file, batches)) = reads.try_next().await? {
+                    let state = self.state.read().await;
+                    let tenant = state.tenants.get(&file.tenant);
+                    for batch in batches {
+                        let batch = match tenant {
+                            Some(tenant) => tenant.changes(&batch)?,
+                            None => batch,
+                        };
+                        if batch.num_rows() > 0 {
+                            changes.push((file.tenant.clone(), batch));
+                        }
+                    }
+                }
+                let mut state = self.state.write().await;
+                for (tenant, batch) in changes {
+                    state.rows += state.tenants.entry(tenant).or_default().merge(&batch)?;
+                }
+                self.finish(&mut state, version, &files);
+            }
+            _ => {
+                let mut state = self.state.write().await;
+                if held.is_some_and(|held| held > version) {
+                    tracing::warn!(
+                        held,
+                        version,
+                        "The lake table went back to an older version (restored?): reading it again."
+                    );
+                    *state = State::default();
+                }
+                // Until every new file is merged, the state is of no version.
+                state.version = None;
+                while let Some((file, batches)) = reads.try_next().await? {
+                    let tenant = state.tenants.entry(file.tenant.clone()).or_default();
+                    let mut added = 0;
+                    for batch in &batches {
+                        added += tenant.merge(batch)?;
+                    }
+                    state.rows += added;
+                    state.files.insert(file.path.clone());
+                    if state.rows > self.max_rows {
+                        break;
+                    }
+                }
+                self.finish(&mut state, version, &files);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a refresh to `version`, whose files are `files`: the state is
+    /// of that version, or off past its row limit.
+    fn finish(&self, state: &mut State, version: u64, files: &[DataFileRef]) {
+        if state.rows > self.max_rows {
+            tracing::warn!(
+                max_rows = self.max_rows,
+                "The lake holds more expenses than the reports' current state may (--report-state-rows): reports now read the lake on each computed answer."
+            );
+            *state = State {
+                off: true,
+                ..State::default()
+            };
+        } else {
+            // Files a compaction removed: their rows are in the files it added.
+            state.files = files.iter().map(|f| f.path.clone()).collect();
+            state.version = Some(version);
+        }
+        metrics::gauge!("spendstream_query_report_state_entries").set(state.rows as f64);
+    }
+
+    /// The report rows of `tenant` (as [`crate::report::spend_rows`] gives
+    /// them: one per group and currency, ranked) at the newest table
+    /// version, and that version; `None` when the state is off.
+    pub async fn spend_rows(
+        self: &Arc<Self>,
+        lake: &Arc<Lake>,
+        tenant: &str,
+        ask: &Ask<'_>,
+    ) -> Result<Option<(u64, Vec<SpendRow>)>> {
+        self.catch_up(lake).await?;
+        let state = self.state.read().await;
+        let Some(version) = state.version.filter(|_| !state.off) else {
+            return Ok(None);
+        };
+        let mut rows = match state.tenants.get(tenant) {
+            Some(held) => aggregate(held, ask),
+            None => Vec::new(),
+        };
+        rows.sort_by(crate::report::compare_rows);
+        Ok(Some((version, rows)))
+    }
+}
+
+impl CurrentState {
+    /// The row versions of `tenant` that are not the latest of their
+    /// expense, as a table (`expense_id`, `version`), at the newest table
+    /// version, and that version; `None` when the state is off.
+    pub async fn superseded(
+        self: &Arc<Self>,
+        lake: &Arc<Lake>,
+        tenant: &str,
+    ) -> Result<Option<(u64, RecordBatch)>> {
+        self.catch_up(lake).await?;
+        let state = self.state.read().await;
+        let Some(version) = state.version.filter(|_| !state.off) else {
+            return Ok(None);
+        };
+        let pairs = state.tenants.get(tenant).map(|t| &t.superseded);
+        let ids: StringArray = pairs
+            .into_iter()
+            .flatten()
+            .map(|(id, _)| Some(&**id))
+            .collect();
+        let versions: Int64Array = pairs.into_iter().flatten().map(|(_, v)| *v).collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("expense_id", DataType::Utf8, false),
+            Field::new("version", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(versions)])
+            .map_err(datafusion::error::DataFusionError::from)?;
+        Ok(Some((version, batch)))
+    }
+}
+
+/// What a report asks for.
+pub struct Ask<'a> {
+    pub group_by: GroupBy,
+    pub statuses: &'a [Status],
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub filters: &'a Filters,
+}
+
+/// The text at `i`, or `None`.
+fn value(a: &StringArray, i: usize) -> Option<&str> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+fn days(date: NaiveDate) -> i32 {
+    date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
+}
+
+/// One row per group and currency of the expenses of `tenant` that `ask`
+/// selects: their count and exact total.
+fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
+    let strings = &tenant.strings;
+    // A filter value the tenant never used selects nothing.
+    let ids = |values: &mut dyn Iterator<Item = &str>| -> HashSet<u32> {
+        values.filter_map(|v| strings.find(v)).collect()
+    };
+    let filters = ask.filters;
+    let categories = (!filters.categories.is_empty())
+        .then(|| ids(&mut filters.categories.iter().map(|c| c.as_str())));
+    let currencies = (!filters.currencies.is_empty())
+        .then(|| ids(&mut filters.currencies.iter().map(String::as_str)));
+    let one = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| strings.find(v).unwrap_or(u32::MAX))
+    };
+    let (account, employee) = (one(&filters.account), one(&filters.employee));
+    let mut statuses = [false; Status::ALL.len()];
+    for status in ask.statuses {
+        if let Some(i) = Status::ALL.iter().position(|s| s == status) {
+            statuses[i] = true;
+        }
+    }
+    let (from, to) = (ask.from.map(days), ask.to.map(days));
+    let period = matches!(ask.group_by, GroupBy::Day | GroupBy::Week | GroupBy::Month);
+    let mut groups: HashMap<(i64, u32), (i64, i128)> = HashMap::new();
+    for row in &tenant.rows {
+        let selected = statuses
+            .get(usize::from(row.status))
+            .copied()
+            .unwrap_or(false)
+            && from.is_none_or(|f| row.date >= f)
+            && to.is_none_or(|t| row.date <= t)
+            && categories
+                .as_ref()
+                .is_none_or(|c| c.contains(&row.category))
+            && currencies
+                .as_ref()
+                .is_none_or(|c| c.contains(&row.currency))
+            && account.is_none_or(|a| row.account == a)
+            && employee.is_none_or(|e| row.employee == e)
+            && filters
+                .min_amount_minor
+                .is_none_or(|m| row.amount_minor >= m)
+            && filters
+                .max_amount_minor
+                .is_none_or(|m| row.amount_minor <= m);
+        if !selected {
+            continue;
+        }
+        let group = match ask.group_by {
+            GroupBy::Category => i64::from(row.category),
+            GroupBy::Merchant => i64::from(row.merchant),
+            GroupBy::Account => i64::from(row.account),
+            GroupBy::Employee => i64::from(row.employee),
+            GroupBy::Currency => i64::from(row.currency),
+            GroupBy::Day | GroupBy::Week | GroupBy::Month => i64::from(row.date),
+        };
+        let total = groups.entry((group, row.currency)).or_default();
+        total.0 += 1;
+        total.1 += i128::from(row.amount_minor);
+    }
+    groups
+        .into_iter()
+        .map(|((group, currency), (count, minor))| {
+            let group = if period {
+                i32::try_from(group)
+                    .ok()
+                    .and_then(|d| NaiveDate::from_num_days_from_ce_opt(d + UNIX_EPOCH_DAYS_FROM_CE))
+                    .map(|d| d.to_string())
+            } else {
+                u32::try_from(group)
+                    .ok()
+                    .and_then(|id| strings.text(id))
+                    .map(str::to_string)
+            };
+            let currency = strings.text(currency).unwrap_or_default().to_string();
+            SpendRow::new(group, currency, count, minor)
+        })
+        .collect()
+}
