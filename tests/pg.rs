@@ -156,6 +156,16 @@ async fn psql_logs_in_with_a_token_lists_the_views_and_reads_its_tenant() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), format!("300|{sum}"));
 
+    // The user is the tenant, however it is asked for.
+    let who = psql(
+        pg,
+        &acme,
+        &["-c", "SELECT current_user AS u, session_user AS s"],
+    )
+    .await;
+    assert!(who.status.success(), "{}", text(&who.stderr));
+    assert_eq!(text(&who.stdout), "acme|acme");
+
     // psql's own catalog queries: the two views and nothing else.
     let listed = psql(pg, &acme, &["-c", "\\d"]).await;
     assert!(listed.status.success(), "\\d: {}", text(&listed.stderr));
@@ -384,6 +394,27 @@ async fn psycopg_runs_bi_catalog_queries_and_parameters_and_the_hostile_corpus_f
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(!Path::new("/tmp/spendstream-exfiltrated.csv").exists());
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_log_in_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path(), None).await;
+    let pg = running.pg_addr.unwrap();
+    // Connected, then silent: closed at the login time limit (its slot
+    // back), not held.
+    let mut silent = tokio::net::TcpStream::connect(pg).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        spendstream_pg::LOGIN_TIMEOUT * 3,
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("the server closes a connection that does not log in");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= spendstream_pg::LOGIN_TIMEOUT - Duration::from_secs(1));
     running.shutdown().await.unwrap();
 }
 

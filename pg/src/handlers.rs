@@ -1,7 +1,8 @@
 //! The pgwire handlers: token startup, per-connection tenant sessions, the
 //! guard, time limits.
 
-use crate::{DATABASE, PgConfig, guard};
+use crate::connections::Registry;
+use crate::{DATABASE, MAX_CONNECTIONS_PER_TENANT, PgConfig, guard};
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
@@ -180,6 +181,7 @@ impl QueryHook for Guard {
 /// Every handler of the endpoint; the per-connection state lives in each
 /// connection's session extensions.
 pub struct Handlers {
+    registry: Arc<Registry>,
     startup: Arc<Startup>,
     queries: Arc<Queries>,
     cancel: Arc<DefaultCancelHandler>,
@@ -191,8 +193,11 @@ impl Handlers {
         let connections = Arc::new(ConnectionManager::new());
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = format!("16.0 (Spendstream {})", env!("CARGO_PKG_VERSION"));
+        let registry = Arc::new(Registry::new(MAX_CONNECTIONS_PER_TENANT));
         Self {
+            registry: registry.clone(),
             startup: Arc::new(Startup {
+                registry,
                 config: config.clone(),
                 pids: Arc::new(RandomPidSecretKeyGenerator::default()),
                 connections: connections.clone(),
@@ -207,6 +212,13 @@ impl Handlers {
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
+    }
+}
+
+impl Handlers {
+    /// Who holds the connections these handlers serve.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 }
 
@@ -235,13 +247,26 @@ async fn open_session(
     tenant: &str,
     expires: i64,
 ) -> PgWireResult<TenantSession> {
-    let (ctx, version) = tenant_session(&config.lake, tenant, &config.limits)
-        .await
-        .map_err(to_pg)?;
+    let (ctx, version) = tenant_session(
+        &config.lake,
+        config.current.as_ref(),
+        tenant,
+        &config.limits,
+    )
+    .await
+    .map_err(to_pg)?;
     setup_pg_catalog(&ctx, DATABASE, EmptyContextProvider)
         .map_err(|e| to_pg(ApiError::internal(e.to_string())))?;
     // pg_catalog registers functions of its own: take the amplifiers out again.
     remove_amplifiers(&ctx);
+    // The user is the tenant (pg_catalog's functions say `postgres`):
+    // `current_user`, `session_user`, and the owner psql lists.
+    ctx.register_udf(user_function("session_user", vec![], tenant));
+    ctx.register_udf(user_function(
+        "pg_get_userbyid",
+        vec![datafusion::arrow::datatypes::DataType::Int32],
+        tenant,
+    ));
     let hooks: Vec<Arc<dyn QueryHook>> = vec![
         Arc::new(Guard),
         Arc::new(CursorStatementHook),
@@ -254,6 +279,26 @@ async fn open_session(
         version,
         service: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
     })
+}
+
+/// A function named `name` taking `args` whose value is always `user`.
+fn user_function(
+    name: &str,
+    args: Vec<datafusion::arrow::datatypes::DataType>,
+    user: &str,
+) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    let user = user.to_string();
+    create_udf(
+        name,
+        args,
+        datafusion::arrow::datatypes::DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_args: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(user.clone()))))
+        }),
+    )
 }
 
 /// The connection's session, reopened first when the lake has moved.
@@ -287,6 +332,7 @@ async fn session<C: ClientInfo + ?Sized>(
 }
 
 struct Startup {
+    registry: Arc<Registry>,
     config: Arc<PgConfig>,
     pids: Arc<RandomPidSecretKeyGenerator>,
     connections: Arc<ConnectionManager>,
@@ -358,6 +404,16 @@ impl StartupHandler for Startup {
                     refused(client, reason);
                     pg_error("FATAL", "28P01", format!("authentication failed: {reason}"))
                 })?;
+                if let Err(share) = self.registry.logged_in(client.socket_addr(), &tenant) {
+                    refused(client, "the tenant holds its share of connections");
+                    return Err(pg_error(
+                        "FATAL",
+                        "53300",
+                        format!(
+                            "too_many_connections: tenant `{tenant}` already holds {share} connections to this endpoint"
+                        ),
+                    ));
+                }
                 let session = open_session(&self.config, &tenant, expires).await?;
                 client.session_extensions().insert(session);
                 let (pid, key) = self.pids.generate(client);

@@ -16,10 +16,14 @@
 //!   Cartesian join), `SET` may not touch engine options, and any other
 //!   statement is refused;
 //! - each statement runs within the time limit (SQLSTATE 57014), its
-//!   operators within the session's memory pool.
+//!   operators within the session's memory pool;
+//! - a connection must log in within [`LOGIN_TIMEOUT`], and a tenant holds
+//!   at most [`MAX_CONNECTIONS_PER_TENANT`] of the endpoint's
+//!   [`MAX_CONNECTIONS`] (SQLSTATE 53300 past it).
 //!
 //! With a certificate, connections must use TLS.
 
+mod connections;
 mod guard;
 mod handlers;
 
@@ -29,9 +33,11 @@ use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::tokio_rustls::rustls;
 use spendstream_http::JwtKeys;
 use spendstream_lake::Lake;
+use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -42,11 +48,21 @@ pub const DATABASE: &str = "spendstream";
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// Connections one tenant may hold at once (a quarter of the endpoint's).
+pub const MAX_CONNECTIONS_PER_TENANT: usize = MAX_CONNECTIONS / 4;
+
+/// Time from connecting to logging in; a connection still silent then is
+/// closed, giving its slot back.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the endpoint serves and how.
 #[derive(Clone)]
 pub struct PgConfig {
     pub keys: JwtKeys,
     pub lake: Arc<Lake>,
+    /// The reports' current state: sessions read `expenses_latest` as the
+    /// lake minus the versions it knows are superseded.
+    pub current: Option<Arc<CurrentState>>,
     pub limits: SqlLimits,
     /// With TLS, plaintext connections are refused.
     pub tls: Option<TlsAcceptor>,
@@ -57,6 +73,7 @@ pub struct PgConfig {
 pub async fn serve(listener: TcpListener, config: PgConfig, stop: CancellationToken) {
     let tls = config.tls.clone();
     let handlers = Arc::new(Handlers::new(config));
+    let registry = handlers.registry();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (socket, peer) = tokio::select! {
@@ -77,15 +94,29 @@ pub async fn serve(listener: TcpListener, config: PgConfig, stop: CancellationTo
             continue;
         };
         let (handlers, tls, stop) = (handlers.clone(), tls.clone(), stop.clone());
+        let (open, logged_in) = registry.open(peer);
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _open) = (slot, open);
+            let served = pgwire::tokio::process_socket(socket, tls, handlers);
+            tokio::pin!(served);
+            let ended = |served: Result<(), std::io::Error>| {
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "A Postgres connection ended with an error.");
+                }
+            };
             tokio::select! {
-                _ = stop.cancelled() => {}
-                served = pgwire::tokio::process_socket(socket, tls, handlers) => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "A Postgres connection ended with an error.");
+                _ = stop.cancelled() => return,
+                result = &mut served => return ended(result),
+                login = tokio::time::timeout(LOGIN_TIMEOUT, logged_in) => {
+                    if !matches!(login, Ok(Ok(()))) {
+                        tracing::warn!(%peer, timeout = ?LOGIN_TIMEOUT, "Closed a Postgres connection that did not log in in time.");
+                        return;
                     }
                 }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                result = served => ended(result),
             }
         });
     }
