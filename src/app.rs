@@ -148,7 +148,7 @@ pub struct Settings {
     pub sql_limits: SqlLimits,
     /// Rows of report answers kept in memory (0: none).
     pub report_cache_rows: usize,
-    /// Expenses the reports' current state holds in memory (0: none;
+    /// Entries (expenses and superseded versions) the reports' current state holds (0: none;
     /// reports then read the lake for each computed answer).
     pub report_state_rows: usize,
     /// The Postgres wire endpoint's address (query role; None: off).

@@ -239,10 +239,10 @@ pub struct ServeArgs {
     /// each; 0 keeps none).
     #[arg(long, env = "SPENDSTREAM_REPORT_CACHE_ROWS", default_value_t = spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS)]
     pub report_cache_rows: usize,
-    /// Expenses whose latest version the query service keeps in memory for
-    /// reports (about 130 bytes each), read once and then only from the
-    /// files each commit adds. Past it reports read the lake for each
-    /// computed answer (0: always).
+    /// Entries of the query service's in-memory current state: the latest
+    /// version of each expense (about 130 bytes) and each superseded version
+    /// (about 40), read once and then only from the files each commit adds.
+    /// Past it reports and SQL read the lake for each answer (0: always).
     #[arg(long, env = "SPENDSTREAM_REPORT_STATE_ROWS", default_value_t = spendstream_query_api::current::DEFAULT_REPORT_STATE_ROWS)]
     pub report_state_rows: usize,
     /// Hours the periodic vacuum keeps files compaction replaced (readers

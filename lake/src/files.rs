@@ -8,6 +8,7 @@ use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{Field, Schema};
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use spendstream_schemas::enriched::arrow_schema;
@@ -47,6 +48,48 @@ impl Lake {
             })
             .collect();
         Ok((version, files))
+    }
+
+    /// Whether a commit after version `from`, up to `to`, removed a data
+    /// file as a change of data (a delete, an overwrite, a restore), as
+    /// opposed to a compaction, which moves rows to new files
+    /// (`dataChange: false`). A reader keeping the rows of the files it has
+    /// read must then start over. A commit file that is gone (log cleanup)
+    /// counts as such a removal: nothing says otherwise.
+    pub async fn rows_removed_between(&self, from: u64, to: u64) -> Result<bool> {
+        let table = self.for_reading().await?;
+        let store = table.object_store();
+        let mut commits = futures::stream::iter(from + 1..=to)
+            .map(|version| {
+                let store = store.clone();
+                async move {
+                    let path = Path::from(format!("_delta_log/{version:020}.json"));
+                    match store.get(&path).await {
+                        Ok(found) => Ok(Some(found.bytes().await?)),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .buffered(8);
+        while let Some(commit) = commits
+            .try_next()
+            .await
+            .map_err(deltalake::DeltaTableError::from)?
+        {
+            let Some(commit) = commit else {
+                return Ok(true);
+            };
+            for line in commit.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let action: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+                    deltalake::DeltaTableError::Generic(format!("a commit line is not JSON: {e}"))
+                })?;
+                if action["remove"]["dataChange"].as_bool() == Some(true) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The columns `columns` of the data file `file` (read whole), cast to

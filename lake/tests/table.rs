@@ -510,3 +510,40 @@ async fn vacuum_removes_only_what_no_commit_needs(target: Target) {
     assert_eq!(sum_and_count(&lake, "t1").await, (3, 300));
     assert_eq!(rows_and_distinct(&target.open().await).await, (3, 3));
 }
+
+/// Compaction moves rows (its removes carry no data change); a delete by
+/// another writer drops them. A reader that keeps the rows of the files it
+/// read (the query service's current state) must tell the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removals_that_drop_rows_are_told_from_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("lake").display());
+    let options = LakeOptions {
+        read_refresh: Duration::ZERO,
+        ..LakeOptions::default()
+    };
+    let lake = Lake::open_with(&url, options).await.unwrap();
+    for i in 0..3 {
+        commit_one(&lake, "g-0", &format!("e{i}"), "2026-01-02", i).await;
+    }
+    let written = lake.version().await.unwrap();
+    assert_eq!(lake.compact().await.unwrap().files_removed, 3);
+    let compacted = lake.version().await.unwrap();
+    assert!(compacted > written);
+    assert!(!lake.rows_removed_between(0, compacted).await.unwrap());
+
+    // Another writer deletes a row (delta-rs here; Spark or a script alike).
+    let table = deltalake::open_table(url::Url::parse(&url).unwrap())
+        .await
+        .unwrap();
+    table
+        .delete()
+        .with_predicate("external_id = 'e1'")
+        .await
+        .unwrap();
+    let deleted = lake.version().await.unwrap();
+    assert!(deleted > compacted);
+    assert!(lake.rows_removed_between(compacted, deleted).await.unwrap());
+    assert!(lake.rows_removed_between(0, deleted).await.unwrap());
+    assert!(!lake.rows_removed_between(written, compacted).await.unwrap());
+}

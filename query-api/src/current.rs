@@ -17,7 +17,7 @@
 //! anti-join with a small table) instead of deduping every version.
 //!
 //! Memory is bounded: past `max_rows` entries (an expense is about 130
-//! bytes, a superseded version about 40) the
+//! bytes, a superseded version about 40; interned texts come on top) the
 //! state is dropped for good and reports fall back to the SQL path, with a
 //! warning. A refresh that fails leaves the state at no version until one
 //! succeeds, so a half-read table version never answers.
@@ -35,6 +35,7 @@ use spendstream_lake::{DataFileRef, Lake};
 use spendstream_schemas::Status;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, RwLock};
 
@@ -59,6 +60,10 @@ const COLUMNS: [&str; 11] = [
 
 /// Files read at once while catching up.
 const READ_AHEAD: usize = 4;
+
+/// How long a reader waits for a refresh before answering at the version
+/// the state holds.
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
 
 /// Days from 0001-01-01 (chrono's day 1) to 1970-01-01 (Arrow's day 0).
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
@@ -123,9 +128,23 @@ struct Tenant {
     latest: HashMap<Arc<str>, (u32, i64)>,
     /// Every (expense, version) read that is not the expense's latest.
     superseded: HashSet<(Arc<str>, i64)>,
+    /// `superseded` as a table, built at the first SQL session after a
+    /// change.
+    superseded_table: std::sync::Mutex<Option<RecordBatch>>,
 }
 
 impl Tenant {
+    /// The superseded versions as a table (built once per change).
+    fn superseded_batch(&self) -> RecordBatch {
+        let mut table = self
+            .superseded_table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        table
+            .get_or_insert_with(|| superseded_batch(self.superseded.iter()))
+            .clone()
+    }
+
     /// The rows of `batch` (columns as [`COLUMNS`]) that [`Tenant::merge`]
     /// would change anything for: a new expense, a higher version, or a
     /// lower version not known as superseded.
@@ -159,6 +178,10 @@ impl Tenant {
     /// (expenses and superseded versions) it added.
     fn merge(&mut self, batch: &RecordBatch) -> Result<usize> {
         let before = self.rows.len() + self.superseded.len();
+        *self
+            .superseded_table
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let text = |i: usize| {
             batch
                 .column(i)
@@ -247,6 +270,14 @@ pub struct CurrentState {
     state: RwLock<State>,
     /// Held through a refresh: one at a time.
     refreshing: Mutex<()>,
+    served: Served,
+}
+
+/// What the state answered.
+#[derive(Default)]
+struct Served {
+    reports: AtomicU64,
+    sessions: AtomicU64,
 }
 
 impl std::fmt::Debug for CurrentState {
@@ -267,17 +298,36 @@ impl CurrentState {
                 ..State::default()
             }),
             refreshing: Mutex::new(()),
+            served: Served::default(),
         }
     }
 
-    /// Brings the state to the table version readers see, in a task of its
-    /// own: a caller that gives up (its time limit) does not cancel a
-    /// refresh others wait for.
-    async fn catch_up(self: &Arc<Self>, lake: &Arc<Lake>) -> Result<()> {
+    /// Brings the state towards the table version readers see: returns
+    /// once it is there, or after [`REFRESH_WAIT`] while the refresh goes on
+    /// in a task of its own (a caller that gives up does not cancel a
+    /// refresh others wait for), or at once when it is off or already
+    /// there. A failure is logged; the state is then of no version, so
+    /// readers use the lake.
+    async fn catch_up(self: &Arc<Self>, lake: &Arc<Lake>) {
+        let target = match lake.version().await {
+            Ok(version) => version,
+            Err(e) => {
+                tracing::warn!(error = %spendstream_schemas::error::Chain(&e), "Could not read the lake's version for the reports' state.");
+                return;
+            }
+        };
+        {
+            let state = self.state.read().await;
+            if state.off || state.version.is_some_and(|held| held >= target) {
+                return;
+            }
+        }
         let (this, lake) = (self.clone(), lake.clone());
-        tokio::spawn(async move { this.refresh(&lake).await })
-            .await
-            .map_err(|e| Error::Shape(format!("the state's refresh failed: {e}")))?
+        let refresh = tokio::spawn(async move { this.refresh(&lake).await });
+        // A timeout: the refresh goes on; readers answer at the version held.
+        if let Ok(Err(e)) = tokio::time::timeout(REFRESH_WAIT, refresh).await {
+            tracing::warn!(error = %e, "The reports' state refresh task failed.");
+        }
     }
 
     /// Reads the table now (at start-up) and then every `interval` the
@@ -291,9 +341,7 @@ impl CurrentState {
                 let (Some(state), Some(lake)) = (this.upgrade(), lake.upgrade()) else {
                     return;
                 };
-                if let Err(e) = state.refresh(&lake).await {
-                    tracing::warn!(error = %spendstream_schemas::error::Chain(&e), "Reading new lake files into the reports' state failed; trying again.");
-                }
+                state.refresh(&lake).await;
                 if state.state.read().await.off {
                     return;
                 }
@@ -303,25 +351,49 @@ impl CurrentState {
         });
     }
 
-    /// Brings the state to the newest table version. The first read (and a
-    /// read after a failed one or a restore) merges file by file holding
-    /// the state; later ones read and sift the new files while reports go
-    /// on at the version held, then apply what changes in one step, so a
-    /// compaction's rewrite of every row never stops reports.
-    async fn refresh(&self, lake: &Arc<Lake>) -> Result<()> {
+    /// Brings the state to the newest table version; on failure, logs it
+    /// and leaves the state at no version (readers use the lake) until a
+    /// refresh succeeds.
+    async fn refresh(&self, lake: &Arc<Lake>) {
         let _one_at_a_time = self.refreshing.lock().await;
+        if let Err(e) = self.try_refresh(lake).await {
+            tracing::warn!(error = %spendstream_schemas::error::Chain(&e), "Reading new lake files into the reports' state failed: reports and SQL read the lake until it succeeds.");
+            self.state.write().await.version = None;
+        }
+    }
+
+    /// The first read (and a read after a failed one, or after a commit
+    /// that removed rows rather than moving them) merges file by file at no
+    /// version; later ones read and sift the new files while readers go on
+    /// at the version held, then apply what changes in one step, so a
+    /// compaction's rewrite of every row never stops them.
+    async fn try_refresh(&self, lake: &Arc<Lake>) -> Result<()> {
         let (version, files) = lake.snapshot_files().await?;
-        let (held, new) = {
+        let mut held = {
             let state = self.state.read().await;
             if state.off || state.version == Some(version) {
                 return Ok(());
             }
-            let new: Vec<DataFileRef> = files
+            state.version
+        };
+        if let Some(from) = held
+            && (from > version || lake.rows_removed_between(from, version).await?)
+        {
+            tracing::info!(
+                held = from,
+                version,
+                "The lake table lost rows (a delete, an overwrite or a restore): reading it again."
+            );
+            *self.state.write().await = State::default();
+            held = None;
+        }
+        let new: Vec<DataFileRef> = {
+            let state = self.state.read().await;
+            files
                 .iter()
                 .filter(|f| !state.files.contains(&f.path))
                 .cloned()
-                .collect();
-            (state.version, new)
+                .collect()
         };
         let mut reads = futures::stream::iter(new)
             .map(|file| {
@@ -332,54 +404,46 @@ impl CurrentState {
                 }
             })
             .buffered(READ_AHEAD);
-        match held {
-            Some(held) if held < version => {
-                let mut changes = Vec::new();
-                while let Some((file, batches)) = reads.try_next().await? {
-                    let state = self.state.read().await;
-                    let tenant = state.tenants.get(&file.tenant);
-                    for batch in batches {
-                        let batch = match tenant {
-                            Some(tenant) => tenant.changes(&batch)?,
-                            None => batch,
-                        };
-                        if batch.num_rows() > 0 {
-                            changes.push((file.tenant.clone(), batch));
-                        }
+        if held.is_some() {
+            let mut changes = Vec::new();
+            while let Some((file, batches)) = reads.try_next().await? {
+                let state = self.state.read().await;
+                let tenant = state.tenants.get(&file.tenant);
+                for batch in batches {
+                    let batch = match tenant {
+                        Some(tenant) => tenant.changes(&batch)?,
+                        None => batch,
+                    };
+                    if batch.num_rows() > 0 {
+                        changes.push((file.tenant.clone(), batch));
                     }
                 }
-                let mut state = self.state.write().await;
-                for (tenant, batch) in changes {
-                    state.rows += state.tenants.entry(tenant).or_default().merge(&batch)?;
-                }
-                self.finish(&mut state, version, &files);
             }
-            _ => {
-                let mut state = self.state.write().await;
-                if held.is_some_and(|held| held > version) {
-                    tracing::warn!(
-                        held,
-                        version,
-                        "The lake table went back to an older version (restored?): reading it again."
-                    );
-                    *state = State::default();
-                }
-                // Until every new file is merged, the state is of no version.
-                state.version = None;
-                while let Some((file, batches)) = reads.try_next().await? {
-                    let tenant = state.tenants.entry(file.tenant.clone()).or_default();
-                    let mut added = 0;
-                    for batch in &batches {
-                        added += tenant.merge(batch)?;
-                    }
-                    state.rows += added;
-                    state.files.insert(file.path.clone());
-                    if state.rows > self.max_rows {
-                        break;
-                    }
-                }
-                self.finish(&mut state, version, &files);
+            let mut state = self.state.write().await;
+            // Half applied is of no version (a failure leaves it so).
+            state.version = None;
+            for (tenant, batch) in changes {
+                state.rows += state.tenants.entry(tenant).or_default().merge(&batch)?;
             }
+            self.finish(&mut state, version, &files);
+        } else {
+            // Of no version until every new file is merged; each merge holds
+            // the state briefly, so readers fall back to the lake meanwhile.
+            self.state.write().await.version = None;
+            while let Some((file, batches)) = reads.try_next().await? {
+                let mut state = self.state.write().await;
+                let tenant = state.tenants.entry(file.tenant.clone()).or_default();
+                let mut added = 0;
+                for batch in &batches {
+                    added += tenant.merge(batch)?;
+                }
+                state.rows += added;
+                state.files.insert(file.path.clone());
+                if state.rows > self.max_rows {
+                    break;
+                }
+            }
+            self.finish(&mut *self.state.write().await, version, &files);
         }
         Ok(())
     }
@@ -405,57 +469,68 @@ impl CurrentState {
     }
 
     /// The report rows of `tenant` (as [`crate::report::spend_rows`] gives
-    /// them: one per group and currency, ranked) at the newest table
-    /// version, and that version; `None` when the state is off.
+    /// them: one per group and currency, ranked) at the newest table version
+    /// the state has (see [`CurrentState::catch_up`]), and that version;
+    /// `None` when the state has none (off, loading, or failed).
     pub async fn spend_rows(
         self: &Arc<Self>,
         lake: &Arc<Lake>,
         tenant: &str,
         ask: &Ask<'_>,
-    ) -> Result<Option<(u64, Vec<SpendRow>)>> {
-        self.catch_up(lake).await?;
+    ) -> Option<(u64, Vec<SpendRow>)> {
+        self.catch_up(lake).await;
         let state = self.state.read().await;
-        let Some(version) = state.version.filter(|_| !state.off) else {
-            return Ok(None);
-        };
+        let version = state.version.filter(|_| !state.off)?;
         let mut rows = match state.tenants.get(tenant) {
             Some(held) => aggregate(held, ask),
             None => Vec::new(),
         };
         rows.sort_by(crate::report::compare_rows);
-        Ok(Some((version, rows)))
+        self.served.reports.fetch_add(1, Ordering::Relaxed);
+        Some((version, rows))
     }
-}
 
-impl CurrentState {
     /// The row versions of `tenant` that are not the latest of their
-    /// expense, as a table (`expense_id`, `version`), at the newest table
-    /// version, and that version; `None` when the state is off.
+    /// expense, as a table (`expense_id`, `version`), when the state is at
+    /// exactly table version `version`; `None` otherwise.
     pub async fn superseded(
         self: &Arc<Self>,
         lake: &Arc<Lake>,
         tenant: &str,
-    ) -> Result<Option<(u64, RecordBatch)>> {
-        self.catch_up(lake).await?;
+        version: u64,
+    ) -> Option<RecordBatch> {
+        self.catch_up(lake).await;
         let state = self.state.read().await;
-        let Some(version) = state.version.filter(|_| !state.off) else {
-            return Ok(None);
+        if state.off || state.version != Some(version) {
+            return None;
+        }
+        let batch = match state.tenants.get(tenant) {
+            Some(held) => held.superseded_batch(),
+            None => superseded_batch(std::iter::empty()),
         };
-        let pairs = state.tenants.get(tenant).map(|t| &t.superseded);
-        let ids: StringArray = pairs
-            .into_iter()
-            .flatten()
-            .map(|(id, _)| Some(&**id))
-            .collect();
-        let versions: Int64Array = pairs.into_iter().flatten().map(|(_, v)| *v).collect();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("expense_id", DataType::Utf8, false),
-            Field::new("version", DataType::Int64, false),
-        ]));
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(versions)])
-            .map_err(datafusion::error::DataFusionError::from)?;
-        Ok(Some((version, batch)))
+        self.served.sessions.fetch_add(1, Ordering::Relaxed);
+        Some(batch)
     }
+
+    /// How many report answers and SQL sessions the state has served.
+    pub fn served(&self) -> (u64, u64) {
+        (
+            self.served.reports.load(Ordering::Relaxed),
+            self.served.sessions.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `pairs` as a table (`expense_id`, `version`).
+fn superseded_batch<'a>(pairs: impl Iterator<Item = &'a (Arc<str>, i64)> + Clone) -> RecordBatch {
+    let ids: StringArray = pairs.clone().map(|(id, _)| Some(&**id)).collect();
+    let versions: Int64Array = pairs.map(|(_, v)| *v).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("expense_id", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+    ]));
+    RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(versions)])
+        .unwrap_or_else(|e| unreachable!("two non-null columns of one length: {e}"))
 }
 
 /// What a report asks for.

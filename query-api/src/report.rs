@@ -516,7 +516,7 @@ pub async fn spend(
                     filters: &request.filters,
                 };
                 if let Some(current) = &state.current
-                    && let Some(found) = current.spend_rows(&state.lake, tenant, &ask).await?
+                    && let Some(found) = current.spend_rows(&state.lake, tenant, &ask).await
                 {
                     return Ok(found);
                 }

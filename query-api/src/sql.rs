@@ -321,13 +321,6 @@ pub async fn tenant_session(
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     remove_amplifiers(&ctx);
 
-    let superseded = match current {
-        Some(current) => current
-            .superseded(lake, tenant)
-            .await
-            .map_err(ApiError::from)?,
-        None => None,
-    };
     // The views are planned in a scratch session that knows the lake under
     // BASE; the tenant's session only ever sees the finished plans.
     // The provider is made for the tenant's session: its object store is
@@ -340,9 +333,14 @@ pub async fn tenant_session(
     scratch
         .register_table(BASE, base)
         .map_err(ApiError::internal)?;
+    // What the state knows superseded at exactly the provider's version.
+    let superseded = match current {
+        Some(current) => current.superseded(lake, tenant, version).await,
+        None => None,
+    };
     let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
-    let latest = match superseded.filter(|(at, _)| *at == version) {
-        Some((_, batch)) => {
+    let latest = match superseded {
+        Some(batch) => {
             let table =
                 MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(ApiError::internal)?;
             scratch

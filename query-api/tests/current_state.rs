@@ -11,7 +11,9 @@ mod support;
 use proptest::prelude::*;
 use serde_json::Value;
 use spendstream_lake::{AppTxn, Lake, LakeOptions};
+use spendstream_query_api::current::CurrentState;
 use spendstream_schemas::{Category, EnrichedRecord, to_record_batch};
+use std::sync::Arc;
 use std::time::Duration;
 use support::fixtures::{QueryApp, enriched};
 
@@ -194,7 +196,8 @@ proptest! {
             let tenant = TENANTS[tenant];
             // No answer cache: every request computes.
             let lake_path = QueryApp::with_state_rows(open(&url).await, tenant, 0, 0);
-            let memory = QueryApp::with_state_rows(open(&url).await, tenant, 0, 1_000);
+            let state = Arc::new(CurrentState::new(1_000));
+            let memory = QueryApp::with_state(open(&url).await, tenant, 0, Some(state.clone()));
             // Too small for the table: falls back to the lake.
             let small = QueryApp::with_state_rows(open(&url).await, tenant, 0, 5);
             let chunk = rows.len().div_ceil(commits);
@@ -225,6 +228,11 @@ proptest! {
                 .collect();
             let latest = memory.sql(SQL[0]).await;
             assert_eq!(latest["rows"].as_array().unwrap().len(), expenses.len());
+            // Not the lake compared with itself: the state answered every
+            // report and every SQL session (the reader's state is never
+            // more than a second behind, and nothing else writes).
+            let (reports, sessions) = state.served();
+            assert!(reports > 0 && sessions > 0, "{reports} reports, {sessions} sessions");
             // A compaction rewrites rows the state already holds.
             writer.compact().await.unwrap();
             for q in &queries {
@@ -237,4 +245,65 @@ proptest! {
             }
         });
     }
+}
+
+/// Rows another writer deletes (or a restore drops) leave the state too:
+/// it reads the table again rather than keep what the lake no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_deleted_by_another_writer_leave_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("lake").display());
+    let writer = open(&url).await;
+    let rows: Vec<EnrichedRecord> = (0..6)
+        .map(|i| {
+            Row {
+                tenant: 0,
+                expense: i,
+                version: 1 + (i as i64 % 2),
+                minor: 1_000 * (i as i64 + 1),
+                currency: 0,
+                status: 0,
+                category: i % 3,
+                day: 10,
+                who: 1,
+            }
+            .record()
+        })
+        .collect();
+    writer
+        .commit_once(
+            &[AppTxn {
+                app_id: "g-0".into(),
+                version: 0,
+            }],
+            |_| to_record_batch(&rows),
+        )
+        .await
+        .unwrap();
+    let state = Arc::new(CurrentState::new(1_000));
+    let memory = QueryApp::with_state(open(&url).await, TENANTS[0], 0, Some(state.clone()));
+    let lake_path = QueryApp::with_state_rows(open(&url).await, TENANTS[0], 0, 0);
+    let q = "group_by=category&status=all";
+    assert_eq!(memory.report(q).await, lake_path.report(q).await);
+
+    let table = deltalake::open_table(url::Url::parse(&url).unwrap())
+        .await
+        .unwrap();
+    table
+        .delete()
+        .with_predicate("external_id = 'e2' OR external_id = 'e3'")
+        .await
+        .unwrap();
+    let after = lake_path.report(q).await;
+    assert_eq!(memory.report(q).await, after);
+    for sql in SQL {
+        assert_eq!(memory.sql(sql).await, lake_path.sql(sql).await, "{sql}");
+    }
+    let ids = memory.sql(SQL[0]).await;
+    assert_eq!(ids["rows"].as_array().unwrap().len(), 4, "{ids}");
+    let (reports, sessions) = state.served();
+    assert!(
+        reports >= 2 && sessions > 0,
+        "{reports} reports, {sessions} sessions"
+    );
 }

@@ -98,6 +98,22 @@ impl QueryApp {
         report_cache_rows: usize,
         report_state_rows: usize,
     ) -> Self {
+        let state = (report_state_rows > 0).then(|| {
+            Arc::new(spendstream_query_api::current::CurrentState::new(
+                report_state_rows,
+            ))
+        });
+        Self::with_state(lake, tenant, report_cache_rows, state)
+    }
+
+    /// [`QueryApp::new`] whose reports and SQL read `state` (None: the
+    /// lake alone).
+    pub fn with_state(
+        lake: Lake,
+        tenant: &str,
+        report_cache_rows: usize,
+        state: Option<Arc<spendstream_query_api::current::CurrentState>>,
+    ) -> Self {
         let keys = JwtKeys::new(b"query-tests-secret-query-tests-secret").unwrap();
         let token = keys.sign(&Claims {
             tenant: tenant.into(),
@@ -111,7 +127,7 @@ impl QueryApp {
             SqlLimits::default(),
             report_cache_rows,
         )
-        .with_report_state_rows(report_state_rows);
+        .with_report_state(state);
         Self {
             app: spendstream_http::finish(router(state)),
             bearer: format!("Bearer {token}"),
