@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// One connection, by its peer address (unique while it is open).
+/// One connection, by its peer address (unique while it is open; a new
+/// connection from an address whose old one is still winding down replaces
+/// it, and the generation tells the two apart).
 #[derive(Default)]
 struct Entry {
+    generation: u64,
     /// Told when the connection has logged in.
     login: Option<oneshot::Sender<()>>,
     tenant: Option<String>,
@@ -18,6 +21,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
+    generation: u64,
     open: HashMap<SocketAddr, Entry>,
     per_tenant: HashMap<String, usize>,
 }
@@ -44,24 +48,30 @@ impl Registry {
     /// has logged in. It is forgotten when the returned guard drops.
     pub fn open(self: &Arc<Self>, peer: SocketAddr) -> (Open, oneshot::Receiver<()>) {
         let (tell, told) = oneshot::channel();
-        self.inner().open.insert(
-            peer,
-            Entry {
-                login: Some(tell),
-                tenant: None,
-            },
-        );
+        let mut inner = self.inner();
+        inner.generation += 1;
+        let generation = inner.generation;
+        let entry = Entry {
+            generation,
+            login: Some(tell),
+            tenant: None,
+        };
+        if let Some(stale) = inner.open.insert(peer, entry) {
+            inner.release(stale);
+        }
         (
             Open {
                 registry: self.clone(),
                 peer,
+                generation,
             },
             told,
         )
     }
 
     /// Records that `peer` logged in as `tenant`, unless the tenant already
-    /// holds its share: then `Err` with the share.
+    /// holds its share: then `Err` with the share (also for a peer `open`
+    /// never registered, whose slot nothing would give back).
     pub fn logged_in(&self, peer: SocketAddr, tenant: &str) -> Result<(), usize> {
         let mut inner = self.inner();
         let held = inner.per_tenant.get(tenant).copied().unwrap_or(0);
@@ -69,8 +79,8 @@ impl Registry {
             return Err(self.max_per_tenant);
         }
         let Some(entry) = inner.open.get_mut(&peer) else {
-            // Not served by `serve` (a test calling the handlers directly).
-            return Ok(());
+            // Not registered by `serve`: nothing would give the slot back.
+            return Err(self.max_per_tenant);
         };
         entry.tenant = Some(tenant.to_string());
         if let Some(tell) = entry.login.take() {
@@ -87,25 +97,38 @@ impl Registry {
     }
 }
 
-/// A registered connection; dropping it forgets the connection.
+impl Inner {
+    /// Gives back the tenant's count of a connection that is gone.
+    fn release(&mut self, entry: Entry) {
+        if let Some(tenant) = entry.tenant
+            && let Some(held) = self.per_tenant.get_mut(&tenant)
+        {
+            *held -= 1;
+            if *held == 0 {
+                self.per_tenant.remove(&tenant);
+            }
+        }
+    }
+}
+
+/// A registered connection; dropping it forgets the connection (unless a
+/// newer one from the same address replaced it).
 pub struct Open {
     registry: Arc<Registry>,
     peer: SocketAddr,
+    generation: u64,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         let mut inner = self.registry.inner();
-        if let Some(Entry {
-            tenant: Some(tenant),
-            ..
-        }) = inner.open.remove(&self.peer)
-            && let Some(held) = inner.per_tenant.get_mut(&tenant)
+        if inner
+            .open
+            .get(&self.peer)
+            .is_some_and(|e| e.generation == self.generation)
+            && let Some(entry) = inner.open.remove(&self.peer)
         {
-            *held -= 1;
-            if *held == 0 {
-                inner.per_tenant.remove(&tenant);
-            }
+            inner.release(entry);
         }
     }
 }
@@ -135,6 +158,28 @@ mod tests {
         drop(a);
         assert_eq!(registry.held_by("acme"), 1);
         assert_eq!(registry.logged_in(peer(3), "acme"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_reused_address_keeps_each_connection_counted_once() {
+        let registry = Arc::new(Registry::new(2));
+        let (old, _) = registry.open(peer(1));
+        assert_eq!(registry.logged_in(peer(1), "acme"), Ok(()));
+        // The address comes back before the old connection's task ended.
+        let (new, told) = registry.open(peer(1));
+        assert_eq!(registry.held_by("acme"), 0);
+        assert_eq!(registry.logged_in(peer(1), "acme"), Ok(()));
+        told.await.unwrap();
+        drop(old);
+        assert_eq!(
+            registry.held_by("acme"),
+            1,
+            "the old guard left the new entry alone"
+        );
+        drop(new);
+        assert_eq!(registry.held_by("acme"), 0);
+        // Not registered: refused, since nothing would give the slot back.
+        assert_eq!(registry.logged_in(peer(9), "acme"), Err(2));
     }
 
     #[tokio::test]
