@@ -9,10 +9,9 @@ mod common;
 use serde_json::Value;
 use spendstream_http::Role;
 use std::path::Path;
-use std::process::Command;
 
 /// Runs `scenario` with `env` against `base`; its exported summary.
-fn k6(scenario: &str, base: &str, tokens: &str, env: &[(&str, &str)], out: &Path) -> Value {
+async fn k6(scenario: &str, base: &str, tokens: &str, env: &[(&str, &str)], out: &Path) -> Value {
     let k6 = std::env::var("SPENDSTREAM_TEST_K6").expect(
         "SPENDSTREAM_TEST_K6 is not set: run the tests with scripts/test, which installs k6",
     );
@@ -20,7 +19,7 @@ fn k6(scenario: &str, base: &str, tokens: &str, env: &[(&str, &str)], out: &Path
         .join("loadtests/k6")
         .join(format!("{scenario}.js"));
     let summary = out.join(format!("{scenario}.json"));
-    let output = Command::new(k6)
+    let output = tokio::process::Command::new(k6)
         .args(["run", "--quiet", "--no-color", "--summary-export"])
         .arg(&summary)
         .arg(&script)
@@ -29,6 +28,7 @@ fn k6(scenario: &str, base: &str, tokens: &str, env: &[(&str, &str)], out: &Path
         .env("K6_NO_USAGE_REPORT", "true")
         .envs(env.iter().copied())
         .output()
+        .await
         .expect("k6 runs");
     assert!(
         output.status.success(),
@@ -65,9 +65,12 @@ async fn every_k6_scenario_runs_within_its_thresholds() {
         ("BATCH", "100"),
         ("INVALID", "0.05"),
         ("VUS", "4"),
+        // A debug build on a busy machine: latency limits ×20; the checks
+        // and error-rate thresholds stay as they are.
+        ("SLO_SCALE", "20"),
     ];
 
-    let ingest = k6("ingest", &base, &tokens, &short, out);
+    let ingest = k6("ingest", &base, &tokens, &short, out).await;
     let requests = count(&ingest, "http_reqs");
     assert!(requests >= 8.0, "{requests} ingest requests");
     let accepted = count(&ingest, "records_accepted");
@@ -84,16 +87,15 @@ async fn every_k6_scenario_runs_within_its_thresholds() {
     loop {
         let mut total = 0.0;
         for token in [&read, &other] {
-            let body: Value = reqwest::Client::new()
+            let response = reqwest::Client::new()
                 .post(format!("{base}/v1/sql"))
                 .bearer_auth(token)
                 .json(&serde_json::json!({ "sql": "SELECT COUNT(*) FROM expenses" }))
                 .send()
                 .await
-                .unwrap()
-                .json()
-                .await
                 .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
             total += body["rows"][0][0].as_f64().unwrap_or_default();
         }
         if total == accepted {
@@ -108,7 +110,7 @@ async fn every_k6_scenario_runs_within_its_thresholds() {
     }
 
     for scenario in ["reports", "mixed", "soak"] {
-        let summary = k6(scenario, &base, &tokens, &short, out);
+        let summary = k6(scenario, &base, &tokens, &short, out).await;
         let requests = count(&summary, "http_reqs");
         assert!(requests >= 8.0, "{scenario}: {requests} requests");
     }

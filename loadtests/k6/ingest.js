@@ -10,7 +10,7 @@
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
-import { BASE_URL, arrival, batch, num, requireTokens, token } from './lib.js';
+import { BASE_URL, arrival, batch, ms, num, requireTokens, token } from './lib.js';
 
 const accepted = new Counter('records_accepted');
 const rejected = new Counter('records_rejected');
@@ -22,7 +22,7 @@ export const options = {
   },
   thresholds: {
     'http_req_failed{scenario:ingest}': ['rate<0.01'],
-    'http_req_duration{scenario:ingest}': ['p(95)<1000', 'p(99)<2000'],
+    'http_req_duration{scenario:ingest}': [`p(95)<${ms(1000)}`, `p(99)<${ms(2000)}`],
     // Every invalid record is rejected and nothing else is.
     checks: ['rate>0.99'],
   },

@@ -5,7 +5,7 @@
 //
 // INGEST_RATE (default 20/s), REPORT_RATE (default 10/s), DURATION
 // (default 1m), BATCH, RESEND, INVALID, VUS as in ingest.js.
-import { arrival, num, requireTokens } from './lib.js';
+import { arrival, ms, num, requireTokens } from './lib.js';
 import { ingest } from './ingest.js';
 import { reports } from './reports.js';
 
@@ -21,9 +21,9 @@ export const options = {
   },
   thresholds: {
     'http_req_failed{scenario:ingest}': ['rate<0.01'],
-    'http_req_duration{scenario:ingest}': ['p(95)<1000', 'p(99)<2000'],
+    'http_req_duration{scenario:ingest}': [`p(95)<${ms(1000)}`, `p(99)<${ms(2000)}`],
     'http_req_failed{scenario:reports}': ['rate<0.01'],
-    'http_req_duration{scenario:reports}': ['p(95)<750', 'p(99)<1500'],
+    'http_req_duration{scenario:reports}': [`p(95)<${ms(750)}`, `p(99)<${ms(1500)}`],
     checks: ['rate>0.99'],
   },
 };

@@ -5,7 +5,7 @@
 //
 // INGEST_RATE (default 5/s), REPORT_RATE (default 2/s), DURATION (default
 // 1h), BATCH (default 500).
-import { arrival, num, requireTokens } from './lib.js';
+import { arrival, ms, num, requireTokens } from './lib.js';
 import { ingest } from './ingest.js';
 import { reports } from './reports.js';
 
@@ -20,8 +20,8 @@ export const options = {
   },
   thresholds: {
     'http_req_failed': ['rate<0.001'],
-    'http_req_duration{scenario:ingest}': ['p(95)<1000', 'p(99)<2000'],
-    'http_req_duration{scenario:reports}': ['p(95)<500', 'p(99)<1000'],
+    'http_req_duration{scenario:ingest}': [`p(95)<${ms(1000)}`, `p(99)<${ms(2000)}`],
+    'http_req_duration{scenario:reports}': [`p(95)<${ms(500)}`, `p(99)<${ms(1000)}`],
     checks: ['rate>0.999'],
   },
 };
