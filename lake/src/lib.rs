@@ -288,11 +288,19 @@ impl Lake {
             .table
             .clone();
         table.update_state().await?;
-        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Loaded {
-            table: table.clone(),
-            at: Instant::now(),
-        };
-        Ok(table)
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        // A writer may have published a newer state while this one loaded:
+        // readers never go back to an older version.
+        if table.version() >= reader.table.version() {
+            *reader = Loaded {
+                table: table.clone(),
+                at: Instant::now(),
+            };
+            Ok(table)
+        } else {
+            reader.at = Instant::now();
+            Ok(reader.table.clone())
+        }
     }
 
     /// Reads the table's log now (readiness checks: the store answers).

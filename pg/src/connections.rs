@@ -82,6 +82,10 @@ impl Registry {
             // Not registered by `serve`: nothing would give the slot back.
             return Err(self.max_per_tenant);
         };
+        if entry.tenant.is_some() {
+            // Counted already.
+            return Ok(());
+        }
         entry.tenant = Some(tenant.to_string());
         if let Some(tell) = entry.login.take() {
             let _ = tell.send(());
@@ -149,6 +153,9 @@ mod tests {
         let (_c, _) = registry.open(peer(3));
         let (_d, _) = registry.open(peer(4));
         assert_eq!(registry.logged_in(peer(1), "acme"), Ok(()));
+        // Told twice, counted once.
+        assert_eq!(registry.logged_in(peer(1), "acme"), Ok(()));
+        assert_eq!(registry.held_by("acme"), 1);
         told_a.await.unwrap();
         assert_eq!(registry.logged_in(peer(2), "acme"), Ok(()));
         assert_eq!(registry.logged_in(peer(3), "acme"), Err(2));

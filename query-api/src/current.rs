@@ -37,7 +37,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 
 /// Entries (expenses and superseded versions) the current state holds by
 /// default: about 260 MB.
@@ -64,6 +64,9 @@ const READ_AHEAD: usize = 4;
 /// How long a reader waits for a refresh before answering at the version
 /// the state holds.
 const REFRESH_WAIT: Duration = Duration::from_secs(1);
+
+/// How long after a failed refresh the next one starts.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// Days from 0001-01-01 (chrono's day 1) to 1970-01-01 (Arrow's day 0).
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
@@ -255,13 +258,18 @@ impl Tenant {
 #[derive(Default)]
 struct State {
     /// The table version the state is of; `None` before the first refresh
-    /// and after a failed one.
+    /// completes and after a failed one (which also drops every row: what
+    /// changed meanwhile is unknown).
     version: Option<u64>,
     files: HashSet<String>,
     tenants: HashMap<String, Tenant>,
     rows: usize,
     /// Over the row limit: dropped for good.
     off: bool,
+    /// After a failed refresh: no refresh before this (readers use the
+    /// lake meanwhile), so a file that cannot be read is not read again
+    /// every second.
+    retry_after: Option<std::time::Instant>,
 }
 
 /// The current state of every tenant's expenses.
@@ -269,7 +277,7 @@ pub struct CurrentState {
     max_rows: usize,
     state: RwLock<State>,
     /// Held through a refresh: one at a time.
-    refreshing: Mutex<()>,
+    refreshing: Arc<Mutex<()>>,
     served: Served,
 }
 
@@ -297,7 +305,7 @@ impl CurrentState {
                 off: max_rows == 0,
                 ..State::default()
             }),
-            refreshing: Mutex::new(()),
+            refreshing: Arc::new(Mutex::new(())),
             served: Served::default(),
         }
     }
@@ -305,9 +313,9 @@ impl CurrentState {
     /// Brings the state towards the table version readers see: returns
     /// once it is there, or after [`REFRESH_WAIT`] while the refresh goes on
     /// in a task of its own (a caller that gives up does not cancel a
-    /// refresh others wait for), or at once when it is off or already
-    /// there. A failure is logged; the state is then of no version, so
-    /// readers use the lake.
+    /// refresh others wait for), or at once when it is off, already there,
+    /// or waiting out a failure. One refresh runs at a time; a reader that
+    /// finds one running waits for it rather than queue another.
     async fn catch_up(self: &Arc<Self>, lake: &Arc<Lake>) {
         let target = match lake.version().await {
             Ok(version) => version,
@@ -318,22 +326,36 @@ impl CurrentState {
         };
         {
             let state = self.state.read().await;
-            if state.off || state.version.is_some_and(|held| held >= target) {
+            if state.off
+                || state.version.is_some_and(|held| held >= target)
+                || state
+                    .retry_after
+                    .is_some_and(|t| t > std::time::Instant::now())
+            {
                 return;
             }
         }
-        let (this, lake) = (self.clone(), lake.clone());
-        let refresh = tokio::spawn(async move { this.refresh(&lake).await });
-        // A timeout: the refresh goes on; readers answer at the version held.
-        if let Ok(Err(e)) = tokio::time::timeout(REFRESH_WAIT, refresh).await {
-            tracing::warn!(error = %e, "The reports' state refresh task failed.");
+        match self.refreshing.clone().try_lock_owned() {
+            Ok(one_at_a_time) => {
+                let (this, lake) = (self.clone(), lake.clone());
+                let refresh = tokio::spawn(async move { this.refresh(one_at_a_time, &lake).await });
+                // A timeout: the refresh goes on; readers answer at the
+                // version held.
+                if let Ok(Err(e)) = tokio::time::timeout(REFRESH_WAIT, refresh).await {
+                    tracing::warn!(error = %e, "The reports' state refresh task failed.");
+                }
+            }
+            Err(_) => {
+                // The running refresh is waited for, not repeated.
+                let _ = tokio::time::timeout(REFRESH_WAIT, self.refreshing.lock()).await;
+            }
         }
     }
 
     /// Reads the table now (at start-up) and then every `interval` the
     /// files new commits added, so a report seldom waits for them. Ends
     /// when the state or the lake is dropped, or the state is off; a
-    /// failure is logged and tried again.
+    /// failure is logged and tried again after [`RETRY_AFTER_FAILURE`].
     pub fn follow(self: &Arc<Self>, lake: &Arc<Lake>, interval: Duration) {
         let (this, lake) = (Arc::downgrade(self), Arc::downgrade(lake));
         tokio::spawn(async move {
@@ -341,7 +363,16 @@ impl CurrentState {
                 let (Some(state), Some(lake)) = (this.upgrade(), lake.upgrade()) else {
                     return;
                 };
-                state.refresh(&lake).await;
+                let waiting = state
+                    .state
+                    .read()
+                    .await
+                    .retry_after
+                    .is_some_and(|t| t > std::time::Instant::now());
+                if !waiting {
+                    let one_at_a_time = state.refreshing.clone().lock_owned().await;
+                    state.refresh(one_at_a_time, &lake).await;
+                }
                 if state.state.read().await.off {
                     return;
                 }
@@ -351,14 +382,22 @@ impl CurrentState {
         });
     }
 
-    /// Brings the state to the newest table version; on failure, logs it
-    /// and leaves the state at no version (readers use the lake) until a
-    /// refresh succeeds.
-    async fn refresh(&self, lake: &Arc<Lake>) {
-        let _one_at_a_time = self.refreshing.lock().await;
+    /// Brings the state to the newest table version, holding
+    /// `_one_at_a_time`. On failure it logs it and drops the state (rows
+    /// read before the failure may since have been deleted, and the state
+    /// no longer knows from which version it would check): readers use
+    /// the lake, and the next refresh, after [`RETRY_AFTER_FAILURE`],
+    /// reads the table from nothing.
+    async fn refresh(&self, _one_at_a_time: OwnedMutexGuard<()>, lake: &Arc<Lake>) {
         if let Err(e) = self.try_refresh(lake).await {
-            tracing::warn!(error = %spendstream_schemas::error::Chain(&e), "Reading new lake files into the reports' state failed: reports and SQL read the lake until it succeeds.");
-            self.state.write().await.version = None;
+            tracing::warn!(error = %spendstream_schemas::error::Chain(&e), retry_in = ?RETRY_AFTER_FAILURE, "Reading new lake files into the reports' state failed: reports and SQL read the lake until a later read succeeds.");
+            let mut state = self.state.write().await;
+            *state = State {
+                off: state.off,
+                retry_after: Some(std::time::Instant::now() + RETRY_AFTER_FAILURE),
+                ..State::default()
+            };
+            metrics::gauge!("spendstream_query_report_state_entries").set(0.0);
         }
     }
 
@@ -464,6 +503,7 @@ impl CurrentState {
             // Files a compaction removed: their rows are in the files it added.
             state.files = files.iter().map(|f| f.path.clone()).collect();
             state.version = Some(version);
+            state.retry_after = None;
         }
         metrics::gauge!("spendstream_query_report_state_entries").set(state.rows as f64);
     }
@@ -499,7 +539,17 @@ impl CurrentState {
         tenant: &str,
         version: u64,
     ) -> Option<RecordBatch> {
-        self.catch_up(lake).await;
+        // Behind the provider's version: catch up; at or past it: waiting
+        // cannot bring it to exactly that version.
+        if self
+            .state
+            .read()
+            .await
+            .version
+            .is_none_or(|held| held < version)
+        {
+            self.catch_up(lake).await;
+        }
         let state = self.state.read().await;
         if state.off || state.version != Some(version) {
             return None;
