@@ -110,19 +110,27 @@ impl Lake {
             .into());
         }
         let table = self.for_reading().await?;
-        let bytes = table
-            .object_store()
-            .get(&file.location)
-            .await
-            .map_err(deltalake::DeltaTableError::from)?
-            .bytes()
-            .await
-            .map_err(deltalake::DeltaTableError::from)?;
+        let bytes = read_whole(table.object_store().as_ref(), &file.location).await?;
         let columns: Vec<String> = columns.iter().map(|c| (*c).to_string()).collect();
         tokio::task::spawn_blocking(move || decode(bytes, &columns))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
     }
+}
+
+/// The whole object at `location` (data files: compaction and this reader
+/// read them whole).
+pub(crate) async fn read_whole(
+    store: &dyn object_store::ObjectStore,
+    location: &Path,
+) -> Result<bytes::Bytes> {
+    Ok(store
+        .get(location)
+        .await
+        .map_err(deltalake::DeltaTableError::from)?
+        .bytes()
+        .await
+        .map_err(deltalake::DeltaTableError::from)?)
 }
 
 /// `columns` of the Parquet file `bytes`, cast to the contract's types.

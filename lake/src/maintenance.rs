@@ -26,7 +26,6 @@ use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
-use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
 use spendstream_schemas::enriched::arrow_schema;
 use std::collections::BTreeMap;
@@ -239,13 +238,7 @@ async fn compact_partition(
         let mut batches = Vec::new();
         for file in bin {
             // Small files (under SMALL_FILE_BYTES): read whole.
-            let bytes = store
-                .get(&file.location)
-                .await
-                .map_err(deltalake::DeltaTableError::from)?
-                .bytes()
-                .await
-                .map_err(deltalake::DeltaTableError::from)?;
+            let bytes = crate::files::read_whole(store.as_ref(), &file.location).await?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                 .and_then(|b| b.build())
                 .map_err(deltalake::DeltaTableError::from)?;
