@@ -366,6 +366,7 @@ fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let target = settings.validate().map_err(anyhow::Error::msg)?;
     let clickhouse = settings.clickhouse().map_err(anyhow::Error::msg)?;
+    crate::metrics::install();
     let lake_config = settings.lake();
     let Settings {
         roles,
@@ -619,10 +620,13 @@ async fn trim_log_periodically(log: Arc<dyn Log>, retention: Duration, stop: Can
         match log.enforce_retention(retention).await {
             Ok(0) => {}
             Ok(deleted) => info!(deleted, "Trimmed processed records from the log."),
-            Err(error) => warn!(
-                error = %spendstream_schemas::error::Chain(&error),
-                "Trimming the log failed; will try again."
-            ),
+            Err(error) => {
+                spendstream_schemas::metrics::error("log_retention", error.kind());
+                warn!(
+                    error = %spendstream_schemas::error::Chain(&error),
+                    "Trimming the log failed; will try again."
+                )
+            }
         }
     }
 }
@@ -656,10 +660,13 @@ async fn maintain_periodically(
         match maintain_once(&lake, owner, every, retain, full).await {
             Ok(true) if full => last_full = Some(std::time::Instant::now()),
             Ok(_) => {}
-            Err(error) => warn!(
-                error = %spendstream_schemas::error::Chain(&error),
-                "Maintaining the lake failed; will try again."
-            ),
+            Err(error) => {
+                spendstream_schemas::metrics::error("compaction", error.kind());
+                warn!(
+                    error = %spendstream_schemas::error::Chain(&error),
+                    "Maintaining the lake failed; will try again."
+                )
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod metrics;
 pub mod secret;
 
 pub use app::{Roles, Running, Settings, start};

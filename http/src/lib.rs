@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod ops;
 pub mod request_id;
 pub mod serve;

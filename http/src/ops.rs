@@ -9,8 +9,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
+use spendstream_schemas::metrics as metrics_schema;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -34,6 +35,12 @@ pub fn prometheus() -> PrometheusHandle {
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix(metrics_schema::COUNT_SUFFIX.into()),
+                        metrics_schema::COUNT_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new())
                 .build_recorder();
             let handle = recorder.handle();
@@ -136,8 +143,8 @@ pub async fn track_metrics(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("spendstream_http_requests_total", &labels).increment(1);
-    metrics::histogram!("spendstream_http_request_duration_seconds", &labels)
+    metrics::counter!(crate::metrics::REQUESTS_TOTAL.name, &labels).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_DURATION_SECONDS.name, &labels)
         .record(started.elapsed().as_secs_f64());
     response
 }

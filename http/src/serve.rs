@@ -72,7 +72,7 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("spendstream_http_connections_refused_total").increment(1);
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL.name).increment(1);
             debug!(%peer, "Too many connections; closed a new one.");
             continue;
         };

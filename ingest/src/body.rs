@@ -165,6 +165,7 @@ impl BodyReader {
             wire: Some((SyncIoBridge::new(StreamReader::new(stream)), self.gzip)),
             reader: None,
             left: self.max_decoded,
+            read: 0,
             end: end.clone(),
             fingerprint: self.fingerprint,
         };
@@ -265,8 +266,16 @@ struct Decoded<W> {
     wire: Option<(W, bool)>,
     reader: Option<Box<dyn Read + Send>>,
     left: u64,
+    /// Bytes decoded so far, counted into the metrics once, on drop.
+    read: u64,
     end: BodyEndHandle,
     fingerprint: Option<Fingerprint>,
+}
+
+impl<W> Drop for Decoded<W> {
+    fn drop(&mut self) {
+        metrics::counter!(crate::metrics::BODY_BYTES_TOTAL.name).increment(self.read);
+    }
 }
 
 impl<W: Read + Send + 'static> Read for Decoded<W> {
@@ -287,6 +296,7 @@ impl<W: Read + Send + 'static> Read for Decoded<W> {
             return Err(std::io::Error::other("decompressed body too large"));
         }
         self.left -= n as u64;
+        self.read += n as u64;
         if let Some(f) = &self.fingerprint {
             f.update(&buf[..n]);
         }

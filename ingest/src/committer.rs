@@ -88,10 +88,16 @@ async fn run(
             Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
             Err(_) => Err(AppendError::Timeout(timeout)),
         };
-        metrics::histogram!("spendstream_log_append_seconds")
+        metrics::histogram!(crate::metrics::LOG_APPEND_SECONDS.name)
             .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("spendstream_log_append_records").record(total as f64);
+        metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(total as f64);
         if let Err(error) = &result {
+            let kind = match error {
+                AppendError::Log(e) => e.kind(),
+                AppendError::Timeout(_) => "timeout",
+                AppendError::Stopped => "stopped",
+            };
+            spendstream_schemas::metrics::error("log_append", kind);
             warn!(error = %spendstream_schemas::error::Chain(error), records = total, "Log append failed.");
         }
         for (reply, n) in replies.into_iter().zip(sizes) {

@@ -302,6 +302,7 @@ async fn handle(
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            metrics::counter!(crate::metrics::IDEMPOTENT_REPLAYS_TOTAL.name).increment(1);
             return Ok(response);
         }
     }
@@ -339,7 +340,10 @@ async fn handle(
             Ok(()) => claim.disarm(),
             // The records are in the log; the guard frees the key, and a
             // retry makes new versions of the same expenses, never more.
-            Err(e) => warn!(error = %Chain(&e), "Storing the idempotent response failed."),
+            Err(e) => {
+                spendstream_schemas::metrics::error("idempotency", e.kind());
+                warn!(error = %Chain(&e), "Storing the idempotent response failed.");
+            }
         }
         return Ok(Response::from_parts(parts, Body::from(bytes)));
     }
@@ -364,6 +368,7 @@ impl ClaimGuard {
         if let Some(store) = self.store.take()
             && let Err(e) = store.release(&self.tenant, &self.key).await
         {
+            spendstream_schemas::metrics::error("idempotency", e.kind());
             warn!(error = %Chain(&e), "Releasing an idempotency key failed.");
         }
     }
@@ -384,6 +389,7 @@ impl Drop for ClaimGuard {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Err(e) = store.release(&tenant, &key).await {
+                    spendstream_schemas::metrics::error("idempotency", e.kind());
                     warn!(error = %Chain(&e), "Releasing an abandoned idempotency key failed.");
                 }
             });
@@ -467,10 +473,16 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
     };
     let body = body_end.get();
     let body_whole = body == BodyEnd::Whole;
-    metrics::counter!("spendstream_ingest_records_total", "outcome" => "accepted")
+    metrics::counter!(crate::metrics::RECORDS_TOTAL.name, "outcome" => "accepted")
         .increment(accepted as u64);
-    metrics::counter!("spendstream_ingest_records_total", "outcome" => "rejected")
-        .increment(rejected.total as u64);
+    for (code, n) in &rejected.by_code {
+        metrics::counter!(
+            crate::metrics::RECORDS_TOTAL.name,
+            "outcome" => "rejected",
+            "code" => code.as_str()
+        )
+        .increment(*n as u64);
+    }
 
     let response = |accepted: usize, rejected: Rejections| IngestResponse {
         batch_id: batch_id.clone(),

@@ -9,6 +9,7 @@ mod dead_letters;
 pub mod decode;
 mod handler;
 pub mod in_flight;
+pub mod metrics;
 
 pub use committer::Committer;
 pub use config::IngestConfig;

@@ -57,6 +57,25 @@ impl Error {
 }
 
 impl Error {
+    /// A short fixed word for the `error_type` label of
+    /// `spendstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Delta(_) if self.is_commit_conflict() => "commit_conflict",
+            Error::Delta(e) if delta_is_transient(e) => "storage_unavailable",
+            Error::Delta(_) => "delta",
+            Error::Arrow(_) => "arrow",
+            Error::Io(_) => "io",
+            Error::UnsupportedUrl(_) | Error::CredentialsInUrl(_) | Error::InvalidUrl { .. } => {
+                "configuration"
+            }
+            Error::UnknownColumn(_) | Error::SchemaMismatch(_) => "schema_mismatch",
+            Error::NoTable(_) => "no_table",
+            Error::GenerationsExhausted => "generations_exhausted",
+            Error::Injected => "injected",
+        }
+    }
+
     /// Whether this is a commit that lost to a concurrent commit it
     /// conflicts with (not an outage).
     pub fn is_commit_conflict(&self) -> bool {

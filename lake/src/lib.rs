@@ -15,6 +15,7 @@ mod error;
 mod files;
 mod location;
 mod maintenance;
+pub mod metrics;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -398,6 +399,8 @@ impl Lake {
             .with_partition_columns(PARTITION_COLUMNS)
             .with_commit_properties(CommitProperties::default().with_application_transactions(new))
             .await?;
+        ::metrics::counter!(metrics::COMMITS_TOTAL.name, "operation" => "write").increment(1);
+        ::metrics::counter!(metrics::COMMITTED_ROWS_TOTAL.name).increment(n as u64);
         self.injected_failure()?;
         let table_version = written.version().unwrap_or_default();
         self.publish(&written);

@@ -110,6 +110,12 @@ impl Lake {
             }
             match compact_partition(self, &table, &tenant, &month, &bins).await {
                 Ok((added, removed)) => {
+                    use crate::metrics::{COMMITS_TOTAL, COMPACTED_FILES_TOTAL};
+                    metrics::counter!(COMMITS_TOTAL.name, "operation" => "compact").increment(1);
+                    metrics::counter!(COMPACTED_FILES_TOTAL.name, "change" => "added")
+                        .increment(added);
+                    metrics::counter!(COMPACTED_FILES_TOTAL.name, "change" => "removed")
+                        .increment(removed);
                     stats.partitions += 1;
                     stats.files_added += added;
                     stats.files_removed += removed;
@@ -120,6 +126,7 @@ impl Lake {
                         tenant, month,
                         "Compacting a partition conflicted with another compaction; the next run retries."
                     );
+                    metrics::counter!(crate::metrics::COMPACTION_CONFLICTS_TOTAL.name).increment(1);
                     stats.conflicts += 1;
                 }
                 Err(e) => return Err(e),
@@ -147,6 +154,10 @@ impl Lake {
             })
             .with_dry_run(dry_run)
             .await?;
+        if !metrics.dry_run {
+            ::metrics::counter!(crate::metrics::VACUUMED_FILES_TOTAL.name)
+                .increment(metrics.files_deleted.len() as u64);
+        }
         Ok(VacuumStats {
             dry_run: metrics.dry_run,
             files: metrics.files_deleted,

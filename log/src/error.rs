@@ -70,6 +70,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short fixed word for the `error_type` label of
+    /// `spendstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::UnsupportedUrl(_) | Error::InvalidUrl { .. } => "configuration",
+            Error::PartitionMismatch { .. } | Error::TopicMismatch { .. } => "partition_mismatch",
+            Error::ConsumerLocked { .. } => "consumer_locked",
+            Error::Sqlite(_) => "sqlite",
+            Error::Io(_) => "io",
+            Error::Join(_) => "task_failed",
+            Error::UnknownPartition(_) => "unknown_partition",
+            Error::TopicCreation { .. } => "topic_creation",
+            Error::UnsafeKafkaOption { .. } | Error::InvalidOption { .. } => "configuration",
+            Error::Kafka(_) => "kafka",
+            Error::QueueFull => "queue_full",
+            Error::NotAcknowledged { .. } => "not_acknowledged",
+            Error::Rebalanced => "rebalanced",
+            Error::Timeout(_) => "timeout",
+        }
+    }
+
     /// An `InvalidUrl` that never carries the URL's secrets.
     pub(crate) fn invalid_url(url: &str, reason: impl Into<String>) -> Self {
         Self::InvalidUrl {

@@ -9,6 +9,7 @@ pub mod embedded;
 mod error;
 pub mod idempotency;
 pub mod kafka;
+pub mod metrics;
 mod target;
 
 pub use error::{Error, Result};

@@ -39,6 +39,7 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use spendstream_http::{ApiError, Role};
+use spendstream_query_api::metrics::query_done;
 use spendstream_query_api::sql::{SqlLimits, execution_error, remove_amplifiers, tenant_session};
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -544,10 +545,14 @@ impl SimpleQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         check_length(&self.config, &query.query)?;
-        tokio::time::timeout(self.config.limits.timeout, self._on_query(client, query))
-            .await
-            .map_err(|_| timed_out(&self.config))?
-            .map_err(classify)
+        let started = std::time::Instant::now();
+        let answer =
+            tokio::time::timeout(self.config.limits.timeout, self._on_query(client, query))
+                .await
+                .map_err(|_| timed_out(&self.config))
+                .and_then(|r| r.map_err(classify));
+        query_done("pg", "sql", answer.is_ok(), started);
+        answer
     }
 
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -585,13 +590,16 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        tokio::time::timeout(
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
             self.config.limits.timeout,
             self._on_execute(client, message),
         )
         .await
-        .map_err(|_| timed_out(&self.config))?
-        .map_err(classify)
+        .map_err(|_| timed_out(&self.config))
+        .and_then(|r| r.map_err(classify));
+        query_done("pg", "sql", answer.is_ok(), started);
+        answer
     }
 
     async fn do_query<C>(

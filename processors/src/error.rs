@@ -66,6 +66,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// A short fixed word for the `error_type` label of
+    /// `spendstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Log(e) => e.kind(),
+            Error::Lake(e) => e.kind(),
+            Error::Arrow(_) => "arrow",
+            Error::ClickHouse(e) if clickhouse_transient(e) => "unavailable",
+            Error::ClickHouse(_) => "clickhouse",
+            Error::ClickHouseRow(_) | Error::RowsRefused { .. } => "rows_refused",
+            Error::MigrationChanged { .. }
+            | Error::MigrationsAhead { .. }
+            | Error::MigrationsBehind { .. } => "migrations",
+            Error::LogBehindLake { .. } | Error::LogBehindGroup { .. } => "log_behind",
+        }
+    }
+
     /// Whether retrying the same step may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

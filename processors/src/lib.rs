@@ -9,6 +9,7 @@
 
 pub mod config;
 mod error;
+pub mod metrics;
 pub mod sink;
 pub mod source;
 pub mod transform;
@@ -75,6 +76,9 @@ pub(crate) fn failpoint(name: &str) {
         std::process::abort();
     }
 }
+
+/// How often the consumer lag is read (a broker round trip on Kafka).
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 fn retry_policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
@@ -171,9 +175,11 @@ impl Processor {
                 end: *end,
             });
         }
-        let generation = retry("Numbering the log's generation in the lake", || {
-            self.lake.log_generation()
-        })
+        let generation = retry(
+            "sink_lake",
+            "Numbering the log's generation in the lake",
+            || self.lake.log_generation(),
+        )
         .await?;
         let _ = self.generation.set(generation);
         info!(generation, "Writing under this log generation.");
@@ -193,7 +199,12 @@ impl Processor {
             log_id = self.log.log_id(),
             "Processor started."
         );
+        let mut lag_read: Option<Instant> = None;
         while !stop.is_cancelled() {
+            if lag_read.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                lag_read = Some(Instant::now());
+                self.record_lag(consumer.as_mut()).await;
+            }
             let batch = tokio::select! {
                 _ = stop.cancelled() => break,
                 batch = source::next_batch(
@@ -207,6 +218,7 @@ impl Processor {
                 Ok(batch) if batch.is_empty() => {}
                 Ok(batch) => self.process(consumer.as_mut(), batch).await?,
                 Err(e) if e.is_transient() => {
+                    spendstream_schemas::metrics::error("log_read", e.kind());
                     warn!(error = %Chain(&e), "Reading the log failed; retrying.");
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -214,6 +226,7 @@ impl Processor {
                     }
                 }
                 Err(e) => {
+                    spendstream_schemas::metrics::error("log_read", e.kind());
                     error!(error = %Chain(&e), "Reading the log failed for good; stopping.");
                     return Err(e);
                 }
@@ -221,6 +234,31 @@ impl Processor {
         }
         info!("Processor stopped.");
         Ok(())
+    }
+
+    /// Sets `spendstream_processor_lag_records` for every partition: the
+    /// log's end minus the group's committed offset (what a restart would
+    /// read again, and what is still to read).
+    async fn record_lag(&self, consumer: &mut dyn LogConsumer) {
+        let read = async {
+            let committed = consumer.committed().await?;
+            let ends = self.log.end_offsets().await?;
+            Ok::<_, spendstream_log::Error>((committed, ends))
+        };
+        match tokio::time::timeout(Duration::from_secs(2), read).await {
+            Ok(Ok((committed, ends))) => {
+                for (partition, (committed, end)) in committed.iter().zip(&ends).enumerate() {
+                    ::metrics::gauge!(
+                        metrics::LAG_RECORDS.name,
+                        "group" => self.config.group.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set((end - committed).max(0) as f64);
+                }
+            }
+            Ok(Err(e)) => debug!(error = %Chain(&e), "Reading the consumer lag failed."),
+            Err(_) => debug!("Reading the consumer lag took too long."),
+        }
     }
 
     /// Handles one batch to the end: sinks first, then the offset commit.
@@ -232,6 +270,7 @@ impl Processor {
         mut batch: Vec<Consumed>,
     ) -> Result<()> {
         let started = Instant::now();
+        let entries_in_batch = batch.len();
         let last = transform::replay::last_offsets(&batch);
         let commits: Vec<_> = last.iter().map(|(p, o)| (*p, o + 1)).collect();
 
@@ -241,7 +280,10 @@ impl Processor {
         let partitions: Vec<_> = last.keys().copied().collect();
         let mut held_by_all: Option<BTreeMap<Partition, i64>> = None;
         for sink in &self.sinks {
-            let held = retry("Reading what a sink holds", || sink.committed(&partitions)).await?;
+            let held = retry(sink.stage(), "Reading what a sink holds", || {
+                sink.committed(&partitions)
+            })
+            .await?;
             held_by_all = Some(match held_by_all {
                 None => held,
                 Some(all) => all
@@ -296,7 +338,7 @@ impl Processor {
         }
 
         if !batch.is_empty() {
-            retry("Writing dead letters", || {
+            retry("dead_letters", "Writing dead letters", || {
                 self.dead_letters.write(letters.clone())
             })
             .await?;
@@ -319,8 +361,13 @@ impl Processor {
                         last: &handled,
                     };
                     let what = format!("Writing the {}", sink.name());
-                    match retry(&what, || sink.write(batch)).await {
-                        Ok(_) => break,
+                    let writing = Instant::now();
+                    match retry(sink.stage(), &what, || sink.write(batch)).await {
+                        Ok(_) => {
+                            ::metrics::histogram!(metrics::SINK_WRITE_SECONDS.name, "sink" => sink.name())
+                                .record(writing.elapsed().as_secs_f64());
+                            break;
+                        }
                         // The sink refused rows it could not know it would
                         // (the server's word) and recorded nothing: store
                         // them as dead letters first, then write the rest.
@@ -343,7 +390,7 @@ impl Processor {
                                 rows = refused_now.len(),
                                 "A sink refused rows; they are dead letters now."
                             );
-                            retry("Writing dead letters", || {
+                            retry("dead_letters", "Writing dead letters", || {
                                 self.dead_letters.write(refused_now.clone())
                             })
                             .await?;
@@ -370,10 +417,12 @@ impl Processor {
                 // Not fatal: the lake knows what it holds and a replay of
                 // this batch is skipped; the next commit covers it.
                 Err(e) if attempt == 20 || !e.is_transient() => {
+                    spendstream_schemas::metrics::error("log_commit", e.kind());
                     warn!(error = %Chain(&e), "Giving up on this offset commit.");
                     break;
                 }
                 Err(e) => {
+                    spendstream_schemas::metrics::error("log_commit", e.kind());
                     warn!(error = %Chain(&e), retry_in = ?delay, "Committing offsets failed.");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -388,14 +437,14 @@ impl Processor {
         s.replay_skipped
             .fetch_add(skipped as u64, Ordering::Relaxed);
         s.batches.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("spendstream_processor_records_total", "outcome" => "written")
+        ::metrics::counter!(metrics::RECORDS_TOTAL.name, "outcome" => "written")
             .increment(n_rows as u64);
-        metrics::counter!("spendstream_processor_records_total", "outcome" => "dead_lettered")
+        ::metrics::counter!(metrics::RECORDS_TOTAL.name, "outcome" => "dead_lettered")
             .increment(n_letters as u64);
-        metrics::counter!("spendstream_processor_records_total", "outcome" => "replay_skipped")
+        ::metrics::counter!(metrics::RECORDS_TOTAL.name, "outcome" => "replay_skipped")
             .increment(skipped as u64);
-        metrics::histogram!("spendstream_processor_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
+        ::metrics::histogram!(metrics::BATCH_SECONDS.name).record(started.elapsed().as_secs_f64());
+        ::metrics::histogram!(metrics::BATCH_RECORDS.name).record(entries_in_batch as f64);
         debug!(
             rows = n_rows,
             dead_letters = n_letters,
@@ -409,14 +458,21 @@ impl Processor {
 /// Runs `op` until it succeeds or fails permanently. Transient failures are
 /// retried without end (moving on without knowing what a sink holds could
 /// write a batch twice or lose it), each logged with its whole cause.
-async fn retry<T, F, Fut>(what: &str, op: F) -> Result<T>
+/// Each failure counts in `spendstream_errors_total` under `stage`.
+async fn retry<T, F, Fut>(stage: &'static str, what: &str, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     op.retry(retry_policy())
         .when(Error::is_transient)
-        .notify(|e, d| warn!(error = %Chain(e), retry_in = ?d, "{what} failed; retrying."))
+        .notify(|e, d| {
+            spendstream_schemas::metrics::error(stage, e.kind());
+            warn!(error = %Chain(e), retry_in = ?d, "{what} failed; retrying.")
+        })
         .await
-        .inspect_err(|e| error!(error = %Chain(e), "{what} failed for good; stopping."))
+        .inspect_err(|e| {
+            spendstream_schemas::metrics::error(stage, e.kind());
+            error!(error = %Chain(e), "{what} failed for good; stopping.")
+        })
 }

@@ -74,7 +74,7 @@ impl<T> AnswerCache<T> {
         let now = inner.clock;
         let entry = inner.entries.get_mut(key)?;
         entry.used = now;
-        metrics::counter!("spendstream_query_report_cache_hits_total").increment(1);
+        metrics::counter!(crate::metrics::REPORT_CACHE_HITS_TOTAL.name).increment(1);
         Some(entry.rows.clone())
     }
 

@@ -390,6 +390,12 @@ impl CurrentState {
     /// reads the table from nothing.
     async fn refresh(&self, _one_at_a_time: OwnedMutexGuard<()>, lake: &Arc<Lake>) {
         if let Err(e) = self.try_refresh(lake).await {
+            let kind = match &e {
+                crate::Error::Lake(e) => e.kind(),
+                crate::Error::DataFusion(_) => "datafusion",
+                crate::Error::Shape(_) => "shape",
+            };
+            spendstream_schemas::metrics::error("report_state", kind);
             tracing::warn!(error = %spendstream_schemas::error::Chain(&e), retry_in = ?RETRY_AFTER_FAILURE, "Reading new lake files into the reports' state failed: reports and SQL read the lake until a later read succeeds.");
             let mut state = self.state.write().await;
             *state = State {
@@ -397,7 +403,7 @@ impl CurrentState {
                 retry_after: Some(std::time::Instant::now() + RETRY_AFTER_FAILURE),
                 ..State::default()
             };
-            metrics::gauge!("spendstream_query_report_state_entries").set(0.0);
+            metrics::gauge!(crate::metrics::REPORT_STATE_ENTRIES.name).set(0.0);
         }
     }
 
@@ -505,7 +511,7 @@ impl CurrentState {
             state.version = Some(version);
             state.retry_after = None;
         }
-        metrics::gauge!("spendstream_query_report_state_entries").set(state.rows as f64);
+        metrics::gauge!(crate::metrics::REPORT_STATE_ENTRIES.name).set(state.rows as f64);
     }
 
     /// The report rows of `tenant` (as [`crate::report::spend_rows`] gives

@@ -7,6 +7,7 @@ pub mod current;
 mod error;
 pub mod etag;
 pub mod format;
+pub mod metrics;
 pub mod report;
 pub mod sql;
 

@@ -457,6 +457,18 @@ impl Request {
 )]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn spend(
+    state: State<QueryState>,
+    auth: Auth,
+    headers: HeaderMap,
+    params: Result<Query<SpendParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = spend_answer(state, auth, headers, params).await;
+    crate::metrics::query_done("http", "report", answer.is_ok(), started);
+    answer
+}
+
+async fn spend_answer(
     State(state): State<QueryState>,
     auth: Auth,
     headers: HeaderMap,

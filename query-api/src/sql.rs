@@ -138,6 +138,18 @@ pub struct SqlResult {
 )]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn sql(
+    state: State<QueryState>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Result<Json<SqlRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = sql_answer(state, auth, headers, body).await;
+    crate::metrics::query_done("http", "sql", answer.is_ok(), started);
+    answer
+}
+
+async fn sql_answer(
     State(state): State<QueryState>,
     auth: Auth,
     headers: HeaderMap,

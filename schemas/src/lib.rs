@@ -9,6 +9,7 @@ pub mod enriched;
 pub mod envelope;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod money;
 pub mod pan;
 pub mod record;

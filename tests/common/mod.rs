@@ -505,6 +505,31 @@ pub fn spawn_with(
     (Server { child, base }, printed)
 }
 
+/// Sends SIGTERM to `child` (the signal an orchestrator stops a pod with).
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM failed");
+}
+
+/// Waits for `child` to exit, at most `within`; returns its status and how
+/// long it took.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    let started = std::time::Instant::now();
+    let mut poll = Deadline::new(within, Duration::from_millis(20));
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, started.elapsed());
+        }
+        poll.tick("the server did not exit").await;
+    }
+}
+
 /// The peak resident set of process `pid` so far, in bytes (`VmHWM`).
 pub fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -566,6 +591,7 @@ pub async fn assert_documented(base: &str) {
         );
     }
     assert!(seen > 0, "no request was counted");
+    assert_metrics_catalogued(&metrics);
     let client = reqwest::Client::new();
     for (path, methods) in paths {
         let url = format!("{base}{}", path.replace("{id}", "1"));
@@ -582,6 +608,67 @@ pub async fn assert_documented(base: &str) {
             assert_eq!(
                 status, 405,
                 "{method} {path} is routed but not in the OpenAPI document"
+            );
+        }
+    }
+}
+
+/// Every `spendstream_*` metric in `text` (a `/metrics` answer) is in the
+/// catalogue (and so in docs/metrics.md) with its declared type, a `# HELP`
+/// line, and only the labels it declares.
+pub fn assert_metrics_catalogued(text: &str) {
+    use spendstream_schemas::metrics::Kind;
+    let catalogue = spendstream::metrics::catalogue();
+    let declared = |name: &str| catalogue.iter().find(|m| m.name == name);
+    let mut helped = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split_whitespace().next().unwrap().to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+            if !name.starts_with("spendstream_") {
+                continue;
+            }
+            let metric = declared(name)
+                .unwrap_or_else(|| panic!("{name} is exposed but not in the catalogue"));
+            assert_eq!(
+                kind,
+                metric.kind.as_str(),
+                "{name} has another type than declared"
+            );
+            continue;
+        }
+        if !line.starts_with("spendstream_") {
+            continue;
+        }
+        let series = line.split_whitespace().next().unwrap();
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let metric = declared(name)
+            .or_else(|| {
+                ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+                    declared(name.strip_suffix(suffix)?).filter(|m| m.kind == Kind::Histogram)
+                })
+            })
+            .unwrap_or_else(|| panic!("{name} is exposed but not in the catalogue"));
+        assert!(
+            helped.contains(metric.name),
+            "{} has no # HELP line",
+            metric.name
+        );
+        // label="value" pairs; values never hold `",` here.
+        for pair in labels
+            .trim_end_matches('}')
+            .split("\",")
+            .filter(|p| !p.is_empty())
+        {
+            let label = pair.split_once('=').map_or(pair, |(l, _)| l);
+            assert!(
+                label == "le" && metric.kind == Kind::Histogram || metric.labels.contains(&label),
+                "{} has the undeclared label {label}",
+                metric.name
             );
         }
     }

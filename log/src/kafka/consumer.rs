@@ -59,7 +59,7 @@ impl ConsumerContext for GroupContext {
                 .map(|e| e.partition() as Partition)
                 .collect();
             info!(group = %self.group, ?partitions, "Partitions revoked.");
-            metrics::counter!("spendstream_kafka_rebalances_total", "kind" => "revoke")
+            metrics::counter!(crate::metrics::KAFKA_REBALANCES_TOTAL.name, "kind" => "revoke")
                 .increment(1);
             self.revoked
                 .lock()
@@ -77,7 +77,7 @@ impl ConsumerContext for GroupContext {
                     .map(|e| e.partition())
                     .collect();
                 info!(group = %self.group, ?partitions, "Partitions assigned.");
-                metrics::counter!("spendstream_kafka_rebalances_total", "kind" => "assign")
+                metrics::counter!(crate::metrics::KAFKA_REBALANCES_TOTAL.name, "kind" => "assign")
                     .increment(1);
             }
             Rebalance::Error(error) => warn!(group = %self.group, %error, "Rebalance failed."),

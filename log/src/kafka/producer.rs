@@ -77,7 +77,7 @@ impl KafkaProducer {
                 // none of it and the client's retry makes new versions of
                 // the same identities, never duplicates in reports.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    metrics::counter!("spendstream_kafka_queue_full_total").increment(1);
+                    metrics::counter!(crate::metrics::KAFKA_QUEUE_FULL_TOTAL.name).increment(1);
                     return Err(Error::QueueFull);
                 }
                 Err((error, _)) => return Err(error.into()),

@@ -23,7 +23,7 @@ impl DeadLetterSink {
         }
         let n = letters.len();
         self.store.put(letters).await?;
-        metrics::counter!("spendstream_processor_dead_letters_total").increment(n as u64);
+        metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL.name).increment(n as u64);
         Ok(())
     }
 }

@@ -39,6 +39,10 @@ pub trait Sink: Send + Sync {
     /// A short name for logs, metrics and `/readyz`.
     fn name(&self) -> &'static str;
 
+    /// The `stage` label of its failures in `spendstream_errors_total`:
+    /// `sink_<name>`.
+    fn stage(&self) -> &'static str;
+
     /// The highest offset of each of `partitions` whose records this sink
     /// holds (absent: none), read fresh: another processor may have written.
     async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>>;

@@ -14,7 +14,7 @@ fn drop_revoked(consumer: &mut dyn LogConsumer, held: &mut Vec<Consumed>) {
     }
     let before = held.len();
     held.retain(|c| !revoked.contains(&c.partition));
-    metrics::counter!("spendstream_processor_records_total", "outcome" => "abandoned_on_revoke")
+    metrics::counter!(crate::metrics::RECORDS_TOTAL.name, "outcome" => "abandoned_on_revoke")
         .increment((before - held.len()) as u64);
     tracing::info!(
         ?revoked,

@@ -258,6 +258,10 @@ impl Sink for ClickHouseSink {
         "clickhouse"
     }
 
+    fn stage(&self) -> &'static str {
+        "sink_clickhouse"
+    }
+
     async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
         timed(self.config.timeout, self.held(partitions)).await
     }

@@ -95,6 +95,10 @@ impl Sink for LakeSink {
         "lake"
     }
 
+    fn stage(&self) -> &'static str {
+        "sink_lake"
+    }
+
     async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
         self.held(partitions).await
     }
