@@ -289,6 +289,9 @@ impl Settings {
         if server.header_read_timeout.is_zero() {
             return Err("--header-read-timeout-secs must be at least 1".into());
         }
+        if server.drain_timeout.is_zero() {
+            return Err("--shutdown-grace-secs must be at least 1".into());
+        }
         if server.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
@@ -322,6 +325,8 @@ pub struct Running {
     pub log: Option<Arc<dyn Log>>,
     stop: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// How long stopping may take (`ServerLimits::drain_timeout`).
+    grace: Duration,
 }
 
 impl Running {
@@ -332,6 +337,10 @@ impl Running {
 
     /// Waits until a task ends (it should not) or `stop` is cancelled, then
     /// stops the rest: the HTTP server drains, processors finish their batch.
+    /// Whatever has not stopped within the grace period is dropped: a
+    /// request still in flight gets its connection closed (it was not
+    /// answered, so the client resends it), a processor batch a sink could
+    /// not take stays uncommitted and is read again on the next start.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let mut first_error = None;
         tokio::select! {
@@ -343,9 +352,25 @@ impl Running {
                 self.stop.cancel();
             }
         }
-        while let Some(done) = self.tasks.join_next().await {
-            if let Err(e) = flatten(done) {
-                first_error.get_or_insert(e);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(done)) => {
+                    if let Err(e) = flatten(done) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        unfinished = self.tasks.len(),
+                        grace = ?self.grace,
+                        "The grace period is over: stopping what is left without waiting. \
+                         Uncommitted processor batches are read again on the next start."
+                    );
+                    self.tasks.shutdown().await;
+                    break;
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -392,6 +417,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     // Printed in logs and errors: never with their credentials.
     let log_url = redact_url(&log_url);
     let lake_url = spendstream_lake::redact(&lake_url);
+    let grace = server.drain_timeout;
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
@@ -557,6 +583,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         log,
         stop,
         tasks,
+        grace,
     })
 }
 
@@ -852,6 +879,10 @@ mod tests {
             (
                 Box::new(|s| s.server.header_read_timeout = Duration::ZERO),
                 "--header-read-timeout-secs",
+            ),
+            (
+                Box::new(|s| s.server.drain_timeout = Duration::ZERO),
+                "--shutdown-grace-secs",
             ),
             (
                 Box::new(|s| s.operator_tenant = Some("no spaces".into())),

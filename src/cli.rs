@@ -323,6 +323,12 @@ pub struct ServeArgs {
         default_value_t = 15
     )]
     pub header_read_timeout_secs: u64,
+    /// Seconds a stop (SIGTERM, SIGINT) may take: requests in flight finish
+    /// and processors commit their batch within it; what is left then is
+    /// dropped (unanswered requests, an uncommitted batch read again on the
+    /// next start) and the process exits.
+    #[arg(long, env = "SPENDSTREAM_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
     /// HTTP connections open at once; more are closed as they arrive.
     #[arg(long, env = "SPENDSTREAM_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -256,7 +256,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         server: ServerLimits {
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
             max_connections: args.max_connections,
-            ..ServerLimits::default()
+            drain_timeout: Duration::from_secs(args.shutdown_grace_secs),
         },
         operator_tenant: args.operator_tenant.clone(),
         sql_limits: spendstream_query_api::sql::SqlLimits {

@@ -62,27 +62,35 @@ impl Drop for ClickHouse {
     }
 }
 
+/// A running ClickHouse of the test's own under `dir`, its ports (to start
+/// it again on them), its URL, the URL of its database `database`, and the
+/// arguments of `spendstream up` writing that database, with `extra`.
+async fn own_clickhouse(
+    dir: &Path,
+    database: &str,
+    extra: &[&str],
+) -> (ClickHouse, (u16, u16), String, String, Vec<String>) {
+    let ports = (free_port(), free_port());
+    let server_url = format!("http://127.0.0.1:{}", ports.0);
+    let mut clickhouse = ClickHouse::start(&dir.join("clickhouse"), ports);
+    clickhouse.wait_up(&server_url).await;
+    let database = format!("{server_url}/{database}");
+    let mut args: Vec<String> = ["up", "--data-dir"].map(String::from).to_vec();
+    args.push(dir.join("data").display().to_string());
+    args.extend([
+        "--clickhouse".to_string(),
+        database.clone(),
+        "--migrate".into(),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (clickhouse, ports, server_url, database, args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_for_30_seconds_loses_nothing_and_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port());
-    let server_url = format!("http://127.0.0.1:{}", ports.0);
-    let mut clickhouse = ClickHouse::start(&dir.path().join("clickhouse"), ports);
-    clickhouse.wait_up(&server_url).await;
-    let database = format!("{server_url}/outage");
-    let args: Vec<String> = [
-        "up",
-        "--data-dir",
-        &dir.path().join("data").display().to_string(),
-        "--clickhouse",
-        &database,
-        "--migrate",
-        "--batch-max-records",
-        "2000",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let (clickhouse, ports, server_url, database, args) =
+        own_clickhouse(dir.path(), "outage", &["--batch-max-records", "2000"]).await;
     let mut server = common::spawn(&args, None);
     common::wait_healthy(&mut server).await;
     let pid = server.child.id();
@@ -145,6 +153,50 @@ async fn clickhouse_down_for_30_seconds_loses_nothing_and_drains() {
         .await
         .unwrap();
     assert_eq!(body["checks"]["clickhouse"], "ok", "{body}");
+}
+
+/// SIGTERM while ClickHouse is down and the processors hold a batch it
+/// cannot take: the process still exits 0 within its grace period, without
+/// committing that batch, and after a restart (ClickHouse back) every
+/// acknowledged record is in both sinks once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_clickhouse_down_exits_within_the_grace_period_and_loses_nothing() {
+    const GRACE: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let grace = GRACE.as_secs().to_string();
+    let (clickhouse, ports, server_url, database, args) =
+        own_clickhouse(dir.path(), "stopping", &["--shutdown-grace-secs", &grace]).await;
+    let mut server = common::spawn(&args, None);
+    common::wait_healthy(&mut server).await;
+    let mut model = common::ingest(&server.base, 0, 2_000).await;
+    common::wait_for_totals(&server.base, &model).await;
+
+    drop(clickhouse);
+    model.extend(common::ingest(&server.base, 2_000, 3_000).await);
+    // The processors took the new batch and are retrying ClickHouse.
+    let written = "spendstream_processor_records_total{outcome=\"written\"}";
+    let errors = "spendstream_errors_total{stage=\"sink_clickhouse\"";
+    let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(50));
+    while common::counter(&server.base, errors).await < 1.0 {
+        poll.tick("the processors never retried ClickHouse").await;
+    }
+    assert_eq!(common::counter(&server.base, written).await, 2_000.0);
+
+    common::sigterm(&server.child);
+    let (status, took) = common::wait_exit(&mut server.child, GRACE * 4).await;
+    assert!(status.success(), "exited with {status} after SIGTERM");
+    assert!(
+        took <= GRACE + Duration::from_secs(2),
+        "took {took:?} to stop, the grace period is {GRACE:?}"
+    );
+
+    let mut clickhouse = ClickHouse::start(&dir.path().join("clickhouse"), ports);
+    clickhouse.wait_up(&server_url).await;
+    let mut server = common::spawn(&args, None);
+    common::wait_healthy(&mut server).await;
+    let rows = common::settle_exactly(&server.base, &dir.path().join("data"), &model).await;
+    assert_eq!(rows, model.len() as i64);
+    common::assert_clickhouse_matches_lake(&server.base, &database, "acme", "all").await;
 }
 
 /// Every statement Spendstream sends ClickHouse, and every query of
