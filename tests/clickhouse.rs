@@ -133,11 +133,28 @@ async fn clickhouse_down_for_30_seconds_loses_nothing_and_drains() {
         written_during <= 2_000.0,
         "{written_during} records went through the processors while ClickHouse was down"
     );
+    // The backlog shows as consumer lag on every partition,
+    // and is gone once ClickHouse is back.
+    let queued = (start - 10_000 - 2_000) as f64;
+    common::wait_for_lag(
+        &server.base,
+        spendstream_log::embedded::DEFAULT_PARTITIONS,
+        |sum| sum >= queued,
+        "the backlog is not in the lag",
+    )
+    .await;
 
     // Back on the same data: the backlog drains into both sinks.
     let mut clickhouse = ClickHouse::start(&dir.path().join("clickhouse"), ports);
     clickhouse.wait_up(&server_url).await;
     common::wait_for_totals(&server.base, &model).await;
+    common::wait_for_lag(
+        &server.base,
+        spendstream_log::embedded::DEFAULT_PARTITIONS,
+        |sum| sum == 0.0,
+        "the lag never came to 0",
+    )
+    .await;
     common::assert_clickhouse_matches_lake(&server.base, &database, "acme", "all").await;
     common::assert_no_duplicate_rows(&dir.path().join("data")).await;
     assert!(

@@ -347,6 +347,9 @@ async fn ten_thousand_records_two_tenants_three_formats(backend: common::Backend
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    // Everything is processed and committed: no partition lags.
+    let partitions = running.log.as_ref().unwrap().partitions();
+    common::wait_for_lag(&base, partitions, |sum| sum == 0.0, "lag never came to 0").await;
     common::assert_documented(&base).await;
     running.shutdown().await.unwrap();
 }

@@ -199,11 +199,21 @@ impl Processor {
             log_id = self.log.log_id(),
             "Processor started."
         );
+        // The group's committed offsets, read between batches (other
+        // members commit too) and moved by this member's commits; a task
+        // compares them with the log's end, also while a batch waits for a
+        // sink that is down (when lag matters most).
+        let committed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let _lag = LagWatch::start(
+            self.log.clone(),
+            self.config.group.clone(),
+            committed.clone(),
+        );
         let mut lag_read: Option<Instant> = None;
         while !stop.is_cancelled() {
             if lag_read.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
                 lag_read = Some(Instant::now());
-                self.record_lag(consumer.as_mut()).await;
+                self.read_committed(consumer.as_mut(), &committed).await;
             }
             let batch = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -216,7 +226,15 @@ impl Processor {
             };
             match batch {
                 Ok(batch) if batch.is_empty() => {}
-                Ok(batch) => self.process(consumer.as_mut(), batch).await?,
+                Ok(batch) => {
+                    let done = self.process(consumer.as_mut(), batch).await?;
+                    let mut committed = committed.lock().unwrap_or_else(|e| e.into_inner());
+                    for (partition, next) in done {
+                        if let Some(c) = committed.get_mut(partition as usize) {
+                            *c = (*c).max(next);
+                        }
+                    }
+                }
                 Err(e) if e.is_transient() => {
                     spendstream_schemas::metrics::error("log_read", e.kind());
                     warn!(error = %Chain(&e), "Reading the log failed; retrying.");
@@ -236,39 +254,29 @@ impl Processor {
         Ok(())
     }
 
-    /// Sets `spendstream_processor_lag_records` for every partition: the
-    /// log's end minus the group's committed offset (what a restart would
-    /// read again, and what is still to read).
-    async fn record_lag(&self, consumer: &mut dyn LogConsumer) {
-        let read = async {
-            let committed = consumer.committed().await?;
-            let ends = self.log.end_offsets().await?;
-            Ok::<_, spendstream_log::Error>((committed, ends))
-        };
-        match tokio::time::timeout(Duration::from_secs(2), read).await {
-            Ok(Ok((committed, ends))) => {
-                for (partition, (committed, end)) in committed.iter().zip(&ends).enumerate() {
-                    ::metrics::gauge!(
-                        metrics::LAG_RECORDS.name,
-                        "group" => self.config.group.clone(),
-                        "partition" => partition.to_string()
-                    )
-                    .set((end - committed).max(0) as f64);
-                }
-            }
-            Ok(Err(e)) => debug!(error = %Chain(&e), "Reading the consumer lag failed."),
-            Err(_) => debug!("Reading the consumer lag took too long."),
+    /// Reads the group's committed offsets into `into` (kept as they were
+    /// when the read fails or takes too long).
+    async fn read_committed(
+        &self,
+        consumer: &mut dyn LogConsumer,
+        into: &std::sync::Mutex<Vec<spendstream_log::Offset>>,
+    ) {
+        match tokio::time::timeout(Duration::from_secs(2), consumer.committed()).await {
+            Ok(Ok(offsets)) => *into.lock().unwrap_or_else(|e| e.into_inner()) = offsets,
+            Ok(Err(e)) => debug!(error = %Chain(&e), "Reading the committed offsets failed."),
+            Err(_) => debug!("Reading the committed offsets took too long."),
         }
     }
 
     /// Handles one batch to the end: sinks first, then the offset commit.
     /// Transient sink failures are retried until they pass: committing past
     /// a batch the sinks do not hold would lose it.
+    /// Returns the offsets committed (next offset per partition).
     async fn process(
         &self,
         consumer: &mut dyn LogConsumer,
         mut batch: Vec<Consumed>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(Partition, spendstream_log::Offset)>> {
         let started = Instant::now();
         let entries_in_batch = batch.len();
         let last = transform::replay::last_offsets(&batch);
@@ -405,9 +413,13 @@ impl Processor {
         let (n_rows, n_letters) = (rows.len(), letters.len());
 
         let mut delay = Duration::from_millis(100);
+        let mut committed = Vec::new();
         for attempt in 1..=20 {
             match consumer.commit(&commits).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    committed = commits;
+                    break;
+                }
                 // The partitions moved to another member: its replay of
                 // this batch is skipped by the lake's transaction versions.
                 Err(spendstream_log::Error::Rebalanced) => {
@@ -451,7 +463,51 @@ impl Processor {
             skipped,
             "Batch committed."
         );
-        Ok(())
+        Ok(committed)
+    }
+}
+
+/// Sets `spendstream_processor_lag_records` for every partition every
+/// [`LAG_EVERY`]: the log's end minus the group's committed offset (what is
+/// still to read, and what a restart would read again). Stops when dropped.
+struct LagWatch(tokio::task::JoinHandle<()>);
+
+impl LagWatch {
+    fn start(
+        log: Arc<dyn Log>,
+        group: String,
+        committed: Arc<std::sync::Mutex<Vec<spendstream_log::Offset>>>,
+    ) -> Self {
+        Self(tokio::spawn(async move {
+            let mut every = tokio::time::interval(LAG_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let ends = match tokio::time::timeout(LAG_EVERY, log.end_offsets()).await {
+                    Ok(Ok(ends)) => ends,
+                    Ok(Err(e)) => {
+                        debug!(error = %Chain(&e), "Reading the log's end offsets failed.");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let committed = committed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for (partition, (committed, end)) in committed.iter().zip(&ends).enumerate() {
+                    ::metrics::gauge!(
+                        metrics::LAG_RECORDS.name,
+                        "group" => group.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set((end - committed).max(0) as f64);
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for LagWatch {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

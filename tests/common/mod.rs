@@ -716,6 +716,33 @@ pub async fn counter(base: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The consumer lag the processors at `base` last read, per partition
+/// (`spendstream_processor_lag_records`).
+pub async fn lag(base: &str) -> BTreeMap<String, f64> {
+    let text = scrape(base).await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("spendstream_processor_lag_records{"))
+        .filter_map(|l| {
+            let start = l.find("partition=\"")? + "partition=\"".len();
+            let partition = l[start..].split('"').next()?.to_string();
+            Some((partition, sample_value(l)?))
+        })
+        .collect()
+}
+
+/// Waits until the processors at `base` report a lag for each of
+/// `partitions` partitions that `holds` accepts in total.
+pub async fn wait_for_lag(base: &str, partitions: u32, holds: impl Fn(f64) -> bool, what: &str) {
+    let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(200));
+    loop {
+        let lag = lag(base).await;
+        if lag.len() == partitions as usize && holds(lag.values().sum()) {
+            return;
+        }
+        poll.tick(format!("{what}; the lag is {lag:?}")).await;
+    }
+}
+
 /// The sum of a counter's series whose labels include all of `labels`.
 pub async fn counter_sum(base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = scrape(base).await.unwrap_or_default();
