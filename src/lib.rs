@@ -6,5 +6,6 @@ pub mod cli;
 pub mod demo;
 pub mod metrics;
 pub mod secret;
+pub mod telemetry;
 
 pub use app::{Roles, Running, Settings, start};

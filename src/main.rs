@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use spendstream::cli::{Cli, Command, LakeCommand, LogFormat, ServeArgs};
+use spendstream::cli::{Cli, Command, LakeCommand, ServeArgs};
 use spendstream::secret::{self, Origin};
 use spendstream::{Roles, Settings};
 use spendstream_http::{Role, ServerLimits};
@@ -10,33 +10,26 @@ use spendstream_ingest::IngestConfig;
 use spendstream_processors::ProcessorConfig;
 use std::io::IsTerminal;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("SPENDSTREAM_LOG_LEVEL")
-        .unwrap_or_else(|_| EnvFilter::new(
-            "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn,datafusion=warn",
-        ));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    match run(cli.command).await {
+    let service = match &cli.command {
+        Command::Ingest(_) => "spendstream-ingest",
+        Command::Process(_) => "spendstream-process",
+        Command::Query(_) => "spendstream-query",
+        _ => "spendstream",
+    };
+    let telemetry = match spendstream::telemetry::init(cli.log_format, service) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("spendstream: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = run(cli.command).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // One line that names the setting and the cause.

@@ -982,3 +982,120 @@ async fn openapi_document_matches_the_routes() {
     common::assert_documented(&base).await;
     running.shutdown().await.unwrap();
 }
+
+/// Spans an in-process OTLP/HTTP receiver was sent: (service, span).
+type Received =
+    std::sync::Arc<std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>>;
+
+/// An OTLP/HTTP (protobuf) trace receiver on a port of its own; its URL
+/// and what it received.
+async fn otlp_receiver() -> (String, Received) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let received = Received::default();
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                let mut store = store.lock().unwrap();
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|a| a.key == "service.name")
+                        .and_then(|a| a.value.as_ref())
+                        .map(|v| format!("{:?}", v.value))
+                        .unwrap_or_default();
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            store.push((service.clone(), span));
+                        }
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+/// One trace from the importer's `traceparent`, through the edge (an
+/// `ingest` process) and the log, to the processors (a `process` process
+/// on the same data): the processor's span is a child of the edge's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_the_edge_and_the_processors() {
+    let (endpoint, received) = otlp_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let traced = |cmd: &mut std::process::Command| {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env_remove("OTEL_SERVICE_NAME");
+    };
+    let args = |role: &str| vec![role.to_string(), "--data-dir".into(), data_dir.clone()];
+    let (ingest, _) = common::spawn_with(&args("ingest"), traced);
+    let (_process, _) = common::spawn_with(&args("process"), traced);
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let (body, _) = common::acme_records(0, 10);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/expenses", ingest.base))
+        .bearer_auth(common::token("acme", &[Role::Ingest]))
+        .header("content-type", "application/x-ndjson")
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut poll = common::Deadline::new(Duration::from_secs(60), Duration::from_millis(100));
+    loop {
+        let spans: Vec<_> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| hex(&s.trace_id) == trace_id)
+            .map(|(service, s)| {
+                (
+                    service.clone(),
+                    s.name.clone(),
+                    hex(&s.span_id),
+                    hex(&s.parent_span_id),
+                )
+            })
+            .collect();
+        let edge = spans.iter().find(|(service, name, _, parent)| {
+            service.contains("spendstream-ingest") && name == "request" && parent == caller_span
+        });
+        let processor = spans.iter().find(|(service, name, _, _)| {
+            service.contains("spendstream-process") && name == "process_records"
+        });
+        if let (Some(edge), Some(processor)) = (edge, processor) {
+            // The processor's span hangs under a span of the edge's.
+            assert!(
+                spans
+                    .iter()
+                    .any(|(service, _, id, _)| service.contains("spendstream-ingest")
+                        && *id == processor.3),
+                "the processor's span has no parent on the edge: {spans:?}"
+            );
+            assert_eq!(edge.3, caller_span);
+            return;
+        }
+        poll.tick(format!("no trace from edge to processor yet: {spans:?}"))
+            .await;
+    }
+}

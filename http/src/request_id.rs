@@ -1,6 +1,7 @@
 //! Request ids: taken from `x-request-id` when the caller sends a sane one,
 //! made up otherwise; echoed in the response, on the request's span and in
-//! every error body.
+//! every error body. The request's span continues the caller's W3C
+//! `traceparent` when traces are exported.
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -39,6 +40,10 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let traceparent = request
+        .headers()
+        .get(spendstream_schemas::trace::TRACEPARENT);
+    spendstream_schemas::trace::continue_trace(&span, traceparent.and_then(|v| v.to_str().ok()));
     let mut response = REQUEST_ID
         .scope(id.clone(), next.run(request).instrument(span))
         .await;

@@ -35,11 +35,15 @@ pub mod header {
     pub const TENANT: &str = "tenant";
     /// The envelope schema version of the value.
     pub const SCHEMA_VERSION: &str = "schema_version";
+    /// The W3C trace context of the request that appended the record.
+    pub const TRACEPARENT: &str = spendstream_schemas::trace::TRACEPARENT;
 }
 
-/// The headers of the records one request appends.
+/// The headers of the records one request appends; with the current
+/// span's `traceparent` when traces are exported, so the processors'
+/// spans continue the request's trace.
 pub fn expense_headers(tenant: &str, batch_id: &str, request_id: &str) -> Headers {
-    Arc::from([
+    let mut headers = vec![
         (header::BATCH_ID.to_string(), batch_id.to_string()),
         (header::REQUEST_ID.to_string(), request_id.to_string()),
         (header::TENANT.to_string(), tenant.to_string()),
@@ -47,7 +51,11 @@ pub fn expense_headers(tenant: &str, batch_id: &str, request_id: &str) -> Header
             header::SCHEMA_VERSION.to_string(),
             spendstream_schemas::envelope::ENVELOPE_VERSION.to_string(),
         ),
-    ])
+    ];
+    if let Some(traceparent) = spendstream_schemas::trace::current_traceparent() {
+        headers.push((header::TRACEPARENT.to_string(), traceparent));
+    }
+    Arc::from(headers)
 }
 
 /// One record to append. `key` decides the partition: equal keys always land

@@ -279,6 +279,8 @@ impl Processor {
     ) -> Result<Vec<(Partition, spendstream_log::Offset)>> {
         let started = Instant::now();
         let entries_in_batch = batch.len();
+        // Closed when this returns: they time the whole batch.
+        let _traces = trace_spans(&batch);
         let last = transform::replay::last_offsets(&batch);
         let commits: Vec<_> = last.iter().map(|(p, o)| (*p, o + 1)).collect();
 
@@ -465,6 +467,36 @@ impl Processor {
         );
         Ok(committed)
     }
+}
+
+/// Most traces a batch's entries continue: a span each.
+const MAX_TRACES_PER_BATCH: usize = 64;
+
+/// A `process_records` span for each trace the batch's entries carry (the
+/// `traceparent` the edge wrote into their headers), child of the edge's
+/// span, with the number of entries; none when traces are not exported.
+fn trace_spans(batch: &[Consumed]) -> Vec<tracing::Span> {
+    let mut traces: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in batch {
+        let Some((_, parent)) = entry
+            .headers
+            .iter()
+            .find(|(k, _)| k == spendstream_log::header::TRACEPARENT)
+        else {
+            continue;
+        };
+        if traces.len() < MAX_TRACES_PER_BATCH || traces.contains_key(parent.as_str()) {
+            *traces.entry(parent).or_default() += 1;
+        }
+    }
+    traces
+        .into_iter()
+        .map(|(parent, records)| {
+            let span = tracing::info_span!("process_records", records);
+            spendstream_schemas::trace::continue_trace(&span, Some(parent));
+            span
+        })
+        .collect()
 }
 
 /// Sets `spendstream_processor_lag_records` for every partition every

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod money;
 pub mod pan;
 pub mod record;
+pub mod trace;
 
 pub use category::Category;
 pub use currency::Currency;
