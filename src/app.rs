@@ -289,8 +289,8 @@ impl Settings {
         if server.header_read_timeout.is_zero() {
             return Err("--header-read-timeout-secs must be at least 1".into());
         }
-        if server.drain_timeout.is_zero() {
-            return Err("--shutdown-grace-secs must be at least 1".into());
+        if server.drain_timeout.is_zero() || server.drain_timeout > MAX_SHUTDOWN_GRACE {
+            return Err("--shutdown-grace-secs must be 1 to 3600".into());
         }
         if server.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
@@ -303,6 +303,9 @@ impl Settings {
         Ok(log)
     }
 }
+
+/// The longest `--shutdown-grace-secs`.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
 /// A password that never prints (`Settings` is `Debug`).
 #[derive(Clone)]

@@ -12,18 +12,24 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// Longest the last export of spans may take at exit.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What must be flushed before the process exits.
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
-    /// Exports the spans still queued (bounded by the exporter's timeout).
+    /// Exports the spans still queued, for at most [`FLUSH_TIMEOUT`]: an
+    /// unreachable collector must not hold the exit past the grace period
+    /// an orchestrator allows.
     pub async fn shutdown(self) {
         if let Some(provider) = self.traces {
             // Blocks until the batch task has exported: off the runtime's
             // worker threads, which that task needs.
-            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flush).await;
         }
     }
 }

@@ -187,11 +187,18 @@ async fn sigterm_with_clickhouse_down_exits_within_the_grace_period_and_loses_no
     common::wait_healthy(&mut server).await;
     let mut model = common::ingest(&server.base, 0, 2_000).await;
     common::wait_for_totals(&server.base, &model).await;
+    // Reports read the lake, which is written before ClickHouse: wait for
+    // ClickHouse to hold the batch too before taking it away.
+    common::assert_clickhouse_matches_lake(&server.base, &database, "acme", "all").await;
+    let written = "spendstream_processor_records_total{outcome=\"written\"}";
+    let mut poll = Deadline::new(Duration::from_secs(30), Duration::from_millis(50));
+    while common::counter(&server.base, written).await < 2_000.0 {
+        poll.tick("the first batch was never committed").await;
+    }
 
     drop(clickhouse);
     model.extend(common::ingest(&server.base, 2_000, 3_000).await);
     // The processors took the new batch and are retrying ClickHouse.
-    let written = "spendstream_processor_records_total{outcome=\"written\"}";
     let errors = "spendstream_errors_total{stage=\"sink_clickhouse\"";
     let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(50));
     while common::counter(&server.base, errors).await < 1.0 {

@@ -19,6 +19,18 @@ pub enum AppendError {
     Stopped,
 }
 
+impl AppendError {
+    /// A short fixed word for the `error_type` label of
+    /// `spendstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AppendError::Log(e) => e.kind(),
+            AppendError::Timeout(_) => "timeout",
+            AppendError::Stopped => "stopped",
+        }
+    }
+}
+
 struct Job {
     records: Vec<Record>,
     reply: oneshot::Sender<Result<usize, AppendError>>,
@@ -92,12 +104,7 @@ async fn run(
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(total as f64);
         if let Err(error) = &result {
-            let kind = match error {
-                AppendError::Log(e) => e.kind(),
-                AppendError::Timeout(_) => "timeout",
-                AppendError::Stopped => "stopped",
-            };
-            spendstream_schemas::metrics::error("log_append", kind);
+            spendstream_schemas::metrics::error("log_append", error.kind());
             warn!(error = %spendstream_schemas::error::Chain(error), records = total, "Log append failed.");
         }
         for (reply, n) in replies.into_iter().zip(sizes) {

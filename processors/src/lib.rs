@@ -560,7 +560,10 @@ where
         })
         .await
         .inspect_err(|e| {
-            spendstream_schemas::metrics::error(stage, e.kind());
-            error!(error = %Chain(e), "{what} failed for good; stopping.")
+            // The caller handles refused rows (they become dead letters).
+            if !matches!(e, Error::RowsRefused { .. }) {
+                spendstream_schemas::metrics::error(stage, e.kind());
+                error!(error = %Chain(e), "{what} failed for good; stopping.")
+            }
         })
 }

@@ -390,12 +390,7 @@ impl CurrentState {
     /// reads the table from nothing.
     async fn refresh(&self, _one_at_a_time: OwnedMutexGuard<()>, lake: &Arc<Lake>) {
         if let Err(e) = self.try_refresh(lake).await {
-            let kind = match &e {
-                crate::Error::Lake(e) => e.kind(),
-                crate::Error::DataFusion(_) => "datafusion",
-                crate::Error::Shape(_) => "shape",
-            };
-            spendstream_schemas::metrics::error("report_state", kind);
+            spendstream_schemas::metrics::error("report_state", e.kind());
             tracing::warn!(error = %spendstream_schemas::error::Chain(&e), retry_in = ?RETRY_AFTER_FAILURE, "Reading new lake files into the reports' state failed: reports and SQL read the lake until a later read succeeds.");
             let mut state = self.state.write().await;
             *state = State {

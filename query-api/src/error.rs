@@ -13,6 +13,18 @@ pub enum Error {
     Shape(String),
 }
 
+impl Error {
+    /// A short fixed word for the `error_type` label of
+    /// `spendstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Lake(e) => e.kind(),
+            Error::DataFusion(_) => "datafusion",
+            Error::Shape(_) => "shape",
+        }
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
