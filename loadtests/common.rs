@@ -42,8 +42,12 @@ pub fn settings(
     })
 }
 
+/// The JWT secret of the load tests' instances (given to child processes as
+/// `SPENDSTREAM_JWT_SECRET`).
+pub const SECRET: &str = "bench-secret-bench-secret-bench-secret";
+
 fn keys() -> anyhow::Result<JwtKeys> {
-    JwtKeys::new(b"bench-secret-bench-secret-bench-secret").map_err(anyhow::Error::msg)
+    JwtKeys::new(SECRET.as_bytes()).map_err(anyhow::Error::msg)
 }
 
 /// An ingest token for tenant `bench`, signed with the instances' keys.
@@ -109,14 +113,18 @@ pub async fn post_all(
     batch: usize,
     concurrency: usize,
 ) -> anyhow::Result<(u64, f64)> {
-    let bodies: Vec<String> = (0..records)
+    let started = Instant::now();
+    let accepted = post_bodies(url, token, bodies(0, records, batch), concurrency).await?;
+    Ok((accepted, started.elapsed().as_secs_f64()))
+}
+
+/// NDJSON bodies of records `from..from + n`, `batch` records each.
+pub fn bodies(from: usize, n: usize, batch: usize) -> Vec<String> {
+    (from..from + n)
         .collect::<Vec<_>>()
         .chunks(batch)
         .map(|c| c.iter().map(|i| line(*i) + "\n").collect())
-        .collect();
-    let started = Instant::now();
-    let accepted = post_bodies(url, token, bodies, concurrency).await?;
-    Ok((accepted, started.elapsed().as_secs_f64()))
+        .collect()
 }
 
 /// Posts NDJSON `bodies` from `concurrency` clients; every request must get
@@ -164,8 +172,35 @@ pub async fn post_bodies(
     Ok(accepted)
 }
 
-/// The `p` quantile (0 to 1) of `samples`, nearest rank.
+/// Runs loadtests/duckdb_reports.py with `python` on `plan` (see there)
+/// and returns what it printed.
+pub fn duckdb(python: &str, plan: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let mut child = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/loadtests/duckdb_reports.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        plan.to_string().as_bytes(),
+    )?;
+    drop(child.stdin.take());
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{python} loadtests/duckdb_reports.py failed"
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// The `p` quantile (0 to 1) of `samples`, nearest rank (NaN of none).
 pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -175,9 +210,23 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
 /// that stops making progress for a minute fails the run instead of hanging
 /// it.
 pub async fn wait_written(stats: &ProcessorStats, records: u64) -> anyhow::Result<()> {
-    let mut last = (0, Instant::now());
+    wait_for_count(
+        || async { stats.written.load(Ordering::Relaxed) as f64 },
+        records as f64,
+    )
+    .await
+}
+
+/// Waits until `count` reaches `records`; fails once it stopped growing for
+/// a minute.
+pub async fn wait_for_count<F, Fut>(mut count: F, records: f64) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut last = (0.0, Instant::now());
     loop {
-        let written = stats.written.load(Ordering::Relaxed);
+        let written = count().await;
         if written >= records {
             return Ok(());
         }

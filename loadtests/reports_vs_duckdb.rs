@@ -275,25 +275,7 @@ async fn main() -> anyhow::Result<()> {
         "repeats": repeats,
         "queries": questions().iter().map(|q| (q.name, q.duckdb)).collect::<BTreeMap<_, _>>(),
     });
-    let mut child = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/loadtests/duckdb_reports.py"
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        child.stdin.as_mut().expect("stdin"),
-        plan.to_string().as_bytes(),
-    )?;
-    drop(child.stdin.take());
-    let output = child.wait_with_output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{python} loadtests/duckdb_reports.py failed"
-    );
-    let duck: Value = serde_json::from_slice(&output.stdout)?;
+    let duck = common::duckdb(&python, &plan)?;
 
     println!(
         "\n| question | API p50 ms | API p95 ms | DuckDB p50 ms | DuckDB p95 ms | API / DuckDB (p50) | goal |"
