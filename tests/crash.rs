@@ -199,6 +199,12 @@ async fn sigterm_under_load_exits_within_the_grace_period_and_loses_no_acknowled
         }
     }
 
+    // Requests in flight at the signal were answered 202, not refused.
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        refused, 0,
+        "{refused} requests were answered other than 202"
+    );
     let model = acknowledged.lock().unwrap().clone();
     let mut server = common::spawn(&args, None);
     common::wait_healthy(&mut server).await;
