@@ -663,3 +663,116 @@ async fn up_prints_a_short_lived_token_only_with_a_new_secret() {
         "a token on a restart: {printed:?}"
     );
 }
+
+/// The audit log: a line per rejected authentication (no token, a forged
+/// one, an expired one), per refused role, and per admin action, each
+/// with its reason, the request id and the remote address; never the
+/// token or the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_logins_and_admin_actions_are_audited_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let stderr = std::fs::File::create(&log_path).unwrap();
+    let args: Vec<String> = [
+        "up",
+        "--data-dir",
+        &dir.path().join("data").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let (server, _) = common::spawn_with(&args, |cmd| {
+        cmd.env("SPENDSTREAM_LOG_FORMAT", "json")
+            .env("SPENDSTREAM_LOG_LEVEL", "warn,spendstream::audit=info")
+            .stderr(stderr);
+    });
+    let client = reqwest::Client::new();
+    let forged = {
+        let keys = spendstream_http::JwtKeys::new(b"another-secret-another-secret-xx").unwrap();
+        spendstream::secret::mint(&keys, "acme", &[Role::Admin], Duration::from_secs(60))
+    };
+    let expired = common::keys().sign(&spendstream_http::Claims {
+        tenant: "acme".into(),
+        roles: vec!["admin".into()],
+        exp: chrono::Utc::now().timestamp() - 3600,
+        ..Default::default()
+    });
+    let ingest_only = common::token("acme", &[Role::Ingest]);
+    let admin = common::token("acme", &[Role::Admin]);
+    let letters = format!("{}/v1/dead-letters", server.base);
+    let send = |token: Option<&str>, id: &str| {
+        let mut request = client.get(&letters).header("x-request-id", id);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(send(None, "audit-none").await.unwrap().status(), 401);
+    assert_eq!(
+        send(Some(&forged), "audit-forged").await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        send(Some(&expired), "audit-expired")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        send(Some(&ingest_only), "audit-role")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        send(Some(&admin), "audit-admin").await.unwrap().status(),
+        200
+    );
+
+    let wanted = [
+        ("audit-none", "authentication_rejected", "missing_token"),
+        ("audit-forged", "authentication_rejected", "bad_signature"),
+        ("audit-expired", "authentication_rejected", "token_expired"),
+        ("audit-role", "authorization_rejected", "missing_role"),
+        ("audit-admin", "admin_action", "ok"),
+    ];
+    let mut poll = Deadline::new(Duration::from_secs(30), Duration::from_millis(50));
+    let lines = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|l: &Value| l["target"] == "spendstream::audit")
+            .collect();
+        if lines.len() >= wanted.len() {
+            break (text, lines);
+        }
+        poll.tick(format!("audit lines so far: {lines:?}")).await;
+    };
+    let (text, lines) = lines;
+    for (request_id, event, why) in wanted {
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == request_id)
+            .unwrap_or_else(|| panic!("no audit line for {request_id}: {lines:?}"));
+        assert_eq!(line["event"], event, "{line}");
+        let reason = if event == "admin_action" {
+            &line["outcome"]
+        } else {
+            &line["reason"]
+        };
+        assert_eq!(reason, why, "{line}");
+        assert!(
+            line["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        if event != "authentication_rejected" {
+            assert_eq!(line["tenant"], "acme", "{line}");
+        }
+    }
+    for secret in [&forged, &expired, &ingest_only, &admin] {
+        assert!(!text.contains(secret.as_str()), "a token reached the log");
+    }
+    assert!(!text.contains(std::str::from_utf8(common::SECRET).unwrap()));
+}

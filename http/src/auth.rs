@@ -348,15 +348,34 @@ impl Auth {
         &self.0.tenant
     }
 
-    /// 403 unless the token carries `role`.
+    /// 403 unless the token carries `role` (audited).
     pub fn require(&self, role: Role) -> Result<&Self, ApiError> {
         if self.0.has(role) {
             Ok(self)
         } else {
+            crate::audit::authorization_rejected(self.tenant(), role.as_str());
             Err(ApiError::Forbidden(format!(
                 "this token lacks the `{}` role",
                 role.as_str()
             )))
+        }
+    }
+}
+
+impl AuthError {
+    /// A short fixed word for the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Malformed => "malformed_token",
+            AuthError::Algorithm => "unsupported_algorithm",
+            AuthError::Critical => "unsupported_critical_header",
+            AuthError::Signature => "bad_signature",
+            AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
+            AuthError::Audience => "wrong_audience",
+            AuthError::Issuer => "wrong_issuer",
+            AuthError::Tenant => "no_valid_tenant",
         }
     }
 }
@@ -378,11 +397,14 @@ where
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .map(str::trim)
-            .ok_or_else(|| ApiError::Unauthenticated(AuthError::Missing.to_string()))?;
-        keys.verify(token)
+            .map(str::trim);
+        let rejected = |e: AuthError| {
+            crate::audit::authentication_rejected(e.code());
+            ApiError::Unauthenticated(e.to_string())
+        };
+        keys.verify(token.ok_or(AuthError::Missing).map_err(rejected)?)
             .map(Auth)
-            .map_err(|e| ApiError::Unauthenticated(e.to_string()))
+            .map_err(rejected)
     }
 }
 

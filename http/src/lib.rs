@@ -3,6 +3,7 @@
 //! metrics. Not a service itself, so services can share it without depending
 //! on each other.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod metrics;

@@ -12,14 +12,20 @@ use tracing::Instrument;
 pub const HEADER: &str = "x-request-id";
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: (String, Option<std::net::SocketAddr>);
 }
 
 /// The id of the request this task is serving, or `-` outside one.
 pub fn current_request_id() -> String {
-    REQUEST_ID
-        .try_with(|id| id.clone())
+    REQUEST
+        .try_with(|(id, _)| id.clone())
         .unwrap_or_else(|_| "-".to_string())
+}
+
+/// The remote address of the request this task is serving, when the
+/// server recorded one (`ConnectInfo`).
+pub fn current_remote() -> Option<std::net::SocketAddr> {
+    REQUEST.try_with(|(_, remote)| *remote).ok().flatten()
 }
 
 fn acceptable(id: &str) -> bool {
@@ -44,8 +50,12 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
         .headers()
         .get(spendstream_schemas::trace::TRACEPARENT);
     spendstream_schemas::trace::continue_trace(&span, traceparent.and_then(|v| v.to_str().ok()));
-    let mut response = REQUEST_ID
-        .scope(id.clone(), next.run(request).instrument(span))
+    let remote = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    let mut response = REQUEST
+        .scope((id.clone(), remote), next.run(request).instrument(span))
         .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, v);

@@ -77,7 +77,13 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address reaches handlers (and the audit log) as
+        // `ConnectInfo`, as `axum::serve` gives it.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let builder = builder.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {

@@ -75,6 +75,26 @@ fn letter_json(l: &StoredDeadLetter) -> Value {
 )]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
 pub async fn list(
+    state: State<IngestState>,
+    auth: Auth,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = auth.tenant().to_string();
+    let answer = list_answer(state, auth, params).await;
+    audited("dead_letters.list", &tenant, &answer);
+    answer
+}
+
+/// Logs an admin action's outcome in the audit log.
+fn audited<T>(action: &str, tenant: &str, answer: &Result<T, ApiError>) {
+    let outcome = match answer {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    spendstream_http::audit::admin_action(action, tenant, outcome);
+}
+
+async fn list_answer(
     State(state): State<IngestState>,
     auth: Auth,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -130,6 +150,17 @@ pub async fn list(
 )]
 #[instrument(skip_all, fields(tenant = %auth.tenant(), id))]
 pub async fn replay(
+    state: State<IngestState>,
+    auth: Auth,
+    id: Path<i64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let tenant = auth.tenant().to_string();
+    let answer = replay_answer(state, auth, id).await;
+    audited("dead_letters.replay", &tenant, &answer);
+    answer
+}
+
+async fn replay_answer(
     State(state): State<IngestState>,
     auth: Auth,
     Path(id): Path<i64>,

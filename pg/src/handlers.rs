@@ -439,10 +439,13 @@ impl StartupHandler for Startup {
 /// where; never the token.
 fn refused<C: ClientInfo>(client: &C, reason: &str) {
     tracing::warn!(
+        target: spendstream_http::audit::TARGET,
+        event = "authentication_rejected",
+        interface = "pg",
         reason,
         user = client.metadata().get(METADATA_USER).map(String::as_str).unwrap_or(""),
-        peer = %client.socket_addr(),
-        "Refused a Postgres connection."
+        remote = %client.socket_addr(),
+        "Audit: refused a Postgres connection."
     );
 }
 
