@@ -1099,3 +1099,103 @@ async fn one_trace_spans_the_edge_and_the_processors() {
             .await;
     }
 }
+
+/// docs/api.md's table of routes and roles is what the server enforces:
+/// a route needing a role answers 401 without a token, 403 to a token with
+/// every other role, and lets a token with only that role through; a route
+/// needing none answers without a token. The table lists exactly the
+/// OpenAPI document's operations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_exactly_the_role_this_table_names() {
+    let doc = include_str!("../docs/api.md");
+    let table = doc
+        .split_once("<!-- routes and roles: checked by tests/e2e.rs -->\n")
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .expect("docs/api.md has no routes table")
+        .0;
+    let rows: Vec<(String, String, Option<Role>)> = table
+        .lines()
+        .skip(2)
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(|c| c.trim().trim_matches('`')).collect();
+            let (method, path) = cells[1].split_once(' ').unwrap();
+            let role = match cells[2] {
+                "none" => None,
+                role => Some(role.parse::<Role>().unwrap()),
+            };
+            (method.to_string(), path.to_string(), role)
+        })
+        .collect();
+    let openapi: Value = serde_json::from_str(spendstream::app::openapi_json()).unwrap();
+    let mut documented: Vec<(String, String)> = openapi["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    documented.sort();
+    let mut listed: Vec<(String, String)> = rows
+        .iter()
+        .map(|(m, p, _)| (m.clone(), p.clone()))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed, documented,
+        "the table and the OpenAPI document list other routes"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path()).await;
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let all = [Role::Ingest, Role::Read, Role::Admin];
+    let call = |method: &str, path: &str, token: Option<String>| {
+        let url = format!("{base}{}", path.replace("{id}", "1"));
+        let mut request = client.request(method.parse().unwrap(), url);
+        if method == "POST" {
+            request = if path == "/v1/sql" {
+                request.json(&json!({"sql": "SELECT 1"}))
+            } else {
+                request
+                    .header("content-type", "application/x-ndjson")
+                    .body("")
+            };
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for (method, path, role) in &rows {
+        let bare = call(method, path, None).await;
+        let Some(role) = role else {
+            assert!(
+                bare != 401 && bare != 403,
+                "{method} {path} needs no role but answered {bare}"
+            );
+            continue;
+        };
+        assert_eq!(bare, 401, "{method} {path} without a token");
+        let others: Vec<Role> = all.iter().copied().filter(|r| r != role).collect();
+        let status = call(method, path, Some(common::token("acme", &others))).await;
+        assert_eq!(
+            status,
+            403,
+            "{method} {path} with every role but {}",
+            role.as_str()
+        );
+        let status = call(method, path, Some(common::token("acme", &[*role]))).await;
+        assert!(
+            status != 401 && status != 403,
+            "{method} {path} with the {} role answered {status}",
+            role.as_str()
+        );
+    }
+    running.shutdown().await.unwrap();
+}
