@@ -326,6 +326,8 @@ pub struct Running {
     pub stats: Option<Arc<ProcessorStats>>,
     pub lake: Option<Arc<Lake>>,
     pub log: Option<Arc<dyn Log>>,
+    /// Whether the HTTP listener serves HTTPS (`--tls-cert`).
+    pub https: bool,
     stop: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
     /// How long stopping may take (`ServerLimits::drain_timeout`).
@@ -530,13 +532,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if roles.query
         && let (Some(pg_listen), Some(lake)) = (pg_listen, lake.as_ref())
     {
-        let tls = match &tls {
-            Some((cert, key)) => Some(
-                spendstream_pg::tls_acceptor(cert, key)
-                    .context("cannot use --tls-cert/--tls-key")?,
-            ),
-            None => None,
-        };
+        let tls = load_tls(tls.as_ref(), spendstream_pg::ALPN)?;
         if tls.is_none() && !pg_listen.ip().is_loopback() {
             tracing::warn!(%pg_listen, "The Postgres endpoint listens beyond this machine without TLS: tokens travel in the clear. Give --tls-cert and --tls-key.");
         }
@@ -560,6 +556,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         info!(addr = %bound, database = spendstream_pg::DATABASE, "The Postgres wire endpoint is listening.");
     }
 
+    let http_tls = load_tls(tls.as_ref(), b"http/1.1")?;
+    let https = http_tls.is_some();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
@@ -567,12 +565,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     {
         let stop = stop.clone();
         tasks.spawn(async move {
-            spendstream_http::serve(
-                listener,
-                router,
-                server,
-                async move { stop.cancelled().await },
-            )
+            spendstream_http::serve(listener, router, server, http_tls, async move {
+                stop.cancelled().await
+            })
             .await
             .context("the HTTP server failed")
         });
@@ -584,10 +579,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stats,
         lake,
         log,
+        https,
         stop,
         tasks,
         grace,
     })
+}
+
+/// The certificate and key of `--tls-cert`/`--tls-key` for a listener
+/// offering `alpn`, reloaded when the files change.
+fn load_tls(
+    files: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    alpn: &[u8],
+) -> anyhow::Result<Option<spendstream_http::tls::Tls>> {
+    let Some((cert, key)) = files else {
+        return Ok(None);
+    };
+    let tls = spendstream_http::tls::Tls::load(cert, key, &[alpn])
+        .context("cannot use --tls-cert/--tls-key")?;
+    tls.reload_on_change();
+    Ok(Some(tls))
 }
 
 /// Connects the ClickHouse sink after checking (or, with `migrate`,

@@ -174,8 +174,10 @@ pub struct ServeArgs {
     /// `off`.
     #[arg(long, env = "SPENDSTREAM_PG_LISTEN", default_value = "127.0.0.1:5433", value_parser = parse_listen_or_off)]
     pub pg_listen: ListenOrOff,
-    /// PEM certificate chain for TLS (with --tls-key): the Postgres endpoint
-    /// then refuses plaintext connections.
+    /// PEM certificate chain for TLS (with --tls-key): the HTTP listener
+    /// serves HTTPS only and the Postgres endpoint refuses plaintext
+    /// connections. Both files are loaded again within seconds when they
+    /// change (a renewed certificate needs no restart).
     #[arg(long, env = "SPENDSTREAM_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.

@@ -281,6 +281,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
     settings.keys = keys.clone();
     let running = spendstream::start(settings).await?;
     let addr = running.addr;
+    let https = running.https;
     if let Some(up) = &up {
         if origin == Origin::Created {
             println!(
@@ -302,7 +303,8 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
     // Always printed, last, with the bound address (so `--listen
     // 127.0.0.1:0` is usable by scripts and tests, which wait for it).
     println!(
-        "Spendstream is up on http://{addr} (data in {}).",
+        "Spendstream is up on {}://{addr} (data in {}).",
+        if https { "https" } else { "http" },
         args.data_dir.display()
     );
     let Some(up) = up else {

@@ -776,3 +776,103 @@ async fn rejected_logins_and_admin_actions_are_audited_without_secrets() {
     }
     assert!(!text.contains(std::str::from_utf8(common::SECRET).unwrap()));
 }
+
+/// One HTTPS request with `openssl s_client` (trusting `ca`): the answer's
+/// first line and the subject of the certificate the server showed.
+async fn https_get(addr: &str, ca: &Path, path: &str) -> (String, String) {
+    let ca = ca.to_path_buf();
+    let (addr, path) = (addr.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-servername",
+                "localhost",
+                "-verify_return_error",
+                // Wait for the answer after the request is written.
+                "-ign_eof",
+            ])
+            .arg("-CAfile")
+            .arg(&ca)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).to_string();
+        let status = out
+            .lines()
+            .find(|l| l.starts_with("HTTP/1.1"))
+            .unwrap_or("")
+            .to_string();
+        let subject = out
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or("")
+            .to_string();
+        (status, subject)
+    })
+    .await
+    .unwrap()
+}
+
+/// `--tls-cert`/`--tls-key`: the HTTP listener speaks HTTPS only, and a
+/// certificate renewed on disk is served within seconds, without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_certificate_renewed_on_disk_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    common::self_signed(&cert, &key, "first");
+    let args: Vec<String> = vec![
+        "up".into(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ];
+    let (server, _) = common::spawn_with(&args, |_| {});
+    let addr = server
+        .base
+        .strip_prefix("https://")
+        .expect("the server says it serves HTTPS")
+        .to_string();
+    let (status, subject) = https_get(&addr, &cert, "/healthz").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(subject.contains("first"), "{subject}");
+    // Plain HTTP on the same port gets no HTTP answer.
+    let plain = reqwest::get(format!("http://{addr}/healthz")).await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    // Renewed: written aside, then moved over the old files, as tools do.
+    let (new_cert, new_key) = (
+        dir.path().join("new-cert.pem"),
+        dir.path().join("new-key.pem"),
+    );
+    common::self_signed(&new_cert, &new_key, "renewed");
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    let mut poll = Deadline::new(Duration::from_secs(30), Duration::from_millis(250));
+    loop {
+        let (status, subject) = https_get(&addr, &cert, "/healthz").await;
+        if subject.contains("renewed") {
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            break;
+        }
+        poll.tick(format!("still serving {subject}")).await;
+    }
+}

@@ -422,27 +422,7 @@ async fn a_connection_that_does_not_log_in_is_closed() {
 async fn with_a_certificate_only_tls_connections_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(made.status.success(), "{}", text(&made.stderr));
+    common::self_signed(&cert, &key, "localhost");
     let running = start(dir.path(), Some((cert, key))).await;
     let pg = running.pg_addr.unwrap();
     let read = common::token("acme", &[Role::Read]);

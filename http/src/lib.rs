@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod ops;
 pub mod request_id;
 pub mod serve;
+pub mod tls;
 
 pub use auth::{Auth, Claims, JwtKeys, Role};
 pub use error::{ApiError, ErrorBody};

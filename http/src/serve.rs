@@ -41,11 +41,13 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains.
+/// Serves `router` on `listener` (HTTPS with `tls`) until `shutdown`
+/// resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ServerLimits,
+    tls: Option<crate::tls::Tls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let mut builder = http1::Builder::new();
@@ -85,22 +87,21 @@ pub async fn serve(
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
         );
         let builder = builder.clone();
-        let mut closing = closing_rx.clone();
+        let closing = closing_rx.clone();
+        let acceptor = tls.as_ref().map(crate::tls::Tls::acceptor);
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(error) = result {
-                        debug!(%peer, %error, "Connection ended with an error.");
+            match acceptor {
+                None => serve_connection(&builder, stream, service, closing, peer).await,
+                // The handshake gets the time a request head gets.
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, service, closing, peer).await;
+                        }
+                        Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed."),
+                        Err(_) => debug!(%peer, "TLS handshake took too long."),
                     }
-                }
-                // (The watch guard must not live across the await below.)
-                _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
                 }
             }
             drop(slot);
@@ -119,6 +120,35 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, or, once `closing` says so, lets
+/// its request in flight finish.
+async fn serve_connection<I>(
+    builder: &http1::Builder,
+    io: I,
+    service: TowerToHyperService<axum::Router>,
+    mut closing: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                debug!(%peer, %error, "Connection ended with an error.");
+            }
+        }
+        // (The watch guard must not live across the await below.)
+        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// File descriptors kept for everything but client connections (the log,

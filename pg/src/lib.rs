@@ -29,13 +29,10 @@ mod handlers;
 
 use datafusion_postgres::pgwire;
 use handlers::Handlers;
-use pgwire::tokio::TlsAcceptor;
-use pgwire::tokio::tokio_rustls::rustls;
 use spendstream_http::JwtKeys;
 use spendstream_lake::Lake;
 use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -64,8 +61,8 @@ pub struct PgConfig {
     /// lake minus the versions it knows are superseded.
     pub current: Option<Arc<CurrentState>>,
     pub limits: SqlLimits,
-    /// With TLS, plaintext connections are refused.
-    pub tls: Option<TlsAcceptor>,
+    /// With TLS (reloaded on change), plaintext connections are refused.
+    pub tls: Option<spendstream_http::tls::Tls>,
 }
 
 /// Accepts connections on `listener` until `stop` is cancelled; each is
@@ -93,7 +90,8 @@ pub async fn serve(listener: TcpListener, config: PgConfig, stop: CancellationTo
             tracing::warn!(%peer, limit = MAX_CONNECTIONS, "Refused a Postgres connection: too many open.");
             continue;
         };
-        let (handlers, tls, stop) = (handlers.clone(), tls.clone(), stop.clone());
+        let tls = tls.as_ref().map(spendstream_http::tls::Tls::acceptor);
+        let (handlers, stop) = (handlers.clone(), stop.clone());
         let (open, logged_in) = registry.open(peer);
         tokio::spawn(async move {
             let (_slot, _open) = (slot, open);
@@ -122,45 +120,6 @@ pub async fn serve(listener: TcpListener, config: PgConfig, stop: CancellationTo
     }
 }
 
-/// Why a certificate or key could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read the certificate {path}: {source}")]
-    Certificate {
-        path: String,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("cannot read the private key {path}: {source}")]
-    Key {
-        path: String,
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("the certificate and key do not make a TLS configuration: {0}")]
-    Config(#[from] rustls::Error),
-}
-
-/// A TLS acceptor from PEM files: the certificate chain and its private
-/// key (PKCS#8, PKCS#1 or SEC1).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Certificate {
-            path: cert.display().to_string(),
-            source,
-        })?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
-        path: key.display().to_string(),
-        source,
-    })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    // Clients that open TLS directly (sslnegotiation=direct) ask for it.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
+/// The protocol Postgres clients that open TLS directly
+/// (`sslnegotiation=direct`) ask for.
+pub const ALPN: &[u8] = b"postgresql";

@@ -505,6 +505,40 @@ pub fn spawn_with(
     (Server { child, base }, printed)
 }
 
+/// Makes a self-signed certificate for `localhost` named `name` (its CN)
+/// at `cert`, `key`.
+pub fn self_signed(cert: &std::path::Path, key: &std::path::Path, name: &str) {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+        ])
+        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// Sends SIGTERM to `child` (the signal an orchestrator stops a pod with).
 pub fn sigterm(child: &std::process::Child) {
     let status = std::process::Command::new("kill")
