@@ -199,22 +199,22 @@ impl Processor {
             log_id = self.log.log_id(),
             "Processor started."
         );
-        // The group's committed offsets, read between batches (other
-        // members commit too) and moved by this member's commits; a task
-        // compares them with the log's end, also while a batch waits for a
-        // sink that is down (when lag matters most).
+        // The group's committed offsets, read once here and then moved by
+        // this member's own commits (reading them again from the loop cost
+        // a broker round trip on the consumer, which the Kafka mock cluster's
+        // group code did not survive under injected faults); a task compares
+        // them with the log's end, also while a batch waits for a sink that
+        // is down (when lag matters most). With several members, each
+        // partition's owner has the freshest offsets: the lowest lag across
+        // members is the partition's.
         let committed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.read_committed(consumer.as_mut(), &committed).await;
         let _lag = LagWatch::start(
             self.log.clone(),
             self.config.group.clone(),
             committed.clone(),
         );
-        let mut lag_read: Option<Instant> = None;
         while !stop.is_cancelled() {
-            if lag_read.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
-                lag_read = Some(Instant::now());
-                self.read_committed(consumer.as_mut(), &committed).await;
-            }
             let batch = tokio::select! {
                 _ = stop.cancelled() => break,
                 batch = source::next_batch(

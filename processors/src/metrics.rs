@@ -25,7 +25,7 @@ pub const BATCH_RECORDS: Metric = Metric::histogram(
 pub const LAG_RECORDS: Metric = Metric::gauge(
     "spendstream_processor_lag_records",
     &["group", "partition"],
-    "Entries of a log partition after the consumer group's committed offset (read every 5 s).",
+    "Entries of a log partition after the group's committed offset as this processor knows it (every 5 s; with several processors the lowest per partition is its owner's).",
 );
 pub const SINK_WRITE_SECONDS: Metric = Metric::histogram(
     "spendstream_sink_write_seconds",
