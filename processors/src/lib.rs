@@ -58,6 +58,8 @@ pub struct Processor {
     stats: Arc<ProcessorStats>,
     /// The log's generation in the lake, set by [`Processor::join`].
     generation: std::sync::OnceLock<u32>,
+    /// The group's committed offsets when it joined: where the lag starts.
+    joined_at: std::sync::Mutex<Vec<spendstream_log::Offset>>,
 }
 
 /// Test hook: `SPENDSTREAM_FAILPOINT=<name>` aborts the process where
@@ -107,6 +109,7 @@ impl Processor {
             dead_letters,
             stats: Arc::default(),
             generation: std::sync::OnceLock::new(),
+            joined_at: std::sync::Mutex::default(),
         }
     }
 
@@ -161,6 +164,7 @@ impl Processor {
         // A group committed past the log's end: the topic was recreated (or
         // the log replaced) while the group's offsets were kept.
         let committed = consumer.committed().await?;
+        *self.joined_at.lock().unwrap_or_else(|e| e.into_inner()) = committed.clone();
         let ends = self.log.end_offsets().await?;
         if let Some((partition, (committed, end))) = committed
             .iter()
@@ -199,16 +203,18 @@ impl Processor {
             log_id = self.log.log_id(),
             "Processor started."
         );
-        // The group's committed offsets, read once here and then moved by
-        // this member's own commits (reading them again from the loop cost
-        // a broker round trip on the consumer, which the Kafka mock cluster's
-        // group code did not survive under injected faults); a task compares
-        // them with the log's end, also while a batch waits for a sink that
-        // is down (when lag matters most). With several members, each
-        // partition's owner has the freshest offsets: the lowest lag across
-        // members is the partition's.
-        let committed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        self.read_committed(consumer.as_mut(), &committed).await;
+        // The group's committed offsets as read when it joined, moved by
+        // this member's own commits (no further broker round trips on the
+        // consumer); a task compares them with the log's end, also while a
+        // batch waits for a sink that is down (when lag matters most). With
+        // several members, each partition's owner has the freshest offsets:
+        // the lowest lag across members is the partition's.
+        let joined_at = self
+            .joined_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let committed = Arc::new(std::sync::Mutex::new(joined_at));
         let _lag = LagWatch::start(
             self.log.clone(),
             self.config.group.clone(),
@@ -252,20 +258,6 @@ impl Processor {
         }
         info!("Processor stopped.");
         Ok(())
-    }
-
-    /// Reads the group's committed offsets into `into` (kept as they were
-    /// when the read fails or takes too long).
-    async fn read_committed(
-        &self,
-        consumer: &mut dyn LogConsumer,
-        into: &std::sync::Mutex<Vec<spendstream_log::Offset>>,
-    ) {
-        match tokio::time::timeout(Duration::from_secs(2), consumer.committed()).await {
-            Ok(Ok(offsets)) => *into.lock().unwrap_or_else(|e| e.into_inner()) = offsets,
-            Ok(Err(e)) => debug!(error = %Chain(&e), "Reading the committed offsets failed."),
-            Err(_) => debug!("Reading the committed offsets took too long."),
-        }
     }
 
     /// Handles one batch to the end: sinks first, then the offset commit.
