@@ -11,6 +11,11 @@
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tower::Layer as _;
+
+/// The router with the connection's peer address as `ConnectInfo`.
+type PeerRouter =
+    axum::middleware::AddExtension<axum::Router, axum::extract::ConnectInfo<std::net::SocketAddr>>;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,10 +86,10 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // The peer's address reaches handlers (and the audit log) as
         // `ConnectInfo`, as `axum::serve` gives it.
+        // (Wrapping the router as one service, as `axum::serve` does, not
+        // `Router::layer`, which would rebuild every route per connection.)
         let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            axum::Extension(axum::extract::ConnectInfo(peer)).layer(router.clone()),
         );
         let builder = builder.clone();
         let closing = closing_rx.clone();
@@ -127,7 +132,7 @@ pub async fn serve(
 async fn serve_connection<I>(
     builder: &http1::Builder,
     io: I,
-    service: TowerToHyperService<axum::Router>,
+    service: TowerToHyperService<PeerRouter>,
     mut closing: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 ) where
