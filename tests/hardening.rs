@@ -347,7 +347,19 @@ async fn moving_from_the_embedded_log_to_kafka_loses_nothing() {
     a_new_log_under_a_kept_lake(&Backend::Embedded, &Backend::kafka(), false).await;
 }
 
+/// Copies a stopped server's log directory. Shutdown returns only once
+/// nothing holds the embedded log: SQLite has folded its write-ahead file
+/// into the database and removed it, so the copy is whole.
 fn copy_dir(from: &Path, to: &Path) {
+    let open: Vec<_> = std::fs::read_dir(from)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with("-wal") || name.ends_with("-shm"))
+        .collect();
+    assert!(
+        open.is_empty(),
+        "the log is still open after shutdown: {open:?}"
+    );
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

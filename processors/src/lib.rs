@@ -215,16 +215,32 @@ impl Processor {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let committed = Arc::new(std::sync::Mutex::new(joined_at));
-        let _lag = LagWatch::start(
+        let lag = LagWatch::start(
             self.log.clone(),
             self.config.group.clone(),
             committed.clone(),
         );
+        let result = self.consume(consumer.as_mut(), &stop, &committed).await;
+        // Awaited, not only aborted: when this returns nothing of the
+        // processor holds the log any more (an embedded log's files are
+        // closed, so a copy taken right after shutdown is whole).
+        lag.stop().await;
+        info!("Processor stopped.");
+        result
+    }
+
+    /// Reads and processes batches until `stop` is cancelled.
+    async fn consume(
+        &self,
+        consumer: &mut dyn LogConsumer,
+        stop: &CancellationToken,
+        committed: &std::sync::Mutex<Vec<spendstream_log::Offset>>,
+    ) -> Result<()> {
         while !stop.is_cancelled() {
             let batch = tokio::select! {
                 _ = stop.cancelled() => break,
                 batch = source::next_batch(
-                    consumer.as_mut(),
+                    consumer,
                     self.config.max_batch_records,
                     self.config.max_batch_wait,
                     Duration::from_millis(500),
@@ -233,7 +249,7 @@ impl Processor {
             match batch {
                 Ok(batch) if batch.is_empty() => {}
                 Ok(batch) => {
-                    let done = self.process(consumer.as_mut(), batch).await?;
+                    let done = self.process(consumer, batch).await?;
                     let mut committed = committed.lock().unwrap_or_else(|e| e.into_inner());
                     for (partition, next) in done {
                         if let Some(c) = committed.get_mut(partition as usize) {
@@ -256,7 +272,6 @@ impl Processor {
                 }
             }
         }
-        info!("Processor stopped.");
         Ok(())
     }
 
@@ -493,8 +508,12 @@ fn trace_spans(batch: &[Consumed]) -> Vec<tracing::Span> {
 
 /// Sets `spendstream_processor_lag_records` for every partition every
 /// [`LAG_EVERY`]: the log's end minus the group's committed offset (what is
-/// still to read, and what a restart would read again). Stops when dropped.
-struct LagWatch(tokio::task::JoinHandle<()>);
+/// still to read, and what a restart would read again). Stops with
+/// [`LagWatch::stop`], or (without waiting) when dropped.
+struct LagWatch {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
 
 impl LagWatch {
     fn start(
@@ -502,11 +521,16 @@ impl LagWatch {
         group: String,
         committed: Arc<std::sync::Mutex<Vec<spendstream_log::Offset>>>,
     ) -> Self {
-        Self(tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(LAG_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                every.tick().await;
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = every.tick() => {}
+                }
                 let ends = match tokio::time::timeout(LAG_EVERY, log.end_offsets()).await {
                     Ok(Ok(ends)) => ends,
                     Ok(Err(e)) => {
@@ -525,13 +549,28 @@ impl LagWatch {
                     .set((end - committed).max(0) as f64);
                 }
             }
-        }))
+        });
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the task and waits until it has let go of the log (a read of
+    /// the end offsets in flight finishes first, bounded by its timeout).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for LagWatch {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
