@@ -17,6 +17,7 @@ use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
+use spendstream_state::{IdempotencyStore, StateTarget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +136,9 @@ pub struct Settings {
     /// librdkafka properties applied without that check.
     pub log_unsafe_options: Vec<(String, String)>,
     pub lake_url: String,
+    /// Where ingest nodes keep what they must agree on (idempotency keys):
+    /// `embedded://<dir>` or `redis://host:port` (ADR 0011).
+    pub state_url: String,
     /// S3 settings on top of the `AWS_*` environment, read freshness,
     /// checkpoint interval.
     pub lake_options: LakeOptions,
@@ -186,6 +190,7 @@ impl Settings {
             log_options: Vec::new(),
             log_unsafe_options: Vec::new(),
             lake_url: format!("file://{}", data_dir.join("lake").display()),
+            state_url: format!("embedded://{}", data_dir.join("state").display()),
             lake_options: LakeOptions::default(),
             keys,
             ingest: IngestConfig::default(),
@@ -258,6 +263,7 @@ impl Settings {
         }
         if roles.ingest {
             ingest.validate()?;
+            StateTarget::parse(&self.state_url).map_err(|e| e.to_string())?;
         }
         if roles.process {
             processor.validate()?;
@@ -403,6 +409,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         listen,
         log_url,
         lake_url,
+        state_url,
         keys,
         ingest,
         processor,
@@ -426,6 +433,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
 
+    // Before the log: an unreachable Redis must not leave a new log behind.
+    let state = if roles.ingest {
+        let target = StateTarget::parse(&state_url)?;
+        Some(target.open().await.with_context(|| {
+            format!(
+                "cannot open the state store (--state {})",
+                spendstream_state::redact(&state_url)
+            )
+        })?)
+    } else {
+        None
+    };
+    let state_url = state.as_ref().map(|s| s.url.clone());
     let log = match target {
         Some(target) => Some(
             target
@@ -524,6 +544,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             sql_limits: sql_limits.clone(),
             report_cache_rows,
             report_state: report_state.clone(),
+            idempotency: state.map(|s| s.idempotency),
         },
         sink_checks,
     );
@@ -572,7 +593,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             .context("the HTTP server failed")
         });
     }
-    info!(%addr, ?roles, log = %log_url, lake = %lake_url, "Spendstream is listening.");
+    info!(%addr, ?roles, log = %log_url, lake = %lake_url, state = ?state_url, "Spendstream is listening.");
     Ok(Running {
         addr,
         pg_addr,
@@ -748,6 +769,8 @@ pub struct RouteOptions {
     pub report_cache_rows: usize,
     /// The reports' current state (None: reports read the lake).
     pub report_state: Option<Arc<CurrentState>>,
+    /// Ingest's idempotency keys (`--state`; ingest needs them).
+    pub idempotency: Option<Arc<dyn IdempotencyStore>>,
 }
 
 impl Default for RouteOptions {
@@ -758,6 +781,7 @@ impl Default for RouteOptions {
             sql_limits: SqlLimits::default(),
             report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
             report_state: None,
+            idempotency: None,
         }
     }
 }
@@ -780,6 +804,7 @@ pub fn router(
         sql_limits,
         report_cache_rows,
         report_state,
+        idempotency,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -812,10 +837,11 @@ pub fn router(
         ));
     }
     if roles.ingest
-        && let Some(log) = log
+        && let (Some(log), Some(idempotency)) = (log, idempotency)
     {
         router = router.merge(spendstream_ingest::router(
-            IngestState::new(keys.clone(), log, ingest).with_operator_tenant(operator_tenant),
+            IngestState::new(keys.clone(), log, idempotency, ingest)
+                .with_operator_tenant(operator_tenant),
         ));
     }
     if roles.query
@@ -903,6 +929,14 @@ mod tests {
                 "--operator-tenant",
             ),
             (
+                Box::new(|s| s.state_url = "memcached://h".into()),
+                "--state",
+            ),
+            (
+                Box::new(|s| s.state_url = "redis://:hunter2@h:port".into()),
+                "--state",
+            ),
+            (
                 Box::new(|s| {
                     s.log_url = "kafka://h:9092".into();
                     s.log_options = vec![("message.timeout.ms".into(), "30000".into())];
@@ -922,6 +956,7 @@ mod tests {
             mistake(&mut s);
             let error = s.validate().unwrap_err();
             assert!(error.contains(flag), "{flag}: {error}");
+            assert!(!error.contains("hunter2"), "{error}");
             assert!(!error.contains('\n'), "{error}");
         }
     }
@@ -931,6 +966,7 @@ mod tests {
         let mut s = settings();
         s.roles = Roles::QUERY;
         s.log_url = "nonsense".into();
+        s.state_url = "nonsense".into();
         s.processor.max_batch_records = 0;
         assert!(matches!(s.validate(), Ok(None)));
         s.lake_url = "nonsense".into();

@@ -188,6 +188,12 @@ pub struct ServeArgs {
     /// Default: `embedded://<data-dir>/log`.
     #[arg(long = "log", env = "SPENDSTREAM_LOG")]
     pub log_url: Option<String>,
+    /// Where ingest nodes keep what they must agree on (idempotency keys):
+    /// `embedded://<dir>` (one machine) or `redis://[:password@]host:port[/db]`
+    /// (every ingest node behind a load balancer). Default:
+    /// `embedded://<data-dir>/state`.
+    #[arg(long = "state", env = "SPENDSTREAM_STATE")]
+    pub state_url: Option<String>,
     /// A librdkafka property for every Kafka client, `name=value` (repeat the
     /// flag; the environment variable takes a comma-separated list).
     #[arg(
@@ -353,8 +359,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The log URL; a Kafka URL without `state=` keeps its node-local state
-    /// (idempotency keys) under the data directory.
+    /// The log URL; a Kafka URL without `state=` keeps its node-local
+    /// dead-letter index under the data directory.
     pub fn log_url(&self) -> String {
         match &self.log_url {
             None => format!("embedded://{}", self.data_dir.join("log").display()),
@@ -364,6 +370,12 @@ impl ServeArgs {
             }
             Some(url) => url.clone(),
         }
+    }
+
+    pub fn state_url(&self) -> String {
+        self.state_url
+            .clone()
+            .unwrap_or_else(|| format!("embedded://{}", self.data_dir.join("state").display()))
     }
 
     pub fn lake_url(&self) -> String {

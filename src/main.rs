@@ -222,6 +222,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         log_options: args.kafka_options.clone(),
         log_unsafe_options: args.unsafe_kafka_options.clone(),
         lake_url: args.lake_url(),
+        state_url: args.state_url(),
         lake_options: spendstream_lake::LakeOptions {
             read_refresh: Duration::from_millis(args.lake_refresh_ms),
             checkpoint_interval: args.lake_checkpoint_interval,

@@ -580,6 +580,8 @@ fn wrong_settings_fail_fast_with_one_line_naming_them() {
         ),
         (vec!["--log", "embedded://"], "--log"),
         (vec!["--lake", "s4://bucket"], "--lake"),
+        (vec!["--state", "redis://:hunter2@"], "--state"),
+        (vec!["--state", "redis://:hunter2@127.0.0.1:1"], "--state"),
         (
             vec!["--log", "kafka://127.0.0.1:1", "--kafka-option", "acks=1"],
             "acks",

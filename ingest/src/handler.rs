@@ -21,9 +21,10 @@ use futures::StreamExt;
 use serde::Serialize;
 use spendstream_http::request_id::current_request_id;
 use spendstream_http::{ApiError, Auth, ErrorBody, Role};
-use spendstream_log::{Claim, IdempotencyStore, Record};
+use spendstream_log::Record;
 use spendstream_schemas::error::Chain;
 use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
+use spendstream_state::{Claim, IdempotencyStore};
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::sync::Arc;
@@ -265,7 +266,7 @@ async fn handle(
     let Some(key) = idempotency_key else {
         return Ok(ingest(&state, &auth, format, reader).await.response);
     };
-    let store = state.log.idempotency();
+    let store = state.idempotency.clone();
     let tenant = auth.tenant().to_string();
     match store
         .claim(&tenant, &key, IDEMPOTENCY_STALE_AFTER)

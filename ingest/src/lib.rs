@@ -22,6 +22,7 @@ use axum::http::header;
 use axum::routing::{get, post};
 use spendstream_http::JwtKeys;
 use spendstream_log::Log;
+use spendstream_state::IdempotencyStore;
 use std::sync::Arc;
 
 /// Shared state of the ingest routes.
@@ -29,8 +30,10 @@ use std::sync::Arc;
 pub struct IngestState {
     pub keys: JwtKeys,
     pub committer: Committer,
-    /// The log itself, for idempotency keys and dead letters.
+    /// The log itself, for dead letters.
     pub log: Arc<dyn Log>,
+    /// Idempotency keys, shared by every ingest node (`--state`).
+    pub idempotency: Arc<dyn IdempotencyStore>,
     /// One slot per ingest request in flight, fair between tenants.
     pub in_flight: Arc<InFlight>,
     pub config: Arc<IngestConfig>,
@@ -48,7 +51,12 @@ impl FromRef<IngestState> for JwtKeys {
 impl IngestState {
     /// Starts the group-commit task on `log`'s producer. `config` must have
     /// passed [`IngestConfig::validate`].
-    pub fn new(keys: JwtKeys, log: &Arc<dyn Log>, config: IngestConfig) -> Self {
+    pub fn new(
+        keys: JwtKeys,
+        log: &Arc<dyn Log>,
+        idempotency: Arc<dyn IdempotencyStore>,
+        config: IngestConfig,
+    ) -> Self {
         let committer = Committer::spawn(
             log.producer(),
             config.group_commit_max_records,
@@ -58,6 +66,7 @@ impl IngestState {
             keys,
             committer,
             log: log.clone(),
+            idempotency,
             in_flight: Arc::new(InFlight::new(
                 config.max_concurrent_requests,
                 config.max_concurrent_requests_per_tenant,
@@ -78,12 +87,31 @@ impl IngestState {
 /// may succeed, 500 (and an ERROR line) when it cannot.
 pub(crate) fn store_error(
     what: &'static str,
-    error: spendstream_log::Error,
+    error: impl Into<StoreError>,
 ) -> spendstream_http::ApiError {
+    let error = error.into();
     if error.is_transient() {
         spendstream_http::ApiError::unavailable(what, error)
     } else {
         spendstream_http::ApiError::internal(error)
+    }
+}
+
+/// A failure of the log or of the state store.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    #[error(transparent)]
+    Log(#[from] spendstream_log::Error),
+    #[error(transparent)]
+    State(#[from] spendstream_state::Error),
+}
+
+impl StoreError {
+    fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Log(e) => e.is_transient(),
+            StoreError::State(e) => e.is_transient(),
+        }
     }
 }
 

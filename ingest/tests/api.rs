@@ -29,6 +29,15 @@ fn token(roles: &[&str]) -> String {
     })
 }
 
+/// The embedded state store in `dir`, as `spendstream up` opens it.
+async fn state_store(dir: &std::path::Path) -> Arc<dyn spendstream_state::IdempotencyStore> {
+    Arc::new(
+        spendstream_state::SqliteState::open(&dir.join("state").join("state.sqlite3"))
+            .await
+            .unwrap(),
+    )
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     log: EmbeddedLog,
@@ -36,12 +45,25 @@ struct Fixture {
 }
 
 async fn fixture(config: IngestConfig) -> Fixture {
+    fixture_with(config, None).await
+}
+
+/// [`fixture`] with this idempotency store instead of the embedded one.
+async fn fixture_with(
+    config: IngestConfig,
+    idempotency: Option<Arc<dyn spendstream_state::IdempotencyStore>>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
     let dyn_log: Arc<dyn Log> = Arc::new(log.clone());
+    let idempotency = match idempotency {
+        Some(store) => store,
+        None => state_store(dir.path()).await,
+    };
     let app = spendstream_http::finish(spendstream_ingest::router(IngestState::new(
         keys(),
         &dyn_log,
+        idempotency,
         config,
     )));
     Fixture {
@@ -298,6 +320,7 @@ async fn a_log_failure_is_503_with_retry_after() {
     let config = IngestConfig::default();
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
+    let idempotency = state_store(dir.path()).await;
     let state = IngestState {
         keys: keys(),
         committer: spendstream_ingest::Committer::spawn(
@@ -306,6 +329,7 @@ async fn a_log_failure_is_503_with_retry_after() {
             std::time::Duration::from_secs(5),
         ),
         log: Arc::new(log.clone()),
+        idempotency: idempotency.clone(),
         in_flight: Arc::new(InFlight::new(8, 8)),
         config: Arc::new(config),
         operator_tenant: None,
@@ -322,11 +346,11 @@ async fn a_log_failure_is_503_with_retry_after() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     // A failure worth retrying frees the key.
     assert_eq!(
-        log.idempotency()
+        idempotency
             .claim("acme", "k-503", std::time::Duration::from_secs(600))
             .await
             .unwrap(),
-        spendstream_log::Claim::Acquired
+        spendstream_state::Claim::Acquired
     );
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(body["error"], "unavailable");
@@ -428,6 +452,7 @@ async fn too_many_requests_in_flight_are_shed_429_per_tenant_503_in_all() {
     let state = IngestState::new(
         keys(),
         &log,
+        state_store(dir.path()).await,
         IngestConfig {
             max_concurrent_requests: 3,
             max_concurrent_requests_per_tenant: 2,
@@ -796,6 +821,7 @@ fn a_request_waiting_for_its_append_does_not_spin() {
                 std::time::Duration::from_secs(30),
             ),
             log: Arc::new(log),
+            idempotency: state_store(dir.path()).await,
             in_flight: Arc::new(InFlight::new(8, 8)),
             config: Arc::new(IngestConfig::default()),
             operator_tenant: None,
@@ -846,6 +872,7 @@ async fn a_permanent_log_error_is_500_not_503() {
             std::time::Duration::from_secs(5),
         ),
         log: Arc::new(log),
+        idempotency: state_store(dir.path()).await,
         in_flight: Arc::new(InFlight::new(8, 8)),
         config: Arc::new(IngestConfig::default()),
         operator_tenant: None,
@@ -855,4 +882,58 @@ async fn a_permanent_log_error_is_500_not_503() {
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(body["error"], "internal");
     assert!(headers.get("retry-after").is_none());
+}
+
+/// The state store down (Redis unreachable): a request with an
+/// Idempotency-Key gets 503 and `Retry-After` and writes nothing, since
+/// applying it without its key could apply it twice; one without a key
+/// does not need the store and is accepted.
+#[tokio::test]
+async fn a_state_store_failure_is_503_and_writes_nothing() {
+    #[derive(Debug)]
+    struct Down;
+    #[async_trait]
+    impl spendstream_state::IdempotencyStore for Down {
+        async fn claim(
+            &self,
+            _: &str,
+            _: &str,
+            _: std::time::Duration,
+        ) -> spendstream_state::Result<spendstream_state::Claim> {
+            Err(spendstream_state::Error::Timeout(
+                spendstream_state::OPERATION_TIMEOUT,
+            ))
+        }
+        async fn complete(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: u16,
+            _: &[u8],
+        ) -> spendstream_state::Result<()> {
+            unreachable!("nothing was claimed")
+        }
+        async fn release(&self, _: &str, _: &str) -> spendstream_state::Result<()> {
+            unreachable!("nothing was claimed")
+        }
+    }
+    let Fixture { log, app, .. } =
+        fixture_with(IngestConfig::default(), Some(Arc::new(Down))).await;
+    let t = token(&["ingest"]);
+    let (s, body, headers) = post(
+        &app,
+        Some(&t),
+        "application/x-ndjson",
+        &[("idempotency-key", "k-down")],
+        GOOD.into(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(log.end_offsets().await.unwrap(), vec![0, 0]);
+    let (s, body, _) = post(&app, Some(&t), "application/x-ndjson", &[], GOOD.into()).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(log.end_offsets().await.unwrap().iter().sum::<i64>(), 1);
 }

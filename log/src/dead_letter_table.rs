@@ -2,9 +2,9 @@
 //! Kafka backend's on-disk index of its dead-letter topic (so listing never
 //! needs every letter in memory).
 
-use crate::idempotency::now_ms;
 use crate::{DeadLetter, Error, LetterScope, Position, Replayed, Result, StoredDeadLetter};
 use rusqlite::{Connection, params};
+use spendstream_state::sqlite::now_ms;
 use std::sync::{Arc, Mutex};
 
 pub(crate) const SCHEMA: &str = "

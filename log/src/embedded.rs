@@ -6,13 +6,13 @@
 //! file per group keeps a second processor on the same directory out.
 
 use crate::dead_letter_table::DeadLetterTable;
-use crate::idempotency::{SqliteIdempotency, connect, now_ms};
 use crate::{
-    Consumed, DeadLetter, DeadLetterStore, Error, IdempotencyStore, LetterScope, Log, LogConsumer,
-    LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
+    Consumed, DeadLetter, DeadLetterStore, Error, LetterScope, Log, LogConsumer, LogProducer,
+    Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
+use spendstream_state::sqlite::{connect, now_ms};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,7 +63,6 @@ struct Inner {
     log_id: String,
     writer: Mutex<Connection>,
     appended: Notify,
-    idempotency: SqliteIdempotency,
     dead_letters: DeadLetterTable,
 }
 
@@ -132,10 +131,8 @@ impl EmbeddedLog {
             tx.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| {
                 r.get(0)
             })?;
-        tx.execute_batch(crate::idempotency::SCHEMA)?;
         tx.execute_batch(crate::dead_letter_table::SCHEMA)?;
         tx.commit()?;
-        let idempotency = SqliteIdempotency::from_connection(connect(&path)?);
         let dead_letters = DeadLetterTable::new(connect(&path)?);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -144,7 +141,6 @@ impl EmbeddedLog {
                 log_id,
                 writer: Mutex::new(conn),
                 appended: Notify::new(),
-                idempotency,
                 dead_letters,
             }),
         })
@@ -377,10 +373,6 @@ impl Log for EmbeddedLog {
 
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
         Arc::new(self.clone())
-    }
-
-    fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
-        Arc::new(self.inner.idempotency.clone())
     }
 
     fn partitions(&self) -> u32 {

@@ -104,17 +104,8 @@ impl Error {
     /// configuration or the data that no retry fixes. Callers answer the
     /// first kind with 503 and `Retry-After`, the second with a loud error.
     pub fn is_transient(&self) -> bool {
-        use rusqlite::ErrorCode as C;
         match self {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
-                e.code,
-                C::DatabaseBusy
-                    | C::DatabaseLocked
-                    | C::DiskFull
-                    | C::SystemIoFailure
-                    | C::OutOfMemory
-            ),
-            Error::Sqlite(_) => false,
+            Error::Sqlite(e) => spendstream_state::sqlite::is_transient(e),
             Error::Io(_) => true,
             Error::Kafka(e) => kafka_transient(e),
             Error::NotAcknowledged { first, .. } => kafka_transient(first),

@@ -7,7 +7,6 @@
 mod dead_letter_table;
 pub mod embedded;
 mod error;
-pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
 mod target;
@@ -188,51 +187,12 @@ pub trait DeadLetterStore: Send + Sync {
     async fn mark_replayed(&self, tenant_id: &str, id: i64, position: Position) -> Result<()>;
 }
 
-/// What a claim on an idempotency key found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// The key is now held by the caller, who must `complete` or `release`.
-    Acquired,
-    /// Another request with this key is still running.
-    InProgress,
-    /// A request with this key already finished with this response.
-    Completed {
-        fingerprint: String,
-        status: u16,
-        body: Vec<u8>,
-    },
-}
-
-/// Remembers the outcome of requests sent with an `Idempotency-Key`, so a
-/// retried request gets the first answer back and writes nothing.
-#[async_trait]
-pub trait IdempotencyStore: Send + Sync {
-    /// Claims `key` of `tenant`. A claim left in progress for longer than
-    /// `stale_after` (its holder crashed) is taken over.
-    async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim>;
-
-    /// Stores the final response of the request holding the claim.
-    async fn complete(
-        &self,
-        tenant: &str,
-        key: &str,
-        fingerprint: &str,
-        status: u16,
-        body: &[u8],
-    ) -> Result<()>;
-
-    /// Gives the claim up (the request failed in a way worth retrying).
-    async fn release(&self, tenant: &str, key: &str) -> Result<()>;
-}
-
 /// A log backend: a producer, consumers by group, dead letters.
 #[async_trait]
 pub trait Log: Send + Sync {
     fn producer(&self) -> Arc<dyn LogProducer>;
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>>;
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore>;
-    /// Where ingest keeps idempotency keys.
-    fn idempotency(&self) -> Arc<dyn IdempotencyStore>;
     fn partitions(&self) -> u32;
 
     /// This log's identity: made once when the log is created and kept for

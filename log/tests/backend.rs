@@ -237,41 +237,6 @@ async fn dead_letters_are_idempotent_and_tenant_scoped(log: Arc<dyn Log>) {
     );
 }
 
-async fn idempotency_keys_claim_complete_release(log: Arc<dyn Log>) {
-    use spendstream_log::Claim;
-    let store = log.idempotency();
-    let long = Duration::from_secs(300);
-    assert_eq!(store.claim("t", "k1", long).await.unwrap(), Claim::Acquired);
-    assert_eq!(
-        store.claim("t", "k1", long).await.unwrap(),
-        Claim::InProgress
-    );
-    // Keys are per tenant.
-    assert_eq!(store.claim("u", "k1", long).await.unwrap(), Claim::Acquired);
-    store.complete("t", "k1", "fp", 202, b"{}").await.unwrap();
-    assert_eq!(
-        store.claim("t", "k1", long).await.unwrap(),
-        Claim::Completed {
-            fingerprint: "fp".into(),
-            status: 202,
-            body: b"{}".to_vec()
-        }
-    );
-    // Release gives a running claim up, never a completed one.
-    store.release("t", "k1").await.unwrap();
-    assert!(matches!(
-        store.claim("t", "k1", long).await.unwrap(),
-        Claim::Completed { .. }
-    ));
-    store.release("u", "k1").await.unwrap();
-    assert_eq!(store.claim("u", "k1", long).await.unwrap(), Claim::Acquired);
-    // A claim whose holder vanished is taken over once stale.
-    assert_eq!(
-        store.claim("u", "k1", Duration::ZERO).await.unwrap(),
-        Claim::Acquired
-    );
-}
-
 macro_rules! per_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -315,7 +280,6 @@ per_backend!(
     concurrent_appends_get_unique_positions,
     consumer_wakes_on_append,
     dead_letters_are_idempotent_and_tenant_scoped,
-    idempotency_keys_claim_complete_release,
 );
 
 #[tokio::test]

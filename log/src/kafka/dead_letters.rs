@@ -19,7 +19,6 @@
 
 use super::{KafkaConfig, KafkaProducer};
 use crate::dead_letter_table::{DeadLetterTable, Row};
-use crate::idempotency::{connect, now_ms};
 use crate::{
     DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Offset, Partition, Position, Record,
     Result, StoredDeadLetter,
@@ -29,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 use rusqlite::{Connection, OptionalExtension, params};
+use spendstream_state::sqlite::{connect, now_ms};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::warn;

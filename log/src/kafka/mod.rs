@@ -8,7 +8,7 @@
 //! | `partitions` | existing, or 8 for new topics | partitions of both topics; a different existing count is an error |
 //! | `replication` | existing, or min(3, brokers) | replication factor of new topics; checked against existing ones |
 //! | `compression` | `zstd` | producer `compression.type` |
-//! | `state` | `./data/state` | directory of the node-local idempotency-key store and dead-letter index |
+//! | `state` | `./data/state` | directory of the node-local dead-letter index (idempotency keys are in `--state`) |
 //! | `dlq_retention_ms` | `-1` (forever) | `retention.ms` of a new dead-letter topic |
 //! | `rdkafka.<name>` | | any librdkafka property, passed to every client |
 //!
@@ -30,10 +30,7 @@ pub use consumer::KafkaConsumer;
 pub use dead_letters::KafkaDeadLetters;
 pub use producer::{KafkaProducer, PRODUCER_DEFAULTS};
 
-use crate::idempotency::SqliteIdempotency;
-use crate::{
-    DeadLetterStore, Error, IdempotencyStore, Log, LogConsumer, LogProducer, Offset, Result,
-};
+use crate::{DeadLetterStore, Error, Log, LogConsumer, LogProducer, Offset, Result};
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -72,8 +69,8 @@ pub struct KafkaConfig {
     /// librdkafka properties applied last and never checked: the operator
     /// asked for them knowing they may break the delivery contract.
     pub unsafe_options: Vec<(String, String)>,
-    /// Where idempotency keys and the dead-letter index are kept (SQLite
-    /// files in this directory).
+    /// Where the dead-letter index is kept (a SQLite file in this
+    /// directory).
     pub state_dir: PathBuf,
     /// `retention.ms` of the dead-letter topic when Spendstream creates it;
     /// -1 keeps letters until they are dealt with.
@@ -304,7 +301,7 @@ impl KafkaConfig {
 }
 
 /// The Kafka log: a shared idempotent producer, consumers by group, the
-/// dead-letter topic and the node-local idempotency store.
+/// dead-letter topic and its node-local index.
 #[derive(Clone)]
 pub struct KafkaLog {
     config: Arc<KafkaConfig>,
@@ -312,7 +309,6 @@ pub struct KafkaLog {
     log_id: String,
     producer: Arc<KafkaProducer>,
     dead_letters: Arc<KafkaDeadLetters>,
-    idempotency: SqliteIdempotency,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -376,8 +372,6 @@ impl KafkaLog {
         let dead_letters =
             Arc::new(KafkaDeadLetters::open(config.clone(), producer.clone(), partitions).await?);
         let log_id = dead_letters.log_id().await?;
-        let idempotency =
-            SqliteIdempotency::open(&config.state_dir.join("idempotency.sqlite3")).await?;
         info!(
             brokers = %config.brokers,
             topic = %config.raw_topic(),
@@ -391,7 +385,6 @@ impl KafkaLog {
             log_id,
             producer,
             dead_letters,
-            idempotency,
         })
     }
 
@@ -509,10 +502,6 @@ impl Log for KafkaLog {
 
     fn dead_letters(&self) -> Arc<dyn DeadLetterStore> {
         self.dead_letters.clone()
-    }
-
-    fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
-        Arc::new(self.idempotency.clone())
     }
 
     fn partitions(&self) -> u32 {

@@ -57,7 +57,7 @@ impl TestKafka {
             "t{}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed),
-            crate::idempotency::now_ms()
+            spendstream_state::sqlite::now_ms()
         );
         let prefix = format!("{unique}.");
         let state_dir = std::env::temp_dir().join(format!("spendstream-kafka-{unique}"));

@@ -1,20 +1,14 @@
-//! Idempotency keys in a SQLite file. The embedded log keeps them in its own
-//! database; with Kafka they live in a small state file next to the process
-//! (see ADR 0005): a retried request must reach the same ingest node to get
-//! the first answer back, and record identities keep reports exact when it
-//! does not.
+//! The embedded backend: one SQLite file under the data directory.
 
-use crate::{Claim, IdempotencyStore, Result};
+use crate::sqlite::{connect, now_ms};
+use crate::{Claim, IDEMPOTENCY_RETENTION, IdempotencyStore, Result};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// How long a completed idempotency key is remembered.
-pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-pub(crate) const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -28,43 +22,20 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (updated_at);
 ";
 
-/// Idempotency keys in one SQLite database (WAL, `synchronous=FULL`).
+/// The state in one SQLite database (WAL, `synchronous=FULL`): for one
+/// machine, where every ingest process opens the same file.
 #[derive(Clone)]
-pub struct SqliteIdempotency {
+pub struct SqliteState {
     conn: Arc<Mutex<Connection>>,
 }
 
-impl std::fmt::Debug for SqliteIdempotency {
+impl std::fmt::Debug for SqliteState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteIdempotency")
+        f.write_str("SqliteState")
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
-/// Opens a SQLite file the way every store here needs it.
-pub(crate) fn connect(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: the WAL is fsynced at every commit; an acknowledged write
-    // survives power loss, not only a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
-}
-
-impl SqliteIdempotency {
-    pub(crate) fn from_connection(conn: Connection) -> Self {
-        Self {
-            conn: Arc::new(Mutex::new(conn)),
-        }
-    }
-
+impl SqliteState {
     /// Opens (creating if needed) the store in the database file `path`.
     pub async fn open(path: &Path) -> Result<Self> {
         let path = path.to_path_buf();
@@ -74,14 +45,16 @@ impl SqliteIdempotency {
             }
             let conn = connect(&path)?;
             conn.execute_batch(SCHEMA)?;
-            Ok(Self::from_connection(conn))
+            Ok(Self {
+                conn: Arc::new(Mutex::new(conn)),
+            })
         })
         .await?
     }
 }
 
 #[async_trait]
-impl IdempotencyStore for SqliteIdempotency {
+impl IdempotencyStore for SqliteState {
     async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim> {
         let conn = self.conn.clone();
         let (tenant, key) = (tenant.to_string(), key.to_string());

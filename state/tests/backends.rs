@@ -1,0 +1,162 @@
+//! The same test bodies on both backends: the embedded SQLite file, and the
+//! real Redis that scripts/test starts (`SPENDSTREAM_TEST_REDIS`).
+
+use spendstream_state::{Claim, IdempotencyStore, State, StateTarget};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Two openings of one store, as two ingest nodes (or processes) have.
+struct Nodes {
+    a: State,
+    b: State,
+    /// Keys of different test runs on one Redis never meet.
+    tenant: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn unique_tenant() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("t{}-{nanos}", std::process::id())
+}
+
+async fn embedded() -> Nodes {
+    let dir = tempfile::tempdir().unwrap();
+    let target = StateTarget::parse(&format!("embedded://{}", dir.path().display())).unwrap();
+    Nodes {
+        a: target.open().await.unwrap(),
+        b: target.open().await.unwrap(),
+        tenant: unique_tenant(),
+        _dir: Some(dir),
+    }
+}
+
+async fn redis() -> Nodes {
+    let url = std::env::var("SPENDSTREAM_TEST_REDIS").expect(
+        "SPENDSTREAM_TEST_REDIS is not set: run the tests with scripts/test, which starts redis-server",
+    );
+    let target = StateTarget::parse(&url).unwrap();
+    Nodes {
+        a: target.open().await.unwrap(),
+        b: target.open().await.unwrap(),
+        tenant: unique_tenant(),
+        _dir: None,
+    }
+}
+
+async fn claim_complete_release(nodes: Nodes) {
+    let (t, store) = (nodes.tenant.as_str(), &nodes.a.idempotency);
+    let u = format!("{t}-u");
+    let long = Duration::from_secs(300);
+    assert_eq!(store.claim(t, "k1", long).await.unwrap(), Claim::Acquired);
+    assert_eq!(store.claim(t, "k1", long).await.unwrap(), Claim::InProgress);
+    // The other node sees the claim.
+    assert_eq!(
+        nodes.b.idempotency.claim(t, "k1", long).await.unwrap(),
+        Claim::InProgress
+    );
+    // Keys are per tenant.
+    assert_eq!(store.claim(&u, "k1", long).await.unwrap(), Claim::Acquired);
+    let body = b"{\"accepted\":1}\n\x00\xff".to_vec();
+    store.complete(t, "k1", "fp", 202, &body).await.unwrap();
+    let done = Claim::Completed {
+        fingerprint: "fp".into(),
+        status: 202,
+        body,
+    };
+    assert_eq!(store.claim(t, "k1", long).await.unwrap(), done);
+    assert_eq!(
+        nodes.b.idempotency.claim(t, "k1", long).await.unwrap(),
+        done
+    );
+    // Release gives a running claim up, never a completed one.
+    store.release(t, "k1").await.unwrap();
+    assert_eq!(store.claim(t, "k1", long).await.unwrap(), done);
+    nodes.b.idempotency.release(&u, "k1").await.unwrap();
+    assert_eq!(store.claim(&u, "k1", long).await.unwrap(), Claim::Acquired);
+    // A claim whose holder vanished is taken over once stale.
+    assert_eq!(
+        nodes
+            .b
+            .idempotency
+            .claim(&u, "k1", Duration::ZERO)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+}
+
+/// 50 claims at once on one key, half through each node: one acquires.
+async fn concurrent_claims_acquire_once(nodes: Nodes) {
+    let claims = (0..50).map(|i| {
+        let store: Arc<dyn IdempotencyStore> = if i % 2 == 0 {
+            nodes.a.idempotency.clone()
+        } else {
+            nodes.b.idempotency.clone()
+        };
+        let tenant = nodes.tenant.clone();
+        tokio::spawn(async move {
+            store
+                .claim(&tenant, "same", Duration::from_secs(300))
+                .await
+                .unwrap()
+        })
+    });
+    let mut acquired = 0;
+    for claim in join_all(claims).await {
+        match claim {
+            Claim::Acquired => acquired += 1,
+            Claim::InProgress => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(acquired, 1);
+}
+
+async fn join_all<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(super::embedded().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::redis().await).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(claim_complete_release, concurrent_claims_acquire_once);
+
+/// A Redis that cannot be reached fails the start with a transient error
+/// that does not print the password.
+#[tokio::test]
+async fn an_unreachable_redis_fails_fast_without_its_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = StateTarget::parse(&format!("redis://:hunter2@127.0.0.1:{port}"))
+        .unwrap()
+        .open()
+        .await
+        .unwrap_err();
+    assert!(error.is_transient(), "{error}");
+    assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+}
