@@ -17,7 +17,7 @@ use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
-use spendstream_state::{IdempotencyStore, StateTarget};
+use spendstream_state::{IdempotencyStore, RevocationStore, StateTarget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,7 @@ pub fn openapi_json() -> &'static str {
         title = "Spendstream",
         description = "High-volume expense ingestion and spend reports. The tenant comes from the bearer token (HS256 JWT: claims tenant, roles, exp).",
     ),
-    paths(openapi_document),
+    paths(openapi_document, crate::revocations::revoke, crate::revocations::list),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -136,8 +136,9 @@ pub struct Settings {
     /// librdkafka properties applied without that check.
     pub log_unsafe_options: Vec<(String, String)>,
     pub lake_url: String,
-    /// Where ingest nodes keep what they must agree on (idempotency keys):
-    /// `embedded://<dir>` or `redis://host:port` (ADR 0011).
+    /// Where ingest and query nodes keep what they must agree on
+    /// (idempotency keys, revoked tokens): `embedded://<dir>` or
+    /// `redis://host:port` (ADR 0011).
     pub state_url: String,
     /// S3 settings on top of the `AWS_*` environment, read freshness,
     /// checkpoint interval.
@@ -263,6 +264,8 @@ impl Settings {
         }
         if roles.ingest {
             ingest.validate()?;
+        }
+        if roles.ingest || roles.query {
             StateTarget::parse(&self.state_url).map_err(|e| e.to_string())?;
         }
         if roles.process {
@@ -332,6 +335,8 @@ pub struct Running {
     pub stats: Option<Arc<ProcessorStats>>,
     pub lake: Option<Arc<Lake>>,
     pub log: Option<Arc<dyn Log>>,
+    /// The state store (ingest and query roles).
+    pub state: Option<spendstream_state::State>,
     /// Whether the HTTP listener serves HTTPS (`--tls-cert`).
     pub https: bool,
     stop: CancellationToken,
@@ -434,14 +439,30 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let mut tasks = JoinSet::new();
 
     // Before the log: an unreachable Redis must not leave a new log behind.
-    let state = if roles.ingest {
+    // Idempotency keys (ingest) and revocations (every role that checks
+    // tokens): read once now, so no revoked token passes while starting.
+    let state = if roles.ingest || roles.query {
         let target = StateTarget::parse(&state_url)?;
-        Some(target.open().await.with_context(|| {
+        let context = || {
             format!(
                 "cannot open the state store (--state {})",
                 spendstream_state::redact(&state_url)
             )
-        })?)
+        };
+        let state = target.open().await.with_context(context)?;
+        crate::revocations::sync(state.revocations.as_ref(), keys.revocations())
+            .await
+            .with_context(context)?;
+        let (store, into, stop) = (
+            state.revocations.clone(),
+            keys.revocations().clone(),
+            stop.clone(),
+        );
+        tasks.spawn(async move {
+            crate::revocations::follow(store, into, stop).await;
+            Ok(())
+        });
+        Some(state)
     } else {
         None
     };
@@ -544,7 +565,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             sql_limits: sql_limits.clone(),
             report_cache_rows,
             report_state: report_state.clone(),
-            idempotency: state.map(|s| s.idempotency),
+            idempotency: state.as_ref().map(|s| s.idempotency.clone()),
+            revocations: state.as_ref().map(|s| s.revocations.clone()),
         },
         sink_checks,
     );
@@ -600,6 +622,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stats,
         lake,
         log,
+        state,
         https,
         stop,
         tasks,
@@ -771,6 +794,8 @@ pub struct RouteOptions {
     pub report_state: Option<Arc<CurrentState>>,
     /// Ingest's idempotency keys (`--state`; ingest needs them).
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
+    /// Where admins revoke tokens (`--state`); the routes exist with it.
+    pub revocations: Option<Arc<dyn RevocationStore>>,
 }
 
 impl Default for RouteOptions {
@@ -782,6 +807,7 @@ impl Default for RouteOptions {
             report_cache_rows: spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS,
             report_state: None,
             idempotency: None,
+            revocations: None,
         }
     }
 }
@@ -805,6 +831,7 @@ pub fn router(
         report_cache_rows,
         report_state,
         idempotency,
+        revocations,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -850,6 +877,14 @@ pub fn router(
         let state = QueryState::new(keys.clone(), lake.clone(), sql_limits, report_cache_rows)
             .with_report_state(report_state);
         router = router.merge(spendstream_query_api::router(state));
+    }
+    if let Some(store) = revocations {
+        router = router.merge(crate::revocations::router(
+            crate::revocations::RevocationState {
+                keys: keys.clone(),
+                store,
+            },
+        ));
     }
     let router = router.route("/v1/openapi.json", axum::routing::get(openapi_document));
     checks.extend(more);
@@ -966,7 +1001,6 @@ mod tests {
         let mut s = settings();
         s.roles = Roles::QUERY;
         s.log_url = "nonsense".into();
-        s.state_url = "nonsense".into();
         s.processor.max_batch_records = 0;
         assert!(matches!(s.validate(), Ok(None)));
         s.lake_url = "nonsense".into();

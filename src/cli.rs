@@ -188,10 +188,10 @@ pub struct ServeArgs {
     /// Default: `embedded://<data-dir>/log`.
     #[arg(long = "log", env = "SPENDSTREAM_LOG")]
     pub log_url: Option<String>,
-    /// Where ingest nodes keep what they must agree on (idempotency keys):
-    /// `embedded://<dir>` (one machine) or `redis://[:password@]host:port[/db]`
-    /// (every ingest node behind a load balancer). Default:
-    /// `embedded://<data-dir>/state`.
+    /// Where ingest and query nodes keep what they must agree on
+    /// (idempotency keys, revoked tokens): `embedded://<dir>` (one machine)
+    /// or `redis://[:password@]host:port[/db]` (every node behind a load
+    /// balancer). Default: `embedded://<data-dir>/state`.
     #[arg(long = "state", env = "SPENDSTREAM_STATE")]
     pub state_url: Option<String>,
     /// A librdkafka property for every Kafka client, `name=value` (repeat the

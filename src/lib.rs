@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod demo;
 pub mod metrics;
+pub mod revocations;
 pub mod secret;
 pub mod telemetry;
 

@@ -70,14 +70,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if args.ttl_hours == 0 {
                 bail!("--ttl-hours must be at least 1");
             }
-            println!(
-                "{}",
-                secret::mint(
-                    &keys,
-                    &args.tenant,
-                    &roles,
-                    Duration::from_secs(args.ttl_hours.saturating_mul(3600))
-                )
+            let claims = secret::claims(
+                &keys,
+                &args.tenant,
+                &roles,
+                Duration::from_secs(args.ttl_hours.saturating_mul(3600)),
+            );
+            println!("{}", keys.sign(&claims));
+            // On stderr, so `TOKEN=$(spendstream token …)` stays the token.
+            eprintln!(
+                "jti {} (to revoke it: POST /v1/admin/revocations), expires at {}",
+                claims.jti.as_deref().unwrap_or_default(),
+                chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_default()
             );
             Ok(())
         }

@@ -82,11 +82,21 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// adds `iat` and the keys' audience and issuer, so the token passes the
 /// same keys' checks.
 pub fn mint(keys: &JwtKeys, tenant: &str, roles: &[Role], ttl: std::time::Duration) -> String {
+    keys.sign(&claims(keys, tenant, roles, ttl))
+}
+
+/// The claims [`mint`] signs (with a fresh `jti`).
+pub fn claims(
+    keys: &JwtKeys,
+    tenant: &str,
+    roles: &[Role],
+    ttl: std::time::Duration,
+) -> spendstream_http::Claims {
     // A ttl past `i64::MAX` seconds means "never expires"; `claims_for`
     // saturates the sum with `now` the same way.
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let now = chrono::Utc::now().timestamp();
-    keys.sign(&keys.claims_for(tenant, roles, ttl_secs, now))
+    keys.claims_for(tenant, roles, ttl_secs, now)
 }
 
 /// The ClickHouse password: `SPENDSTREAM_CLICKHOUSE_PASSWORD`, or the file

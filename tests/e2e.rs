@@ -944,7 +944,11 @@ async fn openapi_document_matches_the_routes() {
         &common::keys(),
         running.log.as_ref(),
         running.lake.as_ref(),
-        Default::default(),
+        spendstream::app::RouteOptions {
+            idempotency: running.state.as_ref().map(|s| s.idempotency.clone()),
+            revocations: running.state.as_ref().map(|s| s.revocations.clone()),
+            ..Default::default()
+        },
         Vec::new(),
     );
     let debug = format!("{router:?}");

@@ -103,20 +103,23 @@ async fn fifty_at_once_write_once(nodes: &[Running]) {
     assert_eq!(log_records(&nodes[0]).await - before, model.len() as i64);
 }
 
+/// Two ingest nodes behind a load balancer: one log, one Redis.
+async fn two_nodes(backend: &Backend, dirs: &[tempfile::TempDir; 2]) -> [Running; 2] {
+    let redis = redis_url();
+    let mut nodes = Vec::new();
+    for dir in dirs {
+        let settings = ingest_node(backend, dir.path(), &redis);
+        nodes.push(spendstream::start(settings).await.unwrap());
+    }
+    nodes.try_into().unwrap_or_else(|_| unreachable!())
+}
+
 /// Two ingest nodes behind a load balancer: one Kafka log, one Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_fifty_times_over_two_nodes_sharing_redis_writes_once() {
     let backend = Backend::kafka();
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let redis = redis_url();
-    let nodes = [
-        spendstream::start(ingest_node(&backend, a.path(), &redis))
-            .await
-            .unwrap(),
-        spendstream::start(ingest_node(&backend, b.path(), &redis))
-            .await
-            .unwrap(),
-    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let nodes = two_nodes(&backend, &dirs).await;
     fifty_at_once_write_once(&nodes).await;
     for node in nodes {
         node.shutdown().await.unwrap();
@@ -236,4 +239,117 @@ async fn redis_down_is_503_for_keyed_requests_and_the_edge_recovers_by_itself() 
     assert_eq!(text, first);
     assert_eq!(log_records(&node).await, written + 4);
     node.shutdown().await.unwrap();
+}
+
+/// A token revoked through one node is refused by both within 2 s (401
+/// `token_revoked`); another token of the same tenant goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_both_nodes_within_2_s() {
+    let backend = Backend::kafka();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let nodes = two_nodes(&backend, &dirs).await;
+    let bases: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
+    let client = reqwest::Client::new();
+    let keys = common::keys();
+    let claims =
+        spendstream::secret::claims(&keys, "acme", &[Role::Ingest], Duration::from_secs(3600));
+    let leaked = keys.sign(&claims);
+    let other = common::token("acme", &[Role::Ingest]);
+    let admin = common::token("acme", &[Role::Admin]);
+    let (body, _) = common::acme_records(0, 1);
+    let send = |base: &str, token: &str| {
+        client
+            .post(format!("{base}/v1/expenses"))
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .send()
+    };
+    for base in &bases {
+        assert_eq!(
+            send(base, &leaked).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let revoke = |token: &str, request: serde_json::Value| {
+        client
+            .post(format!("{}/v1/admin/revocations", bases[0]))
+            .bearer_auth(token)
+            .json(&request)
+            .send()
+    };
+    let jti = claims.jti.clone().unwrap();
+    let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap();
+    // Admins only, and only a future expiry.
+    let refused = revoke(
+        &other,
+        serde_json::json!({"jti": jti, "expires_at": expires_at}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let past = revoke(
+        &admin,
+        serde_json::json!({"jti": jti, "expires_at": "2020-01-01T00:00:00Z"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(past.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        past.json::<serde_json::Value>().await.unwrap()["error"],
+        "invalid_expiry"
+    );
+
+    let answer = revoke(
+        &admin,
+        serde_json::json!({"jti": jti, "expires_at": expires_at}),
+    )
+    .await
+    .unwrap();
+    let revoked_at = std::time::Instant::now();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["jti"], jti.as_str());
+    assert_eq!(answer["tenant"], "acme");
+    for base in &bases {
+        let mut deadline = Deadline::new(
+            Duration::from_secs(2).saturating_sub(revoked_at.elapsed()),
+            Duration::from_millis(50),
+        );
+        loop {
+            let response = send(base, &leaked).await.unwrap();
+            if response.status() == StatusCode::UNAUTHORIZED {
+                let error: serde_json::Value = response.json().await.unwrap();
+                assert_eq!(error["error"], "token_revoked");
+                break;
+            }
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+            deadline
+                .tick(format!("{base} to refuse the revoked token"))
+                .await;
+        }
+        assert_eq!(
+            send(base, &other).await.unwrap().status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    // Listed on the other node, for this tenant only.
+    let listed: serde_json::Value = client
+        .get(format!("{}/v1/admin/revocations", bases[1]))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed.as_array().unwrap();
+    assert!(
+        listed.iter().any(|r| r["jti"] == jti.as_str()),
+        "{listed:?}"
+    );
+    assert!(listed.iter().all(|r| r["tenant"] == "acme"), "{listed:?}");
+    for node in nodes {
+        node.shutdown().await.unwrap();
+    }
 }

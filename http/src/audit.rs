@@ -53,3 +53,12 @@ pub fn admin_action(action: &str, tenant: &str, outcome: &str) {
         "Audit: an admin action."
     );
 }
+
+/// [`admin_action`] with the outcome of `answer`: `ok`, or its error code.
+pub fn audited<T>(action: &str, tenant: &str, answer: &Result<T, crate::ApiError>) {
+    let outcome = match answer {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    admin_action(action, tenant, outcome);
+}

@@ -18,6 +18,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::Sha256;
 use spendstream_schemas::valid_tenant_id;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a token may do.
@@ -152,6 +153,43 @@ pub enum AuthError {
     Issuer,
     #[error("token has no valid tenant")]
     Tenant,
+    #[error("token has been revoked")]
+    Revoked,
+}
+
+/// Token ids revoked by admins, per tenant, as last read from the state
+/// store (every second: ADR 0011). Shared by every clone of the keys.
+#[derive(Clone, Default)]
+pub struct Revocations(Arc<std::sync::RwLock<HashMap<String, HashSet<String>>>>);
+
+impl Revocations {
+    /// Replaces what is revoked with `revoked` (`(tenant, jti)` pairs).
+    pub fn replace(&self, revoked: impl IntoIterator<Item = (String, String)>) {
+        let mut by_tenant: HashMap<String, HashSet<String>> = HashMap::new();
+        for (tenant, jti) in revoked {
+            by_tenant.entry(tenant).or_default().insert(jti);
+        }
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = by_tenant;
+    }
+
+    /// Adds one (until the next [`Revocations::replace`], which reads it
+    /// back from the store).
+    pub fn insert(&self, tenant: &str, jti: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(jti.to_owned());
+    }
+
+    pub fn contains(&self, tenant: &str, jti: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .is_some_and(|jtis| jtis.contains(jti))
+    }
 }
 
 /// Signs and verifies HS256 tokens with one shared secret, optionally
@@ -161,6 +199,7 @@ pub struct JwtKeys {
     secret: Arc<[u8]>,
     audience: Option<Arc<str>>,
     issuer: Option<Arc<str>>,
+    revocations: Revocations,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -223,6 +262,7 @@ impl JwtKeys {
             secret: secret.into(),
             audience: None,
             issuer: None,
+            revocations: Revocations::default(),
         })
     }
 
@@ -248,6 +288,12 @@ impl JwtKeys {
         self.issuer.as_deref()
     }
 
+    /// The revoked token ids these keys refuse (kept current by the
+    /// process; empty until it has read them).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
         Hmac::<Sha256>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!())
@@ -255,7 +301,7 @@ impl JwtKeys {
 
     /// Claims for a token these keys mint: issued at `now`, expiring
     /// `ttl_secs` later, with the configured audience and issuer filled in so
-    /// the keys' own `verify` accepts it.
+    /// the keys' own `verify` accepts it, and a random `jti` to revoke it by.
     pub fn claims_for(&self, tenant: &str, roles: &[Role], ttl_secs: i64, now: i64) -> Claims {
         Claims {
             tenant: tenant.to_owned(),
@@ -264,6 +310,7 @@ impl JwtKeys {
             iat: Some(now),
             aud: self.audience().map(Audience::from),
             iss: self.issuer().map(str::to_owned),
+            jti: Some(uuid::Uuid::new_v4().simple().to_string()),
             ..Claims::default()
         }
     }
@@ -335,6 +382,11 @@ impl JwtKeys {
         if !valid_tenant_id(&claims.tenant) {
             return Err(AuthError::Tenant);
         }
+        if let Some(jti) = &claims.jti
+            && self.revocations.contains(&claims.tenant, jti)
+        {
+            return Err(AuthError::Revoked);
+        }
         Ok(claims)
     }
 }
@@ -363,7 +415,8 @@ impl Auth {
 }
 
 impl AuthError {
-    /// A short fixed word for the audit log.
+    /// A short fixed word: the 401 answer's `error` and the audit log's
+    /// `reason`.
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing_token",
@@ -376,6 +429,7 @@ impl AuthError {
             AuthError::Audience => "wrong_audience",
             AuthError::Issuer => "wrong_issuer",
             AuthError::Tenant => "no_valid_tenant",
+            AuthError::Revoked => "token_revoked",
         }
     }
 }
@@ -400,7 +454,10 @@ where
             .map(str::trim);
         let rejected = |e: AuthError| {
             crate::audit::authentication_rejected(e.code());
-            ApiError::Unauthenticated(e.to_string())
+            ApiError::Unauthenticated {
+                code: e.code(),
+                message: e.to_string(),
+            }
         };
         keys.verify(token.ok_or(AuthError::Missing).map_err(rejected)?)
             .map(Auth)
@@ -630,6 +687,28 @@ mod tests {
         assert_eq!(k.verify_at(&k.sign(&c), NOW), Ok(c));
         let plain = keys().claims_for("acme", &[], i64::MAX, NOW);
         assert_eq!((plain.aud, plain.iss, plain.exp), (None, None, i64::MAX));
+    }
+
+    #[test]
+    fn revoked_ids_are_refused_per_tenant_and_minted_tokens_carry_one() {
+        let k = keys();
+        let a = k.claims_for("acme", &[Role::Read], 60, NOW);
+        let b = k.claims_for("acme", &[Role::Read], 60, NOW);
+        let jti = a.jti.clone().unwrap();
+        assert_ne!(a.jti, b.jti);
+        let mut other = a.clone();
+        other.tenant = "globex".into();
+        // Revoked through a clone: every clone of the keys shares the set.
+        k.clone()
+            .revocations()
+            .replace([("acme".to_string(), jti.clone())]);
+        assert_eq!(k.verify_at(&k.sign(&a), NOW), Err(AuthError::Revoked));
+        assert_eq!(AuthError::Revoked.code(), "token_revoked");
+        assert_eq!(k.verify_at(&k.sign(&b), NOW), Ok(b));
+        // The same id under another tenant is another token.
+        assert_eq!(k.verify_at(&k.sign(&other), NOW), Ok(other));
+        k.revocations().replace([]);
+        assert_eq!(k.verify_at(&k.sign(&a), NOW), Ok(a));
     }
 
     #[test]

@@ -16,8 +16,10 @@ pub enum ApiError {
     /// Readable, but nothing in it is acceptable (422).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
-    #[error("{0}")]
-    Unauthenticated(String),
+    /// No acceptable token (401); `code` says why (`token_expired`,
+    /// `bad_signature`, `token_revoked`, …).
+    #[error("{message}")]
+    Unauthenticated { code: &'static str, message: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -82,7 +84,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -102,8 +104,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::Conflict { code, .. }
-            | ApiError::RequestTimeout { code, .. } => code,
-            ApiError::Unauthenticated(_) => "unauthenticated",
+            | ApiError::RequestTimeout { code, .. }
+            | ApiError::Unauthenticated { code, .. } => code,
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",

@@ -81,17 +81,8 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant().to_string();
     let answer = list_answer(state, auth, params).await;
-    audited("dead_letters.list", &tenant, &answer);
+    spendstream_http::audit::audited("dead_letters.list", &tenant, &answer);
     answer
-}
-
-/// Logs an admin action's outcome in the audit log.
-fn audited<T>(action: &str, tenant: &str, answer: &Result<T, ApiError>) {
-    let outcome = match answer {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    };
-    spendstream_http::audit::admin_action(action, tenant, outcome);
 }
 
 async fn list_answer(
@@ -156,7 +147,7 @@ pub async fn replay(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let tenant = auth.tenant().to_string();
     let answer = replay_answer(state, auth, id).await;
-    audited("dead_letters.replay", &tenant, &answer);
+    spendstream_http::audit::audited("dead_letters.replay", &tenant, &answer);
     answer
 }
 

@@ -129,7 +129,7 @@ async fn auth_is_required_and_role_checked() {
     let f = fixture(IngestConfig::default()).await;
     let (s, body, _) = post(&f.app, None, "application/x-ndjson", &[], GOOD.into()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert_eq!(body["error"], "unauthenticated");
+    assert_eq!(body["error"], "missing_token");
     assert_eq!(body["request_id"], "req-123");
     let (s, _, _) = post(
         &f.app,

@@ -1,7 +1,7 @@
 //! The embedded backend: one SQLite file under the data directory.
 
 use crate::sqlite::{connect, now_ms};
-use crate::{Claim, IDEMPOTENCY_RETENTION, IdempotencyStore, Result};
+use crate::{Claim, IDEMPOTENCY_RETENTION, IdempotencyStore, Result, Revocation, RevocationStore};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -20,6 +20,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (updated_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    tenant_id TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, jti)
+);
 ";
 
 /// The state in one SQLite database (WAL, `synchronous=FULL`): for one
@@ -144,6 +150,44 @@ impl IdempotencyStore for SqliteState {
                 params![tenant, key],
             )?;
             Ok(())
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl RevocationStore for SqliteState {
+    async fn revoke(&self, revocation: &Revocation) -> Result<()> {
+        let conn = self.conn.clone();
+        let r = revocation.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "INSERT INTO revocations (tenant_id, jti, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant_id, jti) DO UPDATE SET expires_at = excluded.expires_at",
+                params![r.tenant, r.jti, r.expires_at],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn revoked(&self, now: i64) -> Result<Vec<Revocation>> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant_id, jti, expires_at FROM revocations ORDER BY tenant_id, jti",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Revocation {
+                    tenant: r.get(0)?,
+                    jti: r.get(1)?,
+                    expires_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await?
     }

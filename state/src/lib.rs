@@ -1,5 +1,6 @@
 //! What every edge node must agree on, behind one seam with two backends
-//! (ADR 0011): idempotency keys with their stored answers.
+//! (ADR 0011): idempotency keys with their stored answers, and revoked
+//! token ids.
 //!
 //! | URL | Backend | For |
 //! |---|---|---|
@@ -130,10 +131,32 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     async fn release(&self, tenant: &str, key: &str) -> Result<()>;
 }
 
+/// A revoked token: refused until `expires_at` (seconds since the epoch;
+/// normally the token's own `exp`, after which it is refused anyway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub tenant: String,
+    pub jti: String,
+    pub expires_at: i64,
+}
+
+/// Token ids revoked by an admin, read by every node every second.
+#[async_trait]
+pub trait RevocationStore: Send + Sync + std::fmt::Debug {
+    /// Revokes `jti` of `tenant` until `expires_at` (a later revocation of
+    /// the same id moves its expiry).
+    async fn revoke(&self, revocation: &Revocation) -> Result<()>;
+
+    /// Every revocation still in force at `now` (seconds since the epoch);
+    /// expired ones are forgotten on the way.
+    async fn revoked(&self, now: i64) -> Result<Vec<Revocation>>;
+}
+
 /// The opened state backend.
 #[derive(Clone)]
 pub struct State {
     pub idempotency: Arc<dyn IdempotencyStore>,
+    pub revocations: Arc<dyn RevocationStore>,
     /// The URL without credentials, for logs.
     pub url: String,
 }
@@ -174,14 +197,22 @@ impl StateTarget {
     /// (failing when it cannot be reached within [`OPERATION_TIMEOUT`]).
     pub async fn open(&self) -> Result<State> {
         Ok(match self {
-            Self::Embedded(dir) => State {
-                idempotency: Arc::new(SqliteState::open(&dir.join("state.sqlite3")).await?),
-                url: format!("embedded://{}", dir.display()),
-            },
-            Self::Redis(url) => State {
-                idempotency: Arc::new(RedisState::connect(url).await?),
-                url: redact(url),
-            },
+            Self::Embedded(dir) => {
+                let store = Arc::new(SqliteState::open(&dir.join("state.sqlite3")).await?);
+                State {
+                    idempotency: store.clone(),
+                    revocations: store,
+                    url: format!("embedded://{}", dir.display()),
+                }
+            }
+            Self::Redis(url) => {
+                let store = Arc::new(RedisState::connect(url).await?);
+                State {
+                    idempotency: store.clone(),
+                    revocations: store,
+                    url: redact(url),
+                }
+            }
         })
     }
 }

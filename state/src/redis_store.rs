@@ -2,12 +2,18 @@
 //! is one Lua script, so a claim is atomic across nodes; time is the Redis
 //! server's (`TIME`), so nodes with skewed clocks agree on staleness.
 //!
+//! Revocations: the sorted set `spendstream:revocations`, members
+//! `<tenant>:<jti>` scored by their expiry (seconds).
+//!
 //! Keys: `spendstream:idempotency:<tenant>:<key>`, a hash with `state`
 //! (`running` or `done`), `fingerprint`, `status`, `body` and `updated_at`
 //! (ms), expiring [`IDEMPOTENCY_RETENTION`] after its last change. Tenant
 //! ids cannot contain `:`, so keys of different tenants never meet.
 
-use crate::{Claim, Error, IDEMPOTENCY_RETENTION, IdempotencyStore, OPERATION_TIMEOUT, Result};
+use crate::{
+    Claim, Error, IDEMPOTENCY_RETENTION, IdempotencyStore, OPERATION_TIMEOUT, Result, Revocation,
+    RevocationStore,
+};
 use async_trait::async_trait;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -165,5 +171,55 @@ impl IdempotencyStore for RedisState {
         let mut conn = self.conn.clone();
         let _: i64 = bounded(RELEASE.key(key(tenant, k)).invoke_async(&mut conn)).await?;
         Ok(())
+    }
+}
+
+const REVOCATIONS: &str = "spendstream:revocations";
+
+#[async_trait]
+impl RevocationStore for RedisState {
+    async fn revoke(&self, r: &Revocation) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = bounded(
+            redis::cmd("ZADD")
+                .arg(REVOCATIONS)
+                .arg(r.expires_at)
+                .arg(format!("{}:{}", r.tenant, r.jti))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn revoked(&self, now: i64) -> Result<Vec<Revocation>> {
+        let mut conn = self.conn.clone();
+        let (_, members): (i64, Vec<(String, i64)>) = bounded(
+            redis::pipe()
+                .atomic()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(REVOCATIONS)
+                .arg("-inf")
+                .arg(now)
+                .cmd("ZRANGE")
+                .arg(REVOCATIONS)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn),
+        )
+        .await?;
+        members
+            .into_iter()
+            .map(|(member, expires_at)| {
+                let (tenant, jti) = member.split_once(':').ok_or_else(|| {
+                    Error::UnexpectedReply(format!("a revocation without a tenant: {member}"))
+                })?;
+                Ok(Revocation {
+                    tenant: tenant.into(),
+                    jti: jti.into(),
+                    expires_at,
+                })
+            })
+            .collect()
     }
 }

@@ -1,7 +1,7 @@
 //! The same test bodies on both backends: the embedded SQLite file, and the
 //! real Redis that scripts/test starts (`SPENDSTREAM_TEST_REDIS`).
 
-use spendstream_state::{Claim, IdempotencyStore, State, StateTarget};
+use spendstream_state::{Claim, IdempotencyStore, Revocation, State, StateTarget};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +125,74 @@ async fn join_all<T: Send + 'static>(
     out
 }
 
+/// A revocation made through one node is read by the other until it
+/// expires; revocations are per tenant.
+async fn revocations_are_shared_until_they_expire(nodes: Nodes) {
+    let t = nodes.tenant.as_str();
+    let u = format!("{t}-u");
+    // The real time: other tests' revocations on the same Redis (an hour
+    // ahead) outlive the expiries this one moves past.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mine = |all: Vec<Revocation>| -> Vec<(String, String, i64)> {
+        let mut mine: Vec<_> = all
+            .into_iter()
+            .filter(|r| r.tenant.starts_with(t))
+            .map(|r| (r.tenant, r.jti, r.expires_at))
+            .collect();
+        mine.sort();
+        mine
+    };
+    let revoke = |tenant: &str, jti: &str, expires_at: i64| Revocation {
+        tenant: tenant.into(),
+        jti: jti.into(),
+        expires_at,
+    };
+    nodes
+        .a
+        .revocations
+        .revoke(&revoke(t, "j1", now + 10))
+        .await
+        .unwrap();
+    nodes
+        .a
+        .revocations
+        .revoke(&revoke(t, "j2", now + 100))
+        .await
+        .unwrap();
+    nodes
+        .a
+        .revocations
+        .revoke(&revoke(&u, "j1", now + 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        mine(nodes.b.revocations.revoked(now).await.unwrap()),
+        vec![
+            (t.to_string(), "j1".into(), now + 10),
+            (t.to_string(), "j2".into(), now + 100),
+            (u.clone(), "j1".into(), now + 100),
+        ]
+    );
+    // Past its expiry a revocation is forgotten; revoking again moves it.
+    assert_eq!(
+        mine(nodes.b.revocations.revoked(now + 10).await.unwrap()).len(),
+        2
+    );
+    nodes
+        .b
+        .revocations
+        .revoke(&revoke(t, "j2", now + 500))
+        .await
+        .unwrap();
+    assert_eq!(
+        mine(nodes.a.revocations.revoked(now + 200).await.unwrap()),
+        vec![(t.to_string(), "j2".into(), now + 500)]
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -141,7 +209,11 @@ macro_rules! on_both_backends {
     )*};
 }
 
-on_both_backends!(claim_complete_release, concurrent_claims_acquire_once);
+on_both_backends!(
+    claim_complete_release,
+    concurrent_claims_acquire_once,
+    revocations_are_shared_until_they_expire,
+);
 
 /// A Redis that cannot be reached fails the start with a transient error
 /// that does not print the password.
