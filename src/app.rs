@@ -52,7 +52,7 @@ pub fn openapi_json() -> &'static str {
 #[openapi(
     info(
         title = "Spendstream",
-        description = "High-volume expense ingestion and spend reports. The tenant comes from the bearer token (HS256 JWT: claims tenant, roles, exp).",
+        description = "High-volume expense ingestion and spend reports. The tenant comes from the bearer token (a JWT: HS256 with the server's secret, or RS256/ES256/EdDSA by the identity provider's JWKS; claims tenant, roles, exp).",
     ),
     paths(openapi_document, crate::revocations::revoke, crate::revocations::list),
     modifiers(&BearerScheme)
@@ -144,6 +144,9 @@ pub struct Settings {
     /// checkpoint interval.
     pub lake_options: LakeOptions,
     pub keys: JwtKeys,
+    /// The identity provider's JWKS (a file or URL), for RS256, ES256 and
+    /// EdDSA tokens.
+    pub jwks: Option<String>,
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
     pub server: ServerLimits,
@@ -194,6 +197,7 @@ impl Settings {
             state_url: format!("embedded://{}", data_dir.join("state").display()),
             lake_options: LakeOptions::default(),
             keys,
+            jwks: None,
             ingest: IngestConfig::default(),
             processor: ProcessorConfig::default(),
             server: ServerLimits::default(),
@@ -416,6 +420,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         lake_url,
         state_url,
         keys,
+        jwks,
         ingest,
         processor,
         server,
@@ -437,6 +442,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let grace = server.drain_timeout;
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+
+    // The identity provider's keys, read now (a JWKS that cannot be used
+    // stops the start) and again when they change.
+    let keys = match jwks {
+        Some(source) => {
+            let (set, bytes) = crate::jwks::load(&source).await?;
+            let keys = keys.with_jwks(set);
+            let (jwks, stop) = (keys.jwks().clone(), stop.clone());
+            tasks.spawn(async move {
+                crate::jwks::follow(source, bytes, jwks, stop).await;
+                Ok(())
+            });
+            keys
+        }
+        None => keys,
+    };
 
     // Before the log: an unreachable Redis must not leave a new log behind.
     // Idempotency keys (ingest) and revocations (every role that checks

@@ -349,6 +349,16 @@ pub struct ServeArgs {
     /// Required `iss` claim of bearer tokens (and set in minted ones).
     #[arg(long, env = "SPENDSTREAM_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// The identity provider's public keys: a JWKS file or its `https://`
+    /// URL. RS256, ES256 and EdDSA tokens are then accepted when signed by
+    /// the key their `kid` names; the set is read again when it changes (a
+    /// file every 2 s, a URL every 5 min or soon after an unknown `kid`).
+    #[arg(long, env = "SPENDSTREAM_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+    /// The claim that names the tenant (identity providers differ:
+    /// `org_id`, `tid`, …).
+    #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub jwt_tenant_claim: String,
     /// Hours the embedded log keeps records every consumer group has
     /// processed (0: forever).
     #[arg(long, env = "SPENDSTREAM_LOG_RETENTION_HOURS", default_value_t = 168)]
@@ -413,6 +423,9 @@ pub struct TokenArgs {
     /// `iss` claim to set (the issuer the servers require, if any).
     #[arg(long, env = "SPENDSTREAM_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// The claim to write the tenant in (the servers' --jwt-tenant-claim).
+    #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub jwt_tenant_claim: String,
     /// Where `up` keeps its generated secret (when SPENDSTREAM_JWT_SECRET is unset).
     #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,

@@ -57,7 +57,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let keys = keys
                 .with_audience(args.jwt_audience.clone())
-                .with_issuer(args.jwt_issuer.clone());
+                .with_issuer(args.jwt_issuer.clone())
+                .with_tenant_claim(&args.jwt_tenant_claim);
             let roles = args
                 .roles
                 .iter()
@@ -227,6 +228,7 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         log_unsafe_options: args.unsafe_kafka_options.clone(),
         lake_url: args.lake_url(),
         state_url: args.state_url(),
+        jwks: args.jwt_jwks.clone(),
         lake_options: spendstream_lake::LakeOptions {
             read_refresh: Duration::from_millis(args.lake_refresh_ms),
             checkpoint_interval: args.lake_checkpoint_interval,
@@ -282,7 +284,8 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
     let (keys, origin) = secret::load(&args.data_dir, up.is_some())?;
     let keys = keys
         .with_audience(args.jwt_audience.clone())
-        .with_issuer(args.jwt_issuer.clone());
+        .with_issuer(args.jwt_issuer.clone())
+        .with_tenant_claim(&args.jwt_tenant_claim);
     settings.keys = keys.clone();
     let running = spendstream::start(settings).await?;
     let addr = running.addr;

@@ -1,11 +1,15 @@
-//! Bearer-token authentication: HS256 JWTs with claims `tenant`, `roles`,
-//! `exp`, and the registered `nbf`, `iat`, `aud`, `iss`, `jti`. The tenant of
-//! every request comes from here and nowhere else.
+//! Bearer-token authentication: JWTs with claims `tenant` (its name is
+//! configurable), `roles`, `exp`, and the registered `nbf`, `iat`, `aud`,
+//! `iss`, `jti`. The tenant of every request comes from here and nowhere
+//! else.
 //!
-//! The verifier is hand-written and deliberately narrow, so each rule is a
-//! line here rather than a library default: HS256 only, no critical header
-//! extensions, a bounded token size, and `aud`/`iss` required only when the
-//! keys are configured to expect them.
+//! Signatures are checked by `jsonwebtoken` (aws-lc-rs): HS256 with the
+//! shared secret, and RS256, ES256 or EdDSA with the public key the
+//! header's `kid` names in the identity provider's JWKS ([`Jwks`], replaced
+//! when the set is reloaded). The rules around it are lines here rather
+//! than library defaults, each with its own refusal code: the algorithm
+//! pinned by the key, no critical header extensions, a bounded token size,
+//! 30 s of leeway, `aud`/`iss` required only when configured, revocation.
 
 use crate::error::ApiError;
 use axum::extract::{FromRef, FromRequestParts};
@@ -13,10 +17,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
-use sha2::Sha256;
 use spendstream_schemas::valid_tenant_id;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -137,8 +141,10 @@ pub enum AuthError {
     Missing,
     #[error("malformed token")]
     Malformed,
-    #[error("unsupported token algorithm; HS256 is required")]
+    #[error("unsupported token algorithm: HS256, or RS256, ES256 or EdDSA with a key of the JWKS")]
     Algorithm,
+    #[error("the token's kid names no key of the identity provider's JWKS")]
+    UnknownKey,
     #[error("token requires an unsupported critical header extension")]
     Critical,
     #[error("bad token signature")]
@@ -192,13 +198,17 @@ impl Revocations {
     }
 }
 
-/// Signs and verifies HS256 tokens with one shared secret, optionally
-/// requiring an audience and an issuer.
+/// Signs HS256 tokens with one shared secret; verifies them, and tokens of
+/// an identity provider's JWKS, optionally requiring an audience and an
+/// issuer.
 #[derive(Clone)]
 pub struct JwtKeys {
-    secret: Arc<[u8]>,
+    hs256: Arc<(EncodingKey, DecodingKey)>,
     audience: Option<Arc<str>>,
     issuer: Option<Arc<str>>,
+    /// The claim that names the tenant (`tenant` unless configured).
+    tenant_claim: Arc<str>,
+    jwks: Jwks,
     revocations: Revocations,
 }
 
@@ -209,6 +219,8 @@ impl std::fmt::Debug for JwtKeys {
         f.debug_struct("JwtKeys")
             .field("audience", &self.audience())
             .field("issuer", &self.issuer())
+            .field("tenant_claim", &self.tenant_claim)
+            .field("jwks_keys", &self.jwks.current().map(|set| set.len()))
             .finish_non_exhaustive()
     }
 }
@@ -229,6 +241,9 @@ struct Header {
     /// Any JSON value, so a non-string `alg` is `Algorithm`, not `Malformed`.
     #[serde(default)]
     alg: Option<serde_json::Value>,
+    /// Which key of the JWKS signed it.
+    #[serde(default)]
+    kid: Option<String>,
     /// Present at all, even as `null`: RFC 7515 §4.1.11 says a recipient
     /// that does not understand the listed extensions must refuse the token,
     /// and this verifier understands none.
@@ -259,9 +274,14 @@ impl JwtKeys {
             return Err("the JWT secret must be at least 32 bytes".into());
         }
         Ok(Self {
-            secret: secret.into(),
+            hs256: Arc::new((
+                EncodingKey::from_secret(secret),
+                DecodingKey::from_secret(secret),
+            )),
             audience: None,
             issuer: None,
+            tenant_claim: Arc::from("tenant"),
+            jwks: Jwks::default(),
             revocations: Revocations::default(),
         })
     }
@@ -280,6 +300,25 @@ impl JwtKeys {
         self
     }
 
+    /// Reads the tenant from this claim instead of `tenant` (identity
+    /// providers name it differently: `org_id`, `tid`, …).
+    pub fn with_tenant_claim(mut self, claim: &str) -> Self {
+        self.tenant_claim = Arc::from(claim);
+        self
+    }
+
+    /// Also accepts RS256, ES256 and EdDSA tokens signed with a key of
+    /// `set`, chosen by the header's `kid`; [`JwtKeys::jwks`] replaces it.
+    pub fn with_jwks(mut self, set: KeySet) -> Self {
+        self.jwks = Jwks::new(set);
+        self
+    }
+
+    /// The identity provider's keys, to replace when they are reloaded.
+    pub fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+
     pub fn audience(&self) -> Option<&str> {
         self.audience.as_deref()
     }
@@ -292,11 +331,6 @@ impl JwtKeys {
     /// process; empty until it has read them).
     pub fn revocations(&self) -> &Revocations {
         &self.revocations
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length.
-        Hmac::<Sha256>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!())
     }
 
     /// Claims for a token these keys mint: issued at `now`, expiring
@@ -315,13 +349,23 @@ impl JwtKeys {
         }
     }
 
+    /// An HS256 token of `claims`, signed with the shared secret (the
+    /// tenant written in the configured claim).
     pub fn sign(&self, claims: &Claims) -> String {
         let header = B64.encode(HEADER_HS256);
-        let payload = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let mut payload = serde_json::to_value(claims).unwrap_or_default();
+        if *self.tenant_claim != *"tenant"
+            && let Some(object) = payload.as_object_mut()
+            && let Some(tenant) = object.remove("tenant")
+        {
+            object.insert(self.tenant_claim.to_string(), tenant);
+        }
+        let payload = B64.encode(serde_json::to_vec(&payload).unwrap_or_default());
         let signing_input = format!("{header}.{payload}");
-        let mut mac = self.mac();
-        mac.update(signing_input.as_bytes());
-        let sig = B64.encode(mac.finalize().into_bytes());
+        // HMAC signing cannot fail.
+        let sig =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.hs256.0, Algorithm::HS256)
+                .unwrap_or_default();
         format!("{signing_input}.{sig}")
     }
 
@@ -340,21 +384,44 @@ impl JwtKeys {
             return Err(AuthError::Malformed);
         };
         // The header is read before the signature is checked: it says how to
-        // check it, and refusing `none` early costs no HMAC.
+        // check it, and refusing `none` early costs no signature check.
         let header: Header = decode_object(h)?;
-        if header.alg.as_ref().and_then(serde_json::Value::as_str) != Some("HS256") {
+        let alg = header.alg.as_ref().and_then(serde_json::Value::as_str);
+        if !matches!(alg, Some("HS256" | "RS256" | "ES256" | "EdDSA")) {
             return Err(AuthError::Algorithm);
         }
         if header.crit {
             return Err(AuthError::Critical);
         }
-        let sig = B64.decode(s).map_err(|_| AuthError::Malformed)?;
-        let mut mac = self.mac();
-        mac.update(h.as_bytes());
-        mac.update(b".");
-        mac.update(p.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
-        let claims: Claims = decode_object(p)?;
+        let set;
+        let (key, algorithm) = if alg == Some("HS256") {
+            (&self.hs256.1, Algorithm::HS256)
+        } else {
+            // Asymmetric: only with a JWKS, and only with the key its kid
+            // names, for the algorithm that key is for.
+            set = self.jwks.current().ok_or(AuthError::Algorithm)?;
+            let Some((key_alg, key)) = header.kid.as_deref().and_then(|kid| set.keys.get(kid))
+            else {
+                self.jwks.note_unknown_kid();
+                return Err(AuthError::UnknownKey);
+            };
+            if alg != Some(alg_name(*key_alg)) {
+                return Err(AuthError::Algorithm);
+            }
+            (key, *key_alg)
+        };
+        let signing_input = &token[..h.len() + 1 + p.len()];
+        match jsonwebtoken::crypto::verify(s, signing_input.as_bytes(), key, algorithm) {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::Signature),
+            Err(e) => {
+                return Err(match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::Base64(_) => AuthError::Malformed,
+                    _ => AuthError::Signature,
+                });
+            }
+        }
+        let claims = self.claims_of(p)?;
         // Saturating: `exp` and `nbf` are whatever the issuer wrote, and
         // `i64::MAX + LEEWAY_SECS` must neither panic nor wrap into the past.
         if claims.exp.saturating_add(LEEWAY_SECS) < now {
@@ -379,15 +446,144 @@ impl JwtKeys {
         {
             return Err(AuthError::Issuer);
         }
-        if !valid_tenant_id(&claims.tenant) {
-            return Err(AuthError::Tenant);
-        }
         if let Some(jti) = &claims.jti
             && self.revocations.contains(&claims.tenant, jti)
         {
             return Err(AuthError::Revoked);
         }
         Ok(claims)
+    }
+}
+
+impl JwtKeys {
+    /// The payload as [`Claims`], the tenant read from the configured claim
+    /// (a string of 1 to 64 of `A-Z a-z 0-9 _ . -`, or `Tenant`).
+    fn claims_of(&self, payload: &str) -> Result<Claims, AuthError> {
+        let mut object: serde_json::Map<String, serde_json::Value> = decode_object(payload)?;
+        let tenant = if *self.tenant_claim == *"tenant" {
+            object.remove("tenant")
+        } else {
+            object.remove("tenant");
+            object.remove(&*self.tenant_claim)
+        };
+        let tenant = match tenant {
+            Some(serde_json::Value::String(t)) if valid_tenant_id(&t) => t,
+            _ => return Err(AuthError::Tenant),
+        };
+        object.insert("tenant".into(), tenant.into());
+        Claims::deserialize(serde_json::Value::Object(object)).map_err(|_| AuthError::Malformed)
+    }
+}
+
+fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "HS256",
+    }
+}
+
+/// Public keys of an identity provider by `kid`: RS256 (RSA), ES256 (EC
+/// P-256) and EdDSA (Ed25519).
+#[derive(Default)]
+pub struct KeySet {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+impl KeySet {
+    /// Reads a JWKS document (`{"keys": [...]}`). Keys without a `kid`, for
+    /// encryption, or of another type or algorithm are left out; a set left
+    /// with no key is an error.
+    pub fn parse(json: &[u8]) -> Result<Self, String> {
+        let set: JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = &jwk.common.key_id else {
+                continue;
+            };
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                (Some(KeyAlgorithm::RS256) | None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                (Some(KeyAlgorithm::ES256) | None, AlgorithmParameters::EllipticCurve(ec))
+                    if ec.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
+                (Some(KeyAlgorithm::EdDSA) | None, AlgorithmParameters::OctetKeyPair(okp))
+                    if okp.curve == EllipticCurve::Ed25519 =>
+                {
+                    Algorithm::EdDSA
+                }
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid}: {e}"))?;
+            keys.insert(kid.clone(), (alg, key));
+        }
+        if keys.is_empty() {
+            return Err("no RS256, ES256 or EdDSA signing key with a kid".into());
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The identity provider's current [`KeySet`], shared by every clone of
+/// the keys; none when no JWKS is configured.
+#[derive(Clone, Default)]
+pub struct Jwks(Option<Arc<JwksInner>>);
+
+struct JwksInner {
+    set: std::sync::RwLock<Arc<KeySet>>,
+    /// A token named a kid the set lacks since the last
+    /// [`Jwks::take_unknown_kid`]: the provider may have rotated.
+    unknown_kid: std::sync::atomic::AtomicBool,
+}
+
+impl Jwks {
+    fn new(set: KeySet) -> Self {
+        Self(Some(Arc::new(JwksInner {
+            set: std::sync::RwLock::new(Arc::new(set)),
+            unknown_kid: Default::default(),
+        })))
+    }
+
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.0
+            .as_ref()
+            .map(|jwks| jwks.set.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Replaces the set (a rotation); ignored when no JWKS is configured.
+    pub fn replace(&self, set: KeySet) {
+        if let Some(jwks) = &self.0 {
+            *jwks.set.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        }
+    }
+
+    /// Whether a token named an unknown kid since the last call.
+    pub fn take_unknown_kid(&self) -> bool {
+        self.0.as_ref().is_some_and(|jwks| {
+            jwks.unknown_kid
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    fn note_unknown_kid(&self) {
+        if let Some(jwks) = &self.0 {
+            jwks.unknown_kid
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -422,6 +618,7 @@ impl AuthError {
             AuthError::Missing => "missing_token",
             AuthError::Malformed => "malformed_token",
             AuthError::Algorithm => "unsupported_algorithm",
+            AuthError::UnknownKey => "unknown_key",
             AuthError::Critical => "unsupported_critical_header",
             AuthError::Signature => "bad_signature",
             AuthError::Expired => "token_expired",
@@ -494,9 +691,9 @@ mod tests {
     /// the signature check with inputs `sign` would never produce.
     fn sign_raw(k: &JwtKeys, header: &str, payload: &str) -> String {
         let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
-        let mut mac = k.mac();
-        mac.update(input.as_bytes());
-        format!("{input}.{}", B64.encode(mac.finalize().into_bytes()))
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &k.hs256.0, Algorithm::HS256).unwrap();
+        format!("{input}.{sig}")
     }
 
     #[test]
@@ -709,6 +906,123 @@ mod tests {
         assert_eq!(k.verify_at(&k.sign(&other), NOW), Ok(other));
         k.revocations().replace([]);
         assert_eq!(k.verify_at(&k.sign(&a), NOW), Ok(a));
+    }
+
+    fn set(signers: &[&Signer]) -> KeySet {
+        KeySet::parse(crate::testing::jwks(signers).as_bytes()).unwrap()
+    }
+
+    use crate::testing::Signer;
+
+    #[test]
+    fn asymmetric_tokens_need_the_key_their_kid_names() {
+        let es = Signer::new("ES256", "es-1");
+        let ed = Signer::new("EdDSA", "ed-1");
+        let rs = Signer::new("RS256", "rs-1");
+        let k = keys().with_jwks(set(&[&es, &ed, &rs]));
+        let payload = serde_json::json!({"tenant": "acme", "roles": ["read"], "exp": NOW + 60});
+        for signer in [&es, &ed, &rs] {
+            let got = k.verify_at(&signer.token(&payload), NOW).unwrap();
+            assert_eq!(got.tenant, "acme", "{}", signer.alg_name);
+        }
+        // HS256 with the shared secret still works beside them.
+        assert!(k.verify_at(&k.sign(&claims(NOW + 60)), NOW).is_ok());
+        // Another key under a known kid: a forgery.
+        let impostor = Signer::new("ES256", "es-1");
+        assert_eq!(
+            k.verify_at(&impostor.token(&payload), NOW),
+            Err(AuthError::Signature)
+        );
+        // A kid the set lacks, or none, and the rotation hint it leaves.
+        assert!(!k.jwks().take_unknown_kid());
+        let stranger = Signer::new("ES256", "es-2");
+        assert_eq!(
+            k.verify_at(&stranger.token(&payload), NOW),
+            Err(AuthError::UnknownKey)
+        );
+        assert!(k.jwks().take_unknown_kid());
+        let no_kid = es.sign(serde_json::json!({"alg": "ES256"}), &payload);
+        assert_eq!(k.verify_at(&no_kid, NOW), Err(AuthError::UnknownKey));
+        // The header's alg must be the key's.
+        let mixed = es.sign(serde_json::json!({"alg": "RS256", "kid": "es-1"}), &payload);
+        assert_eq!(k.verify_at(&mixed, NOW), Err(AuthError::Algorithm));
+        // Without a JWKS, asymmetric tokens are refused by algorithm.
+        assert_eq!(
+            keys().verify_at(&es.token(&payload), NOW),
+            Err(AuthError::Algorithm)
+        );
+        // A rotation: the new key works at once, the old kid is unknown.
+        k.clone().jwks().replace(set(&[&stranger]));
+        assert!(k.verify_at(&stranger.token(&payload), NOW).is_ok());
+        assert_eq!(
+            k.verify_at(&es.token(&payload), NOW),
+            Err(AuthError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn asymmetric_claims_get_the_same_checks() {
+        let es = Signer::new("ES256", "es-1");
+        let k = scoped().with_jwks(set(&[&es]));
+        let base = serde_json::json!({
+            "tenant": "acme", "exp": NOW + 60, "aud": "spendstream", "iss": "https://id.example"
+        });
+        let with = |field: &str, value: serde_json::Value| {
+            let mut payload = base.clone();
+            payload[field] = value;
+            es.token(&payload)
+        };
+        assert!(k.verify_at(&es.token(&base), NOW).is_ok());
+        let cases = [
+            (with("exp", (NOW - 100).into()), AuthError::Expired),
+            (with("nbf", (NOW + 100).into()), AuthError::NotYetValid),
+            (with("aud", "billing".into()), AuthError::Audience),
+            (
+                with("iss", "https://evil.example".into()),
+                AuthError::Issuer,
+            ),
+            (with("tenant", "a b".into()), AuthError::Tenant),
+            (with("tenant", 7.into()), AuthError::Tenant),
+        ];
+        for (token, error) in cases {
+            assert_eq!(k.verify_at(&token, NOW), Err(error.clone()), "{error:?}");
+        }
+        let mut parts: Vec<String> = es.token(&base).split('.').map(str::to_owned).collect();
+        parts[1] = B64.encode(r#"{"tenant":"evil","exp":1000060}"#);
+        assert_eq!(
+            k.verify_at(&parts.join("."), NOW),
+            Err(AuthError::Signature)
+        );
+    }
+
+    #[test]
+    fn the_tenant_claim_is_configurable() {
+        let k = keys().with_tenant_claim("org_id");
+        let c = k.claims_for("acme", &[Role::Read], 60, NOW);
+        let token = k.sign(&c);
+        let payload: serde_json::Value =
+            serde_json::from_slice(&B64.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+        assert_eq!(payload["org_id"], "acme");
+        assert!(payload.get("tenant").is_none());
+        assert_eq!(k.verify_at(&token, NOW), Ok(c));
+        // A `tenant` claim is not read in its place.
+        let plain = keys().sign(&claims(NOW));
+        assert_eq!(k.verify_at(&plain, NOW), Err(AuthError::Tenant));
+    }
+
+    #[test]
+    fn a_jwks_without_usable_keys_is_refused() {
+        assert!(KeySet::parse(b"{}").is_err());
+        assert!(KeySet::parse(br#"{"keys": []}"#).is_err());
+        let es = Signer::new("ES256", "es-1");
+        let mut no_kid = es.jwk();
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let doc = serde_json::json!({"keys": [no_kid]}).to_string();
+        assert!(KeySet::parse(doc.as_bytes()).is_err());
+        let mut for_encryption = es.jwk();
+        for_encryption["use"] = "enc".into();
+        let doc = serde_json::json!({"keys": [for_encryption, es.jwk()]}).to_string();
+        assert_eq!(KeySet::parse(doc.as_bytes()).unwrap().len(), 1);
     }
 
     #[test]

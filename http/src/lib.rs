@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod ops;
 pub mod request_id;
 pub mod serve;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 
 pub use auth::{Auth, Claims, JwtKeys, Role};
