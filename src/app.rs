@@ -147,6 +147,10 @@ pub struct Settings {
     /// The identity provider's JWKS (a file or URL), for RS256, ES256 and
     /// EdDSA tokens.
     pub jwks: Option<String>,
+    /// Every tenant's ingest rate limits (0: none) …
+    pub rate_limits: spendstream_state::rate::Limits,
+    /// … and per-tenant overrides, from a JSON file read again on change.
+    pub rate_limits_file: Option<std::path::PathBuf>,
     pub ingest: IngestConfig,
     pub processor: ProcessorConfig,
     pub server: ServerLimits,
@@ -198,6 +202,8 @@ impl Settings {
             lake_options: LakeOptions::default(),
             keys,
             jwks: None,
+            rate_limits: Default::default(),
+            rate_limits_file: None,
             ingest: IngestConfig::default(),
             processor: ProcessorConfig::default(),
             server: ServerLimits::default(),
@@ -268,6 +274,9 @@ impl Settings {
         }
         if roles.ingest {
             ingest.validate()?;
+            self.rate_limits.validate().map_err(|e| {
+                format!("--rate-limit-requests-per-sec, --rate-limit-records-per-sec, --rate-limit-burst-secs: {e}")
+            })?;
         }
         if roles.ingest || roles.query {
             StateTarget::parse(&self.state_url).map_err(|e| e.to_string())?;
@@ -421,6 +430,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         state_url,
         keys,
         jwks,
+        rate_limits,
+        rate_limits_file,
         ingest,
         processor,
         server,
@@ -488,6 +499,49 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None
     };
     let state_url = state.as_ref().map(|s| s.url.clone());
+    // Ingest's rate limits: the flags' defaults, overridden per tenant by
+    // the file (read now, and again when it changes).
+    let rate = match &state {
+        Some(state) if roles.ingest => {
+            let policy = spendstream_state::rate::Policy::new(rate_limits);
+            if let Some(path) = rate_limits_file {
+                let source = path.display().to_string();
+                let loaded = crate::reload::read_file(source.clone())
+                    .await
+                    .with_context(|| format!("cannot read --rate-limits-file {source}"))?;
+                let tenants = spendstream_state::rate::Policy::parse_overrides(&loaded)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("cannot use --rate-limits-file {source}"))?;
+                policy.replace_overrides(tenants);
+                let (doc, stop) = (
+                    crate::reload::Followed {
+                        what: "rate limits file",
+                        stage: "rate_limits",
+                        source,
+                        loaded,
+                        read: crate::reload::read_file,
+                        apply: {
+                            let policy = policy.clone();
+                            move |bytes: &[u8]| {
+                                spendstream_state::rate::Policy::parse_overrides(bytes)
+                                    .map(|tenants| policy.replace_overrides(tenants))
+                            }
+                        },
+                    },
+                    stop.clone(),
+                );
+                tasks.spawn(async move {
+                    crate::reload::follow(doc, crate::jwks::FILE_EVERY, || true, stop).await;
+                    Ok(())
+                });
+            }
+            Some(spendstream_ingest::rate::RateLimits {
+                limiter: state.limiter.clone(),
+                policy,
+            })
+        }
+        _ => None,
+    };
     let log = match target {
         Some(target) => Some(
             target
@@ -588,6 +642,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             report_state: report_state.clone(),
             idempotency: state.as_ref().map(|s| s.idempotency.clone()),
             revocations: state.as_ref().map(|s| s.revocations.clone()),
+            rate,
         },
         sink_checks,
     );
@@ -817,6 +872,8 @@ pub struct RouteOptions {
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     /// Where admins revoke tokens (`--state`); the routes exist with it.
     pub revocations: Option<Arc<dyn RevocationStore>>,
+    /// Ingest's per-tenant rate limits (none: no limits).
+    pub rate: Option<spendstream_ingest::rate::RateLimits>,
 }
 
 impl Default for RouteOptions {
@@ -829,6 +886,7 @@ impl Default for RouteOptions {
             report_state: None,
             idempotency: None,
             revocations: None,
+            rate: None,
         }
     }
 }
@@ -853,6 +911,7 @@ pub fn router(
         report_state,
         idempotency,
         revocations,
+        rate,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -889,7 +948,8 @@ pub fn router(
     {
         router = router.merge(spendstream_ingest::router(
             IngestState::new(keys.clone(), log, idempotency, ingest)
-                .with_operator_tenant(operator_tenant),
+                .with_operator_tenant(operator_tenant)
+                .with_rate_limits(rate),
         ));
     }
     if roles.query

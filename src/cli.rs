@@ -359,6 +359,30 @@ pub struct ServeArgs {
     /// `org_id`, `tid`, …).
     #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub jwt_tenant_claim: String,
+    /// Each tenant's ingest requests per second, shared by every ingest
+    /// node on `--state redis://` (0: no limit). Over it: 429
+    /// `quota_exceeded` with `Retry-After`.
+    #[arg(
+        long,
+        env = "SPENDSTREAM_RATE_LIMIT_REQUESTS_PER_SEC",
+        default_value_t = 0.0
+    )]
+    pub rate_limit_requests_per_sec: f64,
+    /// Each tenant's accepted records per second (0: no limit).
+    #[arg(
+        long,
+        env = "SPENDSTREAM_RATE_LIMIT_RECORDS_PER_SEC",
+        default_value_t = 0.0
+    )]
+    pub rate_limit_records_per_sec: f64,
+    /// Seconds of rate a tenant may spend at once after a pause.
+    #[arg(long, env = "SPENDSTREAM_RATE_LIMIT_BURST_SECS", default_value_t = 2.0)]
+    pub rate_limit_burst_secs: f64,
+    /// Per-tenant limits overriding the three above, a JSON file
+    /// (`{"tenants": {"acme": {"requests_per_sec": 50, "records_per_sec":
+    /// 20000, "burst_secs": 2}}}`) read again when it changes.
+    #[arg(long, env = "SPENDSTREAM_RATE_LIMITS_FILE")]
+    pub rate_limits_file: Option<PathBuf>,
     /// Hours the embedded log keeps records every consumer group has
     /// processed (0: forever).
     #[arg(long, env = "SPENDSTREAM_LOG_RETENTION_HOURS", default_value_t = 168)]

@@ -6,10 +6,10 @@ use anyhow::Context as _;
 use spendstream_http::auth::{Jwks, KeySet};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 /// How often a JWKS file is read again (it is small; comparing its bytes
-/// also catches a rewrite within one mtime tick).
+/// also catches a rewrite within one mtime tick); a URL is looked at as
+/// often, to see whether it is due.
 pub const FILE_EVERY: Duration = Duration::from_secs(2);
 /// How often a JWKS URL is fetched again.
 pub const URL_EVERY: Duration = Duration::from_secs(300);
@@ -34,7 +34,7 @@ async fn read(source: &str) -> anyhow::Result<Vec<u8>> {
             .error_for_status()?;
         Ok(response.bytes().await?.to_vec())
     } else {
-        Ok(tokio::fs::read(source).await?)
+        crate::reload::read_file(source.to_owned()).await
     }
 }
 
@@ -53,54 +53,29 @@ pub async fn load(source: &str) -> anyhow::Result<(KeySet, Vec<u8>)> {
 /// [`URL_EVERY`], or [`URL_ON_UNKNOWN_KID`] after a token named a key the
 /// set lacks) and replaces `jwks` when the document changed. A document
 /// that cannot be read or used leaves the previous keys in force.
-pub async fn follow(source: String, mut loaded: Vec<u8>, jwks: Jwks, stop: CancellationToken) {
-    let mut every = tokio::time::interval(FILE_EVERY.min(URL_ON_UNKNOWN_KID));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+pub async fn follow(source: String, loaded: Vec<u8>, jwks: Jwks, stop: CancellationToken) {
+    let url = is_url(&source);
     let mut fetched = Instant::now();
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = every.tick() => {}
+    let keys = jwks.clone();
+    let due = move || {
+        if !url {
+            return true;
         }
-        if is_url(&source) {
-            let since = fetched.elapsed();
-            let rotated = since >= URL_ON_UNKNOWN_KID && jwks.take_unknown_kid();
-            if !rotated && since < URL_EVERY {
-                continue;
-            }
+        let since = fetched.elapsed();
+        let rotated = since >= URL_ON_UNKNOWN_KID && jwks.take_unknown_kid();
+        if rotated || since >= URL_EVERY {
             fetched = Instant::now();
+            return true;
         }
-        let bytes = match read(&source).await {
-            Ok(bytes) if bytes == loaded => {
-                failing = false;
-                continue;
-            }
-            Ok(bytes) => bytes,
-            Err(e) => {
-                spendstream_schemas::metrics::error("jwks", "read");
-                if !failing {
-                    warn!(jwks = %source, error = %e, "Reading the JWKS failed; its previous keys stay in force.");
-                }
-                failing = true;
-                continue;
-            }
-        };
-        match KeySet::parse(&bytes) {
-            Ok(set) => {
-                info!(jwks = %source, keys = set.len(), "Loaded the changed JWKS.");
-                jwks.replace(set);
-                loaded = bytes;
-                failing = false;
-            }
-            // A half-written file: tried again next time.
-            Err(e) => {
-                spendstream_schemas::metrics::error("jwks", "invalid");
-                if !failing {
-                    warn!(jwks = %source, error = %e, "The JWKS changed but cannot be used; its previous keys stay in force.");
-                }
-                failing = true;
-            }
-        }
-    }
+        false
+    };
+    let doc = crate::reload::Followed {
+        what: "JWKS",
+        stage: "jwks",
+        source,
+        loaded,
+        read: |source: String| async move { read(&source).await },
+        apply: |bytes: &[u8]| KeySet::parse(bytes).map(|set| keys.replace(set)),
+    };
+    crate::reload::follow(doc, FILE_EVERY, due, stop).await;
 }

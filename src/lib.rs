@@ -6,6 +6,7 @@ pub mod cli;
 pub mod demo;
 pub mod jwks;
 pub mod metrics;
+pub mod reload;
 pub mod revocations;
 pub mod secret;
 pub mod telemetry;

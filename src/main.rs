@@ -229,6 +229,12 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         lake_url: args.lake_url(),
         state_url: args.state_url(),
         jwks: args.jwt_jwks.clone(),
+        rate_limits: spendstream_state::rate::Limits {
+            requests_per_sec: args.rate_limit_requests_per_sec,
+            records_per_sec: args.rate_limit_records_per_sec,
+            burst_secs: args.rate_limit_burst_secs,
+        },
+        rate_limits_file: args.rate_limits_file.clone(),
         lake_options: spendstream_lake::LakeOptions {
             read_refresh: Duration::from_millis(args.lake_refresh_ms),
             checkpoint_interval: args.lake_checkpoint_interval,

@@ -34,9 +34,12 @@ pub enum ApiError {
     /// None of the media types `Accept` lists can be produced (406).
     #[error("cannot answer as `{0}`")]
     NotAcceptable(String),
-    /// The caller is over its share (429); `Retry-After` says when to try.
+    /// The caller is over its share (429): `rate_limited` (requests in
+    /// flight) or `quota_exceeded` (its rate limit); `Retry-After` says when
+    /// to try.
     #[error("{message}")]
     RateLimited {
+        code: &'static str,
         message: String,
         retry_after: Duration,
     },
@@ -105,13 +108,13 @@ impl ApiError {
             | ApiError::Unprocessable { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::RequestTimeout { code, .. }
-            | ApiError::Unauthenticated { code, .. } => code,
+            | ApiError::Unauthenticated { code, .. }
+            | ApiError::RateLimited { code, .. } => code,
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotAcceptable(_) => "not_acceptable",
-            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }

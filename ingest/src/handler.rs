@@ -120,6 +120,8 @@ pub struct IngestResponse {
 struct Outcome {
     response: Response,
     body_whole: bool,
+    /// Records that reached the log (charged to the tenant's rate limit).
+    accepted: usize,
 }
 
 impl From<ApiError> for Outcome {
@@ -127,6 +129,7 @@ impl From<ApiError> for Outcome {
         Self {
             response: error.into_response(),
             body_whole: false,
+            accepted: 0,
         }
     }
 }
@@ -162,7 +165,7 @@ struct Decoded {
         (status = 422, description = "No record acceptable (same body as 202), or idempotency_key_reused.", body = IngestResponse),
         (status = 503, description = "unavailable: the log did not confirm every record (Kafka: a delivery report failed or timed out, or the producer queue is full), or the edge has too many requests in flight; Retry-After. Carries accepted when some records were confirmed first.", body = ErrorBody),
         (status = 408, description = "body_timeout: the body paused longer than the idle timeout or took longer than the total timeout. Carries batch_id, accepted and the rejection counts; Retry-After; the connection is closed.", body = ErrorBody),
-        (status = 429, description = "rate_limited: this tenant already has its share of ingest requests in flight; Retry-After.", body = ErrorBody),
+        (status = 429, description = "rate_limited: this tenant already has its share of ingest requests in flight; or quota_exceeded: this tenant is over its rate limit (requests or records per second). Retry-After says when to try again. With a rate limit, every answer carries RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset.", body = ErrorBody),
         (status = 500, description = "internal: the log refused the records for a reason no retry fixes (logged with the request id). Carries accepted.", body = ErrorBody),
     ),
 )]
@@ -173,7 +176,24 @@ pub async fn post_expenses(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(state, auth, headers, body).await {
+    let admitted = async {
+        auth.require(Role::Ingest).map_err(|e| (e, None))?;
+        // The tenant's quota before anything else: a tenant over it costs
+        // one state round trip, and no other tenant anything.
+        match &state.rate {
+            Some(rate) => rate
+                .admit(auth.tenant())
+                .await
+                .map_err(|(e, d)| (e, Some(d))),
+            None => Ok(None),
+        }
+    }
+    .await;
+    let (quota, answer) = match admitted {
+        Ok(quota) => (quota, handle(state, auth, headers, body).await),
+        Err((refused, quota)) => (quota, Err(refused)),
+    };
+    let mut response = match answer {
         Ok(response) => response,
         Err(error) => {
             // Every error answer leaves the body unread (or unreadable): the
@@ -184,7 +204,11 @@ pub async fn post_expenses(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
+    };
+    if let Some(quota) = quota {
+        crate::rate::headers(&quota, response.headers_mut());
     }
+    response
 }
 
 async fn handle(
@@ -193,7 +217,6 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    auth.require(Role::Ingest)?;
     // Shed load before reading anything: a 429/503 now is cheaper for
     // everyone than a queue that grows until requests time out.
     let _slot = state
@@ -201,6 +224,7 @@ async fn handle(
         .try_acquire(auth.tenant())
         .map_err(|shed| match shed {
             Shed::Tenant => ApiError::RateLimited {
+                code: "rate_limited",
                 message: format!(
                     "this tenant already has {} ingest requests in flight; retry later",
                     state.config.max_concurrent_requests_per_tenant
@@ -264,7 +288,7 @@ async fn handle(
     };
     let reader = BodyReader::new(body, gzip, config);
     let Some(key) = idempotency_key else {
-        return Ok(ingest(&state, &auth, format, reader).await.response);
+        return Ok(ingest_charged(&state, &auth, format, reader).await.response);
     };
     let store = state.idempotency.clone();
     let tenant = auth.tenant().to_string();
@@ -318,7 +342,8 @@ async fn handle(
     let Outcome {
         response,
         body_whole,
-    } = ingest(&state, &auth, format, reader).await;
+        ..
+    } = ingest_charged(&state, &auth, format, reader).await;
     let status = response.status();
     // Only final answers to a body that arrived whole are remembered;
     // anything worth retrying frees the key.
@@ -396,6 +421,21 @@ impl Drop for ClaimGuard {
             });
         }
     }
+}
+
+/// [`ingest`], then the accepted records charged to the tenant's rate
+/// limit.
+async fn ingest_charged(
+    state: &IngestState,
+    auth: &Auth,
+    format: Format,
+    reader: BodyReader,
+) -> Outcome {
+    let outcome = ingest(state, auth, format, reader).await;
+    if let Some(rate) = &state.rate {
+        rate.charge(auth.tenant(), outcome.accepted as u64).await;
+    }
+    outcome
 }
 
 /// Decodes, validates and appends the body; the answer for one request.
@@ -588,6 +628,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
             return Outcome {
                 response: ApiError::bad_request(code, message).into_response(),
                 body_whole,
+                accepted,
             };
         }
     }
@@ -609,6 +650,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
             return Outcome {
                 response: answer.into_response(),
                 body_whole,
+                accepted,
             };
         }
     }
@@ -626,6 +668,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
     Outcome {
         response: (status, Json(response(accepted, rejected))).into_response(),
         body_whole,
+        accepted,
     }
 }
 
@@ -636,6 +679,7 @@ fn partial_failure(
     message: String,
     body: IngestResponse,
 ) -> Outcome {
+    let accepted = body.accepted;
     let mut json = serde_json::to_value(&body).unwrap_or_default();
     if let Some(fields) = json.as_object_mut() {
         fields.insert("error".into(), code.into());
@@ -652,6 +696,7 @@ fn partial_failure(
     Outcome {
         response,
         body_whole: false,
+        accepted,
     }
 }
 

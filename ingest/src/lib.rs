@@ -10,6 +10,7 @@ pub mod decode;
 mod handler;
 pub mod in_flight;
 pub mod metrics;
+pub mod rate;
 
 pub use committer::Committer;
 pub use config::IngestConfig;
@@ -40,6 +41,8 @@ pub struct IngestState {
     /// The tenant whose admins also see dead letters no tenant could be
     /// read from; none when unset.
     pub operator_tenant: Option<String>,
+    /// Per-tenant rate limits; none: no limits.
+    pub rate: Option<rate::RateLimits>,
 }
 
 impl FromRef<IngestState> for JwtKeys {
@@ -73,7 +76,14 @@ impl IngestState {
             )),
             config: Arc::new(config),
             operator_tenant: None,
+            rate: None,
         }
+    }
+
+    /// Limits each tenant's requests and records per second.
+    pub fn with_rate_limits(mut self, rate: Option<rate::RateLimits>) -> Self {
+        self.rate = rate;
+        self
     }
 
     /// Lets admins of `tenant` list dead letters without a tenant.

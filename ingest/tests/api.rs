@@ -333,6 +333,7 @@ async fn a_log_failure_is_503_with_retry_after() {
         in_flight: Arc::new(InFlight::new(8, 8)),
         config: Arc::new(config),
         operator_tenant: None,
+        rate: None,
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post(
@@ -825,6 +826,7 @@ fn a_request_waiting_for_its_append_does_not_spin() {
             in_flight: Arc::new(InFlight::new(8, 8)),
             config: Arc::new(IngestConfig::default()),
             operator_tenant: None,
+            rate: None,
         };
         let app = spendstream_http::finish(spendstream_ingest::router(state));
         let request =
@@ -876,6 +878,7 @@ async fn a_permanent_log_error_is_500_not_503() {
         in_flight: Arc::new(InFlight::new(8, 8)),
         config: Arc::new(IngestConfig::default()),
         operator_tenant: None,
+        rate: None,
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post_ingest(&app, "application/x-ndjson", GOOD).await;

@@ -1,6 +1,6 @@
 //! What every edge node must agree on, behind one seam with two backends
-//! (ADR 0011): idempotency keys with their stored answers, and revoked
-//! token ids.
+//! (ADR 0011): idempotency keys with their stored answers, revoked token
+//! ids, and per-tenant rate limits.
 //!
 //! | URL | Backend | For |
 //! |---|---|---|
@@ -12,6 +12,7 @@
 //! `Retry-After`, never by applying a request without its key.
 
 mod embedded;
+pub mod rate;
 mod redis_store;
 pub mod sqlite;
 
@@ -157,6 +158,8 @@ pub trait RevocationStore: Send + Sync + std::fmt::Debug {
 pub struct State {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub revocations: Arc<dyn RevocationStore>,
+    /// Shared by every node on Redis; per process on the embedded state.
+    pub limiter: Arc<dyn rate::RateLimiter>,
     /// The URL without credentials, for logs.
     pub url: String,
 }
@@ -202,6 +205,7 @@ impl StateTarget {
                 State {
                     idempotency: store.clone(),
                     revocations: store,
+                    limiter: Arc::new(rate::LocalLimiter::default()),
                     url: format!("embedded://{}", dir.display()),
                 }
             }
@@ -209,7 +213,8 @@ impl StateTarget {
                 let store = Arc::new(RedisState::connect(url).await?);
                 State {
                     idempotency: store.clone(),
-                    revocations: store,
+                    revocations: store.clone(),
+                    limiter: store,
                     url: redact(url),
                 }
             }

@@ -2,6 +2,10 @@
 //! is one Lua script, so a claim is atomic across nodes; time is the Redis
 //! server's (`TIME`), so nodes with skewed clocks agree on staleness.
 //!
+//! Rate limits: `spendstream:rate:<tenant>:requests` and `…:records`,
+//! hashes of `tokens` and `at` (seconds, the server's clock), expiring once
+//! they would be full again (an absent bucket is a full one).
+//!
 //! Revocations: the sorted set `spendstream:revocations`, members
 //! `<tenant>:<jti>` scored by their expiry (seconds).
 //!
@@ -10,6 +14,7 @@
 //! (ms), expiring [`IDEMPOTENCY_RETENTION`] after its last change. Tenant
 //! ids cannot contain `:`, so keys of different tenants never meet.
 
+use crate::rate::{Decision, Limits, RateLimiter};
 use crate::{
     Claim, Error, IDEMPOTENCY_RETENTION, IdempotencyStore, OPERATION_TIMEOUT, Result, Revocation,
     RevocationStore,
@@ -221,5 +226,115 @@ impl RevocationStore for RedisState {
                 })
             })
             .collect()
+    }
+}
+
+/// Token buckets (`crate::rate`): ARGV = requests/s, requests capacity,
+/// records/s, records capacity, mode (`admit`, or `charge` with the record
+/// count as ARGV[6]). `admit` returns {admitted, limit, remaining,
+/// reset_secs, retry_after_secs}, the arithmetic of `rate::decide`.
+static RATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local req_rate, req_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rec_rate, rec_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function load(key, rate, cap)
+  local h = redis.call('HMGET', key, 'tokens', 'at')
+  if not h[1] then return cap end
+  return math.min(cap, tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * rate)
+end
+local function save(key, tokens, rate, cap)
+  redis.call('HSET', key, 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', now))
+  redis.call('PEXPIRE', key, math.ceil((cap - tokens) / rate * 1000) + 1000)
+end
+local function secs(tokens, rate)
+  return math.max(0, math.ceil(tokens / rate))
+end
+if ARGV[5] == 'charge' then
+  local tokens = load(KEYS[2], rec_rate, rec_cap) - tonumber(ARGV[6])
+  save(KEYS[2], tokens, rec_rate, rec_cap)
+  return {1}
+end
+local req, rec
+if req_rate > 0 then req = load(KEYS[1], req_rate, req_cap) end
+if rec_rate > 0 then rec = load(KEYS[2], rec_rate, rec_cap) end
+if rec and rec < 1 then
+  save(KEYS[2], rec, rec_rate, rec_cap)
+  if req then save(KEYS[1], req, req_rate, req_cap) end
+  return {0, math.floor(rec_cap), 0, secs(rec_cap - rec, rec_rate), math.max(1, secs(1 - rec, rec_rate))}
+end
+if req and req < 1 then
+  save(KEYS[1], req, req_rate, req_cap)
+  if rec then save(KEYS[2], rec, rec_rate, rec_cap) end
+  return {0, math.floor(req_cap), 0, secs(req_cap - req, req_rate), math.max(1, secs(1 - req, req_rate))}
+end
+if rec then save(KEYS[2], rec, rec_rate, rec_cap) end
+if req then
+  req = req - 1
+  save(KEYS[1], req, req_rate, req_cap)
+  return {1, math.floor(req_cap), math.floor(math.max(0, req)), secs(req_cap - req, req_rate), 0}
+end
+return {1, math.floor(rec_cap), math.floor(math.max(0, rec)), secs(rec_cap - rec, rec_rate), 0}
+",
+    )
+});
+
+fn rate_keys(tenant: &str) -> [String; 2] {
+    [
+        format!("spendstream:rate:{tenant}:requests"),
+        format!("spendstream:rate:{tenant}:records"),
+    ]
+}
+
+impl RedisState {
+    async fn rate(
+        &self,
+        tenant: &str,
+        limits: &Limits,
+        mode: &str,
+        records: u64,
+    ) -> Result<Vec<i64>> {
+        let [requests_key, records_key] = rate_keys(tenant);
+        let mut conn = self.conn.clone();
+        bounded(
+            RATE.key(requests_key)
+                .key(records_key)
+                .arg(limits.requests_per_sec)
+                .arg(limits.requests_per_sec * limits.burst_secs)
+                .arg(limits.records_per_sec)
+                .arg(limits.records_per_sec * limits.burst_secs)
+                .arg(mode)
+                .arg(records)
+                .invoke_async(&mut conn),
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisState {
+    async fn admit(&self, tenant: &str, limits: &Limits) -> Result<Decision> {
+        let reply = self.rate(tenant, limits, "admit", 0).await?;
+        let [admitted, limit, remaining, reset, retry_after] = reply[..] else {
+            return Err(Error::UnexpectedReply(format!("{reply:?}")));
+        };
+        let n = |x: i64| x.max(0) as u64;
+        Ok(Decision {
+            admitted: admitted == 1,
+            limit: n(limit),
+            remaining: n(remaining),
+            reset_secs: n(reset),
+            retry_after_secs: n(retry_after),
+        })
+    }
+
+    async fn charge(&self, tenant: &str, limits: &Limits, records: u64) -> Result<()> {
+        if limits.records_per_sec <= 0.0 || records == 0 {
+            return Ok(());
+        }
+        self.rate(tenant, limits, "charge", records).await?;
+        Ok(())
     }
 }

@@ -193,6 +193,75 @@ async fn revocations_are_shared_until_they_expire(nodes: Nodes) {
     );
 }
 
+/// The bucket size is admitted, each answer counting down, then refused
+/// with the wait for one token; records are charged afterwards and a
+/// tenant in debt waits; other tenants are untouched; buckets refill.
+async fn token_buckets_admit_exactly_their_size(nodes: Nodes) {
+    use spendstream_state::rate::Limits;
+    let limiter = &nodes.a.limiter;
+    let t = nodes.tenant.as_str();
+    // One request per 100 s, five in a bucket: nothing refills meanwhile.
+    let slow = Limits {
+        requests_per_sec: 0.01,
+        records_per_sec: 0.0,
+        burst_secs: 500.0,
+    };
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let d = limiter.admit(t, &slow).await.unwrap();
+        assert!(d.admitted, "{d:?}");
+        assert_eq!(d.limit, 5);
+        remaining.push(d.remaining);
+    }
+    assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
+    let refused = limiter.admit(t, &slow).await.unwrap();
+    assert!(!refused.admitted);
+    assert_eq!((refused.limit, refused.remaining), (5, 0));
+    assert!(
+        (99..=100).contains(&refused.retry_after_secs),
+        "{refused:?}"
+    );
+    assert!((499..=500).contains(&refused.reset_secs), "{refused:?}");
+    // Another tenant has its own bucket.
+    let u = format!("{t}-u");
+    assert!(limiter.admit(&u, &slow).await.unwrap().admitted);
+
+    // Records: five in the bucket; a request of seven leaves a debt of two.
+    let v = format!("{t}-v");
+    let records = Limits {
+        requests_per_sec: 0.0,
+        records_per_sec: 0.01,
+        burst_secs: 500.0,
+    };
+    let d = limiter.admit(&v, &records).await.unwrap();
+    assert!(d.admitted);
+    assert_eq!((d.limit, d.remaining), (5, 5));
+    limiter.charge(&v, &records, 7).await.unwrap();
+    let refused = limiter.admit(&v, &records).await.unwrap();
+    assert!(!refused.admitted);
+    assert!(
+        (299..=300).contains(&refused.retry_after_secs),
+        "{refused:?}"
+    );
+
+    // A fast bucket refills by itself.
+    let w = format!("{t}-w");
+    let fast = Limits {
+        requests_per_sec: 50.0,
+        records_per_sec: 0.0,
+        burst_secs: 0.1,
+    };
+    while limiter.admit(&w, &fast).await.unwrap().admitted {}
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !limiter.admit(&w, &fast).await.unwrap().admitted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bucket never refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -213,6 +282,7 @@ on_both_backends!(
     claim_complete_release,
     concurrent_claims_acquire_once,
     revocations_are_shared_until_they_expire,
+    token_buckets_admit_exactly_their_size,
 );
 
 /// A Redis that cannot be reached fails the start with a transient error
