@@ -274,12 +274,12 @@ impl Settings {
         }
         if roles.ingest {
             ingest.validate()?;
-            self.rate_limits.validate().map_err(|e| {
-                format!("--rate-limit-requests-per-sec, --rate-limit-records-per-sec, --rate-limit-burst-secs: {e}")
-            })?;
         }
         if roles.ingest || roles.query {
             StateTarget::parse(&self.state_url).map_err(|e| e.to_string())?;
+            self.rate_limits.validate().map_err(|e| {
+                format!("--rate-limit-requests-per-sec, --rate-limit-records-per-sec, --rate-limit-burst-secs: {e}")
+            })?;
         }
         if roles.process {
             processor.validate()?;
@@ -499,10 +499,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None
     };
     let state_url = state.as_ref().map(|s| s.url.clone());
-    // Ingest's rate limits: the flags' defaults, overridden per tenant by
-    // the file (read now, and again when it changes).
+    // Rate limits of ingest and the query API: the flags' defaults,
+    // overridden per tenant by the file (read now, and again when it
+    // changes).
     let rate = match &state {
-        Some(state) if roles.ingest => {
+        Some(state) => {
             let policy = spendstream_state::rate::Policy::new(rate_limits);
             if let Some(path) = rate_limits_file {
                 let source = path.display().to_string();
@@ -535,7 +536,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                     Ok(())
                 });
             }
-            Some(spendstream_ingest::rate::RateLimits {
+            Some(spendstream_http::rate::RateLimits {
                 limiter: state.limiter.clone(),
                 policy,
             })
@@ -872,8 +873,9 @@ pub struct RouteOptions {
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     /// Where admins revoke tokens (`--state`); the routes exist with it.
     pub revocations: Option<Arc<dyn RevocationStore>>,
-    /// Ingest's per-tenant rate limits (none: no limits).
-    pub rate: Option<spendstream_ingest::rate::RateLimits>,
+    /// Per-tenant rate limits of ingest and of reports and SQL (none: no
+    /// limits).
+    pub rate: Option<spendstream_http::rate::RateLimits>,
 }
 
 impl Default for RouteOptions {
@@ -949,14 +951,15 @@ pub fn router(
         router = router.merge(spendstream_ingest::router(
             IngestState::new(keys.clone(), log, idempotency, ingest)
                 .with_operator_tenant(operator_tenant)
-                .with_rate_limits(rate),
+                .with_rate_limits(rate.clone()),
         ));
     }
     if roles.query
         && let Some(lake) = lake
     {
         let state = QueryState::new(keys.clone(), lake.clone(), sql_limits, report_cache_rows)
-            .with_report_state(report_state);
+            .with_report_state(report_state)
+            .with_rate_limits(rate);
         router = router.merge(spendstream_query_api::router(state));
     }
     if let Some(store) = revocations {

@@ -359,9 +359,9 @@ pub struct ServeArgs {
     /// `org_id`, `tid`, …).
     #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub jwt_tenant_claim: String,
-    /// Each tenant's ingest requests per second, shared by every ingest
-    /// node on `--state redis://` (0: no limit). Over it: 429
-    /// `quota_exceeded` with `Retry-After`.
+    /// Each tenant's requests per second, to ingest and (apart) to reports
+    /// and SQL, shared by every node on `--state redis://` (0: no limit).
+    /// Over it: 429 `quota_exceeded` with `Retry-After`.
     #[arg(
         long,
         env = "SPENDSTREAM_RATE_LIMIT_REQUESTS_PER_SEC",

@@ -256,3 +256,63 @@ async fn a_tenant_over_its_limit_costs_another_tenant_nothing() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// Reports and SQL draw on a bucket of their own: a tenant's importer over
+/// its limit does not stop its dashboards, and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_and_sql_have_a_bucket_apart_from_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = dir.path().join("rate-limits.json");
+    let acme = tenant("acme");
+    // Three requests in a bucket, one more every 20 s.
+    write_overrides(
+        &overrides,
+        serde_json::json!({ acme.clone(): {"requests_per_sec": 0.05, "burst_secs": 60} }),
+    );
+    let settings = Settings {
+        state_url: redis_url(),
+        rate_limits_file: Some(overrides.clone()),
+        ..common::settings_without_clickhouse(dir.path())
+    };
+    let running = spendstream::start(settings).await.unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let read = common::token(&acme, &[Role::Read]);
+    let report = || {
+        client
+            .get(format!("{base}/v1/reports/spend?group_by=category"))
+            .bearer_auth(&read)
+            .send()
+    };
+    let sql = || {
+        client
+            .post(format!("{base}/v1/sql"))
+            .bearer_auth(&read)
+            .json(&serde_json::json!({"sql": "SELECT 1 AS one"}))
+            .send()
+    };
+    let remaining = |r: &reqwest::Response| {
+        r.headers()
+            .get("ratelimit-remaining")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let first = report().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(remaining(&first).as_deref(), Some("2"));
+    let second = sql().await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(remaining(&second).as_deref(), Some("1"));
+    assert_eq!(report().await.unwrap().status(), StatusCode::OK);
+    let refused = sql().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(remaining(&refused).as_deref(), Some("0"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "quota_exceeded");
+    // Ingest still has its own three.
+    for left in [2, 1, 0] {
+        let a = post(&client, &base, &acme, 1).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+        assert_eq!(a.remaining, Some(left));
+    }
+    running.shutdown().await.unwrap();
+}

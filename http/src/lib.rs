@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod rate;
 pub mod request_id;
 pub mod serve;
 #[cfg(any(test, feature = "testing"))]

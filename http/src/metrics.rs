@@ -18,9 +18,16 @@ pub const CONNECTIONS_REFUSED_TOTAL: Metric = Metric::counter(
     "Connections closed on arrival because --max-connections were open.",
 );
 
+pub const QUOTA_EXCEEDED_TOTAL: Metric = Metric::counter(
+    "spendstream_http_quota_exceeded_total",
+    &["api"],
+    "Requests refused with 429 quota_exceeded (their tenant was over its rate limit), by API (ingest, query).",
+);
+
 /// The metrics this crate declares.
 pub const ALL: &[Metric] = &[
     REQUESTS_TOTAL,
     REQUEST_DURATION_SECONDS,
     CONNECTIONS_REFUSED_TOTAL,
+    QUOTA_EXCEEDED_TOTAL,
 ];

@@ -182,7 +182,7 @@ pub async fn post_expenses(
         // one state round trip, and no other tenant anything.
         match &state.rate {
             Some(rate) => rate
-                .admit(auth.tenant())
+                .admit(spendstream_http::rate::Api::Ingest, auth.tenant())
                 .await
                 .map_err(|(e, d)| (e, Some(d))),
             None => Ok(None),
@@ -206,7 +206,7 @@ pub async fn post_expenses(
         }
     };
     if let Some(quota) = quota {
-        crate::rate::headers(&quota, response.headers_mut());
+        spendstream_http::rate::headers(&quota, response.headers_mut());
     }
     response
 }

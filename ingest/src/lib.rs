@@ -10,7 +10,6 @@ pub mod decode;
 mod handler;
 pub mod in_flight;
 pub mod metrics;
-pub mod rate;
 
 pub use committer::Committer;
 pub use config::IngestConfig;
@@ -42,7 +41,7 @@ pub struct IngestState {
     /// read from; none when unset.
     pub operator_tenant: Option<String>,
     /// Per-tenant rate limits; none: no limits.
-    pub rate: Option<rate::RateLimits>,
+    pub rate: Option<spendstream_http::rate::RateLimits>,
 }
 
 impl FromRef<IngestState> for JwtKeys {
@@ -81,7 +80,7 @@ impl IngestState {
     }
 
     /// Limits each tenant's requests and records per second.
-    pub fn with_rate_limits(mut self, rate: Option<rate::RateLimits>) -> Self {
+    pub fn with_rate_limits(mut self, rate: Option<spendstream_http::rate::RateLimits>) -> Self {
         self.rate = rate;
         self
     }

@@ -17,11 +17,6 @@ pub const IDEMPOTENT_REPLAYS_TOTAL: Metric = Metric::counter(
     &[],
     "Requests answered with the stored answer of an earlier request with the same Idempotency-Key.",
 );
-pub const QUOTA_EXCEEDED_TOTAL: Metric = Metric::counter(
-    "spendstream_ingest_quota_exceeded_total",
-    &[],
-    "Ingest requests refused with 429 quota_exceeded: their tenant was over its rate limit.",
-);
 pub const LOG_APPEND_SECONDS: Metric = Metric::histogram(
     "spendstream_log_append_seconds",
     &[],
@@ -38,7 +33,6 @@ pub const ALL: &[Metric] = &[
     RECORDS_TOTAL,
     BODY_BYTES_TOTAL,
     IDEMPOTENT_REPLAYS_TOTAL,
-    QUOTA_EXCEEDED_TOTAL,
     LOG_APPEND_SECONDS,
     LOG_APPEND_RECORDS,
 ];

@@ -32,6 +32,8 @@ pub struct QueryState {
     /// The latest version of each expense, in memory; `None`: reports
     /// read the lake for each computed answer.
     pub current: Option<Arc<current::CurrentState>>,
+    /// Per-tenant requests/s of reports and SQL; none: no limits.
+    pub rate: Option<spendstream_http::rate::RateLimits>,
 }
 
 /// Rows of report answers kept by default (about 150 bytes each).
@@ -54,7 +56,14 @@ impl QueryState {
             current: Some(Arc::new(current::CurrentState::new(
                 current::DEFAULT_REPORT_STATE_ROWS,
             ))),
+            rate: None,
         }
+    }
+
+    /// Limits each tenant's reports and SQL requests per second.
+    pub fn with_rate_limits(mut self, rate: Option<spendstream_http::rate::RateLimits>) -> Self {
+        self.rate = rate;
+        self
     }
 
     /// Keeps up to `rows` expenses in the reports' current state (0: none,

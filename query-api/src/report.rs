@@ -29,6 +29,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
+use spendstream_http::rate::Api;
 use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_schemas::{Category, Currency, Status, format_minor};
 use std::cmp::Ordering;
@@ -452,6 +453,7 @@ impl Request {
         (status = 500, description = "internal: the query failed for a reason no retry fixes (logged with the request id).", body = ErrorBody),
         (status = 304, description = "Not modified: the lake table has not changed since the answer tagged with If-None-Match (the ETag header repeats the tag)."),
         (status = 406, description = "not_acceptable: no media type of Accept is available.", body = ErrorBody),
+        (status = 429, description = "quota_exceeded: this tenant is over its rate limit (reports and SQL share one bucket per tenant); Retry-After. With a rate limit, every answer carries RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset.", body = ErrorBody),
         (status = 422, description = "query_memory_exceeded: the report needs more memory than one query may hold (--sql-memory-mb); query_timeout: it ran longer than --sql-timeout-secs.", body = ErrorBody),
     ),
 )]
@@ -462,10 +464,15 @@ pub async fn spend(
     headers: HeaderMap,
     params: Result<Query<SpendParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
-    let answer = spend_answer(state, auth, headers, params).await;
-    crate::metrics::query_done("http", "report", answer.is_ok(), started);
-    answer
+    let rate = state.rate.clone();
+    let tenant = auth.tenant().to_owned();
+    let answer = async {
+        let started = std::time::Instant::now();
+        let answer = spend_answer(state, auth, headers, params).await;
+        crate::metrics::query_done("http", "report", answer.is_ok(), started);
+        answer.into_response()
+    };
+    Ok(spendstream_http::rate::limited(rate.as_ref(), Api::Query, &tenant, answer).await)
 }
 
 async fn spend_answer(

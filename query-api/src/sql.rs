@@ -37,6 +37,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use spendstream_http::rate::Api;
 use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_lake::Lake;
 use std::sync::Arc;
@@ -134,6 +135,7 @@ pub struct SqlResult {
         (status = 503, description = "The lake is unavailable.", body = ErrorBody),
         (status = 500, description = "internal (logged with the request id).", body = ErrorBody),
         (status = 406, description = "not_acceptable: no media type of Accept is available.", body = ErrorBody),
+        (status = 429, description = "quota_exceeded: this tenant is over its rate limit (reports and SQL share one bucket per tenant); Retry-After. With a rate limit, every answer carries RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset.", body = ErrorBody),
     ),
 )]
 #[instrument(skip_all, fields(tenant = %auth.tenant()))]
@@ -143,10 +145,15 @@ pub async fn sql(
     headers: HeaderMap,
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
-    let answer = sql_answer(state, auth, headers, body).await;
-    crate::metrics::query_done("http", "sql", answer.is_ok(), started);
-    answer
+    let rate = state.rate.clone();
+    let tenant = auth.tenant().to_owned();
+    let answer = async {
+        let started = std::time::Instant::now();
+        let answer = sql_answer(state, auth, headers, body).await;
+        crate::metrics::query_done("http", "sql", answer.is_ok(), started);
+        answer.into_response()
+    };
+    Ok(spendstream_http::rate::limited(rate.as_ref(), Api::Query, &tenant, answer).await)
 }
 
 async fn sql_answer(
