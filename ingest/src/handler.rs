@@ -292,11 +292,23 @@ async fn handle(
     };
     let store = state.idempotency.clone();
     let tenant = auth.tenant().to_string();
-    match store
-        .claim(&tenant, &key, IDEMPOTENCY_STALE_AFTER)
+    // Armed before claiming: a claim whose answer was lost (Redis timed
+    // out after making it) is released by the guard, not left to block
+    // every retry until it goes stale.
+    let mut claim = ClaimGuard {
+        store: Some(store.clone()),
+        tenant: tenant.clone(),
+        key: key.clone(),
+        owner: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let found = store
+        .claim(&tenant, &key, &claim.owner, IDEMPOTENCY_STALE_AFTER)
         .await
-        .map_err(|e| crate::store_error("the idempotency store", e))?
-    {
+        .map_err(|e| crate::store_error("the idempotency store", e))?;
+    if found != Claim::Acquired {
+        claim.disarm();
+    }
+    match found {
         Claim::Acquired => {}
         Claim::InProgress => {
             return Err(ApiError::Conflict {
@@ -333,11 +345,6 @@ async fn handle(
     }
     // From here the key is ours until the answer is stored, or released:
     // by the guard if this future is dropped (the client went away).
-    let mut claim = ClaimGuard {
-        store: Some(store.clone()),
-        tenant: tenant.clone(),
-        key: key.clone(),
-    };
     let (reader, fingerprint) = reader.hashed(format);
     let Outcome {
         response,
@@ -357,6 +364,7 @@ async fn handle(
             .complete(
                 &tenant,
                 &key,
+                &claim.owner,
                 &fingerprint.finish(),
                 status.as_u16(),
                 &bytes,
@@ -383,6 +391,8 @@ struct ClaimGuard {
     store: Option<Arc<dyn IdempotencyStore>>,
     tenant: String,
     key: String,
+    /// This request's id as the claim's holder.
+    owner: String,
 }
 
 impl ClaimGuard {
@@ -392,7 +402,7 @@ impl ClaimGuard {
 
     async fn release(mut self) {
         if let Some(store) = self.store.take()
-            && let Err(e) = store.release(&self.tenant, &self.key).await
+            && let Err(e) = store.release(&self.tenant, &self.key, &self.owner).await
         {
             spendstream_schemas::metrics::error("idempotency", e.kind());
             warn!(error = %Chain(&e), "Releasing an idempotency key failed.");
@@ -405,16 +415,17 @@ impl Drop for ClaimGuard {
         let Some(store) = self.store.take() else {
             return;
         };
-        let (tenant, key) = (
+        let (tenant, key, owner) = (
             std::mem::take(&mut self.tenant),
             std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
         );
         // The request future is being dropped (the client disconnected):
         // without this, every honest retry would get 409 until the claim
         // went stale.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = store.release(&tenant, &key).await {
+                if let Err(e) = store.release(&tenant, &key, &owner).await {
                     spendstream_schemas::metrics::error("idempotency", e.kind());
                     warn!(error = %Chain(&e), "Releasing an abandoned idempotency key failed.");
                 }

@@ -348,7 +348,12 @@ async fn a_log_failure_is_503_with_retry_after() {
     // A failure worth retrying frees the key.
     assert_eq!(
         idempotency
-            .claim("acme", "k-503", std::time::Duration::from_secs(600))
+            .claim(
+                "acme",
+                "k-503",
+                "check",
+                std::time::Duration::from_secs(600)
+            )
             .await
             .unwrap(),
         spendstream_state::Claim::Acquired
@@ -901,6 +906,7 @@ async fn a_state_store_failure_is_503_and_writes_nothing() {
             &self,
             _: &str,
             _: &str,
+            _: &str,
             _: std::time::Duration,
         ) -> spendstream_state::Result<spendstream_state::Claim> {
             Err(spendstream_state::Error::Timeout(
@@ -912,13 +918,15 @@ async fn a_state_store_failure_is_503_and_writes_nothing() {
             _: &str,
             _: &str,
             _: &str,
+            _: &str,
             _: u16,
             _: &[u8],
         ) -> spendstream_state::Result<()> {
             unreachable!("nothing was claimed")
         }
-        async fn release(&self, _: &str, _: &str) -> spendstream_state::Result<()> {
-            unreachable!("nothing was claimed")
+        async fn release(&self, _: &str, _: &str, _: &str) -> spendstream_state::Result<()> {
+            // The guard releases a claim whose answer was lost.
+            Ok(())
         }
     }
     let Fixture { log, app, .. } =

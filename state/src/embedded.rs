@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     tenant_id TEXT NOT NULL,
     key TEXT NOT NULL,
     state TEXT NOT NULL,
+    owner TEXT,
     fingerprint TEXT,
     status INTEGER,
     body BLOB,
@@ -61,9 +62,15 @@ impl SqliteState {
 
 #[async_trait]
 impl IdempotencyStore for SqliteState {
-    async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim> {
+    async fn claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        owner: &str,
+        stale_after: Duration,
+    ) -> Result<Claim> {
         let conn = self.conn.clone();
-        let (tenant, key) = (tenant.to_string(), key.to_string());
+        let (tenant, key, owner) = (tenant.to_string(), key.to_string(), owner.to_string());
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -96,12 +103,12 @@ impl IdempotencyStore for SqliteState {
                 }
                 _ => {
                     tx.execute(
-                        "INSERT INTO idempotency (tenant_id, key, state, updated_at)
-                         VALUES (?1, ?2, 'running', ?3)
+                        "INSERT INTO idempotency (tenant_id, key, state, owner, updated_at)
+                         VALUES (?1, ?2, 'running', ?3, ?4)
                          ON CONFLICT (tenant_id, key) DO UPDATE SET
-                           state = 'running', fingerprint = NULL, status = NULL, body = NULL,
-                           updated_at = excluded.updated_at",
-                        params![tenant, key, now],
+                           state = 'running', owner = excluded.owner, fingerprint = NULL,
+                           status = NULL, body = NULL, updated_at = excluded.updated_at",
+                        params![tenant, key, owner, now],
                     )?;
                     Claim::Acquired
                 }
@@ -116,38 +123,41 @@ impl IdempotencyStore for SqliteState {
         &self,
         tenant: &str,
         key: &str,
+        owner: &str,
         fingerprint: &str,
         status: u16,
         body: &[u8],
     ) -> Result<()> {
         let conn = self.conn.clone();
-        let (tenant, key, fingerprint, body) = (
+        let (tenant, key, owner, fingerprint, body) = (
             tenant.to_string(),
             key.to_string(),
+            owner.to_string(),
             fingerprint.to_string(),
             body.to_vec(),
         );
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             conn.execute(
-                "UPDATE idempotency SET state = 'done', fingerprint = ?3, status = ?4, body = ?5,
-                   updated_at = ?6
-                 WHERE tenant_id = ?1 AND key = ?2",
-                params![tenant, key, fingerprint, status, body, now_ms()],
+                "UPDATE idempotency SET state = 'done', fingerprint = ?4, status = ?5, body = ?6,
+                   updated_at = ?7
+                 WHERE tenant_id = ?1 AND key = ?2 AND state = 'running' AND owner = ?3",
+                params![tenant, key, owner, fingerprint, status, body, now_ms()],
             )?;
             Ok(())
         })
         .await?
     }
 
-    async fn release(&self, tenant: &str, key: &str) -> Result<()> {
+    async fn release(&self, tenant: &str, key: &str, owner: &str) -> Result<()> {
         let conn = self.conn.clone();
-        let (tenant, key) = (tenant.to_string(), key.to_string());
+        let (tenant, key, owner) = (tenant.to_string(), key.to_string(), owner.to_string());
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
             conn.execute(
-                "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2 AND state = 'running'",
-                params![tenant, key],
+                "DELETE FROM idempotency
+                 WHERE tenant_id = ?1 AND key = ?2 AND state = 'running' AND owner = ?3",
+                params![tenant, key, owner],
             )?;
             Ok(())
         })

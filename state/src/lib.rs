@@ -111,25 +111,39 @@ pub enum Claim {
 /// retried request gets the first answer back and writes nothing. Keys are
 /// per tenant; a claim, completion or release is atomic in the store, so
 /// of any number of concurrent claims on every node exactly one acquires.
+///
+/// A claim is held by an `owner` (a random id the caller makes before
+/// claiming): only the owner completes or releases it, so a holder whose
+/// claim went stale and was taken over cannot overwrite the new holder's,
+/// and a caller whose claim timed out can release it without knowing
+/// whether it was made.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
-    /// Claims `key` of `tenant`. A claim left in progress for longer than
-    /// `stale_after` (its holder crashed) is taken over.
-    async fn claim(&self, tenant: &str, key: &str, stale_after: Duration) -> Result<Claim>;
+    /// Claims `key` of `tenant` for `owner`. A claim left in progress for
+    /// longer than `stale_after` (its holder crashed) is taken over.
+    async fn claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        owner: &str,
+        stale_after: Duration,
+    ) -> Result<Claim>;
 
-    /// Stores the final response of the request holding the claim.
+    /// Stores the final response of `owner`'s claim (nothing when the claim
+    /// is not, or no longer, `owner`'s).
     async fn complete(
         &self,
         tenant: &str,
         key: &str,
+        owner: &str,
         fingerprint: &str,
         status: u16,
         body: &[u8],
     ) -> Result<()>;
 
-    /// Gives the claim up (the request failed in a way worth retrying).
-    /// A completed key stays completed.
-    async fn release(&self, tenant: &str, key: &str) -> Result<()>;
+    /// Gives `owner`'s claim up (the request failed in a way worth
+    /// retrying). A completed key, or another owner's claim, stays.
+    async fn release(&self, tenant: &str, key: &str, owner: &str) -> Result<()>;
 }
 
 /// A revoked token: refused until `expires_at` (seconds since the epoch;

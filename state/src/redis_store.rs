@@ -10,7 +10,7 @@
 //! `<tenant>:<jti>` scored by their expiry (seconds).
 //!
 //! Keys: `spendstream:idempotency:<tenant>:<key>`, a hash with `state`
-//! (`running` or `done`), `fingerprint`, `status`, `body` and `updated_at`
+//! (`running` or `done`), `owner`, `fingerprint`, `status`, `body` and `updated_at`
 //! (ms), expiring [`IDEMPOTENCY_RETENTION`] after its last change. Tenant
 //! ids cannot contain `:`, so keys of different tenants never meet.
 
@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Returns `{"acquired"}`, `{"running"}` or `{"done", fingerprint, status,
-/// body}`. ARGV: stale_after ms, retention ms.
+/// body}`. ARGV: stale_after ms, retention ms, owner.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -40,18 +40,22 @@ if h[1] == 'running' and now - tonumber(h[5]) < tonumber(ARGV[1]) then
   return {'running'}
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', now)
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[3], 'updated_at', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {'acquired'}
 ",
     )
 });
 
-/// Stores the answer of a running claim. ARGV: fingerprint, status, body,
-/// retention ms.
+/// Stores the answer of `owner`'s running claim. ARGV: fingerprint,
+/// status, body, retention ms, owner.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local h = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if h[1] ~= 'running' or h[2] ~= ARGV[5] then
+  return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'state', 'done', 'fingerprint', ARGV[1], 'status', ARGV[2],
@@ -62,11 +66,13 @@ return 1
     )
 });
 
-/// Deletes the key while it is running (a completed one stays).
+/// Deletes the key while it is `owner`'s running claim (a completed one,
+/// or another owner's, stays). ARGV: owner.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('HGET', KEYS[1], 'state') == 'running' then
+local h = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if h[1] == 'running' and h[2] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -126,13 +132,20 @@ fn text(part: Option<&Vec<u8>>) -> Result<String> {
 
 #[async_trait]
 impl IdempotencyStore for RedisState {
-    async fn claim(&self, tenant: &str, k: &str, stale_after: Duration) -> Result<Claim> {
+    async fn claim(
+        &self,
+        tenant: &str,
+        k: &str,
+        owner: &str,
+        stale_after: Duration,
+    ) -> Result<Claim> {
         let mut conn = self.conn.clone();
         let reply: Vec<Vec<u8>> = bounded(
             CLAIM
                 .key(key(tenant, k))
                 .arg(stale_after.as_millis() as u64)
                 .arg(IDEMPOTENCY_RETENTION.as_millis() as u64)
+                .arg(owner)
                 .invoke_async(&mut conn),
         )
         .await?;
@@ -154,6 +167,7 @@ impl IdempotencyStore for RedisState {
         &self,
         tenant: &str,
         k: &str,
+        owner: &str,
         fingerprint: &str,
         status: u16,
         body: &[u8],
@@ -166,15 +180,22 @@ impl IdempotencyStore for RedisState {
                 .arg(status)
                 .arg(body)
                 .arg(IDEMPOTENCY_RETENTION.as_millis() as u64)
+                .arg(owner)
                 .invoke_async(&mut conn),
         )
         .await?;
         Ok(())
     }
 
-    async fn release(&self, tenant: &str, k: &str) -> Result<()> {
+    async fn release(&self, tenant: &str, k: &str, owner: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = bounded(RELEASE.key(key(tenant, k)).invoke_async(&mut conn)).await?;
+        let _: i64 = bounded(
+            RELEASE
+                .key(key(tenant, k))
+                .arg(owner)
+                .invoke_async(&mut conn),
+        )
+        .await?;
         Ok(())
     }
 }

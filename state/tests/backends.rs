@@ -50,41 +50,79 @@ async fn claim_complete_release(nodes: Nodes) {
     let (t, store) = (nodes.tenant.as_str(), &nodes.a.idempotency);
     let u = format!("{t}-u");
     let long = Duration::from_secs(300);
-    assert_eq!(store.claim(t, "k1", long).await.unwrap(), Claim::Acquired);
-    assert_eq!(store.claim(t, "k1", long).await.unwrap(), Claim::InProgress);
+    // Keys may hold `:`; tenants cannot, so keys of tenants never meet.
+    let k1 = "import:2026-11:k1";
+    assert_eq!(
+        store.claim(t, k1, "o1", long).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.claim(t, k1, "o2", long).await.unwrap(),
+        Claim::InProgress
+    );
     // The other node sees the claim.
     assert_eq!(
-        nodes.b.idempotency.claim(t, "k1", long).await.unwrap(),
+        nodes.b.idempotency.claim(t, k1, "o3", long).await.unwrap(),
         Claim::InProgress
     );
     // Keys are per tenant.
-    assert_eq!(store.claim(&u, "k1", long).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        store.claim(&u, k1, "o4", long).await.unwrap(),
+        Claim::Acquired
+    );
+    // Only the owner completes or releases a claim.
+    store.release(t, k1, "o2").await.unwrap();
+    store.complete(t, k1, "o2", "fp", 500, b"no").await.unwrap();
+    assert_eq!(
+        store.claim(t, k1, "o5", long).await.unwrap(),
+        Claim::InProgress
+    );
     let body = b"{\"accepted\":1}\n\x00\xff".to_vec();
-    store.complete(t, "k1", "fp", 202, &body).await.unwrap();
+    store.complete(t, k1, "o1", "fp", 202, &body).await.unwrap();
     let done = Claim::Completed {
         fingerprint: "fp".into(),
         status: 202,
         body,
     };
-    assert_eq!(store.claim(t, "k1", long).await.unwrap(), done);
+    assert_eq!(store.claim(t, k1, "o6", long).await.unwrap(), done);
     assert_eq!(
-        nodes.b.idempotency.claim(t, "k1", long).await.unwrap(),
+        nodes.b.idempotency.claim(t, k1, "o7", long).await.unwrap(),
         done
     );
     // Release gives a running claim up, never a completed one.
-    store.release(t, "k1").await.unwrap();
-    assert_eq!(store.claim(t, "k1", long).await.unwrap(), done);
-    nodes.b.idempotency.release(&u, "k1").await.unwrap();
-    assert_eq!(store.claim(&u, "k1", long).await.unwrap(), Claim::Acquired);
-    // A claim whose holder vanished is taken over once stale.
+    store.release(t, k1, "o1").await.unwrap();
+    assert_eq!(store.claim(t, k1, "o8", long).await.unwrap(), done);
+    nodes.b.idempotency.release(&u, k1, "o4").await.unwrap();
+    assert_eq!(
+        store.claim(&u, k1, "o9", long).await.unwrap(),
+        Claim::Acquired
+    );
+    // A claim whose holder vanished is taken over once stale, and the old
+    // holder can no longer complete it.
     assert_eq!(
         nodes
             .b
             .idempotency
-            .claim(&u, "k1", Duration::ZERO)
+            .claim(&u, k1, "o10", Duration::ZERO)
             .await
             .unwrap(),
         Claim::Acquired
+    );
+    store
+        .complete(&u, k1, "o9", "old", 202, b"old")
+        .await
+        .unwrap();
+    store
+        .complete(&u, k1, "o10", "new", 202, b"new")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&u, k1, "o11", long).await.unwrap(),
+        Claim::Completed {
+            fingerprint: "new".into(),
+            status: 202,
+            body: b"new".to_vec(),
+        }
     );
 }
 
@@ -99,7 +137,12 @@ async fn concurrent_claims_acquire_once(nodes: Nodes) {
         let tenant = nodes.tenant.clone();
         tokio::spawn(async move {
             store
-                .claim(&tenant, "same", Duration::from_secs(300))
+                .claim(
+                    &tenant,
+                    "same",
+                    &format!("owner-{i}"),
+                    Duration::from_secs(300),
+                )
                 .await
                 .unwrap()
         })
