@@ -275,6 +275,9 @@ impl Settings {
         if roles.ingest {
             ingest.validate()?;
         }
+        if let Some(jwks) = &self.jwks {
+            crate::jwks::check(jwks)?;
+        }
         if roles.ingest || roles.query {
             StateTarget::parse(&self.state_url).map_err(|e| e.to_string())?;
             self.rate_limits.validate().map_err(|e| {

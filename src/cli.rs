@@ -357,7 +357,7 @@ pub struct ServeArgs {
     pub jwt_jwks: Option<String>,
     /// The claim that names the tenant (identity providers differ:
     /// `org_id`, `tid`, …).
-    #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = parse_tenant_claim)]
     pub jwt_tenant_claim: String,
     /// Each tenant's requests per second, to ingest and (apart) to reports
     /// and SQL, shared by every node on `--state redis://` (0: no limit).
@@ -448,11 +448,24 @@ pub struct TokenArgs {
     #[arg(long, env = "SPENDSTREAM_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
     /// The claim to write the tenant in (the servers' --jwt-tenant-claim).
-    #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    #[arg(long, env = "SPENDSTREAM_JWT_TENANT_CLAIM", default_value = "tenant", value_parser = parse_tenant_claim)]
     pub jwt_tenant_claim: String,
     /// Where `up` keeps its generated secret (when SPENDSTREAM_JWT_SECRET is unset).
     #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+}
+
+/// A claim name to read the tenant from: not empty, and not a claim the
+/// verifier reads for itself.
+fn parse_tenant_claim(name: &str) -> Result<String, String> {
+    const OWN: [&str; 8] = ["exp", "nbf", "iat", "aud", "iss", "jti", "sub", "roles"];
+    if name.is_empty() || OWN.contains(&name) {
+        return Err(format!(
+            "the tenant claim must be a claim of its own, not empty or one of {}",
+            OWN.join(", ")
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 /// A listen address, or `off`.

@@ -38,8 +38,30 @@ async fn read(source: &str) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Whether `source` may be read: a file, an `https://` URL, or plain
+/// `http://` to a loopback address only (anyone on the path of a plain
+/// fetch could publish keys and sign tokens for any tenant).
+pub fn check(source: &str) -> Result<(), String> {
+    let Some(rest) = source.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    if matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
+        Ok(())
+    } else {
+        Err(format!(
+            "--jwt-jwks {source}: fetch the JWKS over https:// (plain http only from a loopback address)"
+        ))
+    }
+}
+
 /// Reads and parses `source` once (at start-up: an error stops the start).
 pub async fn load(source: &str) -> anyhow::Result<(KeySet, Vec<u8>)> {
+    check(source).map_err(anyhow::Error::msg)?;
     let bytes = read(source)
         .await
         .with_context(|| format!("cannot read the JWKS (--jwt-jwks {source})"))?;
@@ -78,4 +100,26 @@ pub async fn follow(source: String, loaded: Vec<u8>, jwks: Jwks, stop: Cancellat
         apply: |bytes: &[u8]| KeySet::parse(bytes).map(|set| keys.replace(set)),
     };
     crate::reload::follow(doc, FILE_EVERY, due, stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_http_only_from_loopback() {
+        for ok in [
+            "/etc/spendstream/jwks.json",
+            "https://id.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            assert!(super::check(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://id.example.com/jwks",
+            "http://127.0.0.1.evil.example/jwks",
+        ] {
+            assert!(super::check(bad).is_err(), "{bad}");
+        }
+    }
 }

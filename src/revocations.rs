@@ -140,7 +140,7 @@ async fn revoke_answer(
     state
         .keys
         .revocations()
-        .insert(&revocation.tenant, &revocation.jti);
+        .insert(&revocation.tenant, &revocation.jti, revocation.expires_at);
     Ok((StatusCode::CREATED, Json(body(revocation))))
 }
 
@@ -189,8 +189,9 @@ pub async fn sync(
     store: &dyn RevocationStore,
     into: &Revocations,
 ) -> spendstream_state::Result<()> {
-    let revoked = store.revoked(Utc::now().timestamp()).await?;
-    into.replace(revoked.into_iter().map(|r| (r.tenant, r.jti)));
+    let now = Utc::now().timestamp();
+    let revoked = store.revoked(now).await?;
+    into.replace(revoked.into_iter().map(|r| (r.tenant, r.jti)), now);
     Ok(())
 }
 

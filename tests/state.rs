@@ -27,6 +27,11 @@ fn ingest_node(backend: &Backend, dir: &Path, state_url: &str) -> Settings {
     Settings {
         roles: Roles::INGEST,
         state_url: state_url.to_string(),
+        // All 50 requests of the test below may be in flight at once.
+        ingest: spendstream_ingest::IngestConfig {
+            max_concurrent_requests_per_tenant: 64,
+            ..settings.ingest.clone()
+        },
         ..settings
     }
 }

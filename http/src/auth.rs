@@ -164,37 +164,50 @@ pub enum AuthError {
 }
 
 /// Token ids revoked by admins, per tenant, as last read from the state
-/// store (every second: ADR 0011). Shared by every clone of the keys.
+/// store (every second: ADR 0011), plus those revoked through this node
+/// that a read has not returned yet. Shared by every clone of the keys.
 #[derive(Clone, Default)]
-pub struct Revocations(Arc<std::sync::RwLock<HashMap<String, HashSet<String>>>>);
+pub struct Revocations(Arc<std::sync::RwLock<RevokedSets>>);
+
+#[derive(Default)]
+struct RevokedSets {
+    read: HashMap<String, HashSet<String>>,
+    /// Revoked here, until a read has them (a read begun before the
+    /// revocation was written must not undo it): `(tenant, jti)` → until.
+    pending: HashMap<(String, String), i64>,
+}
 
 impl Revocations {
-    /// Replaces what is revoked with `revoked` (`(tenant, jti)` pairs).
-    pub fn replace(&self, revoked: impl IntoIterator<Item = (String, String)>) {
+    /// Replaces what was read from the store with `revoked` (`(tenant,
+    /// jti)` pairs) as of `now` (seconds since the epoch).
+    pub fn replace(&self, revoked: impl IntoIterator<Item = (String, String)>, now: i64) {
         let mut by_tenant: HashMap<String, HashSet<String>> = HashMap::new();
         for (tenant, jti) in revoked {
             by_tenant.entry(tenant).or_default().insert(jti);
         }
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = by_tenant;
+        let mut sets = self.0.write().unwrap_or_else(|e| e.into_inner());
+        sets.pending.retain(|(tenant, jti), until| {
+            *until > now && !by_tenant.get(tenant).is_some_and(|j| j.contains(jti))
+        });
+        sets.read = by_tenant;
     }
 
-    /// Adds one (until the next [`Revocations::replace`], which reads it
-    /// back from the store).
-    pub fn insert(&self, tenant: &str, jti: &str) {
+    /// Adds one revoked through this node, in force until `until` or until
+    /// a read returns it.
+    pub fn insert(&self, tenant: &str, jti: &str, until: i64) {
         self.0
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(tenant.to_owned())
-            .or_default()
-            .insert(jti.to_owned());
+            .pending
+            .insert((tenant.to_owned(), jti.to_owned()), until);
     }
 
     pub fn contains(&self, tenant: &str, jti: &str) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tenant)
-            .is_some_and(|jtis| jtis.contains(jti))
+        let sets = self.0.read().unwrap_or_else(|e| e.into_inner());
+        sets.read.get(tenant).is_some_and(|jtis| jtis.contains(jti))
+            || sets
+                .pending
+                .contains_key(&(tenant.to_owned(), jti.to_owned()))
     }
 }
 
@@ -898,13 +911,25 @@ mod tests {
         // Revoked through a clone: every clone of the keys shares the set.
         k.clone()
             .revocations()
-            .replace([("acme".to_string(), jti.clone())]);
+            .replace([("acme".to_string(), jti.clone())], NOW);
         assert_eq!(k.verify_at(&k.sign(&a), NOW), Err(AuthError::Revoked));
         assert_eq!(AuthError::Revoked.code(), "token_revoked");
         assert_eq!(k.verify_at(&k.sign(&b), NOW), Ok(b));
         // The same id under another tenant is another token.
         assert_eq!(k.verify_at(&k.sign(&other), NOW), Ok(other));
-        k.revocations().replace([]);
+        k.revocations().replace([], NOW);
+        assert_eq!(k.verify_at(&k.sign(&a), NOW), Ok(a.clone()));
+        // Revoked here: in force even after a read that began before the
+        // store had it, until a read returns it or it expires.
+        k.revocations().insert("acme", &jti, NOW + 60);
+        k.revocations().replace([], NOW);
+        assert_eq!(k.verify_at(&k.sign(&a), NOW), Err(AuthError::Revoked));
+        k.revocations()
+            .replace([("acme".to_string(), jti.clone())], NOW);
+        k.revocations().replace([], NOW);
+        assert_eq!(k.verify_at(&k.sign(&a), NOW), Ok(a.clone()));
+        k.revocations().insert("acme", &jti, NOW + 60);
+        k.revocations().replace([], NOW + 60);
         assert_eq!(k.verify_at(&k.sign(&a), NOW), Ok(a));
     }
 

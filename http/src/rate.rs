@@ -54,7 +54,12 @@ fn store_failed(e: &spendstream_state::Error) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if WARNED_AT.swap(now, Ordering::Relaxed) + 60 <= now {
+    let last = WARNED_AT.load(Ordering::Relaxed);
+    if last + 60 <= now
+        && WARNED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
         warn!(error = %Chain(e), "Rate limits cannot be checked; requests are let through meanwhile.");
     }
 }
@@ -70,7 +75,11 @@ impl RateLimits {
         api: Api,
         tenant: &str,
     ) -> Result<Option<Decision>, (ApiError, Decision)> {
-        let limits = self.policy.limits_for(tenant);
+        let mut limits = self.policy.limits_for(tenant);
+        if api == Api::Query {
+            // Records are counted on ingest only.
+            limits.records_per_sec = 0.0;
+        }
         if limits.is_unlimited() {
             return Ok(None);
         }

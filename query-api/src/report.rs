@@ -464,6 +464,8 @@ pub async fn spend(
     headers: HeaderMap,
     params: Result<Query<SpendParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // The role before the quota: a forbidden request uses up nothing.
+    auth.require(Role::Read)?;
     let rate = state.rate.clone();
     let tenant = auth.tenant().to_owned();
     let answer = async {
@@ -481,7 +483,6 @@ async fn spend_answer(
     headers: HeaderMap,
     params: Result<Query<SpendParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    auth.require(Role::Read)?;
     let Query(params) = params?;
     let request = Request::parse(params)?;
     let params = &request.params;

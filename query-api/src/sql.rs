@@ -145,6 +145,8 @@ pub async fn sql(
     headers: HeaderMap,
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    // The role before the quota: a forbidden request uses up nothing.
+    auth.require(Role::Read)?;
     let rate = state.rate.clone();
     let tenant = auth.tenant().to_owned();
     let answer = async {
@@ -162,7 +164,6 @@ async fn sql_answer(
     headers: HeaderMap,
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    auth.require(Role::Read)?;
     let Json(request) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     let limits = &state.sql_limits;
     let format = Format::negotiate(&headers)?;

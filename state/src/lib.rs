@@ -5,7 +5,7 @@
 //! | URL | Backend | For |
 //! |---|---|---|
 //! | `embedded://<dir>` | SQLite file `<dir>/state.sqlite3` | one machine (the default, under the data directory) |
-//! | `redis://[:password@]host:port[/db]` | Redis 6 or later | many ingest nodes behind a load balancer |
+//! | `redis://[:password@]host:port[/db]` | Redis 6 or later (no TLS: `rediss://` is refused) | many nodes behind a load balancer |
 //!
 //! A failure that a retry may fix (Redis unreachable or slow, SQLite busy)
 //! is [`Error::is_transient`]: the edge answers it with 503 and
@@ -202,7 +202,11 @@ impl StateTarget {
                 return Err(invalid("embedded:// needs a directory"));
             }
             Ok(Self::Embedded(dir.into()))
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        } else if url.starts_with("rediss://") {
+            Err(invalid(
+                "TLS to Redis is not built in: reach it over a private network, or through a TLS tunnel such as stunnel",
+            ))
+        } else if url.starts_with("redis://") {
             redis::Client::open(url).map_err(|e| invalid(&e.to_string()))?;
             Ok(Self::Redis(url.to_string()))
         } else {
@@ -264,7 +268,7 @@ mod tests {
             StateTarget::parse("redis://:pw@h:6379/2").unwrap(),
             StateTarget::Redis(_)
         ));
-        for bad in ["embedded://", "memcached://h", "h:6379"] {
+        for bad in ["embedded://", "memcached://h", "h:6379", "rediss://h:6379"] {
             let e = StateTarget::parse(bad).unwrap_err();
             assert!(!e.is_transient(), "{bad}");
             assert!(e.to_string().starts_with("--state "), "{e}");

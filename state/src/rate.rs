@@ -13,6 +13,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// The longest a rate-limit check may take before the request is let
+/// through without it: limits fail open, and a hung Redis must cost
+/// unkeyed requests next to nothing.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// One tenant's limits; a rate of 0 is no limit on that bucket.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +86,8 @@ pub struct Decision {
     pub admitted: bool,
     /// The binding quota's bucket size.
     pub limit: u64,
-    /// Whole tokens left in it after this request.
+    /// Whole tokens left in it after this request's admission (its records
+    /// are charged later, once counted).
     pub remaining: u64,
     /// Seconds until it is full again.
     pub reset_secs: u64,

@@ -119,9 +119,16 @@ impl RedisState {
 
 /// `op` bounded by [`OPERATION_TIMEOUT`].
 async fn bounded<T>(op: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
-    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+    bounded_by(OPERATION_TIMEOUT, op).await
+}
+
+async fn bounded_by<T>(
+    limit: Duration,
+    op: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, op).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(Error::Timeout(OPERATION_TIMEOUT)),
+        Err(_) => Err(Error::Timeout(limit)),
     }
 }
 
@@ -319,7 +326,8 @@ impl RedisState {
     ) -> Result<Vec<i64>> {
         let [requests_key, records_key] = rate_keys(tenant);
         let mut conn = self.conn.clone();
-        bounded(
+        bounded_by(
+            crate::rate::CHECK_TIMEOUT,
             RATE.key(requests_key)
                 .key(records_key)
                 .arg(limits.requests_per_sec)
@@ -337,6 +345,9 @@ impl RedisState {
 #[async_trait]
 impl RateLimiter for RedisState {
     async fn admit(&self, tenant: &str, limits: &Limits) -> Result<Decision> {
+        if limits.is_unlimited() {
+            return Ok(crate::rate::decide(limits, None, None));
+        }
         let reply = self.rate(tenant, limits, "admit", 0).await?;
         let [admitted, limit, remaining, reset, retry_after] = reply[..] else {
             return Err(Error::UnexpectedReply(format!("{reply:?}")));
