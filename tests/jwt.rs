@@ -67,12 +67,13 @@ async fn send(base: &str, token: &str) -> (StatusCode, Option<String>) {
 async fn provider_tokens_are_checked_with_distinct_codes_and_a_rotated_key_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
-    let (es, ed, rs) = (
+    let (es, ed, rs, spare) = (
         Signer::new("ES256", "es-2026-11"),
         Signer::new("EdDSA", "ed-2026-11"),
         Signer::new("RS256", "rs-2026-11"),
+        Signer::new("ES256", "es-2026-11-spare"),
     );
-    publish(&path, &[&es, &ed, &rs]);
+    publish(&path, &[&es, &ed, &rs, &spare]);
     let running = start(dir.path(), path.display().to_string()).await;
     let base = format!("http://{}", running.addr);
     for signer in [&es, &ed, &rs] {
@@ -110,9 +111,10 @@ async fn provider_tokens_are_checked_with_distinct_codes_and_a_rotated_key_is_ac
         ),
         (forged, "bad_signature"),
         (none, "unsupported_algorithm"),
+        // Signed by another key of the set than the kid names.
         (
-            Signer::new("ES256", "es-2026-11").token(&payload()),
-            "bad_signature",
+            spare.sign(json!({"alg": "ES256", "kid": "es-2026-11"}), &payload()),
+            "wrong_key",
         ),
         (
             Signer::new("ES256", "es-unknown").token(&payload()),
@@ -127,6 +129,8 @@ async fn provider_tokens_are_checked_with_distinct_codes_and_a_rotated_key_is_ac
             "{code}"
         );
     }
+    let codes: std::collections::BTreeSet<_> = cases.iter().map(|(_, code)| code).collect();
+    assert_eq!(codes.len(), cases.len(), "each refusal has its own code");
 
     // The provider rotates: a new key is published, the old one retired.
     let next = Signer::new("ES256", "es-2026-12");
@@ -135,7 +139,7 @@ async fn provider_tokens_are_checked_with_distinct_codes_and_a_rotated_key_is_ac
         send(&base, &rotated).await,
         (StatusCode::UNAUTHORIZED, Some("unknown_key".into()))
     );
-    publish(&path, &[&next, &ed, &rs]);
+    publish(&path, &[&next, &ed, &rs, &spare]);
     let mut deadline = Deadline::new(Duration::from_secs(10), Duration::from_millis(200));
     while send(&base, &rotated).await.0 != StatusCode::ACCEPTED {
         deadline.tick("the rotated key to be accepted").await;

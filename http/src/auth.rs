@@ -145,6 +145,8 @@ pub enum AuthError {
     Algorithm,
     #[error("the token's kid names no key of the identity provider's JWKS")]
     UnknownKey,
+    #[error("the token is signed by another key of the JWKS than the one its kid names")]
+    WrongKey,
     #[error("token requires an unsupported critical header extension")]
     Critical,
     #[error("bad token signature")]
@@ -406,26 +408,50 @@ impl JwtKeys {
         if header.crit {
             return Err(AuthError::Critical);
         }
-        let set;
-        let (key, algorithm) = if alg == Some("HS256") {
-            (&self.hs256.1, Algorithm::HS256)
-        } else {
-            // Asymmetric: only with a JWKS, and only with the key its kid
-            // names, for the algorithm that key is for.
-            set = self.jwks.current().ok_or(AuthError::Algorithm)?;
-            let Some((key_alg, key)) = header.kid.as_deref().and_then(|kid| set.keys.get(kid))
-            else {
-                self.jwks.note_unknown_kid();
-                return Err(AuthError::UnknownKey);
-            };
-            if alg != Some(alg_name(*key_alg)) {
-                return Err(AuthError::Algorithm);
+        // Asymmetric: only with a JWKS, and only with the key its kid
+        // names, for the algorithm that key is for.
+        let set = match alg {
+            Some("HS256") => None,
+            _ => Some(self.jwks.current().ok_or(AuthError::Algorithm)?),
+        };
+        let (key, algorithm) = match &set {
+            None => (&self.hs256.1, Algorithm::HS256),
+            Some(set) => {
+                let Some((key_alg, key)) = header.kid.as_deref().and_then(|kid| set.keys.get(kid))
+                else {
+                    self.jwks.note_unknown_kid();
+                    return Err(AuthError::UnknownKey);
+                };
+                if alg != Some(alg_name(*key_alg)) {
+                    return Err(AuthError::Algorithm);
+                }
+                (key, *key_alg)
             }
-            (key, *key_alg)
         };
         let signing_input = &token[..h.len() + 1 + p.len()];
-        match jsonwebtoken::crypto::verify(s, signing_input.as_bytes(), key, algorithm) {
+        let verifies = |key: &DecodingKey| {
+            jsonwebtoken::crypto::verify(s, signing_input.as_bytes(), key, algorithm)
+        };
+        match verifies(key) {
             Ok(true) => {}
+            Ok(false) if set.is_some() => {
+                // Signed by another key of the set than its kid names (an
+                // identity provider's misconfiguration), or by none of them
+                // (a forgery).
+                let other = set
+                    .iter()
+                    .flat_map(|set| set.keys.values())
+                    .any(|(alg, other)| {
+                        *alg == algorithm
+                            && !std::ptr::eq(other, key)
+                            && matches!(verifies(other), Ok(true))
+                    });
+                return Err(if other {
+                    AuthError::WrongKey
+                } else {
+                    AuthError::Signature
+                });
+            }
             Ok(false) => return Err(AuthError::Signature),
             Err(e) => {
                 return Err(match e.kind() {
@@ -632,6 +658,7 @@ impl AuthError {
             AuthError::Malformed => "malformed_token",
             AuthError::Algorithm => "unsupported_algorithm",
             AuthError::UnknownKey => "unknown_key",
+            AuthError::WrongKey => "wrong_key",
             AuthError::Critical => "unsupported_critical_header",
             AuthError::Signature => "bad_signature",
             AuthError::Expired => "token_expired",
@@ -956,6 +983,16 @@ mod tests {
         let impostor = Signer::new("ES256", "es-1");
         assert_eq!(
             k.verify_at(&impostor.token(&payload), NOW),
+            Err(AuthError::Signature)
+        );
+        // Another key of the set than the kid names: the provider's mistake,
+        // told apart from a forgery.
+        let sibling = Signer::new("ES256", "es-9");
+        let k2 = keys().with_jwks(set(&[&es, &sibling]));
+        let misnamed = sibling.sign(serde_json::json!({"alg": "ES256", "kid": "es-1"}), &payload);
+        assert_eq!(k2.verify_at(&misnamed, NOW), Err(AuthError::WrongKey));
+        assert_eq!(
+            k2.verify_at(&impostor.token(&payload), NOW),
             Err(AuthError::Signature)
         );
         // A kid the set lacks, or none, and the rotation hint it leaves.
