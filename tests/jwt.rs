@@ -209,3 +209,47 @@ async fn the_jwks_url_is_fetched_again_after_an_unknown_kid() {
     }
     running.shutdown().await.unwrap();
 }
+
+/// An identity provider's JWKS over HTTPS, its certificate trusted the way
+/// the system's roots are (`SSL_CERT_FILE`, in the real binary's
+/// environment): fetched and used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_is_fetched_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("idp.pem"), dir.path().join("idp-key.pem"));
+    common::self_signed(&cert, &key, "localhost");
+    let signer = Signer::new("ES256", "es-https");
+    let published = jwks(&[&signer]);
+    let provider = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let body = published.clone();
+            async move { body }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = spendstream_http::tls::Tls::load(&cert, &key, &[b"http/1.1"]).unwrap();
+    tokio::spawn(spendstream_http::serve(
+        listener,
+        provider,
+        spendstream_http::ServerLimits::default(),
+        Some(tls),
+        std::future::pending(),
+    ));
+    let args: Vec<String> = vec![
+        "ingest".into(),
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--jwt-jwks".into(),
+        format!("https://localhost:{port}/.well-known/jwks.json"),
+    ];
+    let (mut server, _) = common::spawn_with(&args, |cmd| {
+        cmd.env("SSL_CERT_FILE", &cert);
+    });
+    common::wait_healthy(&mut server).await;
+    assert_eq!(
+        send(&server.base, &signer.token(&payload())).await,
+        (StatusCode::ACCEPTED, None)
+    );
+}
