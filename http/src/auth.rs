@@ -498,7 +498,7 @@ impl JwtKeys {
     /// The payload as [`Claims`], the tenant read from the configured claim
     /// (a string of 1 to 64 of `A-Z a-z 0-9 _ . -`, or `Tenant`).
     fn claims_of(&self, payload: &str) -> Result<Claims, AuthError> {
-        let mut object: serde_json::Map<String, serde_json::Value> = decode_object(payload)?;
+        let UniqueObject(mut object) = decode_object(payload)?;
         let tenant = if *self.tenant_claim == *"tenant" {
             object.remove("tenant")
         } else {
@@ -511,6 +511,37 @@ impl JwtKeys {
         };
         object.insert("tenant".into(), tenant.into());
         Claims::deserialize(serde_json::Value::Object(object)).map_err(|_| AuthError::Malformed)
+    }
+}
+
+/// A JSON object whose keys are all different: a claim written twice
+/// (`{"tenant":"a","tenant":"b"}`) is refused, not read as the last one.
+struct UniqueObject(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if object.insert(key, value).is_some() {
+                        return Err(serde::de::Error::custom("a claim written twice"));
+                    }
+                }
+                Ok(UniqueObject(object))
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -1055,6 +1086,24 @@ mod tests {
             k.verify_at(&parts.join("."), NOW),
             Err(AuthError::Signature)
         );
+    }
+
+    #[test]
+    fn a_claim_written_twice_is_refused() {
+        let k = keys();
+        for payload in [
+            r#"{"tenant":"acme","tenant":"globex","exp":1000060}"#,
+            r#"{"tenant":"acme","exp":1000060,"exp":9999999999}"#,
+        ] {
+            let token = sign_raw(&k, HEADER_HS256, payload);
+            assert_eq!(
+                k.verify_at(&token, NOW),
+                Err(AuthError::Malformed),
+                "{payload}"
+            );
+        }
+        let once = sign_raw(&k, HEADER_HS256, r#"{"tenant":"acme","exp":1000060}"#);
+        assert!(k.verify_at(&once, NOW).is_ok());
     }
 
     #[test]
