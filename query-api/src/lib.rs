@@ -79,6 +79,38 @@ impl QueryState {
     }
 }
 
+/// A query route of `kind` (`report`, `sql`): the `read` role first (a
+/// forbidden request uses up no quota), then the tenant's quota around
+/// `answer`, which is timed.
+pub(crate) async fn query_route<F, Fut>(
+    state: axum::extract::State<QueryState>,
+    auth: spendstream_http::Auth,
+    kind: &'static str,
+    answer: F,
+) -> Result<axum::response::Response, spendstream_http::ApiError>
+where
+    F: FnOnce(axum::extract::State<QueryState>, spendstream_http::Auth) -> Fut,
+    Fut: std::future::Future<Output = Result<axum::response::Response, spendstream_http::ApiError>>,
+{
+    use axum::response::IntoResponse as _;
+    auth.require(spendstream_http::Role::Read)?;
+    let rate = state.rate.clone();
+    let tenant = auth.tenant().to_owned();
+    let timed = async {
+        let started = std::time::Instant::now();
+        let answer = answer(state, auth).await;
+        metrics::query_done("http", kind, answer.is_ok(), started);
+        answer.into_response()
+    };
+    Ok(spendstream_http::rate::limited(
+        rate.as_ref(),
+        spendstream_http::rate::Api::Query,
+        &tenant,
+        timed,
+    )
+    .await)
+}
+
 impl FromRef<QueryState> for JwtKeys {
     fn from_ref(state: &QueryState) -> Self {
         state.keys.clone()

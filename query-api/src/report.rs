@@ -29,8 +29,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
-use spendstream_http::rate::Api;
-use spendstream_http::{ApiError, Auth, ErrorBody, Role};
+use spendstream_http::{ApiError, Auth, ErrorBody};
 use spendstream_schemas::{Category, Currency, Status, format_minor};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -464,17 +463,10 @@ pub async fn spend(
     headers: HeaderMap,
     params: Result<Query<SpendParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    // The role before the quota: a forbidden request uses up nothing.
-    auth.require(Role::Read)?;
-    let rate = state.rate.clone();
-    let tenant = auth.tenant().to_owned();
-    let answer = async {
-        let started = std::time::Instant::now();
-        let answer = spend_answer(state, auth, headers, params).await;
-        crate::metrics::query_done("http", "report", answer.is_ok(), started);
-        answer.into_response()
-    };
-    Ok(spendstream_http::rate::limited(rate.as_ref(), Api::Query, &tenant, answer).await)
+    crate::query_route(state, auth, "report", |state, auth| {
+        spend_answer(state, auth, headers, params)
+    })
+    .await
 }
 
 async fn spend_answer(

@@ -37,8 +37,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use spendstream_http::rate::Api;
-use spendstream_http::{ApiError, Auth, ErrorBody, Role};
+use spendstream_http::{ApiError, Auth, ErrorBody};
 use spendstream_lake::Lake;
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,17 +144,10 @@ pub async fn sql(
     headers: HeaderMap,
     body: Result<Json<SqlRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    // The role before the quota: a forbidden request uses up nothing.
-    auth.require(Role::Read)?;
-    let rate = state.rate.clone();
-    let tenant = auth.tenant().to_owned();
-    let answer = async {
-        let started = std::time::Instant::now();
-        let answer = sql_answer(state, auth, headers, body).await;
-        crate::metrics::query_done("http", "sql", answer.is_ok(), started);
-        answer.into_response()
-    };
-    Ok(spendstream_http::rate::limited(rate.as_ref(), Api::Query, &tenant, answer).await)
+    crate::query_route(state, auth, "sql", |state, auth| {
+        sql_answer(state, auth, headers, body)
+    })
+    .await
 }
 
 async fn sql_answer(
