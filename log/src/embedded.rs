@@ -1,14 +1,16 @@
 //! The embedded log: one SQLite database in WAL mode with `synchronous=FULL`,
 //! so a committed append survives a process crash and a power cut. Partitions,
 //! consumer-group offsets and dead letters are tables (the shape of Redpanda
-//! Connect's sqlite buffer). The log's identity is made when it is created
+//! Connect's sqlite buffer); records are stored in segments, one row per
+//! append and partition (ADR 0013). The log's identity is made when it is created
 //! and kept in the `meta` table. One consumer per group at a time: a lock
 //! file per group keeps a second processor on the same directory out.
 
 use crate::dead_letter_table::DeadLetterTable;
+use crate::segment::{self, SegmentReader, SegmentWriter};
 use crate::{
-    Consumed, DeadLetter, DeadLetterStore, Error, LetterScope, Log, LogConsumer, LogProducer,
-    Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
+    Consumed, DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Log, LogConsumer,
+    LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -33,14 +35,15 @@ CREATE TABLE IF NOT EXISTS partitions (
     partition INTEGER PRIMARY KEY,
     next_offset INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS records (
+-- One row per append and partition (see the segment module): records
+-- base_offset .. base_offset + count - 1, appended at ts.
+CREATE TABLE IF NOT EXISTS segments (
     partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    key BLOB NOT NULL,
-    value BLOB NOT NULL,
-    headers TEXT,
+    base_offset INTEGER NOT NULL,
+    count INTEGER NOT NULL,
     ts INTEGER NOT NULL,
-    PRIMARY KEY (partition, offset)
+    data BLOB NOT NULL,
+    PRIMARY KEY (partition, base_offset)
 );
 CREATE TABLE IF NOT EXISTS group_offsets (
     group_name TEXT NOT NULL,
@@ -132,7 +135,14 @@ impl EmbeddedLog {
                 r.get(0)
             })?;
         tx.execute_batch(crate::dead_letter_table::SCHEMA)?;
+        let moved = migrate_record_rows(&tx)?;
         tx.commit()?;
+        if moved > 0 {
+            tracing::info!(
+                records = moved,
+                "Moved the embedded log's records from one row each into segments."
+            );
+        }
         let dead_letters = DeadLetterTable::new(connect(&path)?);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -178,47 +188,53 @@ impl EmbeddedLog {
     fn append_blocking(inner: &Inner, records: Vec<Record>) -> Result<Vec<Position>> {
         let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut next: Vec<Option<Offset>> = vec![None; inner.partitions as usize];
-        let mut positions = Vec::with_capacity(records.len());
+        // Each partition's records, in input order.
+        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); inner.partitions as usize];
+        for (i, record) in records.iter().enumerate() {
+            by_partition[partition_for(&record.key, inner.partitions) as usize].push(i);
+        }
+        let mut positions = vec![
+            Position {
+                partition: 0,
+                offset: 0
+            };
+            records.len()
+        ];
         let ts = now_ms();
         {
             let mut read_next =
                 tx.prepare_cached("SELECT next_offset FROM partitions WHERE partition = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (partition, offset, key, value, headers, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO segments (partition, base_offset, count, ts, data) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            // Records of one request share their headers: encode them once.
-            let mut encoded: Option<(crate::Headers, Option<String>)> = None;
-            for record in &records {
-                let partition = partition_for(&record.key, inner.partitions);
-                let slot = &mut next[partition as usize];
-                let offset = match *slot {
-                    Some(o) => o,
-                    None => read_next.query_row([partition], |r| r.get(0))?,
-                };
-                if !matches!(&encoded, Some((h, _)) if Arc::ptr_eq(h, &record.headers)) {
-                    let text =
-                        (!record.headers.is_empty()).then(|| encode_headers(&record.headers));
-                    encoded = Some((record.headers.clone(), text));
-                }
-                let headers = encoded.as_ref().and_then(|(_, text)| text.as_deref());
-                insert.execute(params![
-                    partition,
-                    offset,
-                    record.key,
-                    record.value,
-                    headers,
-                    ts
-                ])?;
-                *slot = Some(offset + 1);
-                positions.push(Position { partition, offset });
-            }
             let mut update =
                 tx.prepare_cached("UPDATE partitions SET next_offset = ?2 WHERE partition = ?1")?;
-            for (partition, next) in next.iter().enumerate() {
-                if let Some(next) = next {
-                    update.execute(params![partition as u32, next])?;
+            for (partition, indices) in by_partition.iter().enumerate() {
+                if indices.is_empty() {
+                    continue;
                 }
+                let partition = partition as Partition;
+                let mut next: Offset = read_next.query_row([partition], |r| r.get(0))?;
+                for chunk in indices.chunks(segment::MAX_RECORDS) {
+                    let mut writer = SegmentWriter::default();
+                    for (k, &i) in chunk.iter().enumerate() {
+                        let record = &records[i];
+                        writer.push(&record.key, &record.value, &record.headers);
+                        positions[i] = Position {
+                            partition,
+                            offset: next + k as Offset,
+                        };
+                    }
+                    insert.execute(params![
+                        partition,
+                        next,
+                        chunk.len() as i64,
+                        ts,
+                        writer.finish()
+                    ])?;
+                    next += chunk.len() as Offset;
+                }
+                update.execute(params![partition, next])?;
             }
         }
         tx.commit()?;
@@ -226,19 +242,72 @@ impl EmbeddedLog {
     }
 }
 
-fn encode_headers(headers: &[(String, String)]) -> String {
-    let mut out = String::new();
-    for (k, v) in headers {
-        // Header names and values are ours (ids, versions): no newlines or
-        // tabs, so a tab/newline framing is enough and cheap.
-        out.push_str(k);
-        out.push('\t');
-        out.push_str(v);
-        out.push('\n');
+/// Moves the records of a log written before segments (one row each in
+/// `records`) into segments, in the transaction that opens the log; once.
+/// Returns how many records moved.
+fn migrate_record_rows(tx: &rusqlite::Transaction<'_>) -> Result<u64> {
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
     }
-    out
+    let mut moved = 0u64;
+    {
+        let mut select = tx.prepare(
+            "SELECT partition, offset, key, value, headers, ts FROM records ORDER BY partition, offset",
+        )?;
+        let mut insert = tx.prepare(
+            "INSERT INTO segments (partition, base_offset, count, ts, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        // (partition, base offset, newest ts, writer) of the open segment.
+        let mut open: Option<(Partition, Offset, i64, SegmentWriter)> = None;
+        let mut flush = |open: &mut Option<(Partition, Offset, i64, SegmentWriter)>| -> Result<()> {
+            if let Some((partition, base, ts, writer)) = open.take() {
+                let count = writer.len() as i64;
+                insert.execute(params![partition, base, count, ts, writer.finish()])?;
+            }
+            Ok(())
+        };
+        let mut last_headers: Option<(Option<String>, Headers)> = None;
+        let mut rows = select.query([])?;
+        while let Some(row) = rows.next()? {
+            let partition: Partition = row.get(0)?;
+            let offset: Offset = row.get(1)?;
+            let key: Vec<u8> = row.get(2)?;
+            let value: Vec<u8> = row.get(3)?;
+            let text: Option<String> = row.get(4)?;
+            let ts: i64 = row.get(5)?;
+            // A segment holds consecutive offsets of one partition.
+            let continues = matches!(&open, Some((p, base, _, w))
+                if *p == partition && base + w.len() as Offset == offset && w.len() < segment::MAX_RECORDS);
+            if !continues {
+                flush(&mut open)?;
+                open = Some((partition, offset, ts, SegmentWriter::default()));
+            }
+            let headers = match &last_headers {
+                Some((t, h)) if *t == text => h.clone(),
+                _ => {
+                    let h: Headers = Arc::from(decode_headers(text.clone()));
+                    last_headers = Some((text, h.clone()));
+                    h
+                }
+            };
+            if let Some((_, _, newest, writer)) = open.as_mut() {
+                *newest = (*newest).max(ts);
+                writer.push(&key, &value, &headers);
+            }
+            moved += 1;
+        }
+        flush(&mut open)?;
+    }
+    tx.execute_batch("DROP TABLE records")?;
+    Ok(moved)
 }
 
+/// The headers of a record written before segments (tab/newline text).
 fn decode_headers(text: Option<String>) -> Vec<(String, String)> {
     text.map(|t| {
         t.lines()
@@ -403,13 +472,22 @@ impl Log for EmbeddedLog {
                      LEFT JOIN group_offsets o
                        ON o.group_name = g.group_name AND o.partition = ?1",
                 )?;
+                // Whole segments go, as Kafka deletes whole log segments: one
+                // with a record some group still needs stays.
+                let mut count = tx.prepare_cached(
+                    "SELECT COALESCE(SUM(count), 0) FROM segments
+                     WHERE partition = ?1 AND base_offset + count <= ?2 AND ts < ?3",
+                )?;
                 let mut delete = tx.prepare_cached(
-                    "DELETE FROM records WHERE partition = ?1 AND offset < ?2 AND ts < ?3",
+                    "DELETE FROM segments
+                     WHERE partition = ?1 AND base_offset + count <= ?2 AND ts < ?3",
                 )?;
                 for partition in 0..inner.partitions {
                     let min: Option<Offset> = floor.query_row([partition], |r| r.get(0))?;
                     if let Some(min) = min {
-                        deleted += delete.execute(params![partition, min, cutoff])? as u64;
+                        let args = params![partition, min, cutoff];
+                        deleted += count.query_row(args, |r| r.get::<_, i64>(0))? as u64;
+                        delete.execute(args)?;
                     }
                 }
             }
@@ -453,42 +531,88 @@ impl EmbeddedConsumer {
     ) -> Result<Vec<Consumed>> {
         let n = positions.len();
         let mut out = Vec::new();
+        // From the segment holding `from` (the newest starting at or before
+        // it) on; records before `from` are skipped while decoding.
         let mut stmt = conn.prepare_cached(
-            "SELECT offset, key, value, headers, ts FROM records
-             WHERE partition = ?1 AND offset >= ?2 ORDER BY offset LIMIT ?3",
+            "SELECT base_offset, count, ts, data FROM segments
+             WHERE partition = ?1 AND base_offset >= COALESCE(
+                 (SELECT MAX(base_offset) FROM segments WHERE partition = ?1 AND base_offset <= ?2),
+                 ?2)
+             ORDER BY base_offset",
         )?;
+        // Where each partition goes on: after the last record read (not
+        // counted, since offsets may have holes where retention deleted).
+        let mut next = positions.to_vec();
         // A fair share per partition first, then whatever room is left.
         let share = max.div_ceil(n).max(1);
         for round in 0..2 {
             for i in 0..n {
-                let partition = ((start + i) % n) as u32;
+                let partition = (start + i) % n;
                 let room = max - out.len();
                 if room == 0 {
                     return Ok(out);
                 }
-                let from = positions[partition as usize]
-                    + out
-                        .iter()
-                        .filter(|c: &&Consumed| c.partition == partition)
-                        .count() as Offset;
                 let limit = if round == 0 { room.min(share) } else { room };
-                let rows = stmt.query_map(params![partition, from, limit as i64], |r| {
-                    Ok(Consumed {
-                        partition,
-                        offset: r.get(0)?,
-                        key: r.get(1)?,
-                        value: r.get(2)?,
-                        headers: decode_headers(r.get(3)?),
-                        timestamp_ms: r.get(4)?,
-                    })
-                })?;
-                for row in rows {
-                    out.push(row?);
+                let before = out.len();
+                read_partition(
+                    &mut stmt,
+                    partition as Partition,
+                    next[partition],
+                    limit,
+                    &mut out,
+                )?;
+                if out.len() > before {
+                    next[partition] = out[out.len() - 1].offset + 1;
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// Appends to `out` at most `limit` records of `partition` from offset
+/// `from` on.
+fn read_partition(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    partition: Partition,
+    from: Offset,
+    limit: usize,
+    out: &mut Vec<Consumed>,
+) -> Result<()> {
+    let mut taken = 0;
+    let mut rows = stmt.query(params![partition, from])?;
+    while let Some(row) = rows.next()? {
+        let base: Offset = row.get(0)?;
+        let count: i64 = row.get(1)?;
+        let ts: i64 = row.get(2)?;
+        let data = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
+        let mut reader = SegmentReader::new(data)?;
+        if i64::from(reader.remaining()) != count {
+            return Err(Error::CorruptSegment(format!(
+                "partition {partition}, offset {base}: {} records stored, {count} listed",
+                reader.remaining()
+            )));
+        }
+        let mut offset = base;
+        while let Some(record) = reader.next_record()? {
+            if offset >= from {
+                out.push(Consumed {
+                    partition,
+                    offset,
+                    key: record.key.to_vec(),
+                    value: record.value.to_vec(),
+                    headers: record.headers.clone(),
+                    timestamp_ms: ts,
+                });
+                taken += 1;
+                if taken == limit {
+                    return Ok(());
+                }
+            }
+            offset += 1;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

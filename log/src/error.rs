@@ -30,6 +30,10 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
     #[error("partition {0} does not exist")]
     UnknownPartition(u32),
+    /// A stored segment of the embedded log cannot be read (the file was
+    /// damaged or written by something else).
+    #[error("an embedded log segment is damaged: {0}")]
+    CorruptSegment(String),
     #[error(
         "Kafka topic `{topic}` has {existing} but {requested} were configured; change the configuration or the topic"
     )]
@@ -81,6 +85,7 @@ impl Error {
             Error::Io(_) => "io",
             Error::Join(_) => "task_failed",
             Error::UnknownPartition(_) => "unknown_partition",
+            Error::CorruptSegment(_) => "corrupt",
             Error::TopicCreation { .. } => "topic_creation",
             Error::UnsafeKafkaOption { .. } | Error::InvalidOption { .. } => "configuration",
             Error::Kafka(_) => "kafka",
@@ -116,6 +121,7 @@ impl Error {
             | Error::ConsumerLocked { .. }
             | Error::Join(_)
             | Error::UnknownPartition(_)
+            | Error::CorruptSegment(_)
             | Error::TopicMismatch { .. }
             | Error::TopicCreation { .. }
             | Error::UnsafeKafkaOption { .. }

@@ -9,6 +9,7 @@ pub mod embedded;
 mod error;
 pub mod kafka;
 pub mod metrics;
+mod segment;
 mod target;
 
 pub use error::{Error, Result};
@@ -80,7 +81,8 @@ pub struct Consumed {
     pub offset: Offset,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub headers: Vec<(String, String)>,
+    /// Shared by the records of one append that carry the same headers.
+    pub headers: Headers,
     /// Append time, milliseconds since the epoch.
     pub timestamp_ms: i64,
 }

@@ -67,7 +67,7 @@ async fn same_key_same_partition_in_order(log: Arc<dyn Log>) {
         .collect();
     assert_eq!(values, ["v0", "v1", "v2", "v3", "v4"]);
     assert_eq!(
-        got[0].headers,
+        got[0].headers.to_vec(),
         vec![("batch_id".to_string(), "b1".to_string())]
     );
     // Offsets per partition are dense from 0.
@@ -286,10 +286,16 @@ per_backend!(
 async fn embedded_retention_keeps_what_any_group_still_needs() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), Some(1)).await.unwrap();
-    log.producer()
-        .append((0..10).map(|i| rec(&format!("k{i}"), "v")).collect())
-        .await
-        .unwrap();
+    // Five appends of two: five segments, offsets 0-1, 2-3, ... 8-9.
+    for i in 0..5 {
+        log.producer()
+            .append(vec![
+                rec(&format!("k{i}a"), "v"),
+                rec(&format!("k{i}b"), "v"),
+            ])
+            .await
+            .unwrap();
+    }
     // No group has committed anything: nothing may go.
     assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 0);
     let mut fast = log.consumer("fast").await.unwrap();
@@ -303,17 +309,159 @@ async fn embedded_retention_keeps_what_any_group_still_needs() {
             .unwrap(),
         0
     );
-    // Old enough: only below the slowest group's commit.
-    assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 3);
-    // The slow group's member restarts (one member per group at a time).
+    // Old enough: only whole segments below the slowest group's commit
+    // (0-1; 2-3 holds offset 3, which the slow group still needs).
+    assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 2);
+    // The slow group's member restarts (one member per group at a time)
+    // and reads from the middle of a segment.
     drop(slow);
     let mut again = log.consumer("slow").await.unwrap();
     let rest = drain(again.as_mut(), 7).await;
     assert_eq!(rest.first().map(|c| c.offset), Some(3));
     assert_eq!(rest.len(), 7);
+    again.commit(&[(0, 10)]).await.unwrap();
+    assert_eq!(log.enforce_retention(Duration::ZERO).await.unwrap(), 6);
     // Offsets keep counting after a trim.
     let next = log.producer().append(vec![rec("new", "v")]).await.unwrap();
     assert_eq!(next[0].offset, 10);
+}
+
+#[tokio::test]
+async fn embedded_reads_resume_inside_large_appends() {
+    // One append larger than a segment, read in polls that end mid-segment,
+    // with a restart in between: every record once, in order.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(1)).await.unwrap();
+    let n = 10_000;
+    let positions = log
+        .producer()
+        .append(
+            (0..n)
+                .map(|i| rec(&format!("k{i}"), &format!("v{i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(positions.last().unwrap().offset, n as i64 - 1);
+    let mut seen = Vec::new();
+    {
+        let mut consumer = log.consumer("g").await.unwrap();
+        while seen.len() < 4_321 {
+            let got = consumer
+                .poll(4_321 - seen.len(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(!got.is_empty());
+            seen.extend(got);
+        }
+        consumer.commit(&[(0, 4_321)]).await.unwrap();
+    }
+    let mut consumer = log.consumer("g").await.unwrap();
+    seen.extend(drain(consumer.as_mut(), n - 4_321).await);
+    let values: Vec<String> = seen
+        .iter()
+        .map(|c| String::from_utf8(c.value.clone()).unwrap())
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    assert_eq!(values, want);
+    assert!(seen.iter().enumerate().all(|(i, c)| c.offset == i as i64));
+    assert_eq!(
+        seen[9_999].headers.to_vec(),
+        vec![("batch_id".to_string(), "b1".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn embedded_log_of_an_older_release_is_moved_into_segments() {
+    // A log as releases before segments wrote it: one row per record, with
+    // a hole where retention deleted some.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
+        drop(log);
+        let conn = rusqlite::Connection::open(dir.path().join("log.sqlite3")).unwrap();
+        conn.execute_batch(
+            "DROP TABLE segments;
+             CREATE TABLE records (partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+                 key BLOB NOT NULL, value BLOB NOT NULL, headers TEXT, ts INTEGER NOT NULL,
+                 PRIMARY KEY (partition, offset));
+             UPDATE partitions SET next_offset = 6 WHERE partition = 0;
+             UPDATE partitions SET next_offset = 2 WHERE partition = 1;",
+        )
+        .unwrap();
+        let mut insert = conn
+            .prepare("INSERT INTO records VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .unwrap();
+        for (p, o, h) in [
+            (0, 1, Some("batch_id\told\ntenant\tt1\n")),
+            (0, 2, Some("batch_id\told\ntenant\tt1\n")),
+            (0, 4, None),
+            (0, 5, Some("batch_id\tother\n")),
+            (1, 0, None),
+            (1, 1, None),
+        ] {
+            insert
+                .execute(rusqlite::params![
+                    p,
+                    o,
+                    format!("k{p}{o}").into_bytes(),
+                    format!("v{p}{o}").into_bytes(),
+                    h,
+                    7
+                ])
+                .unwrap();
+        }
+    }
+    let log = EmbeddedLog::open(dir.path(), None).await.unwrap();
+    let mut consumer = log.consumer("g").await.unwrap();
+    let mut got: Vec<(u32, i64, String, Vec<(String, String)>)> = drain(consumer.as_mut(), 6)
+        .await
+        .into_iter()
+        .map(|c| {
+            (
+                c.partition,
+                c.offset,
+                String::from_utf8(c.value).unwrap(),
+                c.headers.to_vec(),
+            )
+        })
+        .collect();
+    got.sort();
+    let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let old = h(&[("batch_id", "old"), ("tenant", "t1")]);
+    assert_eq!(
+        got,
+        vec![
+            (0, 1, "v01".into(), old.clone()),
+            (0, 2, "v02".into(), old),
+            (0, 4, "v04".into(), vec![]),
+            (0, 5, "v05".into(), h(&[("batch_id", "other")])),
+            (1, 0, "v10".into(), vec![]),
+            (1, 1, "v11".into(), vec![]),
+        ]
+    );
+    // New appends go on from the old ends, and the old table is gone.
+    let next = log
+        .producer()
+        .append(vec![rec("k11", "new")])
+        .await
+        .unwrap();
+    assert!(next[0].offset == 6 || next[0].offset == 2, "{next:?}");
+    drop((consumer, log));
+    let conn = rusqlite::Connection::open(dir.path().join("log.sqlite3")).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'records'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
 }
 
 #[tokio::test]

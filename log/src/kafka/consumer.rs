@@ -138,7 +138,7 @@ impl KafkaConsumer {
 }
 
 fn consumed(m: &BorrowedMessage<'_>) -> Consumed {
-    let headers = super::message_headers(m);
+    let headers = super::message_headers(m).into();
     Consumed {
         partition: m.partition() as Partition,
         offset: m.offset(),
