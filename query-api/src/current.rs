@@ -16,7 +16,7 @@
 //! so SQL sessions read `expenses_latest` as the lake minus those (an
 //! anti-join with a small table) instead of deduping every version.
 //!
-//! Memory is bounded: past `max_rows` entries (an expense is about 130
+//! Memory is bounded: past `max_rows` entries (an expense is about 70
 //! bytes, a superseded version about 40; interned texts come on top) the
 //! state is dropped for good and reports fall back to the SQL path, with a
 //! warning. A refresh that fails leaves the state at no version until one
@@ -127,10 +127,11 @@ struct Row {
 struct Tenant {
     strings: Strings,
     rows: Vec<Row>,
-    /// Each expense's slot in `rows` and the version held there.
-    latest: HashMap<Arc<str>, (u32, i64)>,
+    /// Each expense's slot in `rows` and the version held there, by its
+    /// id as the 128 bits of its UUID (a quarter of the text's memory).
+    latest: HashMap<u128, (u32, i64)>,
     /// Every (expense, version) read that is not the expense's latest.
-    superseded: HashSet<(Arc<str>, i64)>,
+    superseded: HashSet<(u128, i64)>,
     /// `superseded` as a table, built at the first SQL session after a
     /// change.
     superseded_table: std::sync::Mutex<Option<RecordBatch>>,
@@ -162,17 +163,17 @@ impl Tenant {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| Error::Shape("version is not Int64".into()))?;
-        let keep: BooleanArray = (0..batch.num_rows())
+        let keep = (0..batch.num_rows())
             .map(|i| {
-                let (id, version) = (ids.value(i), versions.value(i));
-                Some(match self.latest.get_key_value(id) {
+                let (id, version) = (expense_key(ids.value(i))?, versions.value(i));
+                Ok(Some(match self.latest.get(&id) {
                     None => true,
-                    Some((_, &(_, held))) if held < version => true,
-                    Some((_, &(_, held))) if held == version => false,
-                    Some((key, _)) => !self.superseded.contains(&(key.clone(), version)),
-                })
+                    Some(&(_, held)) if held < version => true,
+                    Some(&(_, held)) if held == version => false,
+                    Some(_) => !self.superseded.contains(&(id, version)),
+                }))
             })
-            .collect();
+            .collect::<Result<BooleanArray>>()?;
         filter_record_batch(batch, &keep).map_err(|e| Error::DataFusion(e.into()))
     }
 
@@ -208,13 +209,13 @@ impl Tenant {
         let (amounts, currencies, categories) = (int(4)?, text(5)?, text(6)?);
         let (accounts, employees, normalized, names) = (text(7)?, text(8)?, text(9)?, text(10)?);
         for i in 0..batch.num_rows() {
-            let id = ids.value(i);
+            let id = expense_key(ids.value(i))?;
             let version = versions.value(i);
-            let held = self.latest.get_key_value(id).map(|(k, v)| (k.clone(), *v));
-            match &held {
-                Some((_, (_, v))) if *v == version => continue,
-                Some((key, (_, v))) if *v > version => {
-                    self.superseded.insert((key.clone(), version));
+            let held = self.latest.get(&id).copied();
+            match held {
+                Some((_, v)) if v == version => continue,
+                Some((_, v)) if v > version => {
+                    self.superseded.insert((id, version));
                     continue;
                 }
                 _ => {}
@@ -237,16 +238,16 @@ impl Tenant {
                     .unwrap_or(UNKNOWN_STATUS),
             };
             match held {
-                Some((key, (slot, older))) => {
+                Some((slot, older)) => {
                     self.rows[slot as usize] = row;
-                    self.latest.insert(key.clone(), (slot, version));
-                    self.superseded.insert((key, older));
+                    self.latest.insert(id, (slot, version));
+                    self.superseded.insert((id, older));
                 }
                 None => {
                     let slot = u32::try_from(self.rows.len())
                         .map_err(|_| Error::Shape("more than 2^32 expenses".into()))?;
                     self.rows.push(row);
-                    self.latest.insert(id.into(), (slot, version));
+                    self.latest.insert(id, (slot, version));
                 }
             }
         }
@@ -572,9 +573,28 @@ impl CurrentState {
     }
 }
 
+/// An `expense_id` as its UUID's 128 bits. Every id the processors write
+/// is a UUID in its lowercase hyphenated form (`expense_id` in the
+/// schemas crate); anything else is refused rather than read as another
+/// id, since [`superseded_batch`] writes the ids back as that text.
+fn expense_key(text: &str) -> Result<u128> {
+    uuid::Uuid::try_parse(text)
+        .ok()
+        .filter(|id| {
+            id.hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                == text
+        })
+        .map(|id| id.as_u128())
+        .ok_or_else(|| Error::Shape(format!("expense_id `{text}` is not a lowercase UUID")))
+}
+
 /// `pairs` as a table (`expense_id`, `version`).
-fn superseded_batch<'a>(pairs: impl Iterator<Item = &'a (Arc<str>, i64)> + Clone) -> RecordBatch {
-    let ids: StringArray = pairs.clone().map(|(id, _)| Some(&**id)).collect();
+fn superseded_batch<'a>(pairs: impl Iterator<Item = &'a (u128, i64)> + Clone) -> RecordBatch {
+    let ids: StringArray = pairs
+        .clone()
+        .map(|(id, _)| Some(uuid::Uuid::from_u128(*id).to_string()))
+        .collect();
     let versions: Int64Array = pairs.map(|(_, v)| *v).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("expense_id", DataType::Utf8, false),
@@ -684,4 +704,32 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
             SpendRow::new(group, currency, count, minor)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expense_ids_are_held_as_uuids_and_written_back_the_same() {
+        let id = spendstream_schemas::expense_id("t1", "visa", "123").to_string();
+        let key = expense_key(&id).unwrap();
+        let batch = superseded_batch([(key, 7)].iter());
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(ids.value(0), id);
+        // Another spelling of the same UUID would not match the lake's text
+        // in the SQL anti-join: refused, as is anything not a UUID.
+        for bad in [
+            id.to_uppercase(),
+            id.replace('-', ""),
+            "x".into(),
+            String::new(),
+        ] {
+            assert!(expense_key(&bad).is_err(), "{bad}");
+        }
+    }
 }
