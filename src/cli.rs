@@ -223,7 +223,7 @@ pub struct ServeArgs {
     /// Milliseconds the query API may serve the lake state it loaded before
     /// looking for new commits (one LIST of the log per period, not per
     /// request).
-    #[arg(long, env = "SPENDSTREAM_LAKE_REFRESH_MS", default_value_t = 1000)]
+    #[arg(long, env = "SPENDSTREAM_LAKE_REFRESH_MS", default_value_t = 250)]
     pub lake_refresh_ms: u64,
     /// Commits between two checkpoints of a lake table this process creates.
     #[arg(
@@ -278,7 +278,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SPENDSTREAM_BATCH_MAX_RECORDS", default_value_t = 50_000)]
     pub batch_max_records: usize,
     /// Longest a processor batch stays open, in milliseconds.
-    #[arg(long, env = "SPENDSTREAM_BATCH_MAX_WAIT_MS", default_value_t = 1_000)]
+    #[arg(long, env = "SPENDSTREAM_BATCH_MAX_WAIT_MS", default_value_t = 250)]
     pub batch_max_wait_ms: u64,
     /// Largest request body on the wire, in bytes.
     #[arg(long, env = "SPENDSTREAM_MAX_BODY_BYTES", default_value_t = 256 << 20)]

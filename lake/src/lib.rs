@@ -84,7 +84,7 @@ impl Default for LakeOptions {
     fn default() -> Self {
         Self {
             storage: BTreeMap::new(),
-            read_refresh: Duration::from_secs(1),
+            read_refresh: Duration::from_millis(250),
             checkpoint_interval: 100,
         }
     }

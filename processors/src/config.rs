@@ -39,7 +39,7 @@ impl Default for ProcessorConfig {
         Self {
             group: "spendstream-processors".into(),
             max_batch_records: 50_000,
-            max_batch_wait: Duration::from_secs(1),
+            max_batch_wait: Duration::from_millis(250),
         }
     }
 }
