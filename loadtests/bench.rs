@@ -18,7 +18,13 @@
 //! from the same run: ClickHouse's own `INSERT … FORMAT JSONEachRow` of the
 //! same bodies into a plain MergeTree (with `SPENDSTREAM_BENCH_CLICKHOUSE`)
 //! and DuckDB on the same Parquet files (with `SPENDSTREAM_BENCH_PYTHON`, a
-//! Python with `duckdb`). `--write` puts the table into docs/benchmarks.md.
+//! Python with `duckdb`). Then the edge again on Kafka (librdkafka's mock
+//! cluster, in this process), and last `spendstream up` alone, as one
+//! machine runs it: a load of `--up-records` (2,000,000) at full speed and a
+//! report mix, with the process's peak RSS throughout. Before that, the
+//! processors beside the edge: 20 s at 80% of the edge's rate, their lag
+//! sampled every second. `--write` puts
+//! the table into docs/benchmarks.md.
 
 #[path = "common.rs"]
 mod common;
@@ -26,6 +32,7 @@ mod common;
 use common::{line, percentile};
 use serde_json::{Value, json};
 use spendstream_http::Role;
+use spendstream_log::kafka::testing::TestKafka;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -38,6 +45,8 @@ const BATCH: usize = 5_000;
 const FRESH_RATE: usize = 20_000;
 const FRESH_SECONDS: u64 = 15;
 const OVERLOAD_SECONDS: u64 = 10;
+const STEADY_SECONDS: u64 = 20;
+const UP_RECORDS: usize = 2_000_000;
 
 /// One role of the release binary; killed when dropped.
 struct Server {
@@ -230,6 +239,90 @@ fn duckdb_reference(python: &str, lake: &std::path::Path, repeats: usize) -> any
     Ok(percentile(&ms, 0.5))
 }
 
+/// Offers `rate` records/s to `url` for [`STEADY_SECONDS`] (open loop, in
+/// `BATCH`-record requests of new expenses from `from` on) and samples the
+/// processors' lag (records acknowledged but not yet in the lake) every
+/// second; then how long the rest took to drain.
+async fn steady_load(
+    server: &Server,
+    url: &str,
+    token: &str,
+    from: usize,
+    rate: f64,
+) -> anyhow::Result<String> {
+    let series = "spendstream_processor_records_total{outcome=\"written\"}";
+    let written_before = server.metric(series).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::new();
+    let every = Duration::from_secs_f64(BATCH as f64 / rate);
+    let mut tick = tokio::time::interval(every);
+    let started = Instant::now();
+    let mut next = from;
+    let mut requests = Vec::new();
+    let mut samples = Vec::new();
+    let mut next_sample = Duration::from_secs(1);
+    while started.elapsed() < Duration::from_secs(STEADY_SECONDS) {
+        tokio::select! {
+            _ = tick.tick() => {
+                let body: String = (next..next + BATCH).map(|i| line(i) + "\n").collect();
+                next += BATCH;
+                let (client, url, token) = (client.clone(), url.to_string(), token.to_string());
+                let (acked, failed) = (acked.clone(), failed.clone());
+                requests.push(tokio::spawn(async move {
+                    let answer = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status() == 202 => {
+                            let v: Value = r.json().await.unwrap_or_default();
+                            acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            _ = tokio::time::sleep_until((started + next_sample).into()) => {
+                let written = server.metric(series).await - written_before;
+                samples.push(acked.load(Ordering::Relaxed) as f64 - written);
+                next_sample += Duration::from_secs(1);
+            }
+        }
+    }
+    for r in requests {
+        r.await?;
+    }
+    let sent = acked.load(Ordering::Relaxed) as f64;
+    let drain = Instant::now();
+    common::wait_for_count(
+        || async { server.metric(series).await - written_before },
+        sent,
+    )
+    .await?;
+    let half = samples.len() / 2;
+    let max = |s: &[f64]| s.iter().copied().fold(0.0, f64::max);
+    let (first, second) = samples.split_at(half);
+    Ok(format!(
+        "{sent:.0} records acknowledged ({} requests failed); lag each second {:?}; max lag {:.0} in the first half, {:.0} in the second ({}); the rest drained in {:.1} s",
+        failed.load(Ordering::Relaxed),
+        samples.iter().map(|s| *s as i64).collect::<Vec<_>>(),
+        max(first),
+        max(second),
+        if max(second) <= max(first) * 1.5 + BATCH as f64 * 2.0 {
+            "not growing"
+        } else {
+            "GROWING"
+        },
+        drain.elapsed().as_secs_f64()
+    ))
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -259,10 +352,18 @@ fn machine() -> String {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let write = args.iter().any(|a| a == "--write");
+    let up_records: usize = match args.iter().position(|a| a == "--up-records") {
+        Some(i) => args
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--up-records needs a number"))?
+            .parse()?,
+        None => UP_RECORDS,
+    };
     let records: usize = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .map_or(Ok(400_000), |a| a.parse())?;
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--up-records"))
+        .map_or(Ok(400_000), |(_, a)| a.parse())?;
     let binary = std::env::current_exe()?
         .parent()
         .and_then(|examples| examples.parent())
@@ -273,7 +374,6 @@ async fn main() -> anyhow::Result<()> {
         })?;
     let dir = tempfile::tempdir()?;
     let ingest = Server::start(&binary, "ingest", dir.path(), &[])?;
-    let process = Server::start(&binary, "process", dir.path(), &[])?;
     // No report cache: every report below is computed, as the first one
     // after a change is.
     let query = Server::start(&binary, "query", dir.path(), &["--report-cache-rows", "0"])?;
@@ -281,7 +381,12 @@ async fn main() -> anyhow::Result<()> {
     let token = common::token()?;
     let client = reqwest::Client::new();
     let mut rows: Vec<(String, String)> = Vec::new();
-    let mut row = |what: &str, value: String| rows.push((what.to_string(), value));
+    // Each row is printed as it is measured: a run that fails later still
+    // shows what it measured.
+    let mut row = |what: &str, value: String| {
+        eprintln!("bench: {what}: {value}");
+        rows.push((what.to_string(), value));
+    };
 
     // 1. Ingest at full speed, then the processors.
     let load = common::bodies(0, records, BATCH);
@@ -289,6 +394,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let accepted = common::post_bodies(&url, &token, load.clone(), CLIENTS).await?;
     let edge_s = started.elapsed().as_secs_f64();
+    // The processors start after the load, so the edge has the machine to
+    // itself, as ClickHouse has below; they run beside it in 5. and 7.
+    let started = Instant::now();
+    let process = Server::start(&binary, "process", dir.path(), &[])?;
     wait_written(&process, records as f64).await?;
     let processed_s = started.elapsed().as_secs_f64();
     anyhow::ensure!(
@@ -297,7 +406,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let edge_rate = records as f64 / edge_s;
     row(
-        "Ingest to durable 202 (embedded log)",
+        "Ingest to durable 202 (embedded log, processors not running)",
         format!(
             "{:.0} records/s, {:.1} MiB/s ({records} records, {CLIENTS} clients, {BATCH}-record NDJSON requests)",
             edge_rate,
@@ -330,7 +439,7 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     row(
-        "Processors, log → lake (from the first request)",
+        "Processors alone, log → lake (from their start, the whole load waiting)",
         format!("{:.0} records/s", records as f64 / processed_s),
     );
 
@@ -570,8 +679,119 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
 
+    // 5. Processors beside the edge: 80% of the edge's solo rate, new
+    // expenses of a tenant of their own, lag sampled every second.
+    let steady_token = common::token_for("steady", Role::Ingest)?;
+    let steady = steady_load(&process, &url, &steady_token, 0, edge_rate * 0.8).await?;
+    row(
+        &format!(
+            "Processors beside the edge: {STEADY_SECONDS} s at 80% of the edge's rate ({:.0} records/s offered)",
+            edge_rate * 0.8
+        ),
+        steady,
+    );
+    drop((ingest, process, query));
+
+    // 6. The edge on Kafka: the same bodies, librdkafka's mock cluster (3
+    // brokers in this process; acks=all, idempotence, zstd).
+    let kafka = TestKafka::start_mock(8)?;
+    let kafka_dir = tempfile::tempdir()?;
+    let kafka_ingest = Server::start(
+        &binary,
+        "ingest",
+        kafka_dir.path(),
+        &["--log", &kafka.url()],
+    )?;
+    let load = common::bodies(0, records, BATCH);
+    let started = Instant::now();
+    let accepted = common::post_bodies(
+        &format!("{}/v1/expenses", kafka_ingest.base),
+        &token,
+        load,
+        CLIENTS,
+    )
+    .await?;
+    let kafka_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        accepted == records as u64,
+        "Kafka: {accepted} of {records} accepted"
+    );
+    row(
+        "Ingest to durable 202 (Kafka, librdkafka's mock cluster)",
+        format!(
+            "{:.0} records/s, {:.1} MiB/s{}",
+            records as f64 / kafka_s,
+            load_bytes as f64 / kafka_s / (1 << 20) as f64,
+            clickhouse.map_or(String::new(), |(rate, _)| format!(
+                "; {:.2}× ClickHouse's insert",
+                records as f64 / kafka_s / rate
+            ))
+        ),
+    );
+    drop(kafka_ingest);
+    drop(kafka);
+
+    // 7. `spendstream up`, one process as one machine runs it.
+    let up_dir = tempfile::tempdir()?;
+    // SPENDSTREAM_BENCH_UP_ARGS: flags for `up` (whitespace-separated), to
+    // try settings.
+    let up_args = std::env::var("SPENDSTREAM_BENCH_UP_ARGS").unwrap_or_default();
+    let up_args: Vec<&str> = up_args.split_whitespace().collect();
+    let up = Server::start(&binary, "up", up_dir.path(), &up_args)?;
+    let up_url = format!("{}/v1/expenses", up.base);
+    let load = common::bodies(0, up_records, BATCH);
+    let started = Instant::now();
+    let accepted = common::post_bodies(&up_url, &token, load, CLIENTS).await?;
+    let up_edge_s = started.elapsed().as_secs_f64();
+    wait_written(&up, up_records as f64).await?;
+    let up_processed_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        accepted == up_records as u64,
+        "up: {accepted} of {up_records} accepted"
+    );
+    let up_edge_rate = up_records as f64 / up_edge_s;
+    row(
+        &format!("`up` (one process): {up_records} records at full speed"),
+        format!(
+            "edge {up_edge_rate:.0} records/s; all in the lake after {up_processed_s:.1} s ({:.0} records/s)",
+            up_records as f64 / up_processed_s
+        ),
+    );
+    let mut report_ms = Vec::new();
+    for _ in 0..25 {
+        for group in ["category", "merchant", "month", "currency", "employee"] {
+            let t = Instant::now();
+            let r = client
+                .get(format!("{}/v1/reports/spend?group_by={group}", up.base))
+                .bearer_auth(&read)
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 200, "report: {}", r.status());
+            r.bytes().await?;
+            report_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let r = client
+            .post(format!("{}/v1/sql", up.base))
+            .bearer_auth(&read)
+            .json(&json!({"sql": "SELECT currency, count(*), sum(amount_minor) FROM expenses_latest GROUP BY 1"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "sql: {}", r.status());
+        r.bytes().await?;
+    }
+    row(
+        "`up`: report mix (5 groupings and one SQL query, × 25)",
+        format!(
+            "reports p50 {:.1} ms, p95 {:.1} ms; peak RSS of the process through all of `up`'s steps {:.0} MiB (goal < 512)",
+            percentile(&report_ms, 0.5),
+            percentile(&report_ms, 0.95),
+            up.peak_rss_mib()
+        ),
+    );
+    drop(up);
+
     let mut table = format!(
-        "Machine: {}. Release build, three processes (`ingest`, `process`, `query`) on one data directory (embedded log, local lake). Run: `cargo run --release --example bench -- {records}`.\n\n| What | Measured |\n| --- | --- |\n",
+        "Machine: {}. Release build, three processes (`ingest`, `process`, `query`) on one data directory (embedded log, local lake), then `ingest` on Kafka, then `up` alone. Run: `cargo run --release --example bench -- {records}`.\n\n| What | Measured |\n| --- | --- |\n",
         machine()
     );
     for (what, value) in &rows {
