@@ -7,7 +7,7 @@
 //! file per group keeps a second processor on the same directory out.
 
 use crate::dead_letter_table::DeadLetterTable;
-use crate::segment::{self, SegmentReader, SegmentWriter};
+use crate::segment::{SegmentReader, SegmentWriter};
 use crate::{
     Consumed, DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Log, LogConsumer,
     LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
@@ -215,25 +215,35 @@ impl EmbeddedLog {
                 }
                 let partition = partition as Partition;
                 let mut next: Offset = read_next.query_row([partition], |r| r.get(0))?;
-                for chunk in indices.chunks(segment::MAX_RECORDS) {
-                    let mut writer = SegmentWriter::default();
-                    for (k, &i) in chunk.iter().enumerate() {
-                        let record = &records[i];
-                        writer.push(&record.key, &record.value, &record.headers);
-                        positions[i] = Position {
+                let mut writer = SegmentWriter::default();
+                let mut base = next;
+                for &i in indices {
+                    let record = &records[i];
+                    if !writer.fits(&record.key, &record.value) {
+                        let full = std::mem::take(&mut writer);
+                        insert.execute(params![
                             partition,
-                            offset: next + k as Offset,
-                        };
+                            base,
+                            full.len() as i64,
+                            ts,
+                            full.finish()
+                        ])?;
+                        base = next;
                     }
-                    insert.execute(params![
+                    writer.push(&record.key, &record.value, &record.headers);
+                    positions[i] = Position {
                         partition,
-                        next,
-                        chunk.len() as i64,
-                        ts,
-                        writer.finish()
-                    ])?;
-                    next += chunk.len() as Offset;
+                        offset: next,
+                    };
+                    next += 1;
                 }
+                insert.execute(params![
+                    partition,
+                    base,
+                    writer.len() as i64,
+                    ts,
+                    writer.finish()
+                ])?;
                 update.execute(params![partition, next])?;
             }
         }
@@ -282,7 +292,7 @@ fn migrate_record_rows(tx: &rusqlite::Transaction<'_>) -> Result<u64> {
             let ts: i64 = row.get(5)?;
             // A segment holds consecutive offsets of one partition.
             let continues = matches!(&open, Some((p, base, _, w))
-                if *p == partition && base + w.len() as Offset == offset && w.len() < segment::MAX_RECORDS);
+                if *p == partition && base + w.len() as Offset == offset && w.fits(&key, &value));
             if !continues {
                 flush(&mut open)?;
                 open = Some((partition, offset, ts, SegmentWriter::default()));

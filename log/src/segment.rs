@@ -25,6 +25,10 @@ const VERSION: u8 = 1;
 /// that to be cheap.
 pub const MAX_RECORDS: usize = 4096;
 
+/// Most bytes of records in one segment (each record may be up to the
+/// edge's 1 MiB): far below SQLite's 1 GB value limit, and a read from the
+/// middle of a segment loads at most this much.
+pub const MAX_BYTES: usize = 32 << 20;
 /// Builds one segment.
 #[derive(Default)]
 pub struct SegmentWriter {
@@ -57,6 +61,14 @@ impl SegmentWriter {
 
     pub fn len(&self) -> usize {
         self.count as usize
+    }
+
+    /// Whether a record of `key` and `value` still fits (a first record
+    /// always does).
+    pub fn fits(&self, key: &[u8], value: &[u8]) -> bool {
+        self.count == 0
+            || (self.len() < MAX_RECORDS
+                && self.records.len() + 12 + key.len() + value.len() <= MAX_BYTES)
     }
 
     /// The encoded segment.

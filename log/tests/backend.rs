@@ -372,6 +372,41 @@ async fn embedded_reads_resume_inside_large_appends() {
 }
 
 #[tokio::test]
+async fn embedded_segments_stay_under_their_byte_limit() {
+    // 40 records of 1 MiB (the edge's largest) in one append and one
+    // partition: more than one segment's 32 MiB, so two segments.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(1)).await.unwrap();
+    let big = "x".repeat(1 << 20);
+    let positions = log
+        .producer()
+        .append((0..40).map(|i| rec(&format!("k{i}"), &big)).collect())
+        .await
+        .unwrap();
+    let offsets: Vec<i64> = positions.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, (0..40).collect::<Vec<i64>>());
+    let (segments, largest): (i64, i64) =
+        rusqlite::Connection::open(dir.path().join("log.sqlite3"))
+            .unwrap()
+            .query_row(
+                "SELECT count(*), max(length(data)) FROM segments",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+    assert_eq!(segments, 2);
+    assert!(largest <= 32 << 20, "{largest}");
+    let mut consumer = log.consumer("g").await.unwrap();
+    let got = drain(consumer.as_mut(), 40).await;
+    assert_eq!(got.len(), 40);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, c)| c.offset == i as i64 && c.value.len() == 1 << 20)
+    );
+}
+
+#[tokio::test]
 async fn embedded_log_of_an_older_release_is_moved_into_segments() {
     // A log as releases before segments wrote it: one row per record, with
     // a hole where retention deleted some.
