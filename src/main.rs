@@ -11,8 +11,46 @@ use spendstream_processors::ProcessorConfig;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(async_main()),
+        Err(error) => {
+            eprintln!("spendstream: starting the async runtime failed: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Caps glibc's malloc at two arenas. By default it makes up to 8 per core
+/// and keeps freed memory in each: `up` through a 2M-record load peaked at
+/// 1,295 MiB with the default and 617 MiB with two, at the same records/s
+/// (docs/benchmarks.md, issue 13). glibc reads `MALLOC_ARENA_MAX` only at
+/// start (and `mallopt` would need `unsafe`, which the workspace forbids),
+/// so the process runs itself again with it set, before anything else
+/// happens; same PID, arguments and descriptors. An operator's own
+/// `MALLOC_ARENA_MAX` wins, and when the re-run fails this one goes on
+/// with glibc's default.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let mut again = std::process::Command::new(exe);
+        if let Some(name) = args.next() {
+            again.arg0(name);
+        }
+        // Returns only when it failed.
+        let _ = again.args(args).env("MALLOC_ARENA_MAX", "2").exec();
+    }
+}
+
+async fn async_main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let service = match &cli.command {
         Command::Ingest(_) => "spendstream-ingest",

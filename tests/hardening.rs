@@ -849,3 +849,36 @@ async fn https_with_a_certificate_renewed_on_disk_without_a_restart() {
         poll.tick("the renewed certificate to be served").await;
     }
 }
+
+/// The binary runs with glibc's malloc capped at two arenas (issue 13:
+/// half the peak RSS of `up` under load), unless the operator set their
+/// own cap.
+#[test]
+fn the_binary_caps_malloc_arenas_unless_the_operator_set_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec![
+        "up".to_string(),
+        "--data-dir".to_string(),
+        dir.path().display().to_string(),
+    ];
+    let cap_of = |server: &common::Server| -> Vec<String> {
+        let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+        environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter(|v| v.starts_with("MALLOC_ARENA_MAX="))
+            .map(str::to_string)
+            .collect()
+    };
+    let server = common::spawn_with(&args, |cmd| {
+        cmd.env_remove("MALLOC_ARENA_MAX");
+    })
+    .0;
+    assert_eq!(cap_of(&server), ["MALLOC_ARENA_MAX=2"]);
+    drop(server);
+    let server = common::spawn_with(&args, |cmd| {
+        cmd.env("MALLOC_ARENA_MAX", "4");
+    })
+    .0;
+    assert_eq!(cap_of(&server), ["MALLOC_ARENA_MAX=4"]);
+}
