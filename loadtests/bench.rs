@@ -241,8 +241,9 @@ fn duckdb_reference(python: &str, lake: &std::path::Path, repeats: usize) -> any
 
 /// Offers `rate` records/s to `url` for [`STEADY_SECONDS`] (open loop, in
 /// `BATCH`-record requests of new expenses from `from` on) and samples the
-/// processors' lag (records acknowledged but not yet in the lake) every
-/// second; then how long the rest took to drain.
+/// processors' lag (records acknowledged but not yet in the lake; a lower
+/// bound, since records of requests still in flight may already be
+/// written) every second; then how long the rest took to drain.
 async fn steady_load(
     server: &Server,
     url: &str,
@@ -352,6 +353,12 @@ fn machine() -> String {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let write = args.iter().any(|a| a == "--write");
+    if let Some(unknown) = args
+        .iter()
+        .find(|a| a.starts_with("--") && !matches!(a.as_str(), "--write" | "--up-records"))
+    {
+        anyhow::bail!("unknown argument {unknown}: [records] [--up-records N] [--write]");
+    }
     let up_records: usize = match args.iter().position(|a| a == "--up-records") {
         Some(i) => args
             .get(i + 1)
@@ -791,7 +798,7 @@ async fn main() -> anyhow::Result<()> {
     drop(up);
 
     let mut table = format!(
-        "Machine: {}. Release build, three processes (`ingest`, `process`, `query`) on one data directory (embedded log, local lake), then `ingest` on Kafka, then `up` alone. Run: `cargo run --release --example bench -- {records}`.\n\n| What | Measured |\n| --- | --- |\n",
+        "Machine: {}. Release build, three processes (`ingest`, `process`, `query`) on one data directory (embedded log, local lake), then `ingest` on Kafka, then `up` alone. Run: `cargo run --release --example bench -- {records} --up-records {up_records}`.\n\n| What | Measured |\n| --- | --- |\n",
         machine()
     );
     for (what, value) in &rows {

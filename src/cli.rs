@@ -248,7 +248,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SPENDSTREAM_REPORT_CACHE_ROWS", default_value_t = spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS)]
     pub report_cache_rows: usize,
     /// Entries of the query service's in-memory current state: the latest
-    /// version of each expense (about 130 bytes) and each superseded version
+    /// version of each expense (about 70 bytes) and each superseded version
     /// (about 40), read once and then only from the files each commit adds.
     /// Past it reports and SQL read the lake for each answer (0: always).
     #[arg(long, env = "SPENDSTREAM_REPORT_STATE_ROWS", default_value_t = spendstream_query_api::current::DEFAULT_REPORT_STATE_ROWS)]

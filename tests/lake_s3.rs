@@ -182,7 +182,7 @@ async fn compaction_and_vacuum_during_load_change_no_report() {
 
     // Lite vacuum deletes files compaction replaced more than 3 s ago: far
     // less than a real deployment keeps, still more than a report's state
-    // lives (1 s refresh), so every report below must keep answering.
+    // lives (one refresh period), so every report below must keep answering.
     let vacuum = [
         "lake",
         "vacuum",
