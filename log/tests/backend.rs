@@ -449,7 +449,8 @@ async fn embedded_log_of_an_older_release_is_moved_into_segments() {
     }
     let log = EmbeddedLog::open(dir.path(), None).await.unwrap();
     let mut consumer = log.consumer("g").await.unwrap();
-    let mut got: Vec<(u32, i64, String, Vec<(String, String)>)> = drain(consumer.as_mut(), 6)
+    type Read = (u32, i64, String, Vec<(String, String)>);
+    let mut got: Vec<Read> = drain(consumer.as_mut(), 6)
         .await
         .into_iter()
         .map(|c| {
