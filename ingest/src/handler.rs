@@ -144,7 +144,7 @@ struct Decoded {
     post,
     path = "/v1/expenses",
     summary = "Ingest expense records",
-    description = "Streams NDJSON, a JSON array or CSV (gzip with Content-Encoding). Each record is validated; accepted records are durably in the log before 202 is sent. Every request is bounded: per-tenant and global in-flight limits, idle and total body timeouts, wire, decompressed and per-record byte limits, and at most max_rejected_listed rejections listed (all counted by code).",
+    description = "Streams NDJSON, a JSON array, CSV, or a bank file: ISO 20022 CAMT.053 statements, BAI2 reports, OFX 1.x/2.x statements, each entry mapped onto a record as docs/formats.md says (gzip with Content-Encoding). Each record is validated; accepted records are durably in the log before 202 is sent. Every request is bounded: per-tenant and global in-flight limits, idle and total body timeouts, wire, decompressed and per-record byte limits, and at most max_rejected_listed rejections listed (all counted by code).",
     security(("bearer" = [])),
     params(
         ("Idempotency-Key" = Option<String>, Header, max_length = 255, description = "A client's key for this request (at most 255 characters): a retry with the same key and body gets the first answer back and writes nothing."),
@@ -153,10 +153,13 @@ struct Decoded {
         (String = "application/x-ndjson"),
         (Vec<RecordRef> = "application/json"),
         (String = "text/csv"),
+        (String = "application/vnd.iso20022.camt.053+xml"),
+        (String = "application/x-bai2"),
+        (String = "application/x-ofx"),
     )),
     responses(
         (status = 202, description = "At least one record accepted.", body = IngestResponse),
-        (status = 400, description = "Nothing could be framed (invalid_body, invalid_csv_header, empty_body, invalid_idempotency_key), or body_incomplete: the body did not arrive whole (carries batch_id, accepted and the rejection counts; the Idempotency-Key is not used up).", body = ErrorBody),
+        (status = 400, description = "Nothing could be framed (invalid_body, invalid_csv_header, invalid_camt053, invalid_bai2, invalid_ofx, empty_body, invalid_idempotency_key), or body_incomplete: the body did not arrive whole (carries batch_id, accepted and the rejection counts; the Idempotency-Key is not used up).", body = ErrorBody),
         (status = 401, description = "No or invalid token.", body = ErrorBody),
         (status = 403, description = "The token lacks the ingest role.", body = ErrorBody),
         (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
@@ -243,8 +246,10 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let format = Format::from_content_type(content_type).ok_or_else(|| {
+        let supported: Vec<&str> = Format::ALL.iter().map(Format::content_type).collect();
         ApiError::UnsupportedMediaType(format!(
-            "{content_type}; use application/x-ndjson, application/json or text/csv"
+            "{content_type}; use one of {}",
+            supported.join(", ")
         ))
     })?;
     let gzip = match headers

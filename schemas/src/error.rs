@@ -35,8 +35,9 @@ pub enum ErrorCode {
     PanDetected,
     /// The log holds an envelope this version cannot read.
     InvalidEnvelope,
-    /// One record (an NDJSON line, a JSON array element, a CSV row) is
-    /// larger than the per-record limit; it was skipped, not buffered.
+    /// One record (an NDJSON line, a JSON array element, a CSV row, a bank
+    /// file's entry) is larger than the per-record limit; it was skipped,
+    /// not buffered.
     RecordTooLarge,
     /// A field appears twice in one record.
     DuplicateField,

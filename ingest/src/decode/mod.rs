@@ -1,12 +1,19 @@
-//! Streaming body decoders: NDJSON, a JSON array, CSV. Each reads from a
+//! Streaming body decoders: NDJSON, a JSON array, CSV, and the bank files
+//! CAMT.053, BAI2 and OFX (mapped onto the record contract by `bank`). Each
+//! reads from a
 //! `BufRead` and hands out one record at a time, so a 100 MB body never needs
 //! 100 MB of records in memory; and none buffers more than `max_record` bytes
 //! of one record: a larger one is skipped and rejected with
 //! `record_too_large`, and decoding goes on.
 
+mod bai2;
+mod bank;
+mod camt053;
 mod csv;
 mod json_array;
+mod markup;
 mod ndjson;
+mod ofx;
 
 use spendstream_schemas::RecordError;
 use std::io::BufRead;
@@ -17,9 +24,36 @@ pub enum Format {
     Ndjson,
     Json,
     Csv,
+    /// ISO 20022 CAMT.053 bank-to-customer statements (XML).
+    Camt053,
+    /// BAI2 cash-management reports.
+    Bai2,
+    /// OFX 1.x (SGML) and 2.x (XML) bank and credit-card statements.
+    Ofx,
 }
 
 impl Format {
+    pub const ALL: [Format; 6] = [
+        Format::Ndjson,
+        Format::Json,
+        Format::Csv,
+        Format::Camt053,
+        Format::Bai2,
+        Format::Ofx,
+    ];
+
+    /// The content type a body of this format is sent with.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Format::Ndjson => "application/x-ndjson",
+            Format::Json => "application/json",
+            Format::Csv => "text/csv",
+            Format::Camt053 => "application/vnd.iso20022.camt.053+xml",
+            Format::Bai2 => "application/x-bai2",
+            Format::Ofx => "application/x-ofx",
+        }
+    }
+
     /// The format of a `Content-Type` value (parameters such as `charset`
     /// ignored), or `None` if unsupported.
     pub fn from_content_type(value: &str) -> Option<Self> {
@@ -36,6 +70,13 @@ impl Format {
             | "application/x-jsonlines" => Some(Format::Ndjson),
             "application/json" => Some(Format::Json),
             "text/csv" | "application/csv" => Some(Format::Csv),
+            "application/vnd.iso20022.camt.053+xml" | "application/xml" | "text/xml" => {
+                Some(Format::Camt053)
+            }
+            "application/x-bai2" | "text/x-bai2" => Some(Format::Bai2),
+            "application/x-ofx" | "application/ofx" | "application/vnd.intu.qfx" => {
+                Some(Format::Ofx)
+            }
             _ => None,
         }
     }
@@ -78,6 +119,9 @@ pub fn decode(
         Format::Ndjson => ndjson::decode(reader, max_record, emit),
         Format::Json => json_array::decode(reader, max_record, emit),
         Format::Csv => csv::decode(reader, max_record, emit),
+        Format::Camt053 => camt053::decode(reader, max_record, emit),
+        Format::Bai2 => bai2::decode(reader, max_record, emit),
+        Format::Ofx => ofx::decode(reader, max_record, emit),
     }
 }
 
@@ -123,6 +167,15 @@ pub(crate) fn collect(format: Format, body: &[u8]) -> (Vec<Item>, End) {
     collect_limited(format, body, 1 << 20)
 }
 
+/// The record an item holds, validated; panics on anything else.
+#[cfg(test)]
+pub(crate) fn validated(item: &Item) -> spendstream_schemas::ExpenseRecord {
+    match item {
+        Item::Record { json, .. } => spendstream_schemas::ExpenseRecord::from_json(json).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod robustness {
     use super::*;
@@ -141,8 +194,8 @@ mod robustness {
         /// Any bytes in any format: no panic, indices dense from 0, and a
         /// malformed end points just past the last item.
         #[test]
-        fn arbitrary_bodies_frame_consistently(body in proptest::collection::vec(any::<u8>(), 0..2048), fmt in 0usize..3) {
-            let format = [Format::Ndjson, Format::Json, Format::Csv][fmt];
+        fn arbitrary_bodies_frame_consistently(body in proptest::collection::vec(any::<u8>(), 0..2048), fmt in 0usize..6) {
+            let format = Format::ALL[fmt];
             let (items, end) = collect(format, &body);
             let idx = indices(&items);
             prop_assert_eq!(idx, (0..items.len()).collect::<Vec<_>>());

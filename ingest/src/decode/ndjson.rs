@@ -44,7 +44,7 @@ pub fn decode(
 
 /// Reads up to and including `\n`, keeping at most `max` bytes. Returns
 /// bytes consumed and whether the line was cut.
-fn read_line_capped(
+pub(super) fn read_line_capped(
     reader: &mut impl BufRead,
     out: &mut Vec<u8>,
     max: usize,
