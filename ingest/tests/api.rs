@@ -948,3 +948,45 @@ async fn a_state_store_failure_is_503_and_writes_nothing() {
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     assert_eq!(log.end_offsets().await.unwrap().iter().sum::<i64>(), 1);
 }
+
+#[tokio::test]
+async fn bank_files_are_taken_by_content_type() {
+    let f = fixture(IngestConfig::default()).await;
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples");
+    let mut total = 0;
+    for (name, content_type, records) in [
+        ("camt053.xml", "application/vnd.iso20022.camt.053+xml", 4),
+        ("bai2.txt", "application/x-bai2", 5),
+        ("ofx1.ofx", "application/x-ofx", 3),
+        ("ofx2.ofx", "application/vnd.intu.qfx", 3),
+    ] {
+        let body = std::fs::read(samples.join(name)).unwrap();
+        let (s, answer, _) = post_ingest(&f.app, content_type, body).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{name}: {answer}");
+        assert_eq!(answer["accepted"], records, "{name}: {answer}");
+        total += records;
+        assert_eq!(logged(&f.log).await, total, "{name}");
+    }
+    // A file of another kind under a bank format's type is refused whole,
+    // with the format's own code.
+    for (content_type, code) in [
+        ("text/xml", "invalid_camt053"),
+        ("text/x-bai2", "invalid_bai2"),
+        ("application/ofx", "invalid_ofx"),
+    ] {
+        let (s, answer, _) = post_ingest(&f.app, content_type, GOOD).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{content_type}: {answer}");
+        assert_eq!(answer["error"], code, "{answer}");
+    }
+    // Entries that cannot be records are rejected by index; the rest go in.
+    let bai2 = "01,B,C,260302,0600,1,,,2/\n02,C,B,1,260302,2359,USD,2/\n03,1,USD/\n\
+                16,475,100,0,R1/\n16,475,1x0,0,R2/\n16,475,100,0,/\n16,475,300,0,R4/\n99/\n";
+    let (s, answer, _) = post_ingest(&f.app, "application/x-bai2", bai2).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["accepted"], 2);
+    assert_eq!(answer["rejected"][0]["index"], 1);
+    assert_eq!(answer["rejected"][0]["error"], "invalid_amount");
+    assert_eq!(answer["rejected"][1]["index"], 2);
+    assert_eq!(answer["rejected"][1]["error"], "missing_field");
+    assert_eq!(answer["rejected"][1]["field"], "external_id");
+}
