@@ -52,6 +52,46 @@ pub enum Command {
     /// Spendstream runs).
     #[command(subcommand)]
     Lake(LakeCommand),
+    /// Push files of records (NDJSON, JSON, CSV, CAMT.053, BAI2, OFX; gzip
+    /// too) to an edge in chunks, resumably: run the same command again
+    /// after an interruption and nothing is sent twice.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Files to import, one after the other.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The edge's base URL.
+    #[arg(long, env = "SPENDSTREAM_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A bearer token with the ingest role.
+    #[arg(long, env = "SPENDSTREAM_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// `auto` (from each file's name, else its first bytes), or one of
+    /// ndjson, json, csv, camt053, bai2, ofx.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Entries a request carries. Part of each chunk's idempotency key: a
+    /// resumed import keeps the size its checkpoint was made with.
+    #[arg(long, default_value_t = 5000)]
+    pub chunk_records: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Retries of one chunk (no connection, 408, 409, 429, 502, 503, 504)
+    /// before the import stops.
+    #[arg(long, default_value_t = 10)]
+    pub max_retries: usize,
+    /// Exit 0 even when records were rejected (otherwise the exit status
+    /// is 2).
+    #[arg(long)]
+    pub allow_rejects: bool,
+    /// Progress on standard error: a redrawn line on a terminal, plain
+    /// lines otherwise (`auto`), or `bar`, `lines`, `none`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: crate::import::ProgressMode,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod demo;
+pub mod import;
 pub mod jwks;
 pub mod metrics;
 pub mod reload;

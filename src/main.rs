@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use spendstream::cli::{Cli, Command, LakeCommand, ServeArgs};
+use spendstream::cli::{Cli, Command, ImportArgs, LakeCommand, ServeArgs};
 use spendstream::secret::{self, Origin};
 use spendstream::{Roles, Settings};
 use spendstream_http::{Role, ServerLimits};
@@ -68,7 +68,7 @@ async fn async_main() -> std::process::ExitCode {
     let result = run(cli.command).await;
     telemetry.shutdown().await;
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // One line that names the setting and the cause.
             eprintln!("spendstream: {error:#}");
@@ -77,7 +77,44 @@ async fn async_main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Import(args) = command {
+        return import(args).await;
+    }
+    run_service(command)
+        .await
+        .map(|()| std::process::ExitCode::SUCCESS)
+}
+
+/// `spendstream import`: exit status 0 when everything was accepted (or
+/// `--allow-rejects`), 2 when records were rejected, 1 when it failed.
+async fn import(args: ImportArgs) -> anyhow::Result<std::process::ExitCode> {
+    let format = match args.format.as_str() {
+        "auto" => None,
+        name => Some(spendstream::import::format_named(name).with_context(|| {
+            format!("--format {name}: use auto, ndjson, json, csv, camt053, bai2 or ofx")
+        })?),
+    };
+    let options = spendstream::import::Options {
+        files: args.files.clone(),
+        url: args.url,
+        token: args.token,
+        format,
+        chunk_records: args.chunk_records,
+        concurrency: args.concurrency,
+        max_retries: args.max_retries,
+        progress: args.progress,
+    };
+    let summary = spendstream::import::run(&options).await?;
+    println!("{}", spendstream::import::describe(&summary, &args.files));
+    Ok(if summary.rejected() > 0 && !args.allow_rejects {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+async fn run_service(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => {
             let up = Up {
@@ -91,6 +128,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Query(args) => serve(args, Roles::QUERY, None).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Lake(command) => lake(command).await,
+        Command::Import(args) => import(args).await.map(drop),
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let keys = keys
