@@ -358,3 +358,54 @@ async fn a_revoked_token_is_refused_by_both_nodes_within_2_s() {
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_counts_are_kept_per_tenant_on_both_backends() {
+    use spendstream_state::{BATCH_RETENTION, BatchRecord, StateTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    for url in [format!("embedded://{}", dir.path().display()), redis_url()] {
+        let state = StateTarget::parse(&url).unwrap().open().await.unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let record = BatchRecord {
+            tenant: "acme".into(),
+            batch_id: id.clone(),
+            accepted: 3,
+            rejected: 1,
+            rejected_by_code: [("invalid_json".to_string(), 1)].into(),
+            answered_at_ms: now,
+        };
+        state.batches.put_batch(&record).await.unwrap();
+        assert_eq!(
+            state.batches.batch("acme", &id).await.unwrap(),
+            Some(record.clone()),
+            "{url}"
+        );
+        assert_eq!(
+            state.batches.batch("globex", &id).await.unwrap(),
+            None,
+            "{url}"
+        );
+        assert_eq!(
+            state.batches.batch("acme", "other").await.unwrap(),
+            None,
+            "{url}"
+        );
+    }
+    // The embedded store forgets a batch past retention.
+    let state = StateTarget::parse(&format!("embedded://{}", dir.path().display()))
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let old = spendstream_state::BatchRecord {
+        tenant: "acme".into(),
+        batch_id: "old".into(),
+        accepted: 1,
+        rejected: 0,
+        rejected_by_code: Default::default(),
+        answered_at_ms: now - BATCH_RETENTION.as_millis() as i64 - 1000,
+    };
+    state.batches.put_batch(&old).await.unwrap();
+    assert_eq!(state.batches.batch("acme", "old").await.unwrap(), None);
+}

@@ -1,7 +1,10 @@
 //! The embedded backend: one SQLite file under the data directory.
 
 use crate::sqlite::{connect, now_ms};
-use crate::{Claim, IDEMPOTENCY_RETENTION, IdempotencyStore, Result, Revocation, RevocationStore};
+use crate::{
+    BATCH_RETENTION, BatchRecord, BatchStore, Claim, IDEMPOTENCY_RETENTION, IdempotencyStore,
+    Result, Revocation, RevocationStore,
+};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -21,6 +24,14 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (updated_at);
+CREATE TABLE IF NOT EXISTS batches (
+    tenant_id TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    answered_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, batch_id)
+);
+CREATE INDEX IF NOT EXISTS batches_by_age ON batches (answered_at);
 CREATE TABLE IF NOT EXISTS revocations (
     tenant_id TEXT NOT NULL,
     jti TEXT NOT NULL,
@@ -198,6 +209,52 @@ impl RevocationStore for SqliteState {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl BatchStore for SqliteState {
+    async fn put_batch(&self, batch: &BatchRecord) -> Result<()> {
+        let conn = self.conn.clone();
+        let batch = batch.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let now = now_ms();
+            // Forget batches past retention (cheap with the index).
+            conn.execute(
+                "DELETE FROM batches WHERE answered_at < ?1",
+                [now - BATCH_RETENTION.as_millis() as i64],
+            )?;
+            conn.execute(
+                "INSERT INTO batches (tenant_id, batch_id, record, answered_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id, batch_id) DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at",
+                params![
+                    batch.tenant,
+                    batch.batch_id,
+                    serde_json::to_string(&batch).unwrap_or_default(),
+                    batch.answered_at_ms
+                ],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>> {
+        let conn = self.conn.clone();
+        let (tenant, batch_id) = (tenant.to_string(), batch_id.to_string());
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let record: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM batches WHERE tenant_id = ?1 AND batch_id = ?2 AND answered_at >= ?3",
+                    params![tenant, batch_id, now_ms() - BATCH_RETENTION.as_millis() as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(record.and_then(|r| serde_json::from_str(&r).ok()))
         })
         .await?
     }

@@ -167,11 +167,41 @@ pub trait RevocationStore: Send + Sync + std::fmt::Debug {
     async fn revoked(&self, now: i64) -> Result<Vec<Revocation>>;
 }
 
+/// How long what an ingest request came to is kept for
+/// `GET /v1/batches/{id}`.
+pub const BATCH_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What one ingest request came to, as the edge answered it: kept so that
+/// an importer can ask later where its records are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchRecord {
+    pub tenant: String,
+    pub batch_id: String,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Rejected records per error code.
+    pub rejected_by_code: std::collections::BTreeMap<String, u64>,
+    /// When the edge answered (milliseconds since the epoch).
+    pub answered_at_ms: i64,
+}
+
+/// The edge's record of each ingest request, per tenant, for
+/// [`BATCH_RETENTION`].
+#[async_trait]
+pub trait BatchStore: Send + Sync + std::fmt::Debug {
+    async fn put_batch(&self, batch: &BatchRecord) -> Result<()>;
+
+    /// Batch `batch_id` of `tenant`: another tenant's is `None`, as is one
+    /// past retention.
+    async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>>;
+}
+
 /// The opened state backend.
 #[derive(Clone)]
 pub struct State {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub revocations: Arc<dyn RevocationStore>,
+    pub batches: Arc<dyn BatchStore>,
     /// Shared by every node on Redis; per process on the embedded state.
     pub limiter: Arc<dyn rate::RateLimiter>,
     /// The URL without credentials, for logs.
@@ -222,7 +252,8 @@ impl StateTarget {
                 let store = Arc::new(SqliteState::open(&dir.join("state.sqlite3")).await?);
                 State {
                     idempotency: store.clone(),
-                    revocations: store,
+                    revocations: store.clone(),
+                    batches: store,
                     limiter: Arc::new(rate::LocalLimiter::default()),
                     url: format!("embedded://{}", dir.display()),
                 }
@@ -232,6 +263,7 @@ impl StateTarget {
                 State {
                     idempotency: store.clone(),
                     revocations: store.clone(),
+                    batches: store.clone(),
                     limiter: store,
                     url: redact(url),
                 }

@@ -16,8 +16,8 @@
 
 use crate::rate::{Decision, Limits, RateLimiter};
 use crate::{
-    Claim, Error, IDEMPOTENCY_RETENTION, IdempotencyStore, OPERATION_TIMEOUT, Result, Revocation,
-    RevocationStore,
+    BATCH_RETENTION, BatchRecord, BatchStore, Claim, Error, IDEMPOTENCY_RETENTION,
+    IdempotencyStore, OPERATION_TIMEOUT, Result, Revocation, RevocationStore,
 };
 use async_trait::async_trait;
 use redis::Script;
@@ -368,5 +368,40 @@ impl RateLimiter for RedisState {
         }
         self.rate(tenant, limits, "charge", records).await?;
         Ok(())
+    }
+}
+
+/// A batch's key: `spendstream:batch:{tenant}:{batch_id}`, expiring after
+/// [`BATCH_RETENTION`].
+fn batch_key(tenant: &str, batch_id: &str) -> String {
+    format!("spendstream:batch:{tenant}:{batch_id}")
+}
+
+#[async_trait]
+impl BatchStore for RedisState {
+    async fn put_batch(&self, batch: &BatchRecord) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let value = serde_json::to_string(batch).unwrap_or_default();
+        let _: () = bounded(
+            redis::cmd("SET")
+                .arg(batch_key(&batch.tenant, &batch.batch_id))
+                .arg(value)
+                .arg("EX")
+                .arg(BATCH_RETENTION.as_secs())
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = bounded(
+            redis::cmd("GET")
+                .arg(batch_key(tenant, batch_id))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 }
