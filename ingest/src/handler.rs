@@ -24,7 +24,7 @@ use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_log::Record;
 use spendstream_schemas::error::Chain;
 use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
-use spendstream_state::{Claim, IdempotencyStore};
+use spendstream_state::{BatchRecord, Claim, IdempotencyStore};
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::sync::Arc;
@@ -122,6 +122,33 @@ struct Outcome {
     body_whole: bool,
     /// Records that reached the log (charged to the tenant's rate limit).
     accepted: usize,
+    /// What the request came to, when it had a batch (anything was
+    /// decoded): kept for `GET /v1/batches/{id}`.
+    batch: Option<Counts>,
+}
+
+/// A batch's counts as its answer gave them.
+struct Counts {
+    batch_id: String,
+    accepted: u64,
+    rejected: u64,
+    by_code: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    fn of(body: &IngestResponse) -> Self {
+        Self {
+            batch_id: body.batch_id.clone(),
+            accepted: body.accepted as u64,
+            rejected: body.rejected.total as u64,
+            by_code: body
+                .rejected
+                .by_code
+                .iter()
+                .map(|(code, n)| (code.as_str().to_string(), *n as u64))
+                .collect(),
+        }
+    }
 }
 
 impl From<ApiError> for Outcome {
@@ -130,6 +157,7 @@ impl From<ApiError> for Outcome {
             response: error.into_response(),
             body_whole: false,
             accepted: 0,
+            batch: None,
         }
     }
 }
@@ -451,6 +479,23 @@ async fn ingest_charged(
     if let Some(rate) = &state.rate {
         rate.charge(auth.tenant(), outcome.accepted as u64).await;
     }
+    if let (Some(store), Some(counts)) = (&state.batches, &outcome.batch) {
+        let record = BatchRecord {
+            tenant: auth.tenant().to_string(),
+            batch_id: counts.batch_id.clone(),
+            accepted: counts.accepted,
+            rejected: counts.rejected,
+            rejected_by_code: counts.by_code.clone(),
+            answered_at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        // The records are in the log whatever happens here: a failure
+        // only means the batch cannot be looked up later, which is said in
+        // the log and the metrics, never by failing the request.
+        if let Err(e) = store.put_batch(&record).await {
+            spendstream_schemas::metrics::error("batches", e.kind());
+            warn!(batch_id = %record.batch_id, error = %Chain(&e), "Could not keep the batch's counts for GET /v1/batches.");
+        }
+    }
     outcome
 }
 
@@ -645,6 +690,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
                 response: ApiError::bad_request(code, message).into_response(),
                 body_whole,
                 accepted,
+                batch: None,
             };
         }
     }
@@ -667,6 +713,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
                 response: answer.into_response(),
                 body_whole,
                 accepted,
+                batch: None,
             };
         }
     }
@@ -681,8 +728,10 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
+    let body = response(accepted, rejected);
     Outcome {
-        response: (status, Json(response(accepted, rejected))).into_response(),
+        batch: Some(Counts::of(&body)),
+        response: (status, Json(body)).into_response(),
         body_whole,
         accepted,
     }
@@ -696,6 +745,7 @@ fn partial_failure(
     body: IngestResponse,
 ) -> Outcome {
     let accepted = body.accepted;
+    let batch = Some(Counts::of(&body));
     let mut json = serde_json::to_value(&body).unwrap_or_default();
     if let Some(fields) = json.as_object_mut() {
         fields.insert("error".into(), code.into());
@@ -713,6 +763,7 @@ fn partial_failure(
         response,
         body_whole: false,
         accepted,
+        batch,
     }
 }
 

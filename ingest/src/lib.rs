@@ -34,6 +34,9 @@ pub struct IngestState {
     pub log: Arc<dyn Log>,
     /// Idempotency keys, shared by every ingest node (`--state`).
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Where each request's counts are kept for `GET /v1/batches/{id}`
+    /// (`--state`); none: not kept.
+    pub batches: Option<Arc<dyn spendstream_state::BatchStore>>,
     /// One slot per ingest request in flight, fair between tenants.
     pub in_flight: Arc<InFlight>,
     pub config: Arc<IngestConfig>,
@@ -76,7 +79,14 @@ impl IngestState {
             config: Arc::new(config),
             operator_tenant: None,
             rate: None,
+            batches: None,
         }
+    }
+
+    /// Keeps each request's counts in `store` for `GET /v1/batches/{id}`.
+    pub fn with_batches(mut self, store: Option<Arc<dyn spendstream_state::BatchStore>>) -> Self {
+        self.batches = store;
+        self
     }
 
     /// Limits each tenant's requests and records per second.

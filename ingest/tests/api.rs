@@ -334,6 +334,7 @@ async fn a_log_failure_is_503_with_retry_after() {
         config: Arc::new(config),
         operator_tenant: None,
         rate: None,
+        batches: None,
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post(
@@ -832,6 +833,7 @@ fn a_request_waiting_for_its_append_does_not_spin() {
             config: Arc::new(IngestConfig::default()),
             operator_tenant: None,
             rate: None,
+            batches: None,
         };
         let app = spendstream_http::finish(spendstream_ingest::router(state));
         let request =
@@ -884,6 +886,7 @@ async fn a_permanent_log_error_is_500_not_503() {
         config: Arc::new(IngestConfig::default()),
         operator_tenant: None,
         rate: None,
+        batches: None,
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post_ingest(&app, "application/x-ndjson", GOOD).await;
