@@ -44,7 +44,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_000_000;
 
 /// The lake columns the state reads, in this order.
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "expense_id",
     "version",
     "status",
@@ -56,6 +56,7 @@ const COLUMNS: [&str; 11] = [
     "employee_id",
     "merchant_normalized",
     "merchant_name",
+    "batch_id",
 ];
 
 /// Files read at once while catching up.
@@ -135,6 +136,19 @@ struct Tenant {
     /// `superseded` as a table, built at the first SQL session after a
     /// change.
     superseded_table: std::sync::Mutex<Option<RecordBatch>>,
+    /// The rows of each ingest batch the state holds (every version, each
+    /// once), by the batch id's 128 bits.
+    batches: HashMap<u128, BatchSeen>,
+}
+
+/// What the state holds of one ingest batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSeen {
+    /// Its rows (expense versions) the state has read.
+    pub rows: u64,
+    /// When the state took the last of them in (ms since the epoch): from
+    /// then on reports counted it.
+    pub last_at_ms: i64,
 }
 
 impl Tenant {
@@ -181,7 +195,8 @@ impl Tenant {
     /// higher than the one held for its expense. Returns how many entries
     /// (expenses and superseded versions) it added.
     fn merge(&mut self, batch: &RecordBatch) -> Result<usize> {
-        let before = self.rows.len() + self.superseded.len();
+        let before = self.rows.len() + self.superseded.len() + self.batches.len();
+        let now_ms = chrono::Utc::now().timestamp_millis();
         *self
             .superseded_table
             .get_mut()
@@ -208,6 +223,7 @@ impl Tenant {
             .ok_or_else(|| Error::Shape("transaction_date is not Date32".into()))?;
         let (amounts, currencies, categories) = (int(4)?, text(5)?, text(6)?);
         let (accounts, employees, normalized, names) = (text(7)?, text(8)?, text(9)?, text(10)?);
+        let batch_ids = text(11)?;
         for i in 0..batch.num_rows() {
             let id = expense_key(ids.value(i))?;
             let version = versions.value(i);
@@ -215,11 +231,14 @@ impl Tenant {
             match held {
                 Some((_, v)) if v == version => continue,
                 Some((_, v)) if v > version => {
-                    self.superseded.insert((id, version));
+                    if self.superseded.insert((id, version)) {
+                        self.seen(batch_ids, i, now_ms);
+                    }
                     continue;
                 }
                 _ => {}
             }
+            self.seen(batch_ids, i, now_ms);
             let status = statuses.value(i);
             let row = Row {
                 amount_minor: amounts.value(i),
@@ -251,7 +270,20 @@ impl Tenant {
                 }
             }
         }
-        Ok(self.rows.len() + self.superseded.len() - before)
+        Ok(self.rows.len() + self.superseded.len() + self.batches.len() - before)
+    }
+
+    /// Counts row `i` (new to the state) for its batch. A batch id that is
+    /// not a UUID (written by another tool) is not counted.
+    fn seen(&mut self, batch_ids: &StringArray, i: usize, now_ms: i64) {
+        if batch_ids.is_null(i) {
+            return;
+        }
+        if let Ok(key) = expense_key(batch_ids.value(i)) {
+            let seen = self.batches.entry(key).or_default();
+            seen.rows += 1;
+            seen.last_at_ms = now_ms;
+        }
     }
 }
 
@@ -530,6 +562,26 @@ impl CurrentState {
         rows.sort_by(crate::report::compare_rows);
         self.served.reports.fetch_add(1, Ordering::Relaxed);
         Some((version, rows))
+    }
+
+    /// What the state holds of ingest batch `batch_id` of `tenant` at the
+    /// newest table version it has (after [`CurrentState::catch_up`]), and
+    /// that version; `None` when the state has none (off, loading, or
+    /// failed): ask the lake.
+    pub async fn batch(
+        self: &Arc<Self>,
+        lake: &Arc<Lake>,
+        tenant: &str,
+        batch_id: &str,
+    ) -> Option<(u64, BatchSeen)> {
+        self.catch_up(lake).await;
+        let state = self.state.read().await;
+        let version = state.version.filter(|_| !state.off)?;
+        let seen = expense_key(batch_id)
+            .ok()
+            .and_then(|key| state.tenants.get(tenant)?.batches.get(&key).copied())
+            .unwrap_or_default();
+        Some((version, seen))
     }
 
     /// The row versions of `tenant` that are not the latest of their
