@@ -10,4 +10,4 @@ mod integration_tests;
 
 pub use config::ClickHouseConfig;
 pub use migrate::{MigrationReport, migrate, status};
-pub use sink::ClickHouseSink;
+pub use sink::{ClickHouseSink, batch_rows};

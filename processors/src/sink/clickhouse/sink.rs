@@ -202,6 +202,33 @@ fn held_sql(ids: &[String]) -> String {
 
 const VERSION_SQL: &str = "SELECT version() AS v";
 
+/// The rows of one ingest batch, each expense version once (a retried
+/// insert not merged yet counts once). Literals, not binds: ClickHouse
+/// 18.16 has no server-side parameters.
+fn batch_rows_sql(tenant: &str, batch_id: &str) -> String {
+    format!(
+        "SELECT uniqExact(expense_id, version) AS n FROM {} WHERE tenant_id = {} AND batch_id = {}",
+        spendstream_schemas::clickhouse::EXPENSES_TABLE,
+        sql_string(tenant),
+        sql_string(batch_id)
+    )
+}
+
+/// How many rows of batch `batch_id` of `tenant` the ClickHouse sink holds
+/// (for `GET /v1/batches/{id}`).
+pub async fn batch_rows(config: &ClickHouseConfig, tenant: &str, batch_id: &str) -> Result<u64> {
+    #[derive(Row, Deserialize)]
+    struct Count {
+        n: u64,
+    }
+    Ok(config
+        .client()
+        .query(&batch_rows_sql(tenant, batch_id))
+        .fetch_one::<Count>()
+        .await?
+        .n)
+}
+
 /// Every query the sink and the migrations send besides the migrations'
 /// own statements, with example values in place of their binds, for the
 /// test suite to run on current ClickHouse (18.16 runs them for real).
@@ -215,6 +242,7 @@ pub fn example_queries() -> Vec<String> {
     vec![
         VERSION_SQL.to_string(),
         held_sql(&["g-0123abcd-0".into(), "g-0123abcd-1".into()]),
+        batch_rows_sql("acme", "6f1c2f0e-5a8b-4d3e-9c1a-2b3c4d5e6f70"),
         bind(
             super::migrate::EXISTS_SQL,
             &["currentDatabase()", "'schema_migrations'"],
