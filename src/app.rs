@@ -17,7 +17,7 @@ use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
-use spendstream_state::{IdempotencyStore, RevocationStore, StateTarget};
+use spendstream_state::{BatchStore, IdempotencyStore, RevocationStore, StateTarget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,8 @@ pub fn openapi_json() -> &'static str {
         title = "Spendstream",
         description = "High-volume expense ingestion and spend reports. The tenant comes from the bearer token (a JWT: HS256 with the server's secret, or RS256/ES256/EdDSA by the identity provider's JWKS; claims tenant, roles, exp).",
     ),
-    paths(openapi_document, crate::revocations::revoke, crate::revocations::list),
+    paths(openapi_document, crate::revocations::revoke, crate::revocations::list, crate::batches::batch),
+    components(schemas(crate::batches::BatchStatus)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -423,6 +424,8 @@ fn flatten(done: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let target = settings.validate().map_err(anyhow::Error::msg)?;
     let clickhouse = settings.clickhouse().map_err(anyhow::Error::msg)?;
+    // Counted by GET /v1/batches/{id} where this process writes it.
+    let clickhouse_for_batches = clickhouse.clone().filter(|_| settings.roles.process);
     crate::metrics::install();
     let lake_config = settings.lake();
     let Settings {
@@ -647,6 +650,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             idempotency: state.as_ref().map(|s| s.idempotency.clone()),
             revocations: state.as_ref().map(|s| s.revocations.clone()),
             rate,
+            batches: state.as_ref().map(|s| s.batches.clone()),
+            clickhouse: clickhouse_for_batches,
         },
         sink_checks,
     );
@@ -879,6 +884,12 @@ pub struct RouteOptions {
     /// Per-tenant rate limits of ingest and of reports and SQL (none: no
     /// limits).
     pub rate: Option<spendstream_http::rate::RateLimits>,
+    /// Where ingest keeps each request's counts and `GET /v1/batches/{id}`
+    /// reads them (`--state`); the route exists with it and a lake.
+    pub batches: Option<Arc<dyn BatchStore>>,
+    /// ClickHouse, counted by `GET /v1/batches/{id}` when this process
+    /// writes it.
+    pub clickhouse: Option<ClickHouseConfig>,
 }
 
 impl Default for RouteOptions {
@@ -892,6 +903,8 @@ impl Default for RouteOptions {
             idempotency: None,
             revocations: None,
             rate: None,
+            batches: None,
+            clickhouse: None,
         }
     }
 }
@@ -917,6 +930,8 @@ pub fn router(
         idempotency,
         revocations,
         rate,
+        batches,
+        clickhouse,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -954,8 +969,21 @@ pub fn router(
         router = router.merge(spendstream_ingest::router(
             IngestState::new(keys.clone(), log, idempotency, ingest)
                 .with_operator_tenant(operator_tenant)
-                .with_rate_limits(rate.clone()),
+                .with_rate_limits(rate.clone())
+                .with_batches(batches.clone()),
         ));
+    }
+    if roles.query
+        && let (Some(lake), Some(store)) = (lake, batches)
+    {
+        router = router.merge(crate::batches::router(crate::batches::BatchState {
+            keys: keys.clone(),
+            store,
+            lake: lake.clone(),
+            current: report_state.clone(),
+            dead_letters: log.map(|l| l.dead_letters()),
+            clickhouse,
+        }));
     }
     if roles.query
         && let Some(lake) = lake

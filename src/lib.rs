@@ -2,6 +2,7 @@
 //! that tests drive exactly what `main` runs.
 
 pub mod app;
+pub mod batches;
 pub mod cli;
 pub mod demo;
 pub mod import;

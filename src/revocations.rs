@@ -72,7 +72,13 @@ fn body(r: Revocation) -> RevocationBody {
 }
 
 fn store_error(e: spendstream_state::Error) -> ApiError {
-    spendstream_schemas::metrics::error("revocations", e.kind());
+    state_store_error("revocations", e)
+}
+
+/// A state store failure of `stage` as an answer: counted, and 503 with
+/// `Retry-After` when a retry may succeed, 500 when it cannot.
+pub(crate) fn state_store_error(stage: &'static str, e: spendstream_state::Error) -> ApiError {
+    spendstream_schemas::metrics::error(stage, e.kind());
     if e.is_transient() {
         ApiError::unavailable("the state store", e)
     } else {

@@ -969,7 +969,11 @@ async fn openapi_document_matches_the_routes() {
     let client = reqwest::Client::new();
     for (path, methods) in doc["paths"].as_object().unwrap() {
         for method in methods.as_object().unwrap().keys() {
-            let url = format!("{base}{}", path.replace("{id}", "1"));
+            let url = format!(
+                "{base}{}",
+                path.replace("{id}", "1")
+                    .replace("{batch_id}", "00000000-0000-4000-8000-000000000000")
+            );
             let resp = client
                 .request(method.to_uppercase().parse().unwrap(), &url)
                 .send()
@@ -1117,17 +1121,22 @@ async fn every_route_needs_exactly_the_role_this_table_names() {
         .and_then(|(_, rest)| rest.split_once("\n\n"))
         .expect("docs/api.md has no routes table")
         .0;
-    let rows: Vec<(String, String, Option<Role>)> = table
+    // A role cell is `none`, one role, or roles joined by "or" (any one
+    // of them will do).
+    let rows: Vec<(String, String, Vec<Role>)> = table
         .lines()
         .skip(2)
         .map(|row| {
             let cells: Vec<&str> = row.split('|').map(|c| c.trim().trim_matches('`')).collect();
             let (method, path) = cells[1].split_once(' ').unwrap();
-            let role = match cells[2] {
-                "none" => None,
-                role => Some(role.parse::<Role>().unwrap()),
+            let roles = match cells[2] {
+                "none" => Vec::new(),
+                roles => roles
+                    .split(" or ")
+                    .map(|r| r.trim_matches('`').parse::<Role>().unwrap())
+                    .collect(),
             };
-            (method.to_string(), path.to_string(), role)
+            (method.to_string(), path.to_string(), roles)
         })
         .collect();
     let openapi: Value = serde_json::from_str(spendstream::app::openapi_json()).unwrap();
@@ -1176,30 +1185,27 @@ async fn every_route_needs_exactly_the_role_this_table_names() {
         }
         async move { request.send().await.unwrap().status().as_u16() }
     };
-    for (method, path, role) in &rows {
+    for (method, path, roles) in &rows {
         let bare = call(method, path, None).await;
-        let Some(role) = role else {
+        if roles.is_empty() {
             assert!(
                 bare != 401 && bare != 403,
                 "{method} {path} needs no role but answered {bare}"
             );
             continue;
-        };
+        }
         assert_eq!(bare, 401, "{method} {path} without a token");
-        let others: Vec<Role> = all.iter().copied().filter(|r| r != role).collect();
+        let others: Vec<Role> = all.iter().copied().filter(|r| !roles.contains(r)).collect();
         let status = call(method, path, Some(common::token("acme", &others))).await;
-        assert_eq!(
-            status,
-            403,
-            "{method} {path} with every role but {}",
-            role.as_str()
-        );
-        let status = call(method, path, Some(common::token("acme", &[*role]))).await;
-        assert!(
-            status != 401 && status != 403,
-            "{method} {path} with the {} role answered {status}",
-            role.as_str()
-        );
+        assert_eq!(status, 403, "{method} {path} with every role but {roles:?}");
+        for role in roles {
+            let status = call(method, path, Some(common::token("acme", &[*role]))).await;
+            assert!(
+                status != 401 && status != 403,
+                "{method} {path} with the {} role answered {status}",
+                role.as_str()
+            );
+        }
     }
     running.shutdown().await.unwrap();
 }
