@@ -92,6 +92,16 @@ pub struct ImportArgs {
     /// lines otherwise (`auto`), or `bar`, `lines`, `none`.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: crate::import::ProgressMode,
+    /// Finish only once reports count every record sent (asks
+    /// `GET /v1/batches/{id}`; fails after `--wait-timeout-secs`).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits before it fails.
+    #[arg(long, default_value_t = 600)]
+    pub wait_timeout_secs: u64,
+    /// Where `--wait` asks (a query node); `--url` unless given.
+    #[arg(long)]
+    pub wait_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,6 +45,12 @@ pub struct Options {
     /// Attempts after the first, per chunk.
     pub max_retries: usize,
     pub progress: ProgressMode,
+    /// After sending, wait until reports count every batch sent (asking
+    /// `GET /v1/batches/{id}` at `wait_url`), at most this long.
+    pub wait: Option<Duration>,
+    /// Where the batches are asked (a query node); the edge's URL unless
+    /// given.
+    pub wait_url: Option<String>,
 }
 
 /// How progress is shown on standard error.
@@ -69,6 +75,10 @@ pub struct Summary {
     /// Rejections the edge counted but did not list (it lists at most
     /// `--max-rejected-listed` per request), so not in the rejects file.
     pub unlisted: u64,
+    /// The batches the edge answered with, in chunk order.
+    pub batches: Vec<String>,
+    /// With `--wait`: how long until reports counted every batch.
+    pub visible_after: Option<Duration>,
 }
 
 impl Summary {
@@ -80,6 +90,7 @@ impl Summary {
         self.read += other.read;
         self.accepted += other.accepted;
         self.unlisted += other.unlisted;
+        self.batches.extend(other.batches.iter().cloned());
         for (code, n) in &other.rejected_by_code {
             *self.rejected_by_code.entry(code.clone()).or_default() += n;
         }
@@ -151,7 +162,87 @@ pub async fn run(options: &Options) -> anyhow::Result<Summary> {
             .with_context(|| format!("{}", file.display()))?;
         total.add(&summary);
     }
+    if let Some(limit) = options.wait {
+        let url = options.wait_url.as_deref().unwrap_or(&options.url);
+        let started = Instant::now();
+        wait_visible(
+            &client,
+            url,
+            &options.token,
+            &total.batches,
+            limit,
+            options.progress,
+        )
+        .await?;
+        total.visible_after = Some(started.elapsed());
+    }
     Ok(total)
+}
+
+/// Asks `GET /v1/batches/{id}` of each batch until every one is visible in
+/// reports, or fails after `limit`.
+async fn wait_visible(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batches: &[String],
+    limit: Duration,
+    progress: ProgressMode,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut left: Vec<&String> = batches.iter().collect();
+    let mut told = Instant::now();
+    while !left.is_empty() {
+        let mut still = Vec::new();
+        for id in left {
+            let answer = client
+                .get(format!("{}/v1/batches/{id}", url.trim_end_matches('/')))
+                .bearer_auth(token)
+                .send()
+                .await;
+            let visible = match answer {
+                Ok(r) if r.status() == 200 => {
+                    let body: Value = r.json().await.unwrap_or(Value::Null);
+                    body["status"] == "visible"
+                }
+                Ok(r) if r.status() == 404 || r.status() == 401 || r.status() == 403 => {
+                    bail!(
+                        "--wait: batch {id}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                }
+                // Anything else may pass: ask again.
+                _ => false,
+            };
+            if !visible {
+                still.push(id);
+            }
+        }
+        left = still;
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "--wait: {} of {} batches were not visible in reports after {} s (the first: {})",
+                left.len(),
+                batches.len(),
+                limit.as_secs(),
+                left[0]
+            );
+        }
+        if progress != ProgressMode::None && told.elapsed() >= Duration::from_secs(5) {
+            eprintln!(
+                "import: waiting for reports to count {} of {} batches",
+                left.len(),
+                batches.len()
+            );
+            told = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// Where a file's checkpoint and rejects go.
@@ -184,6 +275,9 @@ struct Checkpoint {
     accepted: u64,
     rejected_by_code: BTreeMap<String, u64>,
     unlisted: u64,
+    /// The batch of each done chunk that sent records.
+    #[serde(default)]
+    batches: Vec<String>,
     /// Every chunk is done.
     complete: bool,
 }
@@ -195,6 +289,8 @@ impl Checkpoint {
             accepted: self.accepted,
             rejected_by_code: self.rejected_by_code.clone(),
             unlisted: self.unlisted,
+            batches: self.batches.clone(),
+            visible_after: None,
         }
     }
 
@@ -296,6 +392,8 @@ struct RejectLine {
 /// What the edge made of a chunk.
 struct Answer {
     chunk: Chunk,
+    /// The batch its records went in, when any were sent.
+    batch_id: Option<String>,
     accepted: u64,
     rejects: Vec<RejectLine>,
     by_code: BTreeMap<String, u64>,
@@ -414,6 +512,7 @@ async fn import_file(
                 checkpoint.read += answer.chunk.entries;
                 checkpoint.accepted += answer.accepted;
                 checkpoint.unlisted += answer.unlisted;
+                checkpoint.batches.extend(answer.batch_id.clone());
                 for line in &answer.chunk.local_rejects {
                     *checkpoint.rejected_by_code.entry(line.error.clone()).or_default() += 1;
                 }
@@ -547,6 +646,7 @@ async fn send(
     if chunk.records.is_empty() {
         return Ok(Answer {
             chunk,
+            batch_id: None,
             accepted: 0,
             rejects: Vec::new(),
             by_code: BTreeMap::new(),
@@ -659,6 +759,7 @@ fn answered(chunk: Chunk, answer: &Value) -> Answer {
         .collect();
     let counted: u64 = by_code.values().sum();
     Answer {
+        batch_id: answer["batch_id"].as_str().map(str::to_string),
         unlisted: counted.saturating_sub(rejects.len() as u64),
         accepted: answer["accepted"].as_u64().unwrap_or(0),
         chunk,
@@ -683,6 +784,7 @@ fn all_rejected(chunk: Chunk, code: &str, message: &str) -> Answer {
     let by_code = BTreeMap::from([(code.to_string(), rejects.len() as u64)]);
     Answer {
         chunk,
+        batch_id: None,
         accepted: 0,
         rejects,
         by_code,
@@ -829,6 +931,13 @@ pub fn describe(summary: &Summary, files: &[PathBuf]) -> String {
             .map(|f| rejects_path(f).display().to_string())
             .collect();
         out.push_str(&format!("\nrejected records: {}", rejects.join(", ")));
+    }
+    if let Some(after) = summary.visible_after {
+        out.push_str(&format!(
+            "\nreports count all {} batches ({:.1} s of waiting)",
+            summary.batches.len(),
+            after.as_secs_f64()
+        ));
     }
     if summary.unlisted > 0 {
         out.push_str(&format!(

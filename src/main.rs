@@ -104,6 +104,10 @@ async fn import(args: ImportArgs) -> anyhow::Result<std::process::ExitCode> {
         concurrency: args.concurrency,
         max_retries: args.max_retries,
         progress: args.progress,
+        wait: args
+            .wait
+            .then(|| Duration::from_secs(args.wait_timeout_secs)),
+        wait_url: args.wait_url,
     };
     let summary = spendstream::import::run(&options).await?;
     println!("{}", spendstream::import::describe(&summary, &args.files));
