@@ -63,6 +63,24 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// Spawns `future` as a task of its own that keeps this request's id,
+/// remote address and span: for work that must run to its end even when
+/// the client goes away and the request's own future is dropped.
+pub fn spawn_detached<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let scope = REQUEST.try_with(|s| s.clone()).ok();
+    let future = future.instrument(tracing::Span::current());
+    tokio::spawn(async move {
+        match scope {
+            Some(scope) => REQUEST.scope(scope, future).await,
+            None => future.await,
+        }
+    })
+}
+
 /// The request id, as a request extension for handlers.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -130,6 +130,9 @@ pub struct BodyReader {
     max_decoded: u64,
     pace: Pace,
     fingerprint: Option<Fingerprint>,
+    /// Cancelled when the client went away: a body not in by then is
+    /// broken.
+    gone: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl BodyReader {
@@ -145,7 +148,15 @@ impl BodyReader {
                 min_rate: config.body_min_bytes_per_sec,
             },
             fingerprint: None,
+            gone: None,
         }
+    }
+
+    /// Ends the body as broken when `gone` is cancelled (the request's
+    /// own future was dropped) before all of it arrived.
+    pub fn abandoned_with(mut self, gone: tokio_util::sync::CancellationToken) -> Self {
+        self.gone = Some(gone);
+        self
     }
 
     /// Hashes the decoded content as it is read; the handle gives the digest.
@@ -160,7 +171,13 @@ impl BodyReader {
     /// gzip header), and the handle that tells afterwards how reading ended.
     pub fn into_read(self) -> (impl Read + Send + 'static, BodyEndHandle) {
         let end = BodyEndHandle::default();
-        let stream = Box::pin(guarded(self.body, self.max_wire, self.pace, end.clone()));
+        let stream = Box::pin(guarded(
+            self.body,
+            self.max_wire,
+            self.pace,
+            end.clone(),
+            self.gone.unwrap_or_default(),
+        ));
         let read = Decoded {
             wire: Some((SyncIoBridge::new(StreamReader::new(stream)), self.gzip)),
             reader: None,
@@ -211,11 +228,12 @@ fn guarded(
     max_wire: u64,
     pace: Pace,
     end: BodyEndHandle,
+    gone: tokio_util::sync::CancellationToken,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
     let start = Instant::now();
     let deadline = start + pace.total;
     futures::stream::unfold(Some((body.into_data_stream(), 0u64)), move |state| {
-        let end = end.clone();
+        let (end, gone) = (end.clone(), gone.clone());
         async move {
             let (mut chunks, seen) = state?;
             let now = Instant::now();
@@ -234,7 +252,20 @@ fn guarded(
                 end.set(kind);
                 Some((Err(error), None))
             };
-            match tokio::time::timeout_at(until, chunks.next()).await {
+            // Data first: bytes that reached the server before the client
+            // went away are read; only a body with nothing more coming is
+            // broken by it.
+            let next = tokio::select! {
+                biased;
+                next = tokio::time::timeout_at(until, chunks.next()) => next,
+                () = gone.cancelled() => {
+                    return failed(
+                        BodyEnd::Broken,
+                        std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the client went away"),
+                    );
+                }
+            };
+            match next {
                 Err(_) => failed(
                     BodyEnd::TimedOut,
                     std::io::Error::new(

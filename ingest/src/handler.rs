@@ -376,9 +376,42 @@ async fn handle(
             return Ok(response);
         }
     }
-    // From here the key is ours until the answer is stored, or released:
-    // by the guard if this future is dropped (the client went away).
-    let (reader, fingerprint) = reader.hashed(format);
+    // From here the key is ours until the answer is stored, or released.
+    // The rest runs in a task of its own: a client that goes away once its
+    // body is in must not cancel the storing of the answer, or its retry
+    // would append the same records again. A body cut off midway still
+    // frees the key (it is not a final answer).
+    let gone = tokio_util::sync::CancellationToken::new();
+    let _gone_when_dropped = gone.clone().drop_guard();
+    let (reader, fingerprint) = reader.abandoned_with(gone).hashed(format);
+    spendstream_http::request_id::spawn_detached(answer_keyed(
+        state,
+        auth,
+        format,
+        reader,
+        fingerprint,
+        claim,
+        tenant,
+        key,
+    ))
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Ingests a keyed request's body and stores its final answer for the key
+/// (`claim` holds it), or gives the key up.
+#[allow(clippy::too_many_arguments)]
+async fn answer_keyed(
+    state: IngestState,
+    auth: Auth,
+    format: Format,
+    reader: BodyReader,
+    fingerprint: crate::body::Fingerprint,
+    mut claim: ClaimGuard,
+    tenant: String,
+    key: String,
+) -> Result<Response, ApiError> {
+    let store = state.idempotency.clone();
     let Outcome {
         response,
         body_whole,

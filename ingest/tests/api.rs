@@ -993,3 +993,95 @@ async fn bank_files_are_taken_by_content_type() {
     assert_eq!(answer["rejected"][1]["error"], "missing_field");
     assert_eq!(answer["rejected"][1]["field"], "external_id");
 }
+
+/// A producer that appends (counting the records) only once its gate
+/// opens, and says when an append is waiting.
+struct CountingGate {
+    gate: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicBool,
+    appended: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl LogProducer for CountingGate {
+    async fn append(&self, records: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.store(true, SeqCst);
+        let _permit = self.gate.acquire().await;
+        self.appended.fetch_add(records.len(), SeqCst);
+        Ok(vec![
+            Position {
+                partition: 0,
+                offset: 0
+            };
+            records.len()
+        ])
+    }
+}
+
+/// A client that goes away after its whole body is in (its future is
+/// dropped while the append runs) does not make its retry append again:
+/// the answer is stored for the key all the same, and the retry gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_after_its_body_still_gets_its_answer_stored() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
+    let producer = Arc::new(CountingGate {
+        gate: tokio::sync::Semaphore::new(0),
+        waiting: false.into(),
+        appended: 0.into(),
+    });
+    let state = IngestState {
+        keys: keys(),
+        committer: spendstream_ingest::Committer::spawn(
+            producer.clone(),
+            100,
+            std::time::Duration::from_secs(30),
+        ),
+        log: Arc::new(log),
+        idempotency: state_store(dir.path()).await,
+        in_flight: Arc::new(InFlight::new(8, 8)),
+        config: Arc::new(IngestConfig::default()),
+        operator_tenant: None,
+        rate: None,
+        batches: None,
+    };
+    let app = spendstream_http::finish(spendstream_ingest::router(state));
+    let t = token(&["ingest"]);
+    let body = format!("{GOOD}\n");
+    let request = {
+        let (app, t, body) = (app.clone(), t.clone(), body.clone());
+        tokio::spawn(async move { send(&app, &t, "once", Body::from(body)).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !producer.waiting.load(SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the append never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The client goes away while its records are being appended.
+    request.abort();
+    let _ = request.await;
+    producer.gate.add_permits(100);
+    loop {
+        let (s, answer) = send(&app, &t, "once", Body::from(body.clone())).await;
+        if s == StatusCode::ACCEPTED {
+            assert_eq!(answer["accepted"], 1, "{answer}");
+            break;
+        }
+        assert_eq!(s, StatusCode::CONFLICT, "{answer}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key stayed in progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        producer.appended.load(SeqCst),
+        1,
+        "the retry appended the record again"
+    );
+}
