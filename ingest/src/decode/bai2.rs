@@ -33,17 +33,30 @@ pub fn decode(
             Ok(None) => break,
             Err(message) => return End::Malformed { index, message },
         };
-        let Line::Text(text) = line else {
-            if !header_seen {
+        let text = match line {
+            Line::Text(text) => text,
+            Line::TooLarge(_) if !header_seen => {
                 return not_bai2("the first record is too long to be a BAI2 file header");
             }
-            // Only a detail can be that long and still be a record.
-            let item = too_large(index, max_record);
-            index += 1;
-            if !emit(item) {
-                return End::Cancelled;
+            // A detail that long is rejected; a record of another kind that
+            // long would leave what follows under the wrong account.
+            Line::TooLarge(code) if code == "16" || code.is_empty() => {
+                let item = too_large(index, max_record);
+                index += 1;
+                if !emit(item) {
+                    return End::Cancelled;
+                }
+                continue;
             }
-            continue;
+            Line::TooLarge(code) => {
+                return End::Malformed {
+                    index,
+                    message: format!(
+                        "line {}: a `{code}` record longer than {max_record} bytes",
+                        lines.number
+                    ),
+                };
+            }
         };
         let split = text.find([',', '/']).unwrap_or(text.len());
         let code = &text[..split];
@@ -83,11 +96,12 @@ pub fn decode(
                         Ok(Some(Line::Text(next))) if next.starts_with("88,") => {
                             // Past the limit the detail is rejected; its
                             // continuations are read through, not held.
-                            size += next.len();
+                            size = size.saturating_add(next.len());
                             if size <= max_record {
                                 parts.push(next[3..].to_string());
                             }
                         }
+                        Ok(Some(Line::TooLarge(code))) if code == "88" => size = usize::MAX,
                         Ok(Some(other)) => {
                             lines.held = Some(other);
                             break;
@@ -150,7 +164,9 @@ struct Account {
 
 enum Line {
     Text(String),
-    TooLarge,
+    /// A line over the limit, with its record code when its start was
+    /// kept.
+    TooLarge(String),
 }
 
 /// The body's physical records, one held back when a detail's
@@ -177,7 +193,12 @@ impl<R: BufRead> Lines<'_, R> {
             }
             self.number += 1;
             if too_long {
-                return Ok(Some(Line::TooLarge));
+                let code = buf
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .map(|b| char::from(*b))
+                    .collect();
+                return Ok(Some(Line::TooLarge(code)));
             }
             // BAI2 is ASCII; Latin-1 bytes in text are read as such rather
             // than failing the file.
@@ -499,6 +520,15 @@ mod tests {
             matches!(&items[0], Item::Reject { index: 0, error } if error.code == ErrorCode::RecordTooLarge)
         );
         assert_eq!(record(&items[1]).external_id, "123456789/R2");
+    }
+
+    #[test]
+    fn an_overlong_account_record_stops_the_file() {
+        let long = "9".repeat(600);
+        let body = format!("{HEAD}16,475,1,0,R1/\n03,{long},USD/\n16,475,2,0,R2/\n99/\n");
+        let (items, end) = super::super::collect_limited(Format::Bai2, body.as_bytes(), 512);
+        assert_eq!(items.len(), 1);
+        assert!(matches!(end, End::Malformed { index: 1, .. }), "{end:?}");
     }
 
     #[test]

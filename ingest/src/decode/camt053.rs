@@ -29,6 +29,12 @@ pub fn decode(reader: impl BufRead, max_record: usize, emit: &mut dyn FnMut(Item
         };
         match token {
             Token::Start { name, attrs, empty } => {
+                if root_seen && path.is_empty() {
+                    return End::Malformed {
+                        index,
+                        message: format!("`<{name}>` after the document's end"),
+                    };
+                }
                 if !root_seen && name != "Document" {
                     return not_camt(&format!("the root element is `{name}`, not `Document`"));
                 }
@@ -294,6 +300,15 @@ impl Entry {
                 ));
             }
         };
+        if self.amount.starts_with(['-', '+']) {
+            // The direction is CdtDbtInd's; ISO 20022 amounts are unsigned.
+            return Some(bank::reject(
+                index,
+                ErrorCode::InvalidAmount,
+                Some("amount"),
+                "the entry's `Amt` carries a sign; its direction is `CdtDbtInd`'s".into(),
+            ));
+        }
         let amount = match self.credit_debit.as_str() {
             // Money leaving the account is spend; money coming in (a refund)
             // counts against it.
@@ -308,10 +323,18 @@ impl Entry {
                 ));
             }
         };
+        // The bank's own references first: they stay the same from one
+        // statement to the next. `NtryRef` is only unique in its statement,
+        // so it is qualified by the statement's id.
+        let entry_ref = match (&self.entry_ref, &statement.id) {
+            (r, _) if r.is_empty() => String::new(),
+            (r, id) if id.is_empty() => r.clone(),
+            (r, id) => format!("{id}/{r}"),
+        };
         let reference = [
             &self.account_servicer_ref,
-            &self.entry_ref,
             &self.tx_account_servicer_ref,
+            &entry_ref,
             &self.end_to_end_id,
         ]
         .into_iter()
@@ -321,7 +344,7 @@ impl Entry {
                 index,
                 ErrorCode::MissingField,
                 Some("external_id"),
-                "the entry has no reference (`AcctSvcrRef`, `NtryRef`, or its transaction's `AcctSvcrRef` or `EndToEndId`) to identify it by".into(),
+                "the entry has no reference (`AcctSvcrRef`, its transaction's `AcctSvcrRef`, `NtryRef`, or its transaction's `EndToEndId`) to identify it by".into(),
             ));
         };
         if statement.account.is_empty() {
@@ -415,6 +438,10 @@ mod tests {
         assert_eq!(items.len(), 2, "INFO entries are skipped");
         let records: Vec<ExpenseRecord> = items.iter().map(validated).collect();
         assert_eq!(records[0].external_id, "DE89370400440532013000/R1");
+        assert_eq!(
+            records[1].external_id, "DE89370400440532013000/S1/R2",
+            "an entry reference is qualified by its statement"
+        );
         assert_eq!(records[0].amount.minor, 1250);
         assert_eq!(records[1].amount.minor, -300);
         assert_eq!(records[1].status, spendstream_schemas::Status::Pending);
@@ -464,6 +491,17 @@ mod tests {
         assert!(matches!(end, End::Malformed { index: 1, .. }), "{end:?}");
         let (_, end) = collect(Format::Camt053, b"<Document><BkToCstmrStmt></Stmt>");
         assert!(matches!(end, End::Malformed { index: 0, .. }));
+        // After the document: broken, never "not a statement" (its entries
+        // were handed on already).
+        let after = format!("{body}<Document><X/></Document>");
+        let (items, end) = collect(Format::Camt053, after.as_bytes());
+        assert_eq!(items.len(), 1);
+        assert!(matches!(end, End::Malformed { index: 1, .. }), "{end:?}");
+        let signed = entry(&ntry("-1.00", "CRDT", "BOOK", "<NtryRef>R</NtryRef>"));
+        let (items, _) = collect(Format::Camt053, signed.as_bytes());
+        assert!(
+            matches!(&items[0], Item::Reject { error, .. } if error.code == ErrorCode::InvalidAmount)
+        );
     }
 
     #[test]

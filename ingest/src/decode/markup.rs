@@ -265,12 +265,16 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|b| *b == needle)
 }
 
+/// The longest element name taken: real ones are short, and decoders keep
+/// the names of the open elements.
+const MAX_NAME: usize = 256;
+
 /// A tag's inside (`name a="v"`, `/name`, `name/`) as a token.
 fn parse_tag(tag: &str) -> Result<Token, String> {
     if let Some(rest) = tag.strip_prefix('/') {
         let name = local(rest.trim());
-        if name.is_empty() {
-            return Err("an end tag without a name".into());
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err("an end tag without a name, or with one too long".into());
         }
         return Ok(Token::End { name });
     }
@@ -283,6 +287,9 @@ fn parse_tag(tag: &str) -> Result<Token, String> {
         .find(|c: char| c.is_ascii_whitespace())
         .unwrap_or(inner.len());
     let name = local(&inner[..name_end]);
+    if name.len() > MAX_NAME {
+        return Err(format!("an element name longer than {MAX_NAME} bytes"));
+    }
     if name.is_empty() || !name.chars().all(name_char) {
         return Err(format!(
             "`<{}>` is not a tag",

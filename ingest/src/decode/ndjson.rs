@@ -42,8 +42,9 @@ pub fn decode(
     }
 }
 
-/// Reads up to and including `\n`, keeping at most `max` bytes. Returns
-/// bytes consumed and whether the line was cut.
+/// Reads up to and including `\n`, keeping at most `max` bytes (the
+/// line's start when it is longer). Returns bytes consumed and whether the
+/// line was cut.
 pub(super) fn read_line_capped(
     reader: &mut impl BufRead,
     out: &mut Vec<u8>,
@@ -62,6 +63,10 @@ pub(super) fn read_line_capped(
         };
         let len = chunk.len();
         if too_long || out.len() + len > max {
+            // The line's start is kept (up to `max`): a caller may want to
+            // know what kind of line it was.
+            let room = max.saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..room.min(len)]);
             too_long = true;
         } else {
             out.extend_from_slice(chunk);

@@ -29,7 +29,12 @@ pub fn decode(reader: impl BufRead, max_record: usize, emit: &mut dyn FnMut(Item
         };
         match token {
             Token::Text(text) if !seen_root => {
-                // The OFX 1.x header (`OFXHEADER:100`, `CHARSET:1252`, …).
+                // The OFX 1.x header (`OFXHEADER:100`, `CHARSET:1252`, …),
+                // or only a byte-order mark before an OFX 2 file.
+                let text = text.trim_start_matches('\u{feff}');
+                if text.trim().is_empty() {
+                    continue;
+                }
                 let header = text.to_ascii_uppercase();
                 if !header.trim_start().starts_with("OFXHEADER") {
                     return not_ofx("the body does not start with an OFX header or `<OFX>`");
@@ -412,6 +417,14 @@ mod tests {
         let (items, end) = collect(Format::Ofx, cut);
         assert!(items.is_empty());
         assert!(matches!(end, End::Malformed { index: 0, .. }), "{end:?}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let mut body = "\u{feff}".as_bytes().to_vec();
+        body.extend_from_slice(SGML);
+        let (items, end) = collect(Format::Ofx, &body);
+        assert_eq!((items.len(), end), (2, End::Complete));
     }
 
     #[test]
