@@ -410,6 +410,21 @@ async fn import_file(
         .with_context(|| "reading the file")?
         .len();
     let sha256 = file_sha256(path).context("reading the file")?;
+    // One import of a file at a time: two would write one checkpoint and
+    // one rejects file. The lock goes with the process, a killed one too.
+    let lock_path = sibling(path, "import.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another import of this file is running (it holds {})",
+            lock_path.display()
+        );
+    }
     let format = match options.format {
         Some(f) => f,
         None => {
@@ -437,6 +452,16 @@ async fn import_file(
                     rejects_file.display()
                 );
             }
+            let named = format!("{format:?}").to_ascii_lowercase();
+            if old.format != named {
+                bail!(
+                    "{} was made for this file read as {}, not {named}: give --format {} to resume, or delete it (and {}) to start over",
+                    checkpoint_file.display(),
+                    old.format,
+                    old.format,
+                    rejects_file.display()
+                );
+            }
             if old.chunk_records != options.chunk_records {
                 eprintln!(
                     "import: {display}: resuming with the checkpoint's {} records a chunk (its keys depend on it)",
@@ -445,12 +470,18 @@ async fn import_file(
             }
             old
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint {
-            sha256: sha256.clone(),
-            format: format!("{format:?}").to_ascii_lowercase(),
-            chunk_records: options.chunk_records,
-            ..Checkpoint::default()
-        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Written before anything is sent: a run killed with its first
+            // chunks in flight resumes them under the same keys.
+            let new = Checkpoint {
+                sha256: sha256.clone(),
+                format: format!("{format:?}").to_ascii_lowercase(),
+                chunk_records: options.chunk_records,
+                ..Checkpoint::default()
+            };
+            new.save(&checkpoint_file)?;
+            new
+        }
         Err(e) => return Err(e).context(format!("reading {}", checkpoint_file.display())),
     };
     // Rejects of chunks the checkpoint does not count are dropped: their
@@ -472,7 +503,11 @@ async fn import_file(
     }
     let resumed = checkpoint.done.len();
     let chunk_records = checkpoint.chunk_records;
-    let key_prefix = format!("import-{}-{chunk_records}", &sha256[..32]);
+    let key_prefix = format!(
+        "import-{}-{}-{chunk_records}",
+        &sha256[..32],
+        checkpoint.format
+    );
 
     let (reader, bytes_read) = open(path)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(options.concurrency);
@@ -531,24 +566,33 @@ async fn import_file(
     checkpoint.complete = true;
     checkpoint.save(&checkpoint_file)?;
     progress.draw(&checkpoint, true);
+    drop(lock);
     Ok(checkpoint.summary())
 }
 
 /// Rewrites the rejects file with only the lines of `done` chunks.
 fn keep_rejects_of(path: &Path, done: &BTreeSet<u64>) -> anyhow::Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).context(format!("reading {}", path.display())),
     };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<RejectLine>(line).is_ok_and(|r| done.contains(&r.chunk))
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
-    std::fs::write(path, kept).with_context(|| format!("writing {}", path.display()))
+    // Line by line, as bytes: a run killed midway may have left half a
+    // line (cut inside a character, even), which is dropped like any line
+    // of a chunk not done.
+    let tmp = path.with_extension("ndjson.tmp");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?,
+    );
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if serde_json::from_slice::<RejectLine>(&line).is_ok_and(|r| done.contains(&r.chunk)) {
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Decodes the file into chunks of `chunk_records` entries and hands on
@@ -589,7 +633,11 @@ fn split(
         }
         chunk.entries += 1;
         match line {
-            Ok(json) => chunk.records.push((index, json.trim_end().to_string())),
+            // One record a line: a pretty-printed JSON element's line
+            // breaks are whitespace (JSON strings cannot hold raw ones).
+            Ok(json) => chunk
+                .records
+                .push((index, json.trim_end().replace(['\n', '\r'], " "))),
             Err(error) => chunk.local_rejects.push(RejectLine {
                 chunk: chunk_index,
                 index,
@@ -703,12 +751,14 @@ async fn send(
                 };
                 let code = answer["error"].as_str().unwrap_or("").to_string();
                 match status {
-                    202 | 422 => return Ok(answered(chunk, &answer)),
-                    400 if code == "invalid_body" || code == "empty_body" => {
-                        // Nothing of the chunk could be framed: every record
-                        // is rejected with that code.
+                    202 | 422 if answer.get("batch_id").is_some() => {
+                        return Ok(answered(chunk, &answer));
+                    }
+                    400 if code == "invalid_body" => {
+                        // No line of the chunk is a JSON object: every
+                        // record is rejected as the edge rejects such a line.
                         let message = answer["message"].as_str().unwrap_or("").to_string();
-                        return Ok(all_rejected(chunk, &code, &message));
+                        return Ok(all_rejected(chunk, "invalid_json", &message));
                     }
                     400 if code == "body_incomplete" => (format!("{status} {code}"), retry_after),
                     408 | 409 | 429 | 502 | 503 | 504 => (format!("{status} {code}"), retry_after),
@@ -1005,6 +1055,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pretty_printed_json_element_is_one_ndjson_line() {
+        let body = "[\n  {\n    \"a\": \"x y\",\r\n    \"b\": 1\n  },\n  {\"c\": 2}\n]\n";
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        split(
+            Format::Json,
+            Box::new(std::io::Cursor::new(body.as_bytes().to_vec())),
+            10,
+            &BTreeSet::new(),
+            tx,
+        )
+        .unwrap();
+        let chunk = rx.try_recv().unwrap();
+        assert_eq!(chunk.records.len(), 2);
+        for (_, line) in &chunk.records {
+            assert!(!line.contains(['\n', '\r']), "{line:?}");
+            serde_json::from_str::<Value>(line).unwrap();
+        }
+    }
+
+    #[test]
     fn only_the_rejects_of_done_chunks_survive_a_resume() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.ndjson");
@@ -1019,7 +1089,11 @@ mod tests {
             })
             .unwrap()
         };
-        std::fs::write(&path, format!("{}\n{}\n{}\n", line(0), line(3), line(1))).unwrap();
+        // The last line was cut inside a character by a kill.
+        let mut text = format!("{}\n{}\n{}\n", line(0), line(3), line(1)).into_bytes();
+        text.extend_from_slice(&line(1).as_bytes()[..10]);
+        text.extend_from_slice(&[0xc3]);
+        std::fs::write(&path, text).unwrap();
         keep_rejects_of(&path, &BTreeSet::from([0, 1])).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),

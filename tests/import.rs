@@ -123,6 +123,15 @@ async fn an_import_killed_midway_and_run_again_sends_nothing_twice() {
     // The reports hold every record once, and the lake holds no record
     // twice: a chunk sent again was answered from its idempotency key.
     let rows = common::settle_exactly(&server.base, &dir.path().join("data"), &model).await;
+    if rows != N as i64 {
+        let dup = common::sql(
+            &server.base,
+            &common::token("acme", &[Role::Read]),
+            "SELECT MIN(CAST(SUBSTR(external_id, 2) AS BIGINT)) AS lo, MAX(CAST(SUBSTR(external_id, 2) AS BIGINT)) AS hi, COUNT(*) AS n FROM (SELECT external_id FROM expenses GROUP BY external_id HAVING COUNT(*) > 1) d",
+        )
+        .await;
+        eprintln!("DEBUG duplicated: {dup}");
+    }
     assert_eq!(rows, N as i64, "the lake holds a record twice");
     assert_eq!(checkpoint(&file).unwrap()["complete"], true);
 
