@@ -983,6 +983,7 @@ pub fn router(
             current: report_state.clone(),
             dead_letters: log.map(|l| l.dead_letters()),
             clickhouse,
+            rate: rate.clone(),
         }));
     }
     if roles.query

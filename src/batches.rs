@@ -6,6 +6,7 @@
 //! letters, and whether (and since when) reports count every record.
 
 use axum::extract::{FromRef, Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -38,6 +39,9 @@ pub struct BatchState {
     pub dead_letters: Option<Arc<dyn DeadLetterStore>>,
     /// ClickHouse, when this process writes it.
     pub clickhouse: Option<ClickHouseConfig>,
+    /// Per-tenant requests/s, shared with reports and SQL (it reads what
+    /// they read); none: no limits.
+    pub rate: Option<spendstream_http::rate::RateLimits>,
 }
 
 impl FromRef<BatchState> for JwtKeys {
@@ -91,6 +95,7 @@ pub struct BatchStatus {
         (status = 401, description = "No or invalid token.", body = ErrorBody),
         (status = 403, description = "The token has neither the ingest nor the read role.", body = ErrorBody),
         (status = 404, description = "not_found: no such batch of this tenant (or older than 7 days).", body = ErrorBody),
+        (status = 429, description = "quota_exceeded: this tenant is over its query rate limit (shared with reports and SQL); Retry-After.", body = ErrorBody),
         (status = 503, description = "unavailable: the state store or the lake did not answer; Retry-After.", body = ErrorBody),
     ),
 )]
@@ -98,11 +103,28 @@ pub async fn batch(
     State(state): State<BatchState>,
     auth: Auth,
     Path(batch_id): Path<String>,
-) -> Result<Json<BatchStatus>, ApiError> {
-    if !auth.0.has(Role::Ingest) {
-        auth.require(Role::Read)?;
+) -> Response {
+    if !auth.0.has(Role::Ingest)
+        && let Err(e) = auth.require(Role::Read)
+    {
+        return e.into_response();
     }
-    let tenant = auth.tenant();
+    let rate = state.rate.clone();
+    let tenant = auth.tenant().to_string();
+    spendstream_http::rate::limited(
+        rate.as_ref(),
+        spendstream_http::rate::Api::Query,
+        &tenant,
+        async { status(&state, &tenant, batch_id).await.into_response() },
+    )
+    .await
+}
+
+async fn status(
+    state: &BatchState,
+    tenant: &str,
+    batch_id: String,
+) -> Result<Json<BatchStatus>, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
             "no batch {} of this tenant (batches are kept 7 days)",
@@ -140,13 +162,16 @@ pub async fn batch(
             };
         sinks.insert("clickhouse", rows);
     }
-    let dead_letters = match &state.dead_letters {
-        Some(store) => dead_letters_of(store.as_ref(), tenant, &batch_id).await,
+    let letters = match &state.dead_letters {
+        Some(store) => letters_of(store.as_ref(), tenant, &batch_id).await,
         None => None,
     };
+    let dead_letters = letters.map(|l| l.records);
 
     let answered_at = DateTime::from_timestamp_millis(record.answered_at_ms).unwrap_or_default();
-    let settled = lake_rows + dead_letters.unwrap_or(0);
+    // A record refused by one sink only is a dead letter and a lake row:
+    // counted once.
+    let settled = lake_rows + letters.map_or(0, |l| l.not_in_lake);
     let status = if settled >= record.accepted {
         "visible"
     } else if settled == 0 {
@@ -213,12 +238,23 @@ async fn lake_rows(lake: &Lake, tenant: &str, batch_id: &str) -> Result<u64, Api
         .map_or(0, |c| c.value(0).max(0) as u64))
 }
 
+/// A batch's dead letters.
+#[derive(Debug, Clone, Copy)]
+struct Letters {
+    /// Its records with a letter not replayed since (each once, however
+    /// many consumer groups wrote one).
+    records: u64,
+    /// Those of them no sink wrote (not a `sink_refused` letter, which
+    /// one sink wrote of a record the lake holds).
+    not_in_lake: u64,
+}
+
 /// The tenant's dead letters of this batch, or `None` when they cannot be
 /// read now or there are too many to read for one request.
-async fn dead_letters_of(store: &dyn DeadLetterStore, tenant: &str, batch_id: &str) -> Option<u64> {
+async fn letters_of(store: &dyn DeadLetterStore, tenant: &str, batch_id: &str) -> Option<Letters> {
     let mut after = 0;
     let mut scanned = 0;
-    let mut count = 0;
+    let mut records = std::collections::BTreeMap::new();
     loop {
         let page = match store.list(LetterScope::Tenant(tenant), after, 500).await {
             Ok(page) => page,
@@ -228,16 +264,26 @@ async fn dead_letters_of(store: &dyn DeadLetterStore, tenant: &str, batch_id: &s
             }
         };
         scanned += page.len();
-        count += page
-            .iter()
-            .filter(|l| {
-                Envelope::from_slice(&l.letter.payload).is_ok_and(|e| e.batch_id == batch_id)
-            })
-            .count() as u64;
+        for l in &page {
+            if l.replayed.is_none()
+                && Envelope::from_slice(&l.letter.payload).is_ok_and(|e| e.batch_id == batch_id)
+            {
+                let refused = l.letter.code == spendstream_schemas::ErrorCode::SinkRefused.as_str();
+                let in_lake = records
+                    .entry((l.letter.partition, l.letter.offset))
+                    .or_insert(true);
+                *in_lake &= refused;
+            }
+        }
         match page.last() {
             Some(last) if page.len() == 500 && scanned < MAX_LETTERS_SCANNED => after = last.id,
             Some(_) if page.len() == 500 => return None,
-            _ => return Some(count),
+            _ => {
+                return Some(Letters {
+                    records: records.len() as u64,
+                    not_in_lake: records.values().filter(|in_lake| !**in_lake).count() as u64,
+                });
+            }
         }
     }
 }

@@ -947,6 +947,7 @@ async fn openapi_document_matches_the_routes() {
         spendstream::app::RouteOptions {
             idempotency: running.state.as_ref().map(|s| s.idempotency.clone()),
             revocations: running.state.as_ref().map(|s| s.revocations.clone()),
+            batches: running.state.as_ref().map(|s| s.batches.clone()),
             ..Default::default()
         },
         Vec::new(),
@@ -1169,7 +1170,11 @@ async fn every_route_needs_exactly_the_role_this_table_names() {
     let client = reqwest::Client::new();
     let all = [Role::Ingest, Role::Read, Role::Admin];
     let call = |method: &str, path: &str, token: Option<String>| {
-        let url = format!("{base}{}", path.replace("{id}", "1"));
+        let url = format!(
+            "{base}{}",
+            path.replace("{id}", "1")
+                .replace("{batch_id}", "00000000-0000-4000-8000-000000000000")
+        );
         let mut request = client.request(method.parse().unwrap(), url);
         if method == "POST" {
             request = if path == "/v1/sql" {
