@@ -44,7 +44,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_000_000;
 
 /// The lake columns the state reads, in this order.
-const COLUMNS: [&str; 12] = [
+const COLUMNS: [&str; 14] = [
     "expense_id",
     "version",
     "status",
@@ -57,6 +57,8 @@ const COLUMNS: [&str; 12] = [
     "merchant_normalized",
     "merchant_name",
     "batch_id",
+    "source",
+    "related_external_id",
 ];
 
 /// Files read at once while catching up.
@@ -139,6 +141,15 @@ struct Tenant {
     /// The rows of each ingest batch the state holds (every version, each
     /// once), by the batch id's 128 bits.
     batches: HashMap<u128, BatchSeen>,
+    /// The lifecycle (`docs/lifecycle.md`): the expense each latest row
+    /// names in `related_external_id` (with the row's own id), by its
+    /// slot ...
+    links: HashMap<u32, (u128, u128)>,
+    /// ... the slots naming each expense ...
+    linkers: HashMap<u128, Vec<u32>>,
+    /// ... and the slots that do not count because of it (a pending one
+    /// another record names; a reversal of a pending one).
+    excluded: HashSet<u32>,
 }
 
 /// What the state holds of one ingest batch.
@@ -194,8 +205,8 @@ impl Tenant {
     /// Takes each row of `batch` (columns as [`COLUMNS`]) whose version is
     /// higher than the one held for its expense. Returns how many entries
     /// (expenses and superseded versions) it added.
-    fn merge(&mut self, batch: &RecordBatch) -> Result<usize> {
-        let before = self.rows.len() + self.superseded.len() + self.batches.len();
+    fn merge(&mut self, tenant_id: &str, batch: &RecordBatch) -> Result<usize> {
+        let before = self.entries();
         let now_ms = chrono::Utc::now().timestamp_millis();
         *self
             .superseded_table
@@ -224,6 +235,9 @@ impl Tenant {
         let (amounts, currencies, categories) = (int(4)?, text(5)?, text(6)?);
         let (accounts, employees, normalized, names) = (text(7)?, text(8)?, text(9)?, text(10)?);
         let batch_ids = text(11)?;
+        let (sources, related) = (text(12)?, text(13)?);
+        // Expenses whose lifecycle may have changed: settled at the end.
+        let mut unsettled: HashSet<u128> = HashSet::new();
         for i in 0..batch.num_rows() {
             let id = expense_key(ids.value(i))?;
             let version = versions.value(i);
@@ -256,21 +270,101 @@ impl Tenant {
                     .and_then(|p| u8::try_from(p).ok())
                     .unwrap_or(UNKNOWN_STATUS),
             };
-            match held {
+            let slot = match held {
                 Some((slot, older)) => {
                     self.rows[slot as usize] = row;
                     self.latest.insert(id, (slot, version));
                     self.superseded.insert((id, older));
+                    slot
                 }
                 None => {
                     let slot = u32::try_from(self.rows.len())
                         .map_err(|_| Error::Shape("more than 2^32 expenses".into()))?;
                     self.rows.push(row);
                     self.latest.insert(id, (slot, version));
+                    slot
                 }
+            };
+            // The expense this version names, in the same tenant and
+            // source (never itself).
+            let target = match (value(related, i), value(sources, i)) {
+                (Some(related), Some(source)) => {
+                    let target =
+                        spendstream_schemas::expense_id(tenant_id, source, related).as_u128();
+                    (target != id).then_some(target)
+                }
+                _ => None,
+            };
+            if let Some((_, old)) = self.links.remove(&slot) {
+                if let Some(slots) = self.linkers.get_mut(&old) {
+                    slots.retain(|s| *s != slot);
+                    if slots.is_empty() {
+                        self.linkers.remove(&old);
+                    }
+                }
+                unsettled.insert(old);
+            }
+            if let Some(target) = target {
+                self.links.insert(slot, (id, target));
+                self.linkers.entry(target).or_default().push(slot);
+                unsettled.insert(target);
+            }
+            // Its own status may have changed what its linkers count.
+            unsettled.insert(id);
+        }
+        for id in unsettled {
+            self.settle(id);
+        }
+        Ok(self.entries() - before)
+    }
+
+    /// Entries held, for the memory bound.
+    fn entries(&self) -> usize {
+        self.rows.len() + self.superseded.len() + self.batches.len() + self.links.len()
+    }
+
+    /// Applies the lifecycle rules to expense `id` and to the rows naming
+    /// it (whose counting depends on its status).
+    fn settle(&mut self, id: u128) {
+        let mut slots: Vec<(u32, u128)> = self
+            .linkers
+            .get(&id)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|s| Some((*s, self.links.get(s)?.0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some((slot, _)) = self.latest.get(&id) {
+            slots.push((*slot, id));
+        }
+        for (slot, own) in slots {
+            if self.excluded_now(slot, own) {
+                self.excluded.insert(slot);
+            } else {
+                self.excluded.remove(&slot);
             }
         }
-        Ok(self.rows.len() + self.superseded.len() + self.batches.len() - before)
+    }
+
+    /// Whether the row at `slot` (expense `own`) does not count: pending
+    /// and named by another row, or a reversal of a pending row.
+    fn excluded_now(&self, slot: u32, own: u128) -> bool {
+        let status = Status::ALL.get(usize::from(self.rows[slot as usize].status));
+        match status {
+            Some(Status::Pending) => self.linkers.get(&own).is_some_and(|l| !l.is_empty()),
+            Some(Status::Reversed) => self
+                .links
+                .get(&slot)
+                .is_some_and(|(_, target)| self.is_pending(*target)),
+            _ => false,
+        }
+    }
+
+    fn is_pending(&self, id: u128) -> bool {
+        self.latest.get(&id).is_some_and(|(slot, _)| {
+            Status::ALL.get(usize::from(self.rows[*slot as usize].status)) == Some(&Status::Pending)
+        })
     }
 
     /// Counts row `i` (new to the state) for its batch. A batch id that is
@@ -496,7 +590,11 @@ impl CurrentState {
             // Half applied is of no version (a failure leaves it so).
             state.version = None;
             for (tenant, batch) in changes {
-                state.rows += state.tenants.entry(tenant).or_default().merge(&batch)?;
+                state.rows += state
+                    .tenants
+                    .entry(tenant.clone())
+                    .or_default()
+                    .merge(&tenant, &batch)?;
             }
             self.finish(&mut state, version, &files);
         } else {
@@ -508,7 +606,7 @@ impl CurrentState {
                 let tenant = state.tenants.entry(file.tenant.clone()).or_default();
                 let mut added = 0;
                 for batch in &batches {
-                    added += tenant.merge(batch)?;
+                    added += tenant.merge(&file.tenant, batch)?;
                 }
                 state.rows += added;
                 state.files.insert(file.path.clone());
@@ -702,7 +800,21 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
     let (from, to) = (ask.from.map(days), ask.to.map(days));
     let period = matches!(ask.group_by, GroupBy::Day | GroupBy::Week | GroupBy::Month);
     let mut groups: HashMap<(i64, u32), (i64, i128)> = HashMap::new();
-    for row in &tenant.rows {
+    let index = |status: Status| Status::ALL.iter().position(|s| *s == status);
+    let (declined, reversed) = (index(Status::Declined), index(Status::Reversed));
+    for (slot, row) in tenant.rows.iter().enumerate() {
+        // The lifecycle first (`docs/lifecycle.md`): a declined record never
+        // counts, nor one a later record superseded; a reversal counts
+        // against what it reverses.
+        let status = Some(usize::from(row.status));
+        if status == declined || tenant.excluded.contains(&(slot as u32)) {
+            continue;
+        }
+        let counted = if status == reversed {
+            -i128::from(row.amount_minor).abs()
+        } else {
+            i128::from(row.amount_minor)
+        };
         let selected = statuses
             .get(usize::from(row.status))
             .copied()
@@ -736,7 +848,7 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
         };
         let total = groups.entry((group, row.currency)).or_default();
         total.0 += 1;
-        total.1 += i128::from(row.amount_minor);
+        total.1 += counted;
     }
     groups
         .into_iter()
@@ -761,6 +873,242 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One record of a lifecycle scenario.
+    #[derive(Debug, Clone)]
+    struct Rec {
+        external_id: String,
+        status: Status,
+        related: Option<String>,
+        amount: i64,
+    }
+
+    fn rec(external_id: String, status: Status, related: Option<String>, amount: i64) -> Rec {
+        Rec {
+            external_id,
+            status,
+            related,
+            amount,
+        }
+    }
+
+    /// The records of purchase `i` of `kind` (see `docs/lifecycle.md`).
+    fn purchase(i: usize, kind: u8, amount: i64) -> Vec<Rec> {
+        use Status::*;
+        let (p, t, r) = (format!("p{i}"), format!("t{i}"), format!("r{i}"));
+        match kind {
+            0 => vec![rec(p, Pending, None, amount)],
+            1 => vec![
+                rec(p.clone(), Pending, None, amount),
+                rec(t, Posted, Some(p), amount + 3),
+            ],
+            // One id, pending then posted: whichever arrives last is its
+            // latest version.
+            2 => vec![
+                rec(p.clone(), Pending, None, amount),
+                rec(p, Posted, None, amount + 1),
+            ],
+            3 => vec![
+                rec(t.clone(), Posted, None, amount),
+                rec(r, Reversed, Some(t), amount / 2),
+            ],
+            4 => vec![
+                rec(p.clone(), Pending, None, amount),
+                rec(r, Reversed, Some(p), amount),
+            ],
+            5 => vec![rec(p, Declined, None, amount)],
+            // Signed as some importers sign a reversal: taken back all the same.
+            6 => vec![rec(r, Reversed, Some(format!("gone{i}")), -amount)],
+            7 => vec![
+                rec(p.clone(), Pending, None, amount),
+                rec(t.clone(), Posted, Some(p), amount),
+                rec(r, Reversed, Some(t), amount),
+            ],
+            _ => vec![
+                rec(p.clone(), Pending, None, amount),
+                rec(format!("d{i}"), Declined, Some(p), amount),
+            ],
+        }
+    }
+
+    /// The rules of `docs/lifecycle.md` over the latest record of each id:
+    /// (records counted, their sum).
+    fn model(latest: &[Rec]) -> (i64, i128) {
+        let linked: HashSet<&str> = latest
+            .iter()
+            .filter_map(|r| r.related.as_deref().filter(|x| *x != r.external_id))
+            .collect();
+        let pending: HashSet<&str> = latest
+            .iter()
+            .filter(|r| r.status == Status::Pending)
+            .map(|r| r.external_id.as_str())
+            .collect();
+        let mut out = (0, 0i128);
+        for r in latest {
+            let counted = match r.status {
+                Status::Declined => None,
+                Status::Pending if linked.contains(r.external_id.as_str()) => None,
+                Status::Reversed if r.related.as_deref().is_some_and(|x| pending.contains(x)) => {
+                    None
+                }
+                Status::Reversed => Some(-i128::from(r.amount).abs()),
+                _ => Some(i128::from(r.amount)),
+            };
+            if let Some(c) = counted {
+                out.0 += 1;
+                out.1 += c;
+            }
+        }
+        out
+    }
+
+    /// Records as the lake holds them (the columns the state reads), with
+    /// their versions.
+    fn lake_batch(records: &[(Rec, i64)]) -> RecordBatch {
+        with_external_id(records, false)
+    }
+
+    /// [`lake_batch`], with `external_id` too when `sql` (the view reads it).
+    fn with_external_id(records: &[(Rec, i64)], sql: bool) -> RecordBatch {
+        use datafusion::arrow::array::ArrayRef;
+        let texts = |f: &dyn Fn(&(Rec, i64)) -> Option<String>| -> ArrayRef {
+            Arc::new(records.iter().map(f).collect::<StringArray>())
+        };
+        let mut columns: Vec<ArrayRef> = vec![
+            texts(&|(r, _)| {
+                Some(spendstream_schemas::expense_id("t", "s", &r.external_id).to_string())
+            }),
+            Arc::new(records.iter().map(|(_, v)| *v).collect::<Int64Array>()),
+            texts(&|(r, _)| Some(r.status.as_str().to_string())),
+            Arc::new(
+                records
+                    .iter()
+                    .map(|_| Some(20_000i32))
+                    .collect::<Date32Array>(),
+            ),
+            Arc::new(
+                records
+                    .iter()
+                    .map(|(r, _)| r.amount)
+                    .collect::<Int64Array>(),
+            ),
+            texts(&|_| Some("USD".into())),
+            texts(&|_| None),
+            texts(&|_| Some("a".into())),
+            texts(&|_| None),
+            texts(&|_| None),
+            texts(&|_| None),
+            texts(&|_| Some(uuid::Uuid::new_v4().to_string())),
+            texts(&|_| Some("s".into())),
+            texts(&|(r, _)| r.related.clone()),
+        ];
+        let mut names = COLUMNS.to_vec();
+        if sql {
+            columns.push(texts(&|(r, _)| Some(r.external_id.clone())));
+            names.push("external_id");
+        }
+        let fields: Vec<Field> = names
+            .iter()
+            .zip(&columns)
+            .map(|(name, c)| Field::new(*name, c.data_type().clone(), true))
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever order the records of a tenant arrive in, and however
+        /// they are split into files, the reports' state counts what the
+        /// lifecycle rules say of the latest record of each id, and so does
+        /// the SQL view `expenses_counted`.
+        #[test]
+        fn every_order_of_arrival_counts_as_the_rules_say(
+            kinds in proptest::collection::vec((0u8..9, 1i64..10_000), 1..8),
+            order in proptest::prelude::any::<proptest::sample::Index>(),
+            seed in proptest::prelude::any::<u64>(),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..4),
+        ) {
+            let mut records: Vec<Rec> = kinds
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (kind, amount))| purchase(i, *kind, *amount))
+                .collect();
+            // A permutation from the seed (Fisher–Yates with a small LCG).
+            let mut state = seed | 1;
+            for i in (1..records.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let j = (state >> 33) as usize % (i + 1);
+                records.swap(i, j);
+            }
+            let _ = order;
+            // Versions as the log gives them: by arrival.
+            let arrived: Vec<(Rec, i64)> = records
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (r, i as i64 + 1))
+                .collect();
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(arrived.len() + 1)).collect();
+            bounds.push(0);
+            bounds.push(arrived.len());
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut tenant = Tenant::default();
+            for pair in bounds.windows(2) {
+                let batch = lake_batch(&arrived[pair[0]..pair[1]]);
+                let batch = tenant.changes(&batch).unwrap();
+                tenant.merge("t", &batch).unwrap();
+            }
+            let mut latest: HashMap<String, (Rec, i64)> = HashMap::new();
+            for (r, v) in &arrived {
+                let held = latest.entry(r.external_id.clone()).or_insert((r.clone(), *v));
+                if held.1 < *v {
+                    *held = (r.clone(), *v);
+                }
+            }
+            let latest: Vec<(Rec, i64)> = latest.into_values().collect();
+            let recs: Vec<Rec> = latest.iter().map(|(r, _)| r.clone()).collect();
+            let want = model(&recs);
+
+            let filters = Filters::default();
+            let ask = Ask {
+                group_by: GroupBy::Currency,
+                statuses: &Status::ALL,
+                from: None,
+                to: None,
+                filters: &filters,
+            };
+            let rows = aggregate(&tenant, &ask);
+            let got = rows.iter().fold((0, 0i128), |(c, s), r| (c + r.count, s + r.amount_minor));
+            proptest::prop_assert_eq!(got, want, "state, arrivals {:?}", arrived);
+
+            // The same over SQL.
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let sql = runtime.block_on(async {
+                let ctx = datafusion::prelude::SessionContext::new();
+                let batch = with_external_id(&latest, true);
+                let table =
+                    datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+                        .unwrap();
+                ctx.register_table("latest", Arc::new(table)).unwrap();
+                let text = format!(
+                    "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(counted_amount_minor), 0) AS BIGINT) AS s FROM ({})",
+                    crate::sql::counted_sql("SELECT * FROM latest")
+                );
+                let batches = ctx.sql(&text).await.unwrap().collect().await.unwrap();
+                let col = |i: usize| {
+                    batches[0]
+                        .column(i)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .value(0)
+                };
+                (col(0), i128::from(col(1)))
+            });
+            proptest::prop_assert_eq!(sql, want, "SQL, latest {:?}", latest);
+        }
+    }
 
     #[test]
     fn expense_ids_are_held_as_uuids_and_written_back_the_same() {

@@ -731,8 +731,9 @@ fn rows_as_batch(rows: &[SpendRow]) -> Result<(SchemaRef, RecordBatch), ApiError
     Ok((schema, batch))
 }
 
-/// Every row of the report over the rows `ctx` holds as `expenses_latest`
-/// (a tenant session's view: the latest version of each expense), sorted by amount (exactly, across exponents)
+/// Every row of the report over the rows `ctx` holds as `expenses_counted`
+/// (a tenant session's view: the latest version of each expense that counts
+/// under the lifecycle rules), sorted by amount (exactly, across exponents)
 /// descending, then group and currency.
 pub async fn spend_rows(
     ctx: &SessionContext,
@@ -814,8 +815,8 @@ fn spend_sql(params: &SpendParams, statuses: &[Status], filters: &Filters) -> St
     let group = params.group_by.column();
     format!(
         "SELECT {group} AS g, currency, CAST(COUNT(*) AS BIGINT) AS n,
-                SUM(CAST(amount_minor AS DECIMAL(38, 0))) AS total
-         FROM expenses_latest
+                SUM(CAST(counted_amount_minor AS DECIMAL(38, 0))) AS total
+         FROM expenses_counted
          WHERE {filters}
          GROUP BY {group}, currency",
         filters = conditions.join(" AND "),

@@ -381,7 +381,12 @@ pub async fn tenant_session(
              WHERE e.tenant_id = '{tenant}'"
         ),
     };
-    for (name, text) in [("expenses", all), ("expenses_latest", latest)] {
+    let counted = counted_sql(&latest);
+    for (name, text) in [
+        ("expenses", all),
+        ("expenses_latest", latest),
+        ("expenses_counted", counted),
+    ] {
         let plan = scratch
             .state()
             .create_logical_plan(&text)
@@ -391,6 +396,42 @@ pub async fn tenant_session(
             .map_err(ApiError::internal)?;
     }
     Ok((ctx, version))
+}
+
+/// The views of a tenant session.
+const VIEWS: [&str; 3] = ["expenses", "expenses_latest", "expenses_counted"];
+
+/// `expenses_counted`: the latest rows (`latest`, a query) that count in
+/// reports under the lifecycle rules of `docs/lifecycle.md`, with what each
+/// counts as in `counted_amount_minor`. A declined row never counts; a
+/// pending row another row names in `related_external_id` (same source)
+/// was superseded; a reversal of a pending row released it (neither
+/// counts); any other reversal takes its amount back (minus its absolute
+/// value, however the importer signed it). `linked` holds
+/// each named (source, id) once, and `pending` each pending identity once,
+/// so the joins never repeat a row.
+pub(crate) fn counted_sql(latest: &str) -> String {
+    format!(
+        "WITH l AS ({latest}),
+         linked AS (
+           SELECT DISTINCT source AS link_source, related_external_id AS link_id FROM l
+           WHERE related_external_id IS NOT NULL AND related_external_id <> external_id
+         ),
+         pending AS (
+           SELECT source AS pending_source, external_id AS pending_id FROM l WHERE status = 'pending'
+         )
+         SELECT l.*,
+                CASE WHEN l.status = 'reversed' THEN -ABS(l.amount_minor) ELSE l.amount_minor END
+                  AS counted_amount_minor
+         FROM l
+         LEFT JOIN linked ON linked.link_source = l.source AND linked.link_id = l.external_id
+         LEFT JOIN pending ON pending.pending_source = l.source
+                          AND pending.pending_id = l.related_external_id
+                          AND l.related_external_id <> l.external_id
+         WHERE l.status <> 'declined'
+           AND NOT (l.status = 'pending' AND linked.link_id IS NOT NULL)
+           AND NOT (l.status = 'reversed' AND pending.pending_id IS NOT NULL)"
+    )
 }
 
 /// The catalog schemas a tenant session may read besides its views.
@@ -436,7 +477,7 @@ fn check_plan(plan: &LogicalPlan, catalogs: Catalogs) -> Result<(), ApiError> {
             }
             LogicalPlan::TableScan(scan) if !allowed_scan(&scan.table_name, catalogs) => {
                 Some(format!(
-                    "`{}` is not one of your tables (expenses, expenses_latest)",
+                    "`{}` is not one of your tables (expenses, expenses_latest, expenses_counted)",
                     scan.table_name
                 ))
             }
@@ -495,14 +536,12 @@ fn allowed_scan(name: &TableReference, catalogs: Catalogs) -> bool {
         TableReference::Bare { table } => {
             table.as_ref() == BASE
                 || table.as_ref() == SUPERSEDED
-                || table.as_ref() == "expenses"
-                || table.as_ref() == "expenses_latest"
+                || VIEWS.contains(&table.as_ref())
         }
         TableReference::Partial { schema, table } | TableReference::Full { schema, table, .. } => {
             schema.as_ref() == "information_schema"
                 || (catalogs == Catalogs::WithPgCatalog && schema.as_ref() == "pg_catalog")
-                || (schema.as_ref() == "public"
-                    && (table.as_ref() == "expenses" || table.as_ref() == "expenses_latest"))
+                || (schema.as_ref() == "public" && VIEWS.contains(&table.as_ref()))
         }
     }
 }

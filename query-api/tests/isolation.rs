@@ -117,7 +117,9 @@ fn ask() -> impl Strategy<Value = Ask> {
 }
 
 /// Per currency: (count, sum of minor units) of `tenant`'s latest versions
-/// whose status is in `statuses`.
+/// whose status is in `statuses`, as the lifecycle rules count them (these
+/// rows name no other: a declined one never counts, a reversal counts minus
+/// its absolute amount).
 fn expected(rows: &[Row], tenant: usize, statuses: &[usize]) -> BTreeMap<String, (i64, i128)> {
     let mut latest: HashMap<usize, &Row> = HashMap::new();
     for row in rows.iter().filter(|r| r.tenant == tenant) {
@@ -128,9 +130,14 @@ fn expected(rows: &[Row], tenant: usize, statuses: &[usize]) -> BTreeMap<String,
     }
     let mut out = BTreeMap::new();
     for row in latest.values().filter(|r| statuses.contains(&r.status)) {
+        let counted = match STATUSES[row.status] {
+            "declined" => continue,
+            "reversed" => -i128::from(row.minor).abs(),
+            _ => i128::from(row.minor),
+        };
         let total: &mut (i64, i128) = out.entry(CURRENCIES[row.currency].to_string()).or_default();
         total.0 += 1;
-        total.1 += i128::from(row.minor);
+        total.1 += counted;
     }
     out
 }

@@ -884,9 +884,9 @@ pub async fn assert_clickhouse_matches_lake(
         wanted.join(", ")
     );
     // Count and sum per currency of what `from` holds for the tenant.
-    let totals = |count: &'static str, from: &'static str| {
+    let totals = |count: &'static str, sum: &'static str, from: &'static str| {
         let sql = format!(
-            "SELECT currency, {count} AS n, sum(amount_minor) AS total FROM {from} WHERE {filter} GROUP BY currency"
+            "SELECT currency, {count} AS n, sum({sum}) AS total FROM {from} WHERE {filter} GROUP BY currency"
         );
         async move {
             clickhouse_rows(clickhouse, &sql)
@@ -906,13 +906,16 @@ pub async fn assert_clickhouse_matches_lake(
     };
     let mut poll = Deadline::new(Duration::from_secs(120), Duration::from_millis(200));
     loop {
-        let latest = totals("count()", "expenses_latest").await;
-        let rollup = totals("sum(expenses)", "daily_spend").await;
-        if latest == lake && rollup == lake {
+        // What counts (the lifecycle rules, as reports apply them) …
+        let counted = totals("count()", "counted_amount_minor", "expenses_counted").await;
+        // … and the daily rollup, which sums every latest row as sent.
+        let latest = totals("count()", "amount_minor", "expenses_latest").await;
+        let rollup = totals("sum(expenses)", "amount_minor", "daily_spend").await;
+        if counted == lake && rollup == latest {
             return;
         }
         poll.tick(format_args!(
-            "ClickHouse {latest:?} / rollup {rollup:?} vs lake {lake:?} for {tenant}"
+            "ClickHouse counted {counted:?} / latest {latest:?} / rollup {rollup:?} vs lake {lake:?} for {tenant}"
         ))
         .await;
     }
