@@ -1,7 +1,7 @@
 //! `POST /v1/sql`: one read-only statement over the caller's tenant.
 //!
 //! Isolation is in the plan, not in the SQL text. Each request gets a
-//! session of its own whose catalog holds only two views, `expenses` (every
+//! session of its own whose catalog holds only three views, `expenses` (every
 //! row version of the tenant) and `expenses_latest` (the latest version of
 //! each of its expenses); both are plans that filter the lake scan by the
 //! tenant, and the lake table itself is never registered, so no name
@@ -121,7 +121,7 @@ pub struct SqlResult {
     post,
     path = "/v1/sql",
     summary = "One read-only SQL statement over the caller's tenant",
-    description = "The session holds two views, `expenses` (every row version of the tenant) and `expenses_latest` (the latest version of each expense), plus `information_schema`. DDL, DML, COPY, SET, EXPLAIN, recursive CTEs, file and URL tables are refused.",
+    description = "The session holds three views, `expenses` (every row version of the tenant), `expenses_latest` (the latest version of each expense) and `expenses_counted` (the latest rows that count in reports under the lifecycle rules, with counted_amount_minor), plus `information_schema`. DDL, DML, COPY, SET, EXPLAIN, recursive CTEs, file and URL tables are refused.",
     security(("bearer" = [])),
     request_body(content = SqlRequest, content_type = "application/json"),
     responses(
@@ -302,7 +302,7 @@ impl Batches {
     }
 }
 
-/// A session whose catalog holds only `tenant`'s two views, with the
+/// A session whose catalog holds only `tenant`'s three views, with the
 /// limits' memory pool, and the lake table version the views read. With
 /// the reports' `current` state, `expenses_latest` is the tenant's rows
 /// minus the versions the state knows are superseded; without it (or when
@@ -406,9 +406,10 @@ const VIEWS: [&str; 3] = ["expenses", "expenses_latest", "expenses_counted"];
 /// counts as in `counted_amount_minor`. A declined row never counts; a
 /// pending row another row names in `related_external_id` (same source)
 /// was superseded; a reversal of a pending row released it (neither
-/// counts); any other reversal takes its amount back (minus its absolute
-/// value, however the importer signed it). `linked` holds
-/// each named (source, id) once, and `pending` each pending identity once,
+/// counts), and one of a declined or reversed row reverses nothing; any
+/// other reversal takes its amount back (minus its absolute value, however
+/// the importer signed it). `linked` holds
+/// each named (source, id) once, and `released` each identity once,
 /// so the joins never repeat a row.
 pub(crate) fn counted_sql(latest: &str) -> String {
     format!(
@@ -417,20 +418,22 @@ pub(crate) fn counted_sql(latest: &str) -> String {
            SELECT DISTINCT source AS link_source, related_external_id AS link_id FROM l
            WHERE related_external_id IS NOT NULL AND related_external_id <> external_id
          ),
-         pending AS (
-           SELECT source AS pending_source, external_id AS pending_id FROM l WHERE status = 'pending'
+         released AS (
+           SELECT source AS released_source, external_id AS released_id FROM l
+           WHERE status IN ('pending', 'declined', 'reversed')
          )
          SELECT l.*,
-                CASE WHEN l.status = 'reversed' THEN -ABS(l.amount_minor) ELSE l.amount_minor END
+                CASE WHEN l.status = 'reversed' AND l.amount_minor > 0 THEN -l.amount_minor
+                     ELSE l.amount_minor END
                   AS counted_amount_minor
          FROM l
          LEFT JOIN linked ON linked.link_source = l.source AND linked.link_id = l.external_id
-         LEFT JOIN pending ON pending.pending_source = l.source
-                          AND pending.pending_id = l.related_external_id
-                          AND l.related_external_id <> l.external_id
+         LEFT JOIN released ON released.released_source = l.source
+                           AND released.released_id = l.related_external_id
+                           AND l.related_external_id <> l.external_id
          WHERE l.status <> 'declined'
            AND NOT (l.status = 'pending' AND linked.link_id IS NOT NULL)
-           AND NOT (l.status = 'reversed' AND pending.pending_id IS NOT NULL)"
+           AND NOT (l.status = 'reversed' AND released.released_id IS NOT NULL)"
     )
 }
 

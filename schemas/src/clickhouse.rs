@@ -156,11 +156,12 @@ pub fn migrations() -> Vec<Migration> {
                 // docs/lifecycle.md: a declined row never counts; a pending
                 // row another row names (same tenant and source) was
                 // superseded; a reversal of a pending row released it
-                // (neither counts); any other reversal takes its amount
+                // (neither counts), one of a declined or reversed row
+                // reverses nothing; any other reversal takes its amount
                 // back (minus its absolute value). Tuples with IN: ClickHouse 18.16 has no JOIN ON
                 // of several keys.
                 "CREATE VIEW IF NOT EXISTS expenses_counted AS\n\
-                 SELECT *, if(status = 'reversed', -abs(amount_minor), amount_minor) AS counted_amount_minor\n\
+                 SELECT *, if(status = 'reversed' AND amount_minor > 0, -amount_minor, amount_minor) AS counted_amount_minor\n\
                  FROM expenses_latest\n\
                  WHERE status != 'declined'\n    \
                  AND NOT (status = 'pending' AND (tenant_id, source, external_id) IN (\n        \
@@ -169,7 +170,8 @@ pub fn migrations() -> Vec<Migration> {
                  WHERE isNotNull(related_external_id) AND assumeNotNull(related_external_id) != external_id\n    \
                  ))\n    \
                  AND NOT (status = 'reversed' AND (tenant_id, source, ifNull(related_external_id, '')) IN (\n        \
-                 SELECT tenant_id, source, external_id FROM expenses_latest WHERE status = 'pending'\n    \
+                 SELECT tenant_id, source, external_id FROM expenses_latest\n        \
+                 WHERE status IN ('pending', 'declined', 'reversed')\n    \
                  ))"
                     .to_string(),
             ],
