@@ -175,7 +175,7 @@ async fn psql_logs_in_with_a_token_lists_the_views_and_reads_its_tenant() {
         .collect();
     assert_eq!(
         names,
-        ["expenses", "expenses_latest"],
+        ["expenses", "expenses_counted", "expenses_latest"],
         "{}",
         text(&listed.stdout)
     );
@@ -200,14 +200,17 @@ async fn psql_logs_in_with_a_token_lists_the_views_and_reads_its_tenant() {
         &acme,
         &[
             "-c",
-            "SELECT COUNT(*) FROM pg_catalog.pg_class WHERE relname NOT IN ('expenses', 'expenses_latest') AND relnamespace IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'public')",
+            "SELECT COUNT(*) FROM pg_catalog.pg_class WHERE relname NOT IN ('expenses', 'expenses_counted', 'expenses_latest') AND relnamespace IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'public')",
             "-c",
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
         ],
     )
     .await;
     assert!(probe.status.success(), "{}", text(&probe.stderr));
-    assert_eq!(text(&probe.stdout), "0\nexpenses\nexpenses_latest");
+    assert_eq!(
+        text(&probe.stdout),
+        "0\nexpenses\nexpenses_counted\nexpenses_latest"
+    );
 
     // Another tenant's token reads its own (empty) views.
     let globex_read = common::token("globex", &[Role::Read]);
@@ -313,7 +316,11 @@ async fn psycopg_runs_bi_catalog_queries_and_parameters_and_the_hostile_corpus_f
     let tables = &results[results.len() - 3]["rows"];
     assert_eq!(
         tables,
-        &json!([["public.expenses"], ["public.expenses_latest"]]),
+        &json!([
+            ["public.expenses"],
+            ["public.expenses_counted"],
+            ["public.expenses_latest"]
+        ]),
         "Grafana's table list"
     );
     let columns = &results[results.len() - 1]["rows"];

@@ -7,7 +7,7 @@
 //!   bearer token: it must verify, carry the `read` role, name the tenant
 //!   the startup's `user` names, and the database must be `spendstream`
 //!   (anything else ends the connection with `FATAL`, before any query);
-//! - the connection gets the tenant's session (the two views over the lake
+//! - the connection gets the tenant's session (the three views over the lake
 //!   and the catalogs, nothing else), rebuilt when the lake has moved, so a
 //!   long-lived BI connection sees new data;
 //! - a guard runs before every statement of both protocols: queries are
