@@ -358,6 +358,8 @@ pub struct Running {
     pub https: bool,
     stop: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Keyed ingest requests finishing after their client left.
+    detached: tokio_util::task::TaskTracker,
     /// How long stopping may take (`ServerLimits::drain_timeout`).
     grace: Duration,
 }
@@ -405,6 +407,18 @@ impl Running {
                     break;
                 }
             }
+        }
+        // The listener is closed: no request starts, and those that
+        // outlived their client store their answers before the end.
+        self.detached.close();
+        if tokio::time::timeout_at(deadline, self.detached.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                unfinished = self.detached.len(),
+                "The grace period is over with ingest requests still storing their answers: their idempotency keys are freed when they go stale."
+            );
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -628,6 +642,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     // The reports' current state, shared by HTTP and the Postgres endpoint:
     // read now, then each commit's files as they come (ADR 0009).
+    let detached = tokio_util::task::TaskTracker::new();
     let report_state = match (&lake, roles.query && report_state_rows > 0) {
         (Some(lake), true) => {
             let state = Arc::new(CurrentState::new(report_state_rows));
@@ -652,6 +667,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             rate,
             batches: state.as_ref().map(|s| s.batches.clone()),
             clickhouse: clickhouse_for_batches,
+            detached: detached.clone(),
         },
         sink_checks,
     );
@@ -711,6 +727,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         https,
         stop,
         tasks,
+        detached,
         grace,
     })
 }
@@ -890,6 +907,8 @@ pub struct RouteOptions {
     /// ClickHouse, counted by `GET /v1/batches/{id}` when this process
     /// writes it.
     pub clickhouse: Option<ClickHouseConfig>,
+    /// Keyed ingest requests finishing after their client left.
+    pub detached: tokio_util::task::TaskTracker,
 }
 
 impl Default for RouteOptions {
@@ -905,6 +924,7 @@ impl Default for RouteOptions {
             rate: None,
             batches: None,
             clickhouse: None,
+            detached: tokio_util::task::TaskTracker::new(),
         }
     }
 }
@@ -932,6 +952,7 @@ pub fn router(
         rate,
         batches,
         clickhouse,
+        detached,
     } = options;
     let mut checks: Vec<(&'static str, ReadyCheck)> = Vec::new();
     let mut router = axum::Router::new();
@@ -970,7 +991,8 @@ pub fn router(
             IngestState::new(keys.clone(), log, idempotency, ingest)
                 .with_operator_tenant(operator_tenant)
                 .with_rate_limits(rate.clone())
-                .with_batches(batches.clone()),
+                .with_batches(batches.clone())
+                .with_detached(detached),
         ));
     }
     if roles.query

@@ -250,7 +250,7 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     // Shed load before reading anything: a 429/503 now is cheaper for
     // everyone than a queue that grows until requests time out.
-    let _slot = state
+    let slot = state
         .in_flight
         .try_acquire(auth.tenant())
         .map_err(|shed| match shed {
@@ -384,7 +384,10 @@ async fn handle(
     let gone = tokio_util::sync::CancellationToken::new();
     let _gone_when_dropped = gone.clone().drop_guard();
     let (reader, fingerprint) = reader.abandoned_with(gone).hashed(format);
-    spendstream_http::request_id::spawn_detached(answer_keyed(
+    // The in-flight slot goes with the work: a client that left does not
+    // free room for more while its records are still being appended.
+    let detached = state.detached.clone();
+    spendstream_http::request_id::spawn_detached(detached.track_future(answer_keyed(
         state,
         auth,
         format,
@@ -393,7 +396,8 @@ async fn handle(
         claim,
         tenant,
         key,
-    ))
+        slot,
+    )))
     .await
     .map_err(ApiError::internal)?
 }
@@ -410,6 +414,7 @@ async fn answer_keyed(
     mut claim: ClaimGuard,
     tenant: String,
     key: String,
+    _slot: crate::in_flight::Slot,
 ) -> Result<Response, ApiError> {
     let store = state.idempotency.clone();
     let Outcome {

@@ -37,6 +37,10 @@ pub struct IngestState {
     /// Where each request's counts are kept for `GET /v1/batches/{id}`
     /// (`--state`); none: not kept.
     pub batches: Option<Arc<dyn spendstream_state::BatchStore>>,
+    /// Keyed requests finishing after their client left: shutdown waits
+    /// for them (within its grace period), so none is cut off between its
+    /// append and the storing of its answer.
+    pub detached: tokio_util::task::TaskTracker,
     /// One slot per ingest request in flight, fair between tenants.
     pub in_flight: Arc<InFlight>,
     pub config: Arc<IngestConfig>,
@@ -80,7 +84,14 @@ impl IngestState {
             operator_tenant: None,
             rate: None,
             batches: None,
+            detached: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Tracks keyed requests that outlive their client in `tracker`.
+    pub fn with_detached(mut self, tracker: tokio_util::task::TaskTracker) -> Self {
+        self.detached = tracker;
+        self
     }
 
     /// Keeps each request's counts in `store` for `GET /v1/batches/{id}`.

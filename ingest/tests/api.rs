@@ -335,6 +335,7 @@ async fn a_log_failure_is_503_with_retry_after() {
         operator_tenant: None,
         rate: None,
         batches: None,
+        detached: Default::default(),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post(
@@ -834,6 +835,7 @@ fn a_request_waiting_for_its_append_does_not_spin() {
             operator_tenant: None,
             rate: None,
             batches: None,
+            detached: Default::default(),
         };
         let app = spendstream_http::finish(spendstream_ingest::router(state));
         let request =
@@ -887,6 +889,7 @@ async fn a_permanent_log_error_is_500_not_503() {
         operator_tenant: None,
         rate: None,
         batches: None,
+        detached: Default::default(),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post_ingest(&app, "application/x-ndjson", GOOD).await;
@@ -1046,6 +1049,7 @@ async fn a_client_gone_after_its_body_still_gets_its_answer_stored() {
         operator_tenant: None,
         rate: None,
         batches: None,
+        detached: Default::default(),
     };
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let t = token(&["ingest"]);

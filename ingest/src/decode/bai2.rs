@@ -38,9 +38,22 @@ pub fn decode(
             Line::TooLarge(_) if !header_seen => {
                 return not_bai2("the first record is too long to be a BAI2 file header");
             }
-            // A detail that long is rejected; a record of another kind that
-            // long would leave what follows under the wrong account.
-            Line::TooLarge(code) if code == "16" || code.is_empty() => {
+            // A detail that long is rejected (its continuations with it); a
+            // record of another kind that long would leave what follows
+            // under the wrong account.
+            Line::TooLarge(code) if code == "16" => {
+                loop {
+                    match lines.next() {
+                        Ok(Some(Line::Text(next))) if next.starts_with("88,") => {}
+                        Ok(Some(Line::TooLarge(code))) if code == "88" => {}
+                        Ok(Some(other)) => {
+                            lines.held = Some(other);
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(message) => return End::Malformed { index, message },
+                    }
+                }
                 let item = too_large(index, max_record);
                 index += 1;
                 if !emit(item) {
@@ -195,6 +208,7 @@ impl<R: BufRead> Lines<'_, R> {
             if too_long {
                 let code = buf
                     .iter()
+                    .skip_while(|b| b.is_ascii_whitespace())
                     .take_while(|b| b.is_ascii_digit())
                     .map(|b| char::from(*b))
                     .collect();

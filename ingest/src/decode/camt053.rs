@@ -327,7 +327,7 @@ impl Entry {
         // statement to the next. `NtryRef` is only unique in its statement,
         // so it is qualified by the statement's id.
         let entry_ref = match (&self.entry_ref, &statement.id) {
-            (r, _) if r.is_empty() => String::new(),
+            (r, _) if r.is_empty() || r == "NOTPROVIDED" => String::new(),
             (r, id) if id.is_empty() => r.clone(),
             (r, id) => format!("{id}/{r}"),
         };
