@@ -265,23 +265,27 @@ async fn letters_of(store: &dyn DeadLetterStore, tenant: &str, batch_id: &str) -
         };
         scanned += page.len();
         for l in &page {
-            if l.replayed.is_none()
-                && Envelope::from_slice(&l.letter.payload).is_ok_and(|e| e.batch_id == batch_id)
-            {
+            if Envelope::from_slice(&l.letter.payload).is_ok_and(|e| e.batch_id == batch_id) {
+                // Per record: (replayed by any group's letter, every letter
+                // a sink refusal).
                 let refused = l.letter.code == spendstream_schemas::ErrorCode::SinkRefused.as_str();
-                let in_lake = records
+                let seen = records
                     .entry((l.letter.partition, l.letter.offset))
-                    .or_insert(true);
-                *in_lake &= refused;
+                    .or_insert((false, true));
+                seen.0 |= l.replayed.is_some();
+                seen.1 &= refused;
             }
         }
         match page.last() {
             Some(last) if page.len() == 500 && scanned < MAX_LETTERS_SCANNED => after = last.id,
             Some(_) if page.len() == 500 => return None,
             _ => {
+                // A record replayed (by any group's letter) is in the log
+                // again, to be counted where its replay lands.
+                let dead = records.values().filter(|(replayed, _)| !replayed);
                 return Some(Letters {
-                    records: records.len() as u64,
-                    not_in_lake: records.values().filter(|in_lake| !**in_lake).count() as u64,
+                    records: dead.clone().count() as u64,
+                    not_in_lake: dead.filter(|(_, in_lake)| !in_lake).count() as u64,
                 });
             }
         }

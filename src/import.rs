@@ -194,7 +194,17 @@ async fn wait_visible(
     let mut told = Instant::now();
     while !left.is_empty() {
         let mut still = Vec::new();
+        let mut wait = Duration::from_millis(250);
+        // Batches become visible about in the order they were sent: each
+        // round asks until the first one not visible yet, so waiting costs
+        // one request a round, not one per batch (the route shares the
+        // tenant's query quota with its reports).
+        let mut asking = true;
         for id in left {
+            if !asking {
+                still.push(id);
+                continue;
+            }
             let answer = client
                 .get(format!("{}/v1/batches/{id}", url.trim_end_matches('/')))
                 .bearer_auth(token)
@@ -204,6 +214,17 @@ async fn wait_visible(
                 Ok(r) if r.status() == 200 => {
                     let body: Value = r.json().await.unwrap_or(Value::Null);
                     body["status"] == "visible"
+                }
+                Ok(r) if r.status() == 429 => {
+                    if let Some(after) = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        wait = Duration::from_secs(after.min(60));
+                    }
+                    false
                 }
                 Ok(r) if r.status() == 404 || r.status() == 401 || r.status() == 403 => {
                     bail!(
@@ -217,6 +238,7 @@ async fn wait_visible(
             };
             if !visible {
                 still.push(id);
+                asking = false;
             }
         }
         left = still;
@@ -240,7 +262,7 @@ async fn wait_visible(
             );
             told = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(wait).await;
     }
     Ok(())
 }
@@ -634,10 +656,25 @@ fn split(
         chunk.entries += 1;
         match line {
             // One record a line: a pretty-printed JSON element's line
-            // breaks are whitespace (JSON strings cannot hold raw ones).
-            Ok(json) => chunk
-                .records
-                .push((index, json.trim_end().replace(['\n', '\r'], " "))),
+            // breaks are whitespace. One that is not JSON (a raw line break
+            // inside a string) is refused here, as the edge would, rather
+            // than changed into one that is.
+            Ok(json) if json.trim_end().contains(['\n', '\r']) => {
+                match serde_json::from_str::<serde::de::IgnoredAny>(&json) {
+                    Ok(_) => chunk
+                        .records
+                        .push((index, json.trim_end().replace(['\n', '\r'], " "))),
+                    Err(e) => chunk.local_rejects.push(RejectLine {
+                        chunk: chunk_index,
+                        index,
+                        error: "invalid_json".into(),
+                        field: None,
+                        message: format!("the record is not a JSON object: {e}"),
+                        record: Some(json),
+                    }),
+                }
+            }
+            Ok(json) => chunk.records.push((index, json.trim_end().to_string())),
             Err(error) => chunk.local_rejects.push(RejectLine {
                 chunk: chunk_index,
                 index,
