@@ -8,6 +8,7 @@ pub mod currency;
 pub mod enriched;
 pub mod envelope;
 pub mod error;
+pub mod fx;
 pub mod identity;
 pub mod metrics;
 pub mod money;
