@@ -837,10 +837,10 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
             && employee.is_none_or(|e| row.employee == e)
             && filters
                 .min_amount_minor
-                .is_none_or(|m| row.amount_minor >= m)
+                .is_none_or(|m| counted >= i128::from(m))
             && filters
                 .max_amount_minor
-                .is_none_or(|m| row.amount_minor <= m);
+                .is_none_or(|m| counted <= i128::from(m));
         if !selected {
             continue;
         }

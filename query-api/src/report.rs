@@ -167,9 +167,10 @@ pub struct SpendParams {
     pub employee: Option<String>,
     /// Comma-separated ISO 4217 codes.
     pub currency: Option<String>,
-    /// Least amount included, in minor units of the record's currency.
+    /// Least amount included, in minor units of the record's currency: what
+    /// the record counts as (a reversal negative, however it was signed).
     pub min_amount_minor: Option<i64>,
-    /// Greatest amount included, in minor units.
+    /// Greatest amount included, in minor units, likewise.
     pub max_amount_minor: Option<i64>,
 }
 
@@ -259,11 +260,13 @@ impl Filters {
         if let Some(employee) = &self.employee {
             out.push(format!("employee_id = {}", quoted(employee)));
         }
+        // What a record counts as (a reversal negated), however it was
+        // signed when sent.
         if let Some(min) = self.min_amount_minor {
-            out.push(format!("amount_minor >= {min}"));
+            out.push(format!("counted_amount_minor >= {min}"));
         }
         if let Some(max) = self.max_amount_minor {
-            out.push(format!("amount_minor <= {max}"));
+            out.push(format!("counted_amount_minor <= {max}"));
         }
         out
     }
