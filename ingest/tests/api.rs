@@ -120,6 +120,28 @@ async fn post_ingest(
     .await
 }
 
+/// The ingest state on `log` and `idempotency` whose appends go to
+/// `producer` (a stand-in for the log's own) within `append_timeout`.
+fn state_with_producer(
+    log: &EmbeddedLog,
+    idempotency: Arc<dyn spendstream_state::IdempotencyStore>,
+    producer: Arc<dyn LogProducer>,
+    append_timeout: std::time::Duration,
+) -> IngestState {
+    IngestState {
+        keys: keys(),
+        committer: spendstream_ingest::Committer::spawn(producer, 100, append_timeout),
+        log: Arc::new(log.clone()),
+        idempotency,
+        in_flight: Arc::new(InFlight::new(8, 8)),
+        config: Arc::new(IngestConfig::default()),
+        operator_tenant: None,
+        rate: None,
+        batches: None,
+        detached: Default::default(),
+    }
+}
+
 async fn logged(log: &EmbeddedLog) -> i64 {
     log.end_offsets().await.unwrap().iter().sum()
 }
@@ -317,26 +339,15 @@ impl LogProducer for Refusing {
 
 #[tokio::test]
 async fn a_log_failure_is_503_with_retry_after() {
-    let config = IngestConfig::default();
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
     let idempotency = state_store(dir.path()).await;
-    let state = IngestState {
-        keys: keys(),
-        committer: spendstream_ingest::Committer::spawn(
-            Arc::new(Refusing),
-            100,
-            std::time::Duration::from_secs(5),
-        ),
-        log: Arc::new(log.clone()),
-        idempotency: idempotency.clone(),
-        in_flight: Arc::new(InFlight::new(8, 8)),
-        config: Arc::new(config),
-        operator_tenant: None,
-        rate: None,
-        batches: None,
-        detached: Default::default(),
-    };
+    let state = state_with_producer(
+        &log,
+        idempotency.clone(),
+        Arc::new(Refusing),
+        std::time::Duration::from_secs(5),
+    );
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post(
         &app,
@@ -821,22 +832,12 @@ fn a_request_waiting_for_its_append_does_not_spin() {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
         let gate = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
-        let state = IngestState {
-            keys: keys(),
-            committer: spendstream_ingest::Committer::spawn(
-                gate.clone(),
-                100,
-                std::time::Duration::from_secs(30),
-            ),
-            log: Arc::new(log),
-            idempotency: state_store(dir.path()).await,
-            in_flight: Arc::new(InFlight::new(8, 8)),
-            config: Arc::new(IngestConfig::default()),
-            operator_tenant: None,
-            rate: None,
-            batches: None,
-            detached: Default::default(),
-        };
+        let state = state_with_producer(
+            &log,
+            state_store(dir.path()).await,
+            gate.clone(),
+            std::time::Duration::from_secs(30),
+        );
         let app = spendstream_http::finish(spendstream_ingest::router(state));
         let request =
             tokio::spawn(async move { post_ingest(&app, "application/x-ndjson", GOOD).await });
@@ -875,22 +876,12 @@ async fn a_permanent_log_error_is_500_not_503() {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
-    let state = IngestState {
-        keys: keys(),
-        committer: spendstream_ingest::Committer::spawn(
-            Arc::new(Mismatched),
-            100,
-            std::time::Duration::from_secs(5),
-        ),
-        log: Arc::new(log),
-        idempotency: state_store(dir.path()).await,
-        in_flight: Arc::new(InFlight::new(8, 8)),
-        config: Arc::new(IngestConfig::default()),
-        operator_tenant: None,
-        rate: None,
-        batches: None,
-        detached: Default::default(),
-    };
+    let state = state_with_producer(
+        &log,
+        state_store(dir.path()).await,
+        Arc::new(Mismatched),
+        std::time::Duration::from_secs(5),
+    );
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let (s, body, headers) = post_ingest(&app, "application/x-ndjson", GOOD).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
@@ -1035,22 +1026,12 @@ async fn a_client_gone_after_its_body_still_gets_its_answer_stored() {
         waiting: false.into(),
         appended: 0.into(),
     });
-    let state = IngestState {
-        keys: keys(),
-        committer: spendstream_ingest::Committer::spawn(
-            producer.clone(),
-            100,
-            std::time::Duration::from_secs(30),
-        ),
-        log: Arc::new(log),
-        idempotency: state_store(dir.path()).await,
-        in_flight: Arc::new(InFlight::new(8, 8)),
-        config: Arc::new(IngestConfig::default()),
-        operator_tenant: None,
-        rate: None,
-        batches: None,
-        detached: Default::default(),
-    };
+    let state = state_with_producer(
+        &log,
+        state_store(dir.path()).await,
+        producer.clone(),
+        std::time::Duration::from_secs(30),
+    );
     let app = spendstream_http::finish(spendstream_ingest::router(state));
     let t = token(&["ingest"]);
     let body = format!("{GOOD}\n");
