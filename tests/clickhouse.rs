@@ -411,8 +411,17 @@ async fn a_record_clickhouse_cannot_hold_is_a_dead_letter_with_the_reason() {
     let model =
         std::collections::BTreeMap::from([("far".to_string(), 700), ("near".to_string(), 300)]);
     common::wait_for_totals(&base, &model).await;
-    let rows =
-        common::clickhouse_rows(&clickhouse, "SELECT external_id FROM expenses_latest").await;
+    // The sinks of one batch are written one after the other: the lake's
+    // rows can be read before ClickHouse has its own.
+    let mut poll = Deadline::new(Duration::from_secs(60), Duration::from_millis(100));
+    let rows = loop {
+        let rows =
+            common::clickhouse_rows(&clickhouse, "SELECT external_id FROM expenses_latest").await;
+        if !rows.is_empty() {
+            break rows;
+        }
+        poll.tick("ClickHouse has no row yet").await;
+    };
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["external_id"], "near");
     running.shutdown().await.unwrap();
