@@ -40,6 +40,7 @@ fn records(n: usize) -> Vec<EnrichedRecord> {
                 processed_at: now,
                 log_partition: 0,
                 log_offset: i as i64,
+                base: None,
             }
         })
         .collect()

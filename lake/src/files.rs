@@ -3,7 +3,7 @@
 //! only the files a new table version added.
 
 use crate::{Error, Lake, Result};
-use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{Field, Schema};
 use deltalake::parquet::arrow::ProjectionMask;
@@ -133,6 +133,16 @@ pub(crate) async fn read_whole(
         .map_err(deltalake::DeltaTableError::from)?)
 }
 
+/// The column `field` names in `batch`; nulls for a nullable column the
+/// file was written without (a column added to the table after it).
+pub(crate) fn column_or_nulls(batch: &RecordBatch, field: &Field) -> Option<ArrayRef> {
+    match batch.column_by_name(field.name()) {
+        Some(column) => Some(column.clone()),
+        None if field.is_nullable() => Some(new_null_array(field.data_type(), batch.num_rows())),
+        None => None,
+    }
+}
+
 /// `columns` of the Parquet file `bytes`, cast to the contract's types.
 fn decode(bytes: bytes::Bytes, columns: &[String]) -> Result<Vec<RecordBatch>> {
     let contract = arrow_schema();
@@ -165,10 +175,9 @@ fn decode(bytes: bytes::Bytes, columns: &[String]) -> Result<Vec<RecordBatch>> {
         let batch = batch?;
         let mut arrays = Vec::with_capacity(columns.len());
         for field in schema.fields() {
-            let column = batch
-                .column_by_name(field.name())
+            let column = column_or_nulls(&batch, field)
                 .ok_or_else(|| Error::SchemaMismatch(field.name().clone()))?;
-            arrays.push(cast_with_options(column, field.data_type(), &strict)?);
+            arrays.push(cast_with_options(&column, field.data_type(), &strict)?);
         }
         out.push(RecordBatch::try_new(schema.clone(), arrays)?);
     }

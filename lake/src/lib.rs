@@ -27,6 +27,7 @@ pub use maintenance::{CompactStats, VacuumStats};
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
 use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::Schema;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
@@ -139,6 +140,57 @@ pub fn check_url(url: &str) -> Result<()> {
     Location::parse(url).map(|_| ())
 }
 
+/// Adds to a table made by an older release the nullable columns the
+/// contract gained since (`docs/runbooks/migrations.md`); a column the
+/// table lacks that is not nullable is a table this release cannot write.
+/// Two processes upgrading at once: the one whose commit loses reloads and
+/// finds the columns there.
+async fn add_new_columns(
+    mut table: DeltaTable,
+    load: &dyn Fn() -> Result<DeltaTable>,
+) -> Result<DeltaTable> {
+    for attempt in 0..3 {
+        let existing: Vec<String> = table
+            .snapshot()?
+            .schema()
+            .fields()
+            .map(|f| f.name().to_string())
+            .collect();
+        let missing: Vec<_> = arrow_schema()
+            .fields()
+            .iter()
+            .filter(|f| !existing.iter().any(|e| e == f.name()))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(table);
+        }
+        if let Some(required) = missing.iter().find(|f| !f.is_nullable()) {
+            return Err(Error::SchemaMismatch(required.name().clone()));
+        }
+        let names: Vec<_> = missing.iter().map(|f| f.name().clone()).collect();
+        let fields: StructType = (&Schema::new(missing)).try_into_kernel()?;
+        match table
+            .clone()
+            .add_columns()
+            .with_fields(fields.fields().cloned().collect::<Vec<_>>())
+            .await
+        {
+            Ok(added) => {
+                tracing::info!(columns = ?names, "Added the contract's new columns to the lake table.");
+                return Ok(added);
+            }
+            Err(e) if attempt < 2 => {
+                tracing::debug!(error = %e, "Adding columns lost to another commit; reloading.");
+                table = load()?;
+                table.load().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
 impl Lake {
     /// Opens the table at `url` with the default options, creating it
     /// (schema and partitioning from `spendstream-schemas`) if it does not
@@ -205,19 +257,7 @@ impl Lake {
                 }
             };
         }
-        let existing: Vec<String> = table
-            .snapshot()?
-            .schema()
-            .fields()
-            .map(|f| f.name().to_string())
-            .collect();
-        if let Some(missing) = arrow_schema()
-            .fields()
-            .iter()
-            .find(|f| !existing.iter().any(|e| e == f.name()))
-        {
-            return Err(Error::SchemaMismatch(missing.name().clone()));
-        }
+        let table = add_new_columns(table, &builder).await?;
         Ok(Self {
             url: table_url,
             options,

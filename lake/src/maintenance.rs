@@ -326,9 +326,7 @@ fn conform(batch: &RecordBatch, tenant: &str, month: &str) -> Result<RecordBatch
         let column: ArrayRef = match field.name().as_str() {
             "tenant_id" => Arc::new(StringArray::from(vec![tenant; rows])),
             "month" => Arc::new(StringArray::from(vec![month; rows])),
-            name => batch
-                .column_by_name(name)
-                .cloned()
+            name => crate::files::column_or_nulls(batch, field)
                 .ok_or_else(|| crate::Error::SchemaMismatch(name.to_string()))?,
         };
         columns.push(cast_with_options(&column, field.data_type(), &strict)?);

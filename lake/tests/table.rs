@@ -146,6 +146,7 @@ fn record(tenant: &str, ext: &str, amount: &str, date: &str, offset: i64) -> Enr
         processed_at: now,
         log_partition: 0,
         log_offset: offset,
+        base: None,
     }
 }
 
@@ -546,4 +547,86 @@ async fn removals_that_drop_rows_are_told_from_compaction() {
     assert!(lake.rows_removed_between(compacted, deleted).await.unwrap());
     assert!(lake.rows_removed_between(0, deleted).await.unwrap());
     assert!(!lake.rows_removed_between(written, compacted).await.unwrap());
+}
+
+/// A table made by a release before the FX columns: opening it adds them
+/// (nullable), its old files read as nulls, new rows carry values, and
+/// compaction rewrites old and new files together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_an_older_release_gets_the_new_columns() {
+    use deltalake::kernel::StructType;
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("lake").display());
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    // The old table: every column up to `log_offset`.
+    let full = spendstream_schemas::arrow_schema();
+    let old_len = full.index_of("log_offset").unwrap() + 1;
+    assert!(old_len < full.fields().len());
+    let old = deltalake::arrow::datatypes::Schema::new(full.fields()[..old_len].to_vec());
+    let kernel: StructType = (&old).try_into_kernel().unwrap();
+    let table = deltalake::DeltaTableBuilder::from_url(url::Url::parse(&url).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .create()
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(["tenant_id", "month"])
+        .await
+        .unwrap();
+    let batch = to_record_batch(&[record("t1", "old", "1.00", "2026-01-05", 0)]).unwrap();
+    let batch = batch.project(&(0..old_len).collect::<Vec<_>>()).unwrap();
+    let mut writer = deltalake::writer::RecordBatchWriter::for_table(&table).unwrap();
+    deltalake::writer::DeltaWriter::write(&mut writer, batch)
+        .await
+        .unwrap();
+    let mut table = table;
+    deltalake::writer::DeltaWriter::flush_and_commit(&mut writer, &mut table)
+        .await
+        .unwrap();
+
+    let options = LakeOptions {
+        read_refresh: Duration::ZERO,
+        ..LakeOptions::default()
+    };
+    let lake = Lake::open_with(&url, options.clone()).await.unwrap();
+    // Opening again finds them there.
+    Lake::open_with(&url, options).await.unwrap();
+    let mut new = record("t1", "new", "2.00", "2026-01-06", 1);
+    new.base = Some(spendstream_schemas::BaseAmount {
+        minor: 216,
+        currency: "USD".into(),
+        rate: "1.08".into(),
+        rate_date: "2026-01-06".parse().unwrap(),
+    });
+    lake.commit_once(&txn("g-0", 1), |_| {
+        to_record_batch(std::slice::from_ref(&new))
+    })
+    .await
+    .unwrap();
+    assert_eq!(sum_and_count(&lake, "t1").await, (2, 300));
+
+    assert_eq!(base_amounts(&lake).await, [None, Some(216)]);
+    assert_eq!(lake.compact().await.unwrap().files_removed, 2);
+    assert_eq!(base_amounts(&lake).await, [None, Some(216)]);
+    assert_eq!(sum_and_count(&lake, "t1").await, (2, 300));
+}
+
+/// `base_amount_minor` of every row of `lake`, sorted.
+async fn base_amounts(lake: &Lake) -> Vec<Option<i64>> {
+    use deltalake::arrow::array::{Array, Int64Array};
+    let (_, files) = lake.snapshot_files().await.unwrap();
+    let mut values = Vec::new();
+    for file in files {
+        for b in lake
+            .read_columns(&file, &["base_amount_minor"])
+            .await
+            .unwrap()
+        {
+            let column = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            values.extend((0..column.len()).map(|i| column.is_valid(i).then(|| column.value(i))));
+        }
+    }
+    values.sort();
+    values
 }

@@ -111,9 +111,67 @@ const CREATE_EXPENSES: &str = "CREATE TABLE IF NOT EXISTS expenses (
 PARTITION BY toYYYYMM(transaction_date)
 ORDER BY (tenant_id, expense_id)";
 
+/// The columns migration 4 adds (FX, `docs/fx.md`), frozen.
+const FX_COLUMNS: [(&str, &str); 4] = [
+    ("base_amount_minor", "Nullable(Int64)"),
+    ("base_currency", "Nullable(String)"),
+    ("fx_rate", "Nullable(String)"),
+    ("fx_rate_date", "Nullable(Date)"),
+];
+
+/// The newest version of each expense: `FINAL` folds copies of one version
+/// (a replayed insert) and the `IN` keeps the newest version even when
+/// versions sit in different monthly partitions (a corrected transaction
+/// date), which `FINAL` alone never merges.
+fn latest_view() -> String {
+    format!(
+        "CREATE VIEW IF NOT EXISTS expenses_latest AS\nSELECT *\nFROM {EXPENSES_TABLE} FINAL\n\
+         WHERE (tenant_id, expense_id, version) IN (\n    \
+         SELECT tenant_id, expense_id, max(version)\n    FROM {EXPENSES_TABLE}\n    \
+         GROUP BY tenant_id, expense_id\n)"
+    )
+}
+
+const DAILY_SPEND_VIEW: &str = "CREATE VIEW IF NOT EXISTS daily_spend AS\nSELECT\n    tenant_id,\n    \
+     transaction_date AS day,\n    category,\n    merchant_normalized,\n    currency,\n    \
+     status,\n    count() AS expenses,\n    sum(amount_minor) AS amount_minor\n\
+     FROM expenses_latest\n\
+     GROUP BY tenant_id, day, category, merchant_normalized, currency, status";
+
+/// docs/lifecycle.md: a declined row never counts; a pending row another
+/// row names (same tenant and source) was superseded; a reversal of a
+/// pending row released it (neither counts), one of a declined or reversed
+/// row reverses nothing; any other reversal takes its amount back (minus
+/// its absolute value). Tuples with IN: ClickHouse 18.16 has no JOIN ON of
+/// several keys. Frozen as migration 3 made it; migration 4 makes it again
+/// with [`counted_view_with_base`].
+const COUNTED_VIEW: &str = "CREATE VIEW IF NOT EXISTS expenses_counted AS\n\
+                 SELECT *, if(status = 'reversed' AND amount_minor > 0, -amount_minor, amount_minor) AS counted_amount_minor\n\
+                 FROM expenses_latest\n\
+                 WHERE status != 'declined'\n    \
+                 AND NOT (status = 'pending' AND (tenant_id, source, external_id) IN (\n        \
+                 SELECT tenant_id, source, assumeNotNull(related_external_id)\n        \
+                 FROM expenses_latest\n        \
+                 WHERE isNotNull(related_external_id) AND assumeNotNull(related_external_id) != external_id\n    \
+                 ))\n    \
+                 AND NOT (status = 'reversed' AND (tenant_id, source, ifNull(related_external_id, '')) IN (\n        \
+                 SELECT tenant_id, source, external_id FROM expenses_latest\n        \
+                 WHERE status IN ('pending', 'declined', 'reversed')\n    \
+                 ))";
+
+/// [`COUNTED_VIEW`] with what each row counts as in the base currency.
+fn counted_view_with_base() -> String {
+    COUNTED_VIEW.replace(
+        " AS counted_amount_minor\n",
+        " AS counted_amount_minor, \
+         if(status = 'reversed' AND base_amount_minor > 0, -base_amount_minor, base_amount_minor) \
+         AS counted_base_amount_minor\n",
+    )
+}
+
 /// Every migration, in order.
 pub fn migrations() -> Vec<Migration> {
-    vec![
+    let mut all = vec![
         Migration {
             version: 1,
             name: "expenses and sink offsets",
@@ -135,19 +193,34 @@ pub fn migrations() -> Vec<Migration> {
                 // newest version even when versions sit in different
                 // monthly partitions (a corrected transaction date), which
                 // `FINAL` alone never merges.
-                format!(
-                    "CREATE VIEW IF NOT EXISTS expenses_latest AS\nSELECT *\nFROM {EXPENSES_TABLE} FINAL\n\
-                     WHERE (tenant_id, expense_id, version) IN (\n    \
-                     SELECT tenant_id, expense_id, max(version)\n    FROM {EXPENSES_TABLE}\n    \
-                     GROUP BY tenant_id, expense_id\n)"
-                ),
-                "CREATE VIEW IF NOT EXISTS daily_spend AS\nSELECT\n    tenant_id,\n    \
-                 transaction_date AS day,\n    category,\n    merchant_normalized,\n    currency,\n    \
-                 status,\n    count() AS expenses,\n    sum(amount_minor) AS amount_minor\n\
-                 FROM expenses_latest\n\
-                 GROUP BY tenant_id, day, category, merchant_normalized, currency, status"
-                    .to_string(),
+                latest_view(),
+                DAILY_SPEND_VIEW.to_string(),
             ],
+        },
+        Migration {
+            version: 4,
+            name: "amounts in the tenant's base currency",
+            statements: {
+                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: `migrate` takes
+                // "already exists" from an `ADD COLUMN` as done. Views keep
+                // the columns they were made with, so they are made again
+                // (dependants first); queries in between fail, once.
+                let mut statements: Vec<String> = FX_COLUMNS
+                    .iter()
+                    .map(|(name, ty)| {
+                        format!("ALTER TABLE {EXPENSES_TABLE} ADD COLUMN {name} {ty}")
+                    })
+                    .collect();
+                for view in ["daily_spend", "expenses_counted", "expenses_latest"] {
+                    statements.push(format!("DROP TABLE IF EXISTS {view}"));
+                }
+                statements.extend([
+                    latest_view(),
+                    DAILY_SPEND_VIEW.to_string(),
+                    counted_view_with_base(),
+                ]);
+                statements
+            },
         },
         Migration {
             version: 3,
@@ -160,23 +233,12 @@ pub fn migrations() -> Vec<Migration> {
                 // reverses nothing; any other reversal takes its amount
                 // back (minus its absolute value). Tuples with IN: ClickHouse 18.16 has no JOIN ON
                 // of several keys.
-                "CREATE VIEW IF NOT EXISTS expenses_counted AS\n\
-                 SELECT *, if(status = 'reversed' AND amount_minor > 0, -amount_minor, amount_minor) AS counted_amount_minor\n\
-                 FROM expenses_latest\n\
-                 WHERE status != 'declined'\n    \
-                 AND NOT (status = 'pending' AND (tenant_id, source, external_id) IN (\n        \
-                 SELECT tenant_id, source, assumeNotNull(related_external_id)\n        \
-                 FROM expenses_latest\n        \
-                 WHERE isNotNull(related_external_id) AND assumeNotNull(related_external_id) != external_id\n    \
-                 ))\n    \
-                 AND NOT (status = 'reversed' AND (tenant_id, source, ifNull(related_external_id, '')) IN (\n        \
-                 SELECT tenant_id, source, external_id FROM expenses_latest\n        \
-                 WHERE status IN ('pending', 'declined', 'reversed')\n    \
-                 ))"
-                    .to_string(),
+                COUNTED_VIEW.to_string(),
             ],
         },
-    ]
+    ];
+    all.sort_by_key(|m| m.version);
+    all
 }
 
 /// The statement that creates the migrations table itself (not a
@@ -198,7 +260,7 @@ mod tests {
     fn the_migrations_make_every_lake_column_and_no_float() {
         let columns = expenses_columns();
         assert_eq!(columns.len(), arrow_schema().fields().len());
-        let created: Vec<(String, String)> = CREATE_EXPENSES
+        let mut created: Vec<(String, String)> = CREATE_EXPENSES
             .lines()
             .skip(1)
             .take_while(|l| !l.starts_with(')'))
@@ -207,6 +269,13 @@ mod tests {
                 (name.to_string(), ty.to_string())
             })
             .collect();
+        let add = format!("ALTER TABLE {EXPENSES_TABLE} ADD COLUMN ");
+        for statement in migrations().iter().flat_map(|m| &m.statements) {
+            if let Some(column) = statement.strip_prefix(&add) {
+                let (name, ty) = column.split_once(' ').unwrap();
+                created.push((name.to_string(), ty.to_string()));
+            }
+        }
         assert_eq!(created, columns);
         for (name, ty) in &columns {
             assert!(
@@ -216,16 +285,38 @@ mod tests {
         }
     }
 
+    /// Checksums of migrations 1–3 as released.
+    const RELEASED_CHECKSUMS: [&str; 3] = [
+        "fcf033e43fd1566487bd2d62a7b82d47",
+        "8ac77d0ffd4456e08c53ebc20330ca9d",
+        "d69dd086bbe45a82bad96f333f33f1d3",
+    ];
+
     #[test]
     fn migrations_are_numbered_in_order_and_idempotent() {
         let all = migrations();
         for (i, m) in all.iter().enumerate() {
             assert_eq!(m.version as usize, i + 1);
             for s in &m.statements {
-                assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+                assert!(
+                    s.contains("IF NOT EXISTS")
+                        || s.contains("IF EXISTS")
+                        || s.starts_with("ALTER TABLE expenses ADD COLUMN "),
+                    "not idempotent: {s}"
+                );
             }
         }
         assert_ne!(all[0].checksum(), all[1].checksum());
         assert_eq!(all[0].checksum(), migrations()[0].checksum());
+        // Released migrations never change: databases hold these.
+        let released: Vec<String> = all[..3].iter().map(Migration::checksum).collect();
+        assert_eq!(released, RELEASED_CHECKSUMS, "a released migration changed");
+        assert!(
+            all[3]
+                .statements
+                .last()
+                .unwrap()
+                .contains("counted_base_amount_minor")
+        );
     }
 }

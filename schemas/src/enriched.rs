@@ -27,6 +27,24 @@ pub struct EnrichedRecord {
     pub processed_at: DateTime<Utc>,
     pub log_partition: i32,
     pub log_offset: i64,
+    /// The amount in the tenant's base currency, when a rate was known
+    /// (`docs/fx.md`); `None` says no rate was, never a guess.
+    #[serde(default)]
+    pub base: Option<BaseAmount>,
+}
+
+/// An amount converted to a tenant's base currency, and what at.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BaseAmount {
+    /// Minor units of `currency`.
+    pub minor: i64,
+    /// ISO 4217 code of the base currency.
+    pub currency: String,
+    /// Units of the base currency per unit of the record's, as exact
+    /// decimal text.
+    pub rate: String,
+    /// The day of the rates used.
+    pub rate_date: NaiveDate,
 }
 
 /// Bits of a version that hold the log offset; the bits above hold the
@@ -95,6 +113,12 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("processed_at", ts(), false),
         Field::new("log_partition", DataType::Int32, false),
         Field::new("log_offset", DataType::Int64, false),
+        // Added in 0.14 (FX): nullable, so tables made before get them as
+        // nulls (`Lake::open` adds them).
+        Field::new("base_amount_minor", DataType::Int64, true),
+        Field::new("base_currency", DataType::Utf8, true),
+        Field::new("fx_rate", DataType::Utf8, true),
+        Field::new("fx_rate_date", DataType::Date32, true),
     ]))
 });
 
@@ -115,7 +139,9 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
         (s(16), s(8), s(8), s(3), s(3));
     let (mut merchant, mut merchant_norm, mut category, mut employee, mut memo) =
         (s(24), s(24), s(12), s(12), s(16));
-    let (mut metadata, mut batch) = (s(16), s(36));
+    let (mut metadata, mut batch, mut base_currency, mut fx_rate) = (s(16), s(36), s(3), s(14));
+    let mut base_amount = Int64Builder::with_capacity(n);
+    let mut fx_date = Date32Builder::with_capacity(n);
     let mut version = Int64Builder::with_capacity(n);
     let mut date = Date32Builder::with_capacity(n);
     let mut posted = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -161,6 +187,12 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
         processed.append_value(e.processed_at.timestamp_micros());
         partition.append_value(e.log_partition);
         offset.append_value(e.log_offset);
+        let base = e.base.as_ref();
+        base_amount.append_option(base.map(|b| b.minor));
+        base_currency.append_option(base.map(|b| b.currency.as_str()));
+        fx_rate.append_option(base.map(|b| b.rate.as_str()));
+        fx_date
+            .append_option(base.map(|b| b.rate_date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE));
     }
 
     let columns: Vec<ArrayRef> = vec![
@@ -191,6 +223,10 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
         Arc::new(processed.finish()),
         Arc::new(partition.finish()),
         Arc::new(offset.finish()),
+        Arc::new(base_amount.finish()),
+        Arc::new(base_currency.finish()),
+        Arc::new(fx_rate.finish()),
+        Arc::new(fx_date.finish()),
     ];
     RecordBatch::try_new(arrow_schema(), columns)
 }
@@ -233,6 +269,12 @@ mod tests {
             processed_at: now,
             log_partition: 1,
             log_offset: 7,
+            base: Some(BaseAmount {
+                minor: 108,
+                currency: "USD".into(),
+                rate: "1.0812".into(),
+                rate_date: NaiveDate::from_ymd_opt(2026, 2, 2).unwrap(),
+            }),
         };
         assert_eq!(e.month(), "2026-02");
         let json = serde_json::to_string(&e).unwrap();

@@ -42,6 +42,7 @@ pub fn enriched(
         processed_at: now,
         log_partition: 0,
         log_offset: version,
+        base: None,
     }
 }
 

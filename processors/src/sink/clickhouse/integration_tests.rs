@@ -45,6 +45,7 @@ fn record(tenant: &str, ext: &str, minor: i64, date: &str, offset: i64) -> Enric
         processed_at: now,
         log_partition: 0,
         log_offset: offset,
+        base: None,
     }
 }
 

@@ -124,7 +124,15 @@ pub async fn migrate(config: &ClickHouseConfig, dry_run: bool) -> Result<Migrati
     let client = config.client();
     for migration in &report.pending {
         for statement in &migration.statements {
-            client.query(statement).execute().await?;
+            match client.query(statement).execute().await {
+                Ok(()) => {}
+                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column another
+                // run (or a run that stopped midway) added is done.
+                Err(e)
+                    if statement.contains(" ADD COLUMN ")
+                        && e.to_string().contains("already exists") => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         client
             .query(RECORD_SQL)

@@ -56,6 +56,10 @@ struct ExpenseRow<'a> {
     processed_at: u32,
     log_partition: i32,
     log_offset: i64,
+    base_amount_minor: Option<i64>,
+    base_currency: Option<&'a str>,
+    fx_rate: Option<&'a str>,
+    fx_rate_date: Option<u16>,
 }
 
 #[derive(Row, Serialize)]
@@ -141,6 +145,10 @@ impl<'a> ExpenseRow<'a> {
             processed_at: seconds(e.processed_at),
             log_partition: e.log_partition,
             log_offset: e.log_offset,
+            base_amount_minor: e.base.as_ref().map(|b| b.minor),
+            base_currency: e.base.as_ref().map(|b| b.currency.as_str()),
+            fx_rate: e.base.as_ref().map(|b| b.rate.as_str()),
+            fx_rate_date: e.base.as_ref().and_then(|b| epoch_days(b.rate_date)),
         })
     }
 }
@@ -534,6 +542,7 @@ mod tests {
             processed_at: Utc::now(),
             log_partition: partition,
             log_offset: offset,
+            base: None,
         }
     }
 

@@ -25,6 +25,7 @@ fn record(ext: &str, partition: i32, offset: i64) -> EnrichedRecord {
         processed_at: now,
         log_partition: partition,
         log_offset: offset,
+        base: None,
     }
 }
 
