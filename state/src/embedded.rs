@@ -2,8 +2,8 @@
 
 use crate::sqlite::{connect, now_ms};
 use crate::{
-    BATCH_RETENTION, BatchRecord, BatchStore, Claim, IDEMPOTENCY_RETENTION, IdempotencyStore,
-    Result, Revocation, RevocationStore,
+    BATCH_RETENTION, BatchRecord, BatchStore, Claim, FxStore, IDEMPOTENCY_RETENTION,
+    IdempotencyStore, Result, Revocation, RevocationStore,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS batches (
     PRIMARY KEY (tenant_id, batch_id)
 );
 CREATE INDEX IF NOT EXISTS batches_by_age ON batches (answered_at);
+CREATE TABLE IF NOT EXISTS fx_rates (
+    scope TEXT PRIMARY KEY,
+    csv TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS revocations (
     tenant_id TEXT NOT NULL,
     jti TEXT NOT NULL,
@@ -255,6 +260,52 @@ impl BatchStore for SqliteState {
                 )
                 .optional()?;
             Ok(record.and_then(|r| serde_json::from_str(&r).ok()))
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl FxStore for SqliteState {
+    async fn put_fx_rates(&self, scope: &str, csv: &str) -> Result<()> {
+        let conn = self.conn.clone();
+        let (scope, csv) = (scope.to_string(), csv.to_string());
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            conn.execute(
+                "INSERT INTO fx_rates (scope, csv, version)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(version), 0) + 1 FROM fx_rates))
+                 ON CONFLICT (scope) DO UPDATE SET csv = excluded.csv, version = excluded.version",
+                params![scope, csv],
+            )?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn fx_rates(&self, scope: &str) -> Result<Option<String>> {
+        let conn = self.conn.clone();
+        let scope = scope.to_string();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(conn
+                .query_row("SELECT csv FROM fx_rates WHERE scope = ?1", [scope], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        })
+        .await?
+    }
+
+    async fn fx_version(&self) -> Result<u64> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let version: i64 =
+                conn.query_row("SELECT COALESCE(MAX(version), 0) FROM fx_rates", [], |r| {
+                    r.get(0)
+                })?;
+            Ok(version.max(0) as u64)
         })
         .await?
     }

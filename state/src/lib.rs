@@ -196,12 +196,36 @@ pub trait BatchStore: Send + Sync + std::fmt::Debug {
     async fn batch(&self, tenant: &str, batch_id: &str) -> Result<Option<BatchRecord>>;
 }
 
+/// The scope of rates every tenant reads (loaded by the operator with
+/// `spendstream fx load`); a tenant's own rates (`PUT
+/// /v1/admin/fx-rates`) are stored under its id and win on the days they
+/// have.
+pub const FX_SCOPE_ALL: &str = "*";
+
+/// Exchange rates per scope ([`FX_SCOPE_ALL`] or a tenant id), each held
+/// as the whole rates text (the ECB CSV layout
+/// `spendstream_schemas::fx::Rates` reads and writes); processors read
+/// them (`docs/fx.md`).
+#[async_trait]
+pub trait FxStore: Send + Sync + std::fmt::Debug {
+    /// Replaces the rates of `scope` (callers merge what they load with
+    /// what is there; the last of two loads at once wins).
+    async fn put_fx_rates(&self, scope: &str, csv: &str) -> Result<()>;
+
+    /// The rates of `scope`, if any were loaded.
+    async fn fx_rates(&self, scope: &str) -> Result<Option<String>>;
+
+    /// A number every put changes: readers reload when it moved.
+    async fn fx_version(&self) -> Result<u64>;
+}
+
 /// The opened state backend.
 #[derive(Clone)]
 pub struct State {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub revocations: Arc<dyn RevocationStore>,
     pub batches: Arc<dyn BatchStore>,
+    pub fx: Arc<dyn FxStore>,
     /// Shared by every node on Redis; per process on the embedded state.
     pub limiter: Arc<dyn rate::RateLimiter>,
     /// The URL without credentials, for logs.
@@ -253,7 +277,8 @@ impl StateTarget {
                 State {
                     idempotency: store.clone(),
                     revocations: store.clone(),
-                    batches: store,
+                    batches: store.clone(),
+                    fx: store,
                     limiter: Arc::new(rate::LocalLimiter::default()),
                     url: format!("embedded://{}", dir.display()),
                 }
@@ -264,6 +289,7 @@ impl StateTarget {
                     idempotency: store.clone(),
                     revocations: store.clone(),
                     batches: store.clone(),
+                    fx: store.clone(),
                     limiter: store,
                     url: redact(url),
                 }

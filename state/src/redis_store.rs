@@ -405,3 +405,40 @@ impl BatchStore for RedisState {
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 }
+
+fn fx_key(scope: &str) -> String {
+    format!("spendstream:fx:{scope}")
+}
+
+const FX_VERSION_KEY: &str = "spendstream:fx-version";
+
+#[async_trait]
+impl crate::FxStore for RedisState {
+    async fn put_fx_rates(&self, scope: &str, csv: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: ((), i64) = bounded(
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(fx_key(scope))
+                .arg(csv)
+                .cmd("INCR")
+                .arg(FX_VERSION_KEY)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn fx_rates(&self, scope: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        bounded(redis::cmd("GET").arg(fx_key(scope)).query_async(&mut conn)).await
+    }
+
+    async fn fx_version(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let version: Option<u64> =
+            bounded(redis::cmd("GET").arg(FX_VERSION_KEY).query_async(&mut conn)).await?;
+        Ok(version.unwrap_or(0))
+    }
+}

@@ -305,6 +305,34 @@ async fn token_buckets_admit_exactly_their_size(nodes: Nodes) {
     }
 }
 
+/// Rates put on one node are read on the other, per scope, and the
+/// version moves with every put.
+async fn fx_rates_are_shared_per_scope(nodes: Nodes) {
+    let (a, b) = (&nodes.a.fx, &nodes.b.fx);
+    let t = nodes.tenant.as_str();
+    assert_eq!(b.fx_rates(t).await.unwrap(), None);
+    let before = b.fx_version().await.unwrap();
+    a.put_fx_rates(t, "Date,USD\n2026-03-02,1.0812\n")
+        .await
+        .unwrap();
+    let after = b.fx_version().await.unwrap();
+    assert_ne!(after, before, "a put moves the version");
+    assert_eq!(
+        b.fx_rates(t).await.unwrap().as_deref(),
+        Some("Date,USD\n2026-03-02,1.0812\n")
+    );
+    a.put_fx_rates(t, "Date,USD\n2026-03-03,1.09\n")
+        .await
+        .unwrap();
+    assert_ne!(b.fx_version().await.unwrap(), after);
+    assert_eq!(
+        b.fx_rates(t).await.unwrap().as_deref(),
+        Some("Date,USD\n2026-03-03,1.09\n"),
+        "a put replaces the scope's text"
+    );
+    assert_eq!(b.fx_rates(&format!("{t}-other")).await.unwrap(), None);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -326,6 +354,7 @@ on_both_backends!(
     concurrent_claims_acquire_once,
     revocations_are_shared_until_they_expire,
     token_buckets_admit_exactly_their_size,
+    fx_rates_are_shared_per_scope,
 );
 
 /// A Redis that cannot be reached fails the start with a transient error
