@@ -13,11 +13,12 @@ use spendstream_log::{Log, LogTarget, redact_url};
 use spendstream_processors::sink::Sink;
 use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use spendstream_processors::sink::lake::LakeSinkConfig;
+use spendstream_processors::transform::fx::{BaseCurrencies, FxSource};
 use spendstream_processors::{Processor, ProcessorConfig, ProcessorStats};
 use spendstream_query_api::QueryState;
 use spendstream_query_api::current::CurrentState;
 use spendstream_query_api::sql::SqlLimits;
-use spendstream_state::{BatchStore, IdempotencyStore, RevocationStore, StateTarget};
+use spendstream_state::{BatchStore, FxStore, IdempotencyStore, RevocationStore, StateTarget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +55,8 @@ pub fn openapi_json() -> &'static str {
         title = "Spendstream",
         description = "High-volume expense ingestion and spend reports. The tenant comes from the bearer token (a JWT: HS256 with the server's secret, or RS256/ES256/EdDSA by the identity provider's JWKS; claims tenant, roles, exp).",
     ),
-    paths(openapi_document, crate::revocations::revoke, crate::revocations::list, crate::batches::batch),
-    components(schemas(crate::batches::BatchStatus)),
+    paths(openapi_document, crate::revocations::revoke, crate::revocations::list, crate::batches::batch, crate::fx::put_rates),
+    components(schemas(crate::batches::BatchStatus, crate::fx::FxLoaded)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -185,6 +186,8 @@ pub struct Settings {
     /// How long log records every group has processed are kept (embedded
     /// log; 0: forever).
     pub log_retention: Duration,
+    /// Each tenant's base currency, which processors convert to.
+    pub base_currencies: BaseCurrencies,
 }
 
 impl Settings {
@@ -221,6 +224,7 @@ impl Settings {
             compact_interval: Duration::from_secs(600),
             vacuum_retain: Duration::from_secs(168 * 3600),
             log_retention: Duration::from_secs(168 * 3600),
+            base_currencies: BaseCurrencies::default(),
         }
     }
 
@@ -465,6 +469,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         compact_interval,
         vacuum_retain,
         log_retention,
+        base_currencies,
         ..
     } = settings;
     // Printed in logs and errors: never with their credentials.
@@ -491,9 +496,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     };
 
     // Before the log: an unreachable Redis must not leave a new log behind.
-    // Idempotency keys (ingest) and revocations (every role that checks
-    // tokens): read once now, so no revoked token passes while starting.
-    let state = if roles.ingest || roles.query {
+    // Idempotency keys (ingest), exchange rates (processors) and
+    // revocations (every role that checks tokens): read once now, so no
+    // revoked token passes while starting.
+    let state = if roles.ingest || roles.query || roles.process {
         let target = StateTarget::parse(&state_url)?;
         let context = || {
             format!(
@@ -595,7 +601,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 clickhouse_sink(config, migrate, &processor.group, log.log_id()).await?,
             ));
         }
-        let p = Processor::new(processor, log.clone(), lake.clone(), more);
+        let mut p = Processor::new(processor, log.clone(), lake.clone(), more);
+        if let Some(state) = &state {
+            p = p.with_fx(FxSource::new(state.fx.clone(), base_currencies));
+        }
         for sink in p.sinks().iter().skip(1) {
             let sink = sink.clone();
             sink_checks.push((
@@ -664,6 +673,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             report_state: report_state.clone(),
             idempotency: state.as_ref().map(|s| s.idempotency.clone()),
             revocations: state.as_ref().map(|s| s.revocations.clone()),
+            fx: state.as_ref().map(|s| s.fx.clone()),
             rate,
             batches: state.as_ref().map(|s| s.batches.clone()),
             clickhouse: clickhouse_for_batches,
@@ -898,6 +908,9 @@ pub struct RouteOptions {
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     /// Where admins revoke tokens (`--state`); the routes exist with it.
     pub revocations: Option<Arc<dyn RevocationStore>>,
+    /// Where admins load their exchange rates (`--state`); the route
+    /// exists with it.
+    pub fx: Option<Arc<dyn FxStore>>,
     /// Per-tenant rate limits of ingest and of reports and SQL (none: no
     /// limits).
     pub rate: Option<spendstream_http::rate::RateLimits>,
@@ -921,6 +934,7 @@ impl Default for RouteOptions {
             report_state: None,
             idempotency: None,
             revocations: None,
+            fx: None,
             rate: None,
             batches: None,
             clickhouse: None,
@@ -949,6 +963,7 @@ pub fn router(
         report_state,
         idempotency,
         revocations,
+        fx,
         rate,
         batches,
         clickhouse,
@@ -1023,6 +1038,12 @@ pub fn router(
                 store,
             },
         ));
+    }
+    if let Some(store) = fx {
+        router = router.merge(crate::fx::router(crate::fx::FxState {
+            keys: keys.clone(),
+            store,
+        }));
     }
     let router = router.route("/v1/openapi.json", axum::routing::get(openapi_document));
     checks.extend(more);

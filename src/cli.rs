@@ -56,6 +56,36 @@ pub enum Command {
     /// too) to an edge in chunks, resumably: run the same command again
     /// after an interruption and nothing is sent twice.
     Import(ImportArgs),
+    /// Exchange rates for amounts in each tenant's base currency
+    /// (docs/fx.md).
+    #[command(subcommand)]
+    Fx(FxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FxCommand {
+    /// Load a rates file (the ECB reference-rate CSV layout) into the state
+    /// the processors read: for every tenant, or with `--tenant` for one
+    /// (whose own rates win where they have one). Each rate replaces the
+    /// same day's rate of its currency, the others are kept; a file with a
+    /// bad line is refused whole, naming it.
+    Load(FxLoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FxLoadArgs {
+    /// The rates file (`eurofxref-hist.csv` as the ECB publishes it).
+    pub file: PathBuf,
+    /// Where the default embedded state lives.
+    #[arg(long, env = "SPENDSTREAM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The state store the processors read (`--state` of `up`/`process`).
+    /// Default: `embedded://<data-dir>/state`.
+    #[arg(long = "state", env = "SPENDSTREAM_STATE")]
+    pub state_url: Option<String>,
+    /// Load the rates of this tenant only.
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +187,24 @@ pub struct VacuumArgs {
     pub allow_short_retention: bool,
 }
 
+/// An ISO 4217 code, upper-cased.
+fn parse_currency(text: &str) -> Result<String, String> {
+    spendstream_schemas::Currency::from_code(text)
+        .map(|c| c.code().to_string())
+        .ok_or_else(|| format!("`{text}` is not an ISO 4217 currency code"))
+}
+
+/// `tenant=EUR`.
+fn parse_tenant_currency(text: &str) -> Result<(String, String), String> {
+    let (tenant, code) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not tenant=CURRENCY"))?;
+    if !spendstream_schemas::valid_tenant_id(tenant) {
+        return Err(format!("`{tenant}` is not a tenant id"));
+    }
+    Ok((tenant.to_string(), parse_currency(code)?))
+}
+
 /// `90s`, `30m`, `12h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
@@ -238,8 +286,8 @@ pub struct ServeArgs {
     /// Default: `embedded://<data-dir>/log`.
     #[arg(long = "log", env = "SPENDSTREAM_LOG")]
     pub log_url: Option<String>,
-    /// Where ingest and query nodes keep what they must agree on
-    /// (idempotency keys, revoked tokens): `embedded://<dir>` (one machine)
+    /// Where nodes keep what they must agree on (idempotency keys, revoked
+    /// tokens, exchange rates): `embedded://<dir>` (one machine)
     /// or `redis://[:password@]host:port[/db]` (every node behind a load
     /// balancer). Default: `embedded://<data-dir>/state`.
     #[arg(long = "state", env = "SPENDSTREAM_STATE")]
@@ -440,6 +488,20 @@ pub struct ServeArgs {
     /// Seconds between lake compactions (0: never).
     #[arg(long, env = "SPENDSTREAM_COMPACT_INTERVAL_SECS", default_value_t = 600)]
     pub compact_interval_secs: u64,
+    /// The currency processors convert every record to (docs/fx.md), with
+    /// the rates loaded by `spendstream fx load` or `PUT
+    /// /v1/admin/fx-rates`.
+    #[arg(long, env = "SPENDSTREAM_BASE_CURRENCY", default_value = "USD", value_parser = parse_currency)]
+    pub base_currency: String,
+    /// A tenant's own base currency, `tenant=EUR` (repeat the flag; the
+    /// environment variable takes a comma-separated list).
+    #[arg(
+        long = "tenant-base-currency",
+        env = "SPENDSTREAM_TENANT_BASE_CURRENCIES",
+        value_delimiter = ',',
+        value_parser = parse_tenant_currency
+    )]
+    pub tenant_base_currencies: Vec<(String, String)>,
 }
 
 impl ServeArgs {

@@ -5,6 +5,7 @@ pub mod app;
 pub mod batches;
 pub mod cli;
 pub mod demo;
+pub mod fx;
 pub mod import;
 pub mod jwks;
 pub mod metrics;

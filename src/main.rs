@@ -133,6 +133,7 @@ async fn run_service(command: Command) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::Lake(command) => lake(command).await,
         Command::Import(args) => import(args).await.map(drop),
+        Command::Fx(spendstream::cli::FxCommand::Load(args)) => fx_load(args).await,
         Command::Token(args) => {
             let (keys, _) = secret::load(&args.data_dir, false)?;
             let keys = keys
@@ -225,6 +226,54 @@ async fn migrate(args: spendstream::cli::MigrateArgs) -> anyhow::Result<()> {
 }
 
 /// `spendstream lake compact|vacuum`.
+/// A code the flags' parser already checked.
+fn currency(code: &str) -> anyhow::Result<spendstream_schemas::Currency> {
+    spendstream_schemas::Currency::from_code(code)
+        .with_context(|| format!("`{code}` is not an ISO 4217 currency code"))
+}
+
+async fn fx_load(args: spendstream::cli::FxLoadArgs) -> anyhow::Result<()> {
+    let scope = match &args.tenant {
+        Some(t) if !spendstream_schemas::valid_tenant_id(t) => {
+            bail!("--tenant must be 1 to 64 of A-Z a-z 0-9 _ . -")
+        }
+        Some(t) => t.clone(),
+        None => spendstream_state::FX_SCOPE_ALL.to_string(),
+    };
+    let text = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let url = args
+        .state_url
+        .clone()
+        .unwrap_or_else(|| format!("embedded://{}", args.data_dir.join("state").display()));
+    let state = spendstream_state::StateTarget::parse(&url)?
+        .open()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the state store (--state {})",
+                spendstream_state::redact(&url)
+            )
+        })?;
+    let loaded = spendstream::fx::load(state.fx.as_ref(), &scope, &text)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", spendstream_schemas::error::Chain(&e)))
+        .with_context(|| format!("{} was not loaded", args.file.display()))?;
+    let whom = match &args.tenant {
+        Some(t) => format!("tenant {t}"),
+        None => "every tenant".into(),
+    };
+    println!(
+        "Loaded {} days of rates for {whom}: {} days held, {} to {}, currencies {}.",
+        loaded.days_loaded,
+        loaded.days_held,
+        loaded.first_day.map_or("-".into(), |d| d.to_string()),
+        loaded.last_day.map_or("-".into(), |d| d.to_string()),
+        loaded.currencies.join(" "),
+    );
+    Ok(())
+}
+
 async fn lake(command: LakeCommand) -> anyhow::Result<()> {
     let open = |args: &spendstream::cli::LakeArgs| {
         let url = args.lake_url();
@@ -360,6 +409,14 @@ async fn serve(args: ServeArgs, roles: Roles, up: Option<Up>) -> anyhow::Result<
         clickhouse_password: secret::clickhouse_password()?.map(spendstream::app::Password),
         migrate: args.migrate,
         compact_interval: Duration::from_secs(args.compact_interval_secs),
+        base_currencies: spendstream_processors::transform::fx::BaseCurrencies {
+            default: currency(&args.base_currency)?,
+            tenants: args
+                .tenant_base_currencies
+                .iter()
+                .map(|(t, c)| Ok((t.clone(), currency(c)?)))
+                .collect::<anyhow::Result<_>>()?,
+        },
         vacuum_retain: Duration::from_secs(args.vacuum_retain_hours.saturating_mul(3600)),
         log_retention: Duration::from_secs(args.log_retention_hours.saturating_mul(3600)),
     };

@@ -13,6 +13,10 @@ pub enum Error {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("ClickHouse")]
     ClickHouse(#[from] clickhouse::error::Error),
+    #[error("reading the exchange rates from the state store")]
+    State(#[from] spendstream_state::Error),
+    #[error("the exchange rates stored for `{scope}` do not read: {reason}")]
+    FxRates { scope: String, reason: String },
     #[error("a row ClickHouse cannot hold reached the insert: {0}")]
     ClickHouseRow(String),
     /// A sink refused these rows of a batch (positions in what it was
@@ -73,6 +77,8 @@ impl Error {
             Error::Log(e) => e.kind(),
             Error::Lake(e) => e.kind(),
             Error::Arrow(_) => "arrow",
+            Error::State(e) => e.kind(),
+            Error::FxRates { .. } => "fx_rates",
             Error::ClickHouse(e) if clickhouse_transient(e) => "unavailable",
             Error::ClickHouse(_) => "clickhouse",
             Error::ClickHouseRow(_) | Error::RowsRefused { .. } => "rows_refused",
@@ -89,7 +95,9 @@ impl Error {
             Error::Log(e) => e.is_transient(),
             Error::Lake(e) => e.is_transient(),
             Error::ClickHouse(e) => clickhouse_transient(e),
+            Error::State(e) => e.is_transient(),
             Error::Arrow(_)
+            | Error::FxRates { .. }
             | Error::LogBehindLake { .. }
             | Error::LogBehindGroup { .. }
             | Error::ClickHouseRow(_)

@@ -60,6 +60,9 @@ pub struct Processor {
     generation: std::sync::OnceLock<u32>,
     /// The group's committed offsets when it joined: where the lag starts.
     joined_at: std::sync::Mutex<Vec<spendstream_log::Offset>>,
+    /// Where exchange rates come from; without it no record gets a base
+    /// amount.
+    fx: Option<transform::fx::FxSource>,
 }
 
 /// Test hook: `SPENDSTREAM_FAILPOINT=<name>` aborts the process where
@@ -110,7 +113,15 @@ impl Processor {
             stats: Arc::default(),
             generation: std::sync::OnceLock::new(),
             joined_at: std::sync::Mutex::default(),
+            fx: None,
         }
+    }
+
+    /// Converts every record to its tenant's base currency with the rates
+    /// `fx` holds (`docs/fx.md`).
+    pub fn with_fx(mut self, fx: transform::fx::FxSource) -> Self {
+        self.fx = Some(fx);
+        self
     }
 
     pub fn stats(&self) -> Arc<ProcessorStats> {
@@ -229,6 +240,46 @@ impl Processor {
         result
     }
 
+    /// Gives each row its amount in its tenant's base currency, with one
+    /// set of rates for the whole batch (every sink gets the same). A row
+    /// without a rate is written without, and counted.
+    async fn convert(
+        &self,
+        fx: &transform::fx::FxSource,
+        rows: &mut [EnrichedRecord],
+    ) -> Result<()> {
+        let tenants: Vec<String> = rows
+            .iter()
+            .map(|r| r.tenant_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let rates = retry("fx_rates", "Reading the exchange rates", || {
+            fx.for_batch(&tenants)
+        })
+        .await?;
+        for row in rows.iter_mut() {
+            match rates.convert(row) {
+                Ok(base) => row.base = Some(base),
+                Err(e) => {
+                    let reason = match e {
+                        spendstream_schemas::fx::FxError::MissingRate { .. } => "missing_rate",
+                        spendstream_schemas::fx::FxError::Overflow => "overflow",
+                    };
+                    ::metrics::counter!(
+                        metrics::FX_UNCONVERTED_TOTAL.name,
+                        "currency" => row.record.amount.currency.code(),
+                        "reason" => reason
+                    )
+                    .increment(1);
+                    debug!(expense_id = %row.expense_id, error = %e, "No base amount.");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and processes batches until `stop` is cancelled.
     async fn consume(
         &self,
@@ -331,6 +382,10 @@ impl Processor {
                 }
                 Err(letter) => letters.push(*letter),
             }
+        }
+
+        if let Some(fx) = &self.fx {
+            self.convert(fx, &mut rows).await?;
         }
 
         // Rows a sink cannot hold are dead letters for it; every letter is

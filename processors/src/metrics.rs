@@ -32,6 +32,11 @@ pub const SINK_WRITE_SECONDS: Metric = Metric::histogram(
     &["sink"],
     "Time for a sink to take one batch, retries included.",
 );
+pub const FX_UNCONVERTED_TOTAL: Metric = Metric::counter(
+    "spendstream_processor_fx_unconverted_total",
+    &["currency", "reason"],
+    "Records written without a base-currency amount, by their currency and why (missing_rate, overflow): load the rates (docs/fx.md).",
+);
 
 /// The metrics this crate declares.
 pub const ALL: &[Metric] = &[
@@ -41,4 +46,5 @@ pub const ALL: &[Metric] = &[
     BATCH_RECORDS,
     LAG_RECORDS,
     SINK_WRITE_SECONDS,
+    FX_UNCONVERTED_TOTAL,
 ];

@@ -22,7 +22,7 @@
 //! warning. A refresh that fails leaves the state at no version until one
 //! succeeds, so a half-read table version never answers.
 
-use crate::report::{Filters, GroupBy, SpendRow};
+use crate::report::{Filters, GroupBy, Part, SpendRow};
 use crate::{Error, Result};
 use chrono::{Datelike as _, NaiveDate};
 use datafusion::arrow::array::{
@@ -44,7 +44,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_000_000;
 
 /// The lake columns the state reads, in this order.
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; 16] = [
     "expense_id",
     "version",
     "status",
@@ -59,6 +59,8 @@ const COLUMNS: [&str; 14] = [
     "batch_id",
     "source",
     "related_external_id",
+    "base_amount_minor",
+    "base_currency",
 ];
 
 /// Files read at once while catching up.
@@ -123,6 +125,10 @@ struct Row {
     currency: u32,
     /// Index in [`Status::ALL`].
     status: u8,
+    /// The amount in the tenant's base currency (`base_currency`
+    /// [`NONE`]: no rate was known).
+    base_minor: i64,
+    base_currency: u32,
 }
 
 /// One tenant's expenses.
@@ -236,6 +242,7 @@ impl Tenant {
         let (accounts, employees, normalized, names) = (text(7)?, text(8)?, text(9)?, text(10)?);
         let batch_ids = text(11)?;
         let (sources, related) = (text(12)?, text(13)?);
+        let (base_amounts, base_currencies) = (int(14)?, text(15)?);
         // Expenses whose lifecycle may have changed: settled at the end.
         let mut unsettled: HashSet<u128> = HashSet::new();
         for i in 0..batch.num_rows() {
@@ -269,6 +276,16 @@ impl Tenant {
                     .position(|s| s.as_str() == status)
                     .and_then(|p| u8::try_from(p).ok())
                     .unwrap_or(UNKNOWN_STATUS),
+                base_minor: if base_amounts.is_null(i) {
+                    0
+                } else {
+                    base_amounts.value(i)
+                },
+                base_currency: if base_amounts.is_null(i) {
+                    NONE
+                } else {
+                    self.strings.intern(value(base_currencies, i))
+                },
             };
             let slot = match held {
                 Some((slot, older)) => {
@@ -659,11 +676,14 @@ impl CurrentState {
         self.catch_up(lake).await;
         let state = self.state.read().await;
         let version = state.version.filter(|_| !state.off)?;
-        let mut rows = match state.tenants.get(tenant) {
-            Some(held) => aggregate(held, ask),
-            None => Vec::new(),
-        };
-        rows.sort_by(crate::report::compare_rows);
+        let rows = crate::report::fold(
+            state
+                .tenants
+                .get(tenant)
+                .map(|held| aggregate(held, ask))
+                .unwrap_or_default(),
+            ask.filters.in_base,
+        );
         self.served.reports.fetch_add(1, Ordering::Relaxed);
         Some((version, rows))
     }
@@ -780,7 +800,7 @@ fn days(date: NaiveDate) -> i32 {
 
 /// One row per group and currency of the expenses of `tenant` that `ask`
 /// selects: their count and exact total.
-fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
+fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<Part> {
     let strings = &tenant.strings;
     // A filter value the tenant never used selects nothing.
     let ids = |values: &mut dyn Iterator<Item = &str>| -> HashSet<u32> {
@@ -805,7 +825,7 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
     }
     let (from, to) = (ask.from.map(days), ask.to.map(days));
     let period = matches!(ask.group_by, GroupBy::Day | GroupBy::Week | GroupBy::Month);
-    let mut groups: HashMap<(i64, u32), (i64, i128)> = HashMap::new();
+    let mut groups: HashMap<(i64, u32, u32), Totals> = HashMap::new();
     let index = |status: Status| Status::ALL.iter().position(|s| *s == status);
     let (declined, reversed) = (index(Status::Declined), index(Status::Reversed));
     for (slot, row) in tenant.rows.iter().enumerate() {
@@ -816,11 +836,14 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
         if status == declined || tenant.excluded.contains(&(slot as u32)) {
             continue;
         }
-        let counted = if status == reversed {
-            -i128::from(row.amount_minor).abs()
-        } else {
-            i128::from(row.amount_minor)
+        let counts_as = |amount: i64| {
+            if status == reversed {
+                -i128::from(amount).abs()
+            } else {
+                i128::from(amount)
+            }
         };
+        let counted = counts_as(row.amount_minor);
         let selected = statuses
             .get(usize::from(row.status))
             .copied()
@@ -852,13 +875,18 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
             GroupBy::Currency => i64::from(row.currency),
             GroupBy::Day | GroupBy::Week | GroupBy::Month => i64::from(row.date),
         };
-        let total = groups.entry((group, row.currency)).or_default();
-        total.0 += 1;
-        total.1 += counted;
+        let total = groups
+            .entry((group, row.currency, row.base_currency))
+            .or_default();
+        total.count += 1;
+        total.minor += counted;
+        if row.base_currency != NONE {
+            total.base_minor += counts_as(row.base_minor);
+        }
     }
     groups
         .into_iter()
-        .map(|((group, currency), (count, minor))| {
+        .map(|((group, currency, base_currency), totals)| {
             let group = if period {
                 i32::try_from(group)
                     .ok()
@@ -870,10 +898,24 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<SpendRow> {
                     .and_then(|id| strings.text(id))
                     .map(str::to_string)
             };
-            let currency = strings.text(currency).unwrap_or_default().to_string();
-            SpendRow::new(group, currency, count, minor)
+            let text = |id: u32| strings.text(id).map(str::to_string);
+            Part {
+                group,
+                currency: text(currency).unwrap_or_default(),
+                base_currency: text(base_currency),
+                count: totals.count,
+                minor: totals.minor,
+                base_minor: totals.base_minor,
+            }
         })
         .collect()
+}
+
+#[derive(Default)]
+struct Totals {
+    count: i64,
+    minor: i128,
+    base_minor: i128,
 }
 
 #[cfg(test)]
@@ -1019,6 +1061,14 @@ mod tests {
             texts(&|_| Some(uuid::Uuid::new_v4().to_string())),
             texts(&|_| Some("s".into())),
             texts(&|(r, _)| r.related.clone()),
+            // In the base currency already: the base amount is the amount.
+            Arc::new(
+                records
+                    .iter()
+                    .map(|(r, _)| r.amount)
+                    .collect::<Int64Array>(),
+            ),
+            texts(&|_| Some("USD".into())),
         ];
         let mut names = COLUMNS.to_vec();
         if sql {
@@ -1097,8 +1147,10 @@ mod tests {
                 filters: &filters,
             };
             let rows = aggregate(&tenant, &ask);
-            let got = rows.iter().fold((0, 0i128), |(c, s), r| (c + r.count, s + r.amount_minor));
+            let got = rows.iter().fold((0, 0i128), |(c, s), r| (c + r.count, s + r.minor));
             proptest::prop_assert_eq!(got, want, "state, arrivals {:?}", arrived);
+            let base: i128 = rows.iter().map(|r| r.base_minor).sum();
+            proptest::prop_assert_eq!(base, want.1, "base amounts count as amounts do");
 
             // The same over SQL.
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

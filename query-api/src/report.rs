@@ -165,7 +165,8 @@ pub struct SpendParams {
     pub account: Option<String>,
     /// One employee id.
     pub employee: Option<String>,
-    /// Comma-separated ISO 4217 codes.
+    /// Comma-separated ISO 4217 codes; or `base`: every amount in the
+    /// tenant's base currency, one row per group (docs/fx.md).
     pub currency: Option<String>,
     /// Least amount included, in minor units of the record's currency: what
     /// the record counts as (a reversal negative, however it was signed).
@@ -179,6 +180,8 @@ pub struct SpendParams {
 pub struct Filters {
     pub categories: Vec<Category>,
     pub currencies: Vec<String>,
+    /// `currency=base`: totals of the base-currency amounts.
+    pub in_base: bool,
     pub account: Option<String>,
     pub employee: Option<String>,
     pub min_amount_minor: Option<i64>,
@@ -202,8 +205,15 @@ impl Filters {
                     .map_err(|_| invalid(format!("unknown category `{c}`")))
             })
             .collect::<Result<_, _>>()?;
+        let in_base = list(&p.currency).iter().any(|c| c == "base");
+        if in_base && list(&p.currency).len() > 1 {
+            return Err(invalid(
+                "`currency=base` stands alone: it asks every amount in the base currency".into(),
+            ));
+        }
         let currencies = list(&p.currency)
             .into_iter()
+            .filter(|c| c != "base")
             .map(|c| {
                 Currency::from_code(&c)
                     .map(|currency| currency.code().to_string())
@@ -230,6 +240,7 @@ impl Filters {
         Ok(Self {
             categories,
             currencies,
+            in_base,
             account: id("account", &p.account)?,
             employee: id("employee", &p.employee)?,
             min_amount_minor: p.min_amount_minor,
@@ -283,6 +294,16 @@ pub struct SpendRow {
     /// Decimal string with the currency's exponent.
     pub amount: String,
     pub amount_minor: i128,
+    /// The same total in the tenant's base currency, when every expense of
+    /// the row had a rate (rows rank by it); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_currency: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_amount_minor: Option<i128>,
+    /// `currency=base`: expenses of the group without a base amount (no
+    /// rate for their currency and date), left out of the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unconverted: Option<i64>,
 }
 
 impl SpendRow {
@@ -295,8 +316,110 @@ impl SpendRow {
             count,
             amount,
             amount_minor: minor,
+            base_currency: None,
+            base_amount_minor: None,
+            unconverted: None,
         }
     }
+}
+
+/// Totals of the expenses of one group, currency and base currency, as
+/// the current state and the SQL report both count them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Part {
+    pub group: Option<String>,
+    pub currency: String,
+    /// `None`: the expenses had no base amount.
+    pub base_currency: Option<String>,
+    pub count: i64,
+    pub minor: i128,
+    pub base_minor: i128,
+}
+
+/// One report row's totals while [`fold`] adds its parts.
+#[derive(Default)]
+struct RowTotals {
+    count: i64,
+    minor: i128,
+    base: Option<String>,
+    base_minor: i128,
+    /// Expenses with a base amount.
+    converted: i64,
+    /// Whether they had more than one base currency.
+    mixed: bool,
+}
+
+/// The report rows of `parts`, ranked: per group and currency (with the
+/// base total when every expense had one), or with `in_base` per group in
+/// the base currency, counting the expenses without a base amount apart.
+pub(crate) fn fold(parts: Vec<Part>, in_base: bool) -> Vec<SpendRow> {
+    let mut rows: Vec<SpendRow> = if in_base {
+        // The base currency the tenant's converted expenses have most.
+        let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
+        for part in &parts {
+            if let Some(base) = &part.base_currency {
+                *seen.entry(base.as_str()).or_default() += part.count;
+            }
+        }
+        let main = seen
+            .iter()
+            .max_by_key(|(code, n)| (**n, std::cmp::Reverse(**code)))
+            .map(|(code, _)| code.to_string());
+        let mut by: BTreeMap<(Option<String>, String), (i64, i128, i64)> = BTreeMap::new();
+        for part in &parts {
+            let Some(base) = part.base_currency.clone().or_else(|| main.clone()) else {
+                continue;
+            };
+            let row = by.entry((part.group.clone(), base)).or_default();
+            if part.base_currency.is_some() {
+                row.0 += part.count;
+                row.1 += part.base_minor;
+            } else {
+                row.2 += part.count;
+            }
+        }
+        // Nothing converted at all: one row per group saying so.
+        if main.is_none() {
+            for part in &parts {
+                let row = by.entry((part.group.clone(), String::new())).or_default();
+                row.2 += part.count;
+            }
+        }
+        by.into_iter()
+            .map(
+                |((group, currency), (count, minor, unconverted))| SpendRow {
+                    unconverted: Some(unconverted),
+                    ..SpendRow::new(group, currency, count, minor)
+                },
+            )
+            .collect()
+    } else {
+        let mut by: BTreeMap<(Option<String>, String), RowTotals> = BTreeMap::new();
+        for part in parts {
+            let row = by.entry((part.group, part.currency)).or_default();
+            row.count += part.count;
+            row.minor += part.minor;
+            if let Some(base) = part.base_currency {
+                // Two base currencies in one row: no one base total.
+                row.mixed |= row.base.as_ref().is_some_and(|b| *b != base);
+                row.base = Some(base);
+                row.base_minor += part.base_minor;
+                row.converted += part.count;
+            }
+        }
+        by.into_iter()
+            .map(|((group, currency), row)| {
+                let whole = row.converted == row.count && !row.mixed;
+                SpendRow {
+                    base_currency: row.base.filter(|_| whole),
+                    base_amount_minor: whole.then_some(row.base_minor),
+                    ..SpendRow::new(group, currency, row.count, row.minor)
+                }
+            })
+            .collect()
+    };
+    rows.sort_by(compare_rows);
+    rows
 }
 
 /// A page of a report.
@@ -640,7 +763,9 @@ fn time_series(
     to: Option<NaiveDate>,
     currencies: &[String],
 ) -> Result<Vec<SpendRow>, ApiError> {
-    let mut sums: BTreeMap<(NaiveDate, String), (i64, i128)> = BTreeMap::new();
+    // `currency=base` rows say how many expenses had no base amount.
+    let in_base = days.iter().any(|r| r.unconverted.is_some());
+    let mut sums: BTreeMap<(NaiveDate, String), (i64, i128, Option<i64>)> = BTreeMap::new();
     for row in days {
         let day = row
             .group
@@ -650,6 +775,9 @@ fn time_series(
         let sum = sums.entry((period.start(day), row.currency)).or_default();
         sum.0 += row.count;
         sum.1 += row.amount_minor;
+        if let Some(n) = row.unconverted {
+            sum.2 = Some(sum.2.unwrap_or_default() + n);
+        }
     }
     let codes: BTreeSet<String> = sums
         .keys()
@@ -680,16 +808,13 @@ fn time_series(
             return Err(range_too_large());
         }
         for code in &codes {
-            let (count, minor) = sums
+            let (count, minor, unconverted) = sums
                 .get(&(start, code.clone()))
                 .copied()
                 .unwrap_or_default();
             rows.push(SpendRow {
-                group: Some(period.label(start)),
-                currency: code.clone(),
-                count,
-                amount: format_minor(minor, exponent_of(code)),
-                amount_minor: minor,
+                unconverted: unconverted.or(in_base.then_some(0)),
+                ..SpendRow::new(Some(period.label(start)), code.clone(), count, minor)
             });
         }
         at = period.next(start);
@@ -746,7 +871,7 @@ pub async fn spend_rows(
 ) -> Result<Vec<SpendRow>> {
     let sql = spend_sql(params, statuses, filters);
     let batches = ctx.sql(&sql).await?.collect().await?;
-    let mut rows = Vec::new();
+    let mut parts = Vec::new();
     for batch in batches {
         let text = |i: usize| -> Result<StringArray> {
             let col = cast(batch.column(i), &DataType::Utf8)
@@ -756,45 +881,66 @@ pub async fn spend_rows(
                 .cloned()
                 .ok_or_else(|| Error::Shape(format!("column {i} is not text")))
         };
+        let decimal = |i: usize| -> Result<Decimal128Array> {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Decimal128Array>()
+                .cloned()
+                .ok_or_else(|| Error::Shape(format!("column {i} is not Decimal128")))
+        };
         let groups = text(0)?;
         let currencies = text(1)?;
+        let bases = text(2)?;
         let counts = batch
-            .column(2)
+            .column(3)
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| Error::Shape("count is not Int64".into()))?;
-        let totals = batch
-            .column(3)
-            .as_any()
-            .downcast_ref::<Decimal128Array>()
-            .ok_or_else(|| Error::Shape("total is not Decimal128".into()))?;
+        let (totals, base_totals) = (decimal(4)?, decimal(5)?);
         for i in 0..batch.num_rows() {
-            rows.push(SpendRow::new(
-                (!groups.is_null(i)).then(|| groups.value(i).to_string()),
-                currencies.value(i).to_string(),
-                counts.value(i),
-                totals.value(i),
-            ));
+            parts.push(Part {
+                group: (!groups.is_null(i)).then(|| groups.value(i).to_string()),
+                currency: currencies.value(i).to_string(),
+                base_currency: (!bases.is_null(i)).then(|| bases.value(i).to_string()),
+                count: counts.value(i),
+                minor: totals.value(i),
+                base_minor: if base_totals.is_null(i) {
+                    0
+                } else {
+                    base_totals.value(i)
+                },
+            });
         }
     }
-    rows.sort_by(compare_rows);
-    Ok(rows)
+    Ok(fold(parts, filters.in_base))
 }
 
 fn exponent_of(code: &str) -> u8 {
     Currency::from_code(code).map_or(2, |c| c.exponent())
 }
 
-/// Descending by amount in major units, compared exactly by scaling both to
-/// the larger exponent; ties by group, then currency.
+/// Rows with a base total first, descending by it; then the others,
+/// descending by amount in major units. Amounts of different currencies
+/// compare exactly by scaling both to the larger exponent. Ties by group,
+/// then currency.
 pub(crate) fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
-    let (ea, eb) = (exponent_of(&a.currency), exponent_of(&b.currency));
-    let max = ea.max(eb);
-    let scale = |v: i128, e: u8| v.saturating_mul(10i128.pow(u32::from(max - e)));
-    scale(b.amount_minor, eb)
-        .cmp(&scale(a.amount_minor, ea))
-        .then_with(|| a.group.cmp(&b.group))
-        .then_with(|| a.currency.cmp(&b.currency))
+    let by_major = |(am, ac): (i128, &str), (bm, bc): (i128, &str)| {
+        let (ea, eb) = (exponent_of(ac), exponent_of(bc));
+        let max = ea.max(eb);
+        let scale = |v: i128, e: u8| v.saturating_mul(10i128.pow(u32::from(max - e)));
+        scale(bm, eb).cmp(&scale(am, ea))
+    };
+    let base = |r: &SpendRow| Some((r.base_amount_minor?, r.base_currency.clone()?));
+    match (base(a), base(b)) {
+        (Some((am, ac)), Some((bm, bc))) => by_major((am, &ac), (bm, &bc)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+    .then_with(|| by_major((a.amount_minor, &a.currency), (b.amount_minor, &b.currency)))
+    .then_with(|| a.group.cmp(&b.group))
+    .then_with(|| a.currency.cmp(&b.currency))
 }
 
 /// The report query. Every interpolated value is trusted or quoted: dates,
@@ -817,11 +963,12 @@ fn spend_sql(params: &SpendParams, statuses: &[Status], filters: &Filters) -> St
     conditions.extend(filters.conditions());
     let group = params.group_by.column();
     format!(
-        "SELECT {group} AS g, currency, CAST(COUNT(*) AS BIGINT) AS n,
-                SUM(CAST(counted_amount_minor AS DECIMAL(38, 0))) AS total
+        "SELECT {group} AS g, currency, base_currency AS b, CAST(COUNT(*) AS BIGINT) AS n,
+                SUM(CAST(counted_amount_minor AS DECIMAL(38, 0))) AS total,
+                SUM(CAST(counted_base_amount_minor AS DECIMAL(38, 0))) AS base_total
          FROM expenses_counted
          WHERE {filters}
-         GROUP BY {group}, currency",
+         GROUP BY {group}, currency, base_currency",
         filters = conditions.join(" AND "),
     )
 }
@@ -831,13 +978,86 @@ mod tests {
     use super::*;
 
     fn row(group: &str, currency: &str, minor: i128) -> SpendRow {
-        SpendRow {
+        SpendRow::new(Some(group.into()), currency.into(), 1, minor)
+    }
+
+    fn part(
+        group: &str,
+        currency: &str,
+        base: Option<&str>,
+        count: i64,
+        minor: i128,
+        base_minor: i128,
+    ) -> Part {
+        Part {
             group: Some(group.into()),
             currency: currency.into(),
-            count: 1,
-            amount: String::new(),
-            amount_minor: minor,
+            base_currency: base.map(str::to_string),
+            count,
+            minor,
+            base_minor,
         }
+    }
+
+    #[test]
+    fn rows_rank_by_base_amount_and_fold_into_the_base_currency() {
+        let parts = vec![
+            part("tokyo", "JPY", Some("USD"), 1, 1_000, 675),
+            part("home", "USD", Some("USD"), 2, 5_000, 5_000),
+            // Half converted: no base total for the row, ranked after.
+            part("zurich", "CHF", Some("USD"), 1, 1_000, 1_150),
+            part("zurich", "CHF", None, 1, 99_000, 0),
+            // Two base currencies in one row: no base total either.
+            part("mixed", "EUR", Some("USD"), 1, 100, 108),
+            part("mixed", "EUR", Some("GBP"), 1, 100, 86),
+        ];
+        let ranked = fold(parts.clone(), false);
+        let order: Vec<_> = ranked
+            .iter()
+            .map(|r| (r.group.clone().unwrap(), r.base_amount_minor))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("home".into(), Some(5_000)),
+                ("tokyo".into(), Some(675)),
+                ("zurich".into(), None),
+                ("mixed".into(), None),
+            ]
+        );
+        let in_base = fold(parts, true);
+        let rows: Vec<_> = in_base
+            .iter()
+            .map(|r| {
+                (
+                    r.group.clone().unwrap(),
+                    r.currency.as_str(),
+                    r.count,
+                    r.amount_minor,
+                    r.unconverted,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("home".into(), "USD", 2, 5_000, Some(0)),
+                ("zurich".into(), "USD", 1, 1_150, Some(1)),
+                ("tokyo".into(), "USD", 1, 675, Some(0)),
+                ("mixed".into(), "USD", 1, 108, Some(0)),
+                ("mixed".into(), "GBP", 1, 86, Some(0)),
+            ]
+        );
+        // Nothing converted: each group says how many, with no currency.
+        let none = fold(vec![part("z", "CHF", None, 3, 300, 0)], true);
+        assert_eq!(
+            (
+                none[0].currency.as_str(),
+                none[0].count,
+                none[0].unconverted
+            ),
+            ("", 0, Some(3))
+        );
     }
 
     #[test]
@@ -854,13 +1074,7 @@ mod tests {
     }
 
     fn day(date: &str, currency: &str, minor: i128) -> SpendRow {
-        SpendRow {
-            group: Some(date.into()),
-            currency: currency.into(),
-            count: 1,
-            amount: String::new(),
-            amount_minor: minor,
-        }
+        SpendRow::new(Some(date.into()), currency.into(), 1, minor)
     }
 
     fn date(text: &str) -> NaiveDate {

@@ -121,7 +121,7 @@ pub struct SqlResult {
     post,
     path = "/v1/sql",
     summary = "One read-only SQL statement over the caller's tenant",
-    description = "The session holds three views, `expenses` (every row version of the tenant), `expenses_latest` (the latest version of each expense) and `expenses_counted` (the latest rows that count in reports under the lifecycle rules, with counted_amount_minor), plus `information_schema`. DDL, DML, COPY, SET, EXPLAIN, recursive CTEs, file and URL tables are refused.",
+    description = "The session holds three views, `expenses` (every row version of the tenant), `expenses_latest` (the latest version of each expense) and `expenses_counted` (the latest rows that count in reports under the lifecycle rules, with counted_amount_minor and counted_base_amount_minor), plus `information_schema`. DDL, DML, COPY, SET, EXPLAIN, recursive CTEs, file and URL tables are refused.",
     security(("bearer" = [])),
     request_body(content = SqlRequest, content_type = "application/json"),
     responses(
@@ -425,7 +425,10 @@ pub(crate) fn counted_sql(latest: &str) -> String {
          SELECT l.*,
                 CASE WHEN l.status = 'reversed' AND l.amount_minor > 0 THEN -l.amount_minor
                      ELSE l.amount_minor END
-                  AS counted_amount_minor
+                  AS counted_amount_minor,
+                CASE WHEN l.status = 'reversed' AND l.base_amount_minor > 0 THEN -l.base_amount_minor
+                     ELSE l.base_amount_minor END
+                  AS counted_base_amount_minor
          FROM l
          LEFT JOIN linked ON linked.link_source = l.source AND linked.link_id = l.external_id
          LEFT JOIN released ON released.released_source = l.source

@@ -5,8 +5,8 @@
 //! with integer arithmetic only and one rounding, half-even, to the base
 //! currency's exponent. Never a float.
 //!
-//! Not wired into the processors and reports yet (issue 14): this is the
-//! arithmetic and the rates file they will use.
+//! Processors convert each record at enrichment (`docs/fx.md`); the rates
+//! live in the state store as the CSV [`Rates::to_ecb_csv`] writes.
 
 use crate::currency::Currency;
 use chrono::NaiveDate;
@@ -169,14 +169,64 @@ impl Rates {
         Ok(rates)
     }
 
-    /// Adds (or replaces) the days of `other`.
+    /// Adds the rates of `other`, each replacing the same currency's rate
+    /// of the same day (other currencies of that day are kept: a file of
+    /// one currency adds to the others).
     pub fn merge(&mut self, other: Rates) {
-        self.days.extend(other.days);
+        for (day, rates) in other.days {
+            self.days.entry(day).or_default().extend(rates);
+        }
     }
 
     /// Days held.
     pub fn days(&self) -> usize {
         self.days.len()
+    }
+
+    /// The first and last day held.
+    pub fn span(&self) -> Option<(NaiveDate, NaiveDate)> {
+        Some((
+            *self.days.first_key_value()?.0,
+            *self.days.last_key_value()?.0,
+        ))
+    }
+
+    /// The currencies with a rate on some day, by code.
+    pub fn currencies(&self) -> Vec<&'static str> {
+        let mut codes: Vec<_> = self
+            .days
+            .values()
+            .flat_map(|d| d.keys().map(|c| c.code()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        codes.dedup();
+        codes
+    }
+
+    /// The rates in the layout [`Rates::parse_ecb_csv`] reads (newest day
+    /// first, as the ECB writes it; `N/A` where a day has no rate), so that
+    /// what is stored reads back the same.
+    pub fn to_ecb_csv(&self) -> String {
+        let codes = self.currencies();
+        let mut out = String::from("Date");
+        for code in &codes {
+            out.push(',');
+            out.push_str(code);
+        }
+        out.push('\n');
+        for (day, rates) in self.days.iter().rev() {
+            out.push_str(&day.to_string());
+            for code in &codes {
+                out.push(',');
+                match rates.iter().find(|(c, _)| c.code() == *code) {
+                    Some((_, rate)) => out.push_str(&rate.to_string()),
+                    None => out.push_str("N/A"),
+                }
+            }
+            out.push('\n');
+        }
+        out
     }
 
     /// The rates per euro of `a` and `b` on the latest day at or before
@@ -450,6 +500,36 @@ mod tests {
         assert_eq!(
             rates.convert(i64::MAX, c("EUR"), c("JPY"), day("2026-03-02")),
             Err(FxError::Overflow)
+        );
+    }
+
+    #[test]
+    fn rates_written_out_read_back_the_same() {
+        let rates = Rates::parse_ecb_csv(FILE).unwrap();
+        let text = rates.to_ecb_csv();
+        assert!(
+            text.starts_with("Date,BHD,GBP,JPY,USD\n2026-03-02,"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2026-02-27,N/A,0.8549,159.80,1.0790\n"),
+            "{text}"
+        );
+        assert_eq!(Rates::parse_ecb_csv(&text).unwrap(), rates);
+        assert_eq!(rates.span(), Some((day("2026-02-27"), day("2026-03-02"))));
+        let mut later = Rates::parse_ecb_csv("Date,USD\n2026-03-02,1.09\n").unwrap();
+        later.merge(rates.clone());
+        assert_eq!(later, rates, "a rate loaded again is replaced");
+        let mut more = rates.clone();
+        more.merge(Rates::parse_ecb_csv("Date,CHF\n2026-03-02,0.94\n").unwrap());
+        let chf = Currency::from_code("CHF").unwrap();
+        let usd = Currency::from_code("USD").unwrap();
+        assert_eq!(
+            more.convert(1_000, chf, usd, day("2026-03-02"))
+                .unwrap()
+                .base_minor,
+            1_150,
+            "a currency added to a day keeps the day's others"
         );
     }
 

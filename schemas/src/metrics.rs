@@ -95,7 +95,7 @@ pub const ERRORS_TOTAL: Metric = Metric::counter(
     &["stage", "error_type"],
     "Failures of a step that is retried or whose work is dropped, by stage \
      (log_append, idempotency, log_read, log_commit, sink_lake, sink_clickhouse, \
-     dead_letters, compaction, log_retention, report_state, revocations, jwks, batches) \
+     dead_letters, compaction, log_retention, report_state, revocations, jwks, batches, fx_rates) \
      and error type.",
 );
 

@@ -845,7 +845,7 @@ pub async fn clickhouse_rows(url: &str, sql: &str) -> Vec<Value> {
 }
 
 /// A ClickHouse number: JSONEachRow quotes 64-bit integers by default.
-fn clickhouse_int(v: &Value) -> i128 {
+pub fn clickhouse_int(v: &Value) -> i128 {
     match v {
         Value::String(s) => s.parse().unwrap(),
         other => other.to_string().parse().unwrap(),

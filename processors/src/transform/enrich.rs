@@ -42,6 +42,7 @@ pub fn enrich(
         processed_at,
         log_partition: entry.partition as i32,
         log_offset: entry.offset,
+        base: None,
     }
 }
 
