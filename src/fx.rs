@@ -5,7 +5,7 @@
 //! taken whole or refused at its first bad line; each rate it has replaces
 //! the same day's rate of that currency, and every other rate is kept.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::routing::put;
 use axum::{Json, Router};
@@ -33,6 +33,9 @@ pub struct FxLoaded {
     pub last_day: Option<NaiveDate>,
     /// Currencies with a rate on some day held (the euro always has one).
     pub currencies: Vec<&'static str>,
+    /// Columns of the file skipped: currencies ISO 4217 no longer lists
+    /// (the ECB history's CYP, SIT, …).
+    pub ignored: Vec<String>,
 }
 
 /// Why a load did nothing.
@@ -51,6 +54,7 @@ pub async fn load(store: &dyn FxStore, scope: &str, text: &[u8]) -> Result<FxLoa
     let text = std::str::from_utf8(text).map_err(|_| LoadError::NotText)?;
     let loaded = Rates::parse_ecb_csv(text)?;
     let days_loaded = loaded.days();
+    let ignored = loaded.ignored().to_vec();
     let mut held = match store.fx_rates(scope).await? {
         // What is stored was written by `Rates::to_ecb_csv`; a text that no
         // longer reads is replaced rather than kept blocking every load.
@@ -70,6 +74,7 @@ pub async fn load(store: &dyn FxStore, scope: &str, text: &[u8]) -> Result<FxLoa
         first_day,
         last_day,
         currencies: held.currencies(),
+        ignored,
     })
 }
 
@@ -88,7 +93,8 @@ impl FromRef<FxState> for JwtKeys {
 pub fn router(state: FxState) -> Router {
     Router::new()
         .route("/v1/admin/fx-rates", put(put_rates))
-        .layer(DefaultBodyLimit::max(MAX_RATES_BYTES))
+        // The handler reads the body itself, within MAX_RATES_BYTES.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -103,7 +109,7 @@ pub fn router(state: FxState) -> Router {
         (status = 200, description = "Loaded.", body = FxLoaded),
         (status = 401, description = "No or invalid token.", body = ErrorBody),
         (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
-        (status = 413, description = "The file is larger than 16 MiB.", body = ErrorBody),
+        (status = 413, description = "payload_too_large: the file is larger than 16 MiB.", body = ErrorBody),
         (status = 422, description = "invalid_rates: the message names the first bad line (`line 3: …`); nothing was loaded.", body = ErrorBody),
         (status = 503, description = "unavailable: the state store did not answer; Retry-After.", body = ErrorBody),
     ),
@@ -111,11 +117,17 @@ pub fn router(state: FxState) -> Router {
 pub async fn put_rates(
     State(state): State<FxState>,
     auth: Auth,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<FxLoaded>, ApiError> {
     let tenant = auth.tenant().to_string();
     let answer = async {
+        // The role before the body is read.
         auth.require(Role::Admin)?;
+        let body = axum::body::to_bytes(body, MAX_RATES_BYTES)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge {
+                limit: MAX_RATES_BYTES,
+            })?;
         match load(state.store.as_ref(), &tenant, &body).await {
             Ok(loaded) => Ok(Json(loaded)),
             Err(LoadError::Store(e)) => Err(crate::revocations::state_store_error("fx_rates", e)),

@@ -225,13 +225,13 @@ async fn migrate(args: spendstream::cli::MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `spendstream lake compact|vacuum`.
 /// A code the flags' parser already checked.
 fn currency(code: &str) -> anyhow::Result<spendstream_schemas::Currency> {
     spendstream_schemas::Currency::from_code(code)
         .with_context(|| format!("`{code}` is not an ISO 4217 currency code"))
 }
 
+/// `spendstream fx load`: the operator's rates, into the state store.
 async fn fx_load(args: spendstream::cli::FxLoadArgs) -> anyhow::Result<()> {
     let scope = match &args.tenant {
         Some(t) if !spendstream_schemas::valid_tenant_id(t) => {
@@ -271,9 +271,16 @@ async fn fx_load(args: spendstream::cli::FxLoadArgs) -> anyhow::Result<()> {
         loaded.last_day.map_or("-".into(), |d| d.to_string()),
         loaded.currencies.join(" "),
     );
+    if !loaded.ignored.is_empty() {
+        println!(
+            "Skipped the columns of currencies ISO 4217 no longer lists: {}.",
+            loaded.ignored.join(" ")
+        );
+    }
     Ok(())
 }
 
+/// `spendstream lake compact|vacuum`.
 async fn lake(command: LakeCommand) -> anyhow::Result<()> {
     let open = |args: &spendstream::cli::LakeArgs| {
         let url = args.lake_url();

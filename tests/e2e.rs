@@ -955,6 +955,7 @@ async fn openapi_document_matches_the_routes() {
         spendstream::app::RouteOptions {
             idempotency: running.state.as_ref().map(|s| s.idempotency.clone()),
             revocations: running.state.as_ref().map(|s| s.revocations.clone()),
+            fx: running.state.as_ref().map(|s| s.fx.clone()),
             batches: running.state.as_ref().map(|s| s.batches.clone()),
             ..Default::default()
         },

@@ -80,6 +80,13 @@ async fn records_get_exact_base_amounts_and_reports_rank_and_total_by_them() {
     );
     let (code, _) = put_rates(&base, &read, RATES).await;
     assert_eq!(code, 403);
+    let huge = format!("Date,USD\n{}", "9".repeat(spendstream::fx::MAX_RATES_BYTES));
+    let (code, err) = put_rates(&base, &admin, &huge).await;
+    assert_eq!(
+        (code, &err["error"]),
+        (413, &Value::from("payload_too_large")),
+        "{err}"
+    );
     let (code, loaded) = put_rates(&base, &admin, RATES).await;
     assert_eq!(code, 200, "{loaded}");
     assert_eq!(loaded["days_loaded"], 2, "{loaded}");
@@ -130,8 +137,8 @@ async fn records_get_exact_base_amounts_and_reports_rank_and_total_by_them() {
                 assert_eq!(row[4], day, "{row}");
             }
             None => assert!(
-                row[1].is_null() && row[2].is_null() && row[3].is_null(),
-                "{row}"
+                (1..=4).all(|i| row[i].is_null()),
+                "all four null together: {row}"
             ),
         }
     }

@@ -1061,11 +1061,12 @@ mod tests {
             texts(&|_| Some(uuid::Uuid::new_v4().to_string())),
             texts(&|_| Some("s".into())),
             texts(&|(r, _)| r.related.clone()),
-            // In the base currency already: the base amount is the amount.
+            // Base amounts twice the amounts (a reversal's signed as sent,
+            // like its amount): they count by the same rules.
             Arc::new(
                 records
                     .iter()
-                    .map(|(r, _)| r.amount)
+                    .map(|(r, _)| 2 * r.amount)
                     .collect::<Int64Array>(),
             ),
             texts(&|_| Some("USD".into())),
@@ -1150,7 +1151,7 @@ mod tests {
             let got = rows.iter().fold((0, 0i128), |(c, s), r| (c + r.count, s + r.minor));
             proptest::prop_assert_eq!(got, want, "state, arrivals {:?}", arrived);
             let base: i128 = rows.iter().map(|r| r.base_minor).sum();
-            proptest::prop_assert_eq!(base, want.1, "base amounts count as amounts do");
+            proptest::prop_assert_eq!(base, 2 * want.1, "base amounts count as amounts do");
 
             // The same over SQL.
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -1162,7 +1163,8 @@ mod tests {
                         .unwrap();
                 ctx.register_table("latest", Arc::new(table)).unwrap();
                 let text = format!(
-                    "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(counted_amount_minor), 0) AS BIGINT) AS s FROM ({})",
+                    "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(counted_amount_minor), 0) AS BIGINT) AS s, \
+                     CAST(COALESCE(SUM(counted_base_amount_minor), 0) AS BIGINT) AS b FROM ({})",
                     crate::sql::counted_sql("SELECT * FROM latest")
                 );
                 let batches = ctx.sql(&text).await.unwrap().collect().await.unwrap();
@@ -1174,9 +1176,9 @@ mod tests {
                         .unwrap()
                         .value(0)
                 };
-                (col(0), i128::from(col(1)))
+                ((col(0), i128::from(col(1))), i128::from(col(2)))
             });
-            proptest::prop_assert_eq!(sql, want, "SQL, latest {:?}", latest);
+            proptest::prop_assert_eq!(sql, (want, 2 * want.1), "SQL, latest {:?}", latest);
         }
     }
 

@@ -719,6 +719,7 @@ fn answer(rows: Vec<SpendRow>, request: &Request) -> Result<Vec<SpendRow>, ApiEr
             params.from,
             params.to,
             &request.filters.currencies,
+            request.filters.in_base,
         )?,
         (None, Some(top)) => top_groups(rows, top),
         (None, None) => rows,
@@ -756,15 +757,16 @@ fn periods_between(period: Period, from: NaiveDate, to: NaiveDate) -> usize {
 /// period and currency from `from` (or the first spend) to `to` (or the
 /// last), zero where nothing was spent, ordered by period then currency.
 /// The currencies are those spent plus those the filter names.
+/// With `in_base` (`currency=base`) each row says how many expenses had no
+/// base amount.
 fn time_series(
     days: Vec<SpendRow>,
     period: Period,
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
     currencies: &[String],
+    in_base: bool,
 ) -> Result<Vec<SpendRow>, ApiError> {
-    // `currency=base` rows say how many expenses had no base amount.
-    let in_base = days.iter().any(|r| r.unconverted.is_some());
     let mut sums: BTreeMap<(NaiveDate, String), (i64, i128, Option<i64>)> = BTreeMap::new();
     for row in days {
         let day = row
@@ -855,6 +857,20 @@ fn rows_as_batch(rows: &[SpendRow]) -> Result<(SchemaRef, RecordBatch), ApiError
                 .map_err(ApiError::internal)?,
         ),
     ];
+    let (schema, columns) = if rows.iter().any(|r| r.unconverted.is_some()) {
+        // `currency=base`: what each row left out.
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("unconverted", DataType::Int64, false));
+        let mut columns = columns;
+        columns.push(Arc::new(Int64Array::from(
+            rows.iter()
+                .map(|r| r.unconverted.unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )));
+        (Arc::new(Schema::new(fields)), columns)
+    } else {
+        (schema, columns)
+    };
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(ApiError::internal)?;
     Ok((schema, batch))
 }
@@ -920,8 +936,9 @@ fn exponent_of(code: &str) -> u8 {
     Currency::from_code(code).map_or(2, |c| c.exponent())
 }
 
-/// Rows with a base total first, descending by it; then the others,
-/// descending by amount in major units. Amounts of different currencies
+/// Rows with a base total first, descending by it (rows of different base
+/// currencies, after a tenant's base changed, by the code first); then the
+/// others, descending by amount in major units. Amounts of different currencies
 /// compare exactly by scaling both to the larger exponent. Ties by group,
 /// then currency.
 pub(crate) fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
@@ -933,7 +950,9 @@ pub(crate) fn compare_rows(a: &SpendRow, b: &SpendRow) -> Ordering {
     };
     let base = |r: &SpendRow| Some((r.base_amount_minor?, r.base_currency.clone()?));
     match (base(a), base(b)) {
-        (Some((am, ac)), Some((bm, bc))) => by_major((am, &ac), (bm, &bc)),
+        // Within one base currency by amount; after a change of base,
+        // each base currency's rows together, by its code.
+        (Some((am, ac)), Some((bm, bc))) => ac.cmp(&bc).then_with(|| bm.cmp(&am)),
         (Some(_), None) => Ordering::Less,
         (None, Some(_)) => Ordering::Greater,
         (None, None) => Ordering::Equal,
@@ -1105,7 +1124,7 @@ mod tests {
             day("2026-01-03", "USD", 250),
             day("2026-01-03", "JPY", 7),
         ];
-        let by_day = time_series(days.clone(), Period::Day, None, None, &[]).unwrap();
+        let by_day = time_series(days.clone(), Period::Day, None, None, &[], false).unwrap();
         assert_eq!(
             series(&by_day),
             [
@@ -1126,6 +1145,7 @@ mod tests {
             Some(date("2025-12-25")),
             Some(date("2026-01-06")),
             &eur,
+            false,
         )
         .unwrap();
         let weeks: Vec<_> = by_week
@@ -1150,6 +1170,7 @@ mod tests {
             Some(date("2025-11-30")),
             Some(date("2026-01-01")),
             &[],
+            false,
         )
         .unwrap();
         let months: Vec<_> = by_month
@@ -1167,9 +1188,16 @@ mod tests {
         );
         // Nothing spent and no currency named: no rows.
         assert!(
-            time_series(Vec::new(), Period::Day, Some(date("2026-01-01")), None, &[])
-                .unwrap()
-                .is_empty()
+            time_series(
+                Vec::new(),
+                Period::Day,
+                Some(date("2026-01-01")),
+                None,
+                &[],
+                false
+            )
+            .unwrap()
+            .is_empty()
         );
         // Too many periods is refused, not allocated.
         let err = time_series(
@@ -1178,6 +1206,7 @@ mod tests {
             Some(date("1900-01-01")),
             Some(date("2100-01-01")),
             &eur,
+            false,
         )
         .unwrap_err();
         assert_eq!(err.code(), "range_too_large");

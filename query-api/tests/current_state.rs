@@ -90,14 +90,28 @@ impl Row {
             self.minor, CURRENCIES[self.currency], STATUSES[self.status],
         );
         let normalized = (self.who == 1).then_some("Normalized");
-        enriched(
+        let mut record = enriched(
             TENANTS[self.tenant],
             &format!("e{}", self.expense),
             self.version,
             &fields,
             CATEGORIES[self.category],
             normalized,
-        )
+        );
+        // Base amounts in USD (docs/fx.md): USD as is, EUR at 1.08, JPY
+        // without a rate (and some EUR rows without either).
+        let base = match (CURRENCIES[self.currency], self.day % 7) {
+            ("USD", _) => Some(self.minor),
+            ("EUR", d) if d != 3 => Some(self.minor * 108 / 100),
+            _ => None,
+        };
+        record.base = base.map(|minor| spendstream_schemas::BaseAmount {
+            minor,
+            currency: "USD".into(),
+            rate: "1.08".into(),
+            rate_date: date,
+        });
+        record
     }
 }
 
@@ -109,7 +123,8 @@ fn query() -> impl Strategy<Value = String> {
             proptest::collection::btree_set(0..STATUSES.len(), 1..=STATUSES.len()),
             proptest::option::of((0..400u32, 0..200u32)),
             proptest::option::of(0..CATEGORIES.len()),
-            proptest::option::of(0..CURRENCIES.len()),
+            // One past the currencies: `currency=base`.
+            proptest::option::of(0..=CURRENCIES.len()),
         ),
         (
             proptest::option::of((-60_000..6_000_000i64, 0..3_000_000i64)),
@@ -134,8 +149,10 @@ fn query() -> impl Strategy<Value = String> {
                 if let Some(c) = category {
                     q += &format!("&category={}", CATEGORIES[c].as_str());
                 }
-                if let Some(c) = currency {
-                    q += &format!("&currency={}", CURRENCIES[c]);
+                match currency {
+                    Some(c) if c == CURRENCIES.len() => q += "&currency=base",
+                    Some(c) => q += &format!("&currency={}", CURRENCIES[c]),
+                    None => {}
                 }
                 if let Some((min, span)) = amounts {
                     q += &format!("&min_amount_minor={min}&max_amount_minor={}", min + span);

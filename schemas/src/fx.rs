@@ -18,6 +18,11 @@ use std::fmt;
 /// never converted at a rate weeks old.
 pub const MAX_LOOKBACK_DAYS: u32 = 7;
 
+/// Codes ISO 4217 withdrew that the ECB's history file has columns for.
+const WITHDRAWN: [&str; 10] = [
+    "CYP", "EEK", "HRK", "LTL", "LVL", "MTL", "ROL", "SIT", "SKK", "TRL",
+];
+
 /// Most decimal places a rate may have.
 const MAX_SCALE: u32 = 12;
 
@@ -90,10 +95,23 @@ impl fmt::Display for RatesError {
 
 impl std::error::Error for RatesError {}
 
+/// A column of a rates file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Rate(Currency),
+    /// A currency ISO 4217 no longer lists.
+    Ignored,
+    /// No header (a trailing comma).
+    Empty,
+}
+
 /// Euro reference rates by day.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rates {
     days: BTreeMap<NaiveDate, HashMap<Currency, Rate>>,
+    /// Columns of the file read that were skipped: codes ISO 4217 no
+    /// longer lists.
+    ignored: Vec<String>,
 }
 
 impl Rates {
@@ -116,27 +134,44 @@ impl Rates {
             return Err(bad(1, "the header must start with `Date`".into()));
         }
         let mut columns = Vec::new();
+        let mut rates = Rates::default();
         for cell in cells {
             if cell.is_empty() {
-                columns.push(None);
+                columns.push(Column::Empty);
                 continue;
             }
-            let currency = Currency::from_code(cell)
-                .ok_or_else(|| bad(1, format!("`{cell}` is not an ISO 4217 currency")))?;
-            if currency.code() == "EUR" || columns.contains(&Some(currency)) {
+            let Some(currency) = Currency::from_code(cell) else {
+                // A currency the euro (or a new lira) replaced, which the
+                // ECB history still has columns for: skipped, and named.
+                // Any other unknown code is a mistake.
+                if WITHDRAWN.contains(&cell) {
+                    columns.push(Column::Ignored);
+                    rates.ignored.push(cell.to_string());
+                    continue;
+                }
+                return Err(bad(1, format!("`{cell}` is not an ISO 4217 currency")));
+            };
+            if currency.code() == "EUR" || columns.contains(&Column::Rate(currency)) {
                 return Err(bad(1, format!("`{cell}` cannot be a column here")));
             }
-            columns.push(Some(currency));
+            columns.push(Column::Rate(currency));
         }
-        let mut rates = Rates::default();
         for (line, row) in lines {
             if row.trim().is_empty() {
                 continue;
             }
             let mut cells = row.split(',').map(str::trim);
             let date_text = cells.next().unwrap_or("");
+            // The history file writes 2026-11-27; the daily file 27
+            // November 2026.
             let date = NaiveDate::parse_from_str(date_text, "%Y-%m-%d")
-                .map_err(|_| bad(line, format!("`{date_text}` is not a date YYYY-MM-DD")))?;
+                .or_else(|_| NaiveDate::parse_from_str(date_text, "%d %B %Y"))
+                .map_err(|_| {
+                    bad(
+                        line,
+                        format!("`{date_text}` is not a date YYYY-MM-DD or `27 November 2026`"),
+                    )
+                })?;
             let mut day = HashMap::new();
             for (i, cell) in cells.enumerate() {
                 let Some(column) = columns.get(i) else {
@@ -148,8 +183,12 @@ impl Rates {
                 if cell.is_empty() || cell.eq_ignore_ascii_case("N/A") {
                     continue;
                 }
-                let Some(currency) = column else {
-                    return Err(bad(line, "a rate under a column without a currency".into()));
+                let currency = match column {
+                    Column::Rate(currency) => currency,
+                    Column::Ignored => continue,
+                    Column::Empty => {
+                        return Err(bad(line, "a rate under a column without a currency".into()));
+                    }
                 };
                 let rate = Rate::parse(cell).ok_or_else(|| {
                     bad(
@@ -176,6 +215,11 @@ impl Rates {
         for (day, rates) in other.days {
             self.days.entry(day).or_default().extend(rates);
         }
+    }
+
+    /// The columns skipped when reading (withdrawn currencies).
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
     }
 
     /// Days held.
@@ -501,6 +545,39 @@ mod tests {
             rates.convert(i64::MAX, c("EUR"), c("JPY"), day("2026-03-02")),
             Err(FxError::Overflow)
         );
+    }
+
+    /// The files as the ECB publishes them: the history's header lists
+    /// currencies since replaced by the euro; the daily file writes its
+    /// date in words and puts spaces after commas.
+    #[test]
+    fn the_ecb_files_read_as_published() {
+        let history = "Date,USD,JPY,BGN,CYP,CZK,DKK,EEK,GBP,HUF,LTL,LVL,MTL,PLN,ROL,RON,SEK,SIT,SKK,CHF,ISK,NOK,HRK,RUB,TRL,TRY,AUD,BRL,CAD,CNY,HKD,IDR,ILS,INR,KRW,MXN,MYR,NZD,PHP,SGD,THB,ZAR,\n\
+                       2026-03-02,1.0812,160.25,1.9558,N/A,25.102,7.4605,N/A,0.8561,390.15,N/A,N/A,N/A,4.2718,N/A,4.9762,11.2345,N/A,N/A,0.9401,150.1,11.6,N/A,N/A,N/A,35.1,1.65,5.9,1.47,7.81,8.45,17012.5,3.95,90.1,1450.2,18.9,4.88,1.79,60.1,1.45,37.9,19.8,\n";
+        let rates = Rates::parse_ecb_csv(history).unwrap();
+        for gone in ["CYP", "EEK", "LTL", "LVL", "MTL", "SIT", "SKK"] {
+            assert!(rates.ignored().iter().any(|c| c == gone), "{gone}");
+        }
+        assert!(
+            rates
+                .ignored()
+                .iter()
+                .all(|c| Currency::from_code(c).is_none())
+        );
+        assert_eq!(
+            rates
+                .convert(10_000, c("EUR"), c("CHF"), day("2026-03-02"))
+                .unwrap()
+                .base_minor,
+            9_401
+        );
+        let daily = "Date, USD, JPY, BGN, CZK, DKK, GBP, \n27 February 2026, 1.0790, 159.80, 1.9558, 25.1, 7.46, 0.8549, \n";
+        let rates = Rates::parse_ecb_csv(daily).unwrap();
+        assert_eq!(rates.span(), Some((day("2026-02-27"), day("2026-02-27"))));
+        assert!(rates.ignored().is_empty());
+        // A header cell that is no code at all is still refused.
+        let e = Rates::parse_ecb_csv("Date,USD,Yen\n").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
     }
 
     #[test]

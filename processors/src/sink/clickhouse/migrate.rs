@@ -6,12 +6,14 @@
 //! result is the same as one run.
 
 use crate::{Error, Result};
+use backon::{ExponentialBuilder, Retryable};
 use clickhouse::Row;
 use serde::Deserialize;
 use spendstream_schemas::clickhouse::{
     MIGRATIONS_TABLE, Migration, create_migrations_table, migrations,
 };
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::ClickHouseConfig;
 
@@ -99,6 +101,25 @@ pub async fn status(config: &ClickHouseConfig) -> Result<MigrationReport> {
     })
 }
 
+/// Runs the statements of `migration`, in order.
+async fn apply(client: &clickhouse::Client, migration: &Migration) -> Result<()> {
+    for statement in &migration.statements {
+        match client.query(statement).execute().await {
+            Ok(()) => {}
+            // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column another run
+            // (or a run that stopped midway) added is done. (Code 44,
+            // "column with this name already exists", on 18.16 and current
+            // servers alike.)
+            Err(e)
+                if statement.contains(" ADD COLUMN ")
+                    && e.to_string().contains("Code: 44")
+                    && e.to_string().contains("already exists") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Applies the pending migrations, in order; with `dry_run`, only reports
 /// them.
 pub async fn migrate(config: &ClickHouseConfig, dry_run: bool) -> Result<MigrationReport> {
@@ -123,17 +144,21 @@ pub async fn migrate(config: &ClickHouseConfig, dry_run: bool) -> Result<Migrati
     }
     let client = config.client();
     for migration in &report.pending {
-        for statement in &migration.statements {
-            match client.query(statement).execute().await {
-                Ok(()) => {}
-                // 18.16 has no `ADD COLUMN IF NOT EXISTS`: a column another
-                // run (or a run that stopped midway) added is done.
-                Err(e)
-                    if statement.contains(" ADD COLUMN ")
-                        && e.to_string().contains("already exists") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // A migration that makes views again (drop, then create) can meet
+        // another process doing the same: a view it creates finds the one
+        // it reads dropped a moment ago (code 60). Its statements are
+        // idempotent, so it runs again, whole, until a pass meets no one.
+        (|| apply(&client, migration))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_times(8)
+                    .with_jitter(),
+            )
+            .when(
+                |e| matches!(e, Error::ClickHouse(inner) if inner.to_string().contains("Code: 60")),
+            )
+            .await?;
         client
             .query(RECORD_SQL)
             .bind(migration.version)

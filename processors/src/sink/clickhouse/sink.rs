@@ -115,6 +115,12 @@ impl<'a> ExpenseRow<'a> {
             }
         }
         let seconds = |t: DateTime<Utc>| epoch_seconds(t).unwrap_or_default();
+        // All four base columns, or none (a rate date before 1970 has no
+        // ClickHouse Date).
+        let base = e
+            .base
+            .as_ref()
+            .and_then(|b| Some((b, epoch_days(b.rate_date)?)));
         Ok(Self {
             expense_id: e.expense_id.hyphenated().to_string(),
             tenant_id: &e.tenant_id,
@@ -145,10 +151,10 @@ impl<'a> ExpenseRow<'a> {
             processed_at: seconds(e.processed_at),
             log_partition: e.log_partition,
             log_offset: e.log_offset,
-            base_amount_minor: e.base.as_ref().map(|b| b.minor),
-            base_currency: e.base.as_ref().map(|b| b.currency.as_str()),
-            fx_rate: e.base.as_ref().map(|b| b.rate.as_str()),
-            fx_rate_date: e.base.as_ref().and_then(|b| epoch_days(b.rate_date)),
+            base_amount_minor: base.map(|(b, _)| b.minor),
+            base_currency: base.map(|(b, _)| b.currency.as_str()),
+            fx_rate: base.map(|(b, _)| b.rate.as_str()),
+            fx_rate_date: base.map(|(_, day)| day),
         })
     }
 }
