@@ -55,8 +55,8 @@ pub fn openapi_json() -> &'static str {
         title = "Spendstream",
         description = "High-volume expense ingestion and spend reports. The tenant comes from the bearer token (a JWT: HS256 with the server's secret, or RS256/ES256/EdDSA by the identity provider's JWKS; claims tenant, roles, exp).",
     ),
-    paths(openapi_document, crate::revocations::revoke, crate::revocations::list, crate::batches::batch, crate::fx::put_rates),
-    components(schemas(crate::batches::BatchStatus, crate::fx::FxLoaded)),
+    paths(openapi_document, crate::revocations::revoke, crate::revocations::list, crate::batches::batch, crate::fx::get_rates, crate::fx::put_rates),
+    components(schemas(crate::batches::BatchStatus, crate::fx::FxLoaded, crate::fx::FxRatesHeld)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;

@@ -7,7 +7,7 @@
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
-use axum::routing::put;
+use axum::routing::get;
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use spendstream_http::{ApiError, Auth, ErrorBody, JwtKeys, Role};
@@ -38,6 +38,51 @@ pub struct FxLoaded {
     pub ignored: Vec<String>,
 }
 
+/// The rates one scope holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FxHeld {
+    pub days_held: usize,
+    pub first_day: Option<NaiveDate>,
+    pub last_day: Option<NaiveDate>,
+    pub currencies: Vec<&'static str>,
+}
+
+/// The rates a tenant's records are converted with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FxRatesHeld {
+    /// The tenant's own (`PUT /v1/admin/fx-rates`); null when none.
+    #[schema(required)]
+    pub tenant: Option<FxHeld>,
+    /// The operator's, for every tenant (`spendstream fx load`); null when
+    /// none.
+    #[schema(required)]
+    pub every_tenant: Option<FxHeld>,
+}
+
+fn held(rates: &Rates) -> FxHeld {
+    let (first_day, last_day) = rates.span().unzip();
+    FxHeld {
+        days_held: rates.days(),
+        first_day,
+        last_day,
+        currencies: rates.currencies(),
+    }
+}
+
+/// What `scope` holds, if anything.
+async fn held_in(store: &dyn FxStore, scope: &str) -> Result<Option<FxHeld>, ApiError> {
+    let text = store
+        .fx_rates(scope)
+        .await
+        .map_err(|e| crate::revocations::state_store_error("fx_rates", e))?;
+    match text {
+        None => Ok(None),
+        Some(text) => Rates::parse_ecb_csv(&text)
+            .map(|rates| Some(held(&rates)))
+            .map_err(ApiError::internal),
+    }
+}
+
 /// Why a load did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -66,14 +111,19 @@ pub async fn load(store: &dyn FxStore, scope: &str, text: &[u8]) -> Result<FxLoa
     };
     held.merge(loaded);
     store.put_fx_rates(scope, &held.to_ecb_csv()).await?;
-    let (first_day, last_day) = held.span().unzip();
+    let FxHeld {
+        days_held,
+        first_day,
+        last_day,
+        currencies,
+    } = self::held(&held);
     Ok(FxLoaded {
         scope: scope.to_string(),
         days_loaded,
-        days_held: held.days(),
+        days_held,
         first_day,
         last_day,
-        currencies: held.currencies(),
+        currencies,
         ignored,
     })
 }
@@ -92,7 +142,7 @@ impl FromRef<FxState> for JwtKeys {
 
 pub fn router(state: FxState) -> Router {
     Router::new()
-        .route("/v1/admin/fx-rates", put(put_rates))
+        .route("/v1/admin/fx-rates", get(get_rates).put(put_rates))
         // The handler reads the body itself, within MAX_RATES_BYTES.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -142,5 +192,35 @@ pub async fn put_rates(
     }
     .await;
     spendstream_http::audit::audited("fx_rates.put", &tenant, &answer);
+    answer
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/fx-rates",
+    summary = "The exchange rates the caller's tenant is converted with",
+    description = "What the tenant's own rates and the rates for every tenant hold: days, first and last day, currencies. Where both have a rate for a currency and day, the tenant's is used (docs/fx.md).",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The rates held.", body = FxRatesHeld),
+        (status = 401, description = "No or invalid token.", body = ErrorBody),
+        (status = 403, description = "The token lacks the admin role.", body = ErrorBody),
+        (status = 503, description = "unavailable: the state store did not answer; Retry-After.", body = ErrorBody),
+    ),
+)]
+pub async fn get_rates(
+    State(state): State<FxState>,
+    auth: Auth,
+) -> Result<Json<FxRatesHeld>, ApiError> {
+    let tenant = auth.tenant().to_string();
+    let answer = async {
+        auth.require(Role::Admin)?;
+        Ok(Json(FxRatesHeld {
+            tenant: held_in(state.store.as_ref(), &tenant).await?,
+            every_tenant: held_in(state.store.as_ref(), spendstream_state::FX_SCOPE_ALL).await?,
+        }))
+    }
+    .await;
+    spendstream_http::audit::audited("fx_rates.get", &tenant, &answer);
     answer
 }

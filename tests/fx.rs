@@ -91,6 +91,22 @@ async fn records_get_exact_base_amounts_and_reports_rank_and_total_by_them() {
     assert_eq!(code, 200, "{loaded}");
     assert_eq!(loaded["days_loaded"], 2, "{loaded}");
     assert_eq!(loaded["scope"], "fxco");
+    let held = common::get_json(
+        &reqwest::Client::new(),
+        format!("{base}/v1/admin/fx-rates"),
+        &admin,
+    )
+    .await;
+    assert_eq!(
+        held,
+        serde_json::json!({
+            "tenant": {
+                "days_held": 2, "first_day": "2026-02-27", "last_day": "2026-03-02",
+                "currencies": ["BHD", "GBP", "JPY", "USD"]
+            },
+            "every_tenant": null
+        })
+    );
 
     let body = [
         record("eur", "2026-03-02", 10_000, "EUR", "Euro shop"),
@@ -273,6 +289,14 @@ async fn the_operator_loads_rates_for_every_tenant_from_the_command_line() {
     };
     let running = spendstream::start(settings).await.unwrap();
     let base = format!("http://{}", running.addr);
+    let held = common::get_json(
+        &reqwest::Client::new(),
+        format!("{base}/v1/admin/fx-rates"),
+        &common::token("fxco", &[Role::Admin]),
+    )
+    .await;
+    assert_eq!(held["tenant"], Value::Null, "{held}");
+    assert_eq!(held["every_tenant"]["days_held"], 2, "{held}");
     post(
         &base,
         record("eur", "2026-03-02", 10_000, "EUR", "Euro shop"),
