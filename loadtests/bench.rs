@@ -773,8 +773,13 @@ async fn main() -> anyhow::Result<()> {
                 .bearer_auth(&read)
                 .send()
                 .await?;
-            anyhow::ensure!(r.status() == 200, "report: {}", r.status());
-            r.bytes().await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            anyhow::ensure!(
+                status == 200,
+                "report by {group}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
             report_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let r = client

@@ -39,9 +39,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 
-/// Entries (expenses and superseded versions) the current state holds by
-/// default: about 260 MB.
-pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_000_000;
+/// Entries the current state holds by default (about 280 MB): room for
+/// 2,000,000 expenses with their ingest batches (one entry per request) and
+/// some superseded versions or lifecycle links. Past the bound reports read
+/// the lake, whose plans need more than the default SQL memory pool from
+/// about 2M rows of a tenant (measured: `query_memory_exceeded` at 2M).
+pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_100_000;
 
 /// The lake columns the state reads, in this order.
 const COLUMNS: [&str; 16] = [
