@@ -349,8 +349,7 @@ pub struct ServeArgs {
     /// version of each expense (about 80 bytes), each superseded version
     /// and lifecycle link (about 40) and each ingest request (about 50),
     /// read once and then only from the files each commit adds. Past it
-    /// reports and SQL read the lake for each answer (0: always), which
-    /// needs a larger --sql-memory-mb from about 2M expenses of a tenant.
+    /// reports and SQL read the lake for each answer (0: always).
     #[arg(long, env = "SPENDSTREAM_REPORT_STATE_ROWS", default_value_t = spendstream_query_api::current::DEFAULT_REPORT_STATE_ROWS)]
     pub report_state_rows: usize,
     /// Hours the periodic vacuum keeps files compaction replaced (readers

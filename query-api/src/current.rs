@@ -42,8 +42,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 /// Entries the current state holds by default (about 280 MB): room for
 /// 2,000,000 expenses with their ingest batches (one entry per request) and
 /// some superseded versions or lifecycle links. Past the bound reports read
-/// the lake, whose plans need more than the default SQL memory pool from
-/// about 2M rows of a tenant (measured: `query_memory_exceeded` at 2M).
+/// the lake (measured: 1.6–2.3 s a report for 2M expenses, within the
+/// default 256 MiB SQL memory pool).
 pub const DEFAULT_REPORT_STATE_ROWS: usize = 2_100_000;
 
 /// The lake columns the state reads, in this order.

@@ -23,8 +23,9 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_empty_array};
+use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -330,7 +331,7 @@ pub async fn tenant_session(
     config.options_mut().execution.enable_recursive_ctes = false;
     config.options_mut().sql_parser.recursion_limit =
         datafusion::common::config::ConfigNonZeroUsize::try_new(30).map_err(ApiError::internal)?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let ctx = SessionContext::new_with_config_rt(config, runtime.clone());
     remove_amplifiers(&ctx);
 
     // The views are planned in a scratch session that knows the lake under
@@ -343,44 +344,33 @@ pub async fn tenant_session(
         .await
         .map_err(crate::Error::from)?;
     scratch
-        .register_table(BASE, base)
+        .register_table(BASE, base.clone())
         .map_err(ApiError::internal)?;
-    // What the state knows superseded at exactly the provider's version.
+    // The versions that are not their expense's latest: what the state
+    // knows at exactly the provider's version, or else found in the lake
+    // (one query, under the tenant's memory pool). Either way the views
+    // are the tenant's rows minus these, so no view holds a whole table
+    // in a hash join's build side.
     let superseded = match current {
         Some(current) => current.superseded(lake, tenant, version).await,
         None => None,
     };
-    let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
-    let latest = match superseded {
-        Some(batch) => {
-            let table =
-                MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(ApiError::internal)?;
-            scratch
-                .register_table(SUPERSEDED, Arc::new(table))
-                .map_err(ApiError::internal)?;
-            format!(
-                "SELECT e.* FROM {BASE} e
-                 LEFT ANTI JOIN {SUPERSEDED} s
-                   ON e.expense_id = s.expense_id AND e.version = s.version
-                 WHERE e.tenant_id = '{tenant}'"
-            )
-        }
-        // The latest version of each expense: a hash aggregate of the
-        // highest version per expense joined back, which streams the table
-        // twice (the first time two columns) where a window over every
-        // version must hold and sort all of them (it broke the memory pool
-        // at ~500k rows). The lake holds each (expense, version) once, so
-        // each expense joins once.
-        None => format!(
-            "SELECT e.* FROM {BASE} e
-             JOIN (
-               SELECT expense_id, MAX(version) AS latest_version
-               FROM {BASE} WHERE tenant_id = '{tenant}'
-               GROUP BY expense_id
-             ) m ON e.expense_id = m.expense_id AND e.version = m.latest_version
-             WHERE e.tenant_id = '{tenant}'"
-        ),
+    let superseded = match superseded {
+        Some(batch) => batch,
+        None => superseded_in_lake(runtime, base, tenant).await?,
     };
+    let table = MemTable::try_new(superseded.schema(), vec![vec![superseded]])
+        .map_err(ApiError::internal)?;
+    scratch
+        .register_table(SUPERSEDED, Arc::new(table))
+        .map_err(ApiError::internal)?;
+    let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
+    let latest = format!(
+        "SELECT e.* FROM {BASE} e
+         LEFT ANTI JOIN {SUPERSEDED} s
+           ON e.expense_id = s.expense_id AND e.version = s.version
+         WHERE e.tenant_id = '{tenant}'"
+    );
     let counted = counted_sql(&latest);
     for (name, text) in [
         ("expenses", all),
@@ -401,6 +391,59 @@ pub async fn tenant_session(
 /// The views of a tenant session.
 const VIEWS: [&str; 3] = ["expenses", "expenses_latest", "expenses_counted"];
 
+/// Every (expense, version) of `tenant` in `base` that a higher version of
+/// the same expense supersedes. The highest version per expense is a hash
+/// aggregate over the tenant's ids (the one step that holds every expense
+/// at once); only expenses with several versions are joined back, so the
+/// join's build side is as small as the number of corrected expenses.
+async fn superseded_in_lake(
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    base: Arc<dyn datafusion::catalog::TableProvider>,
+    tenant: &str,
+) -> Result<RecordBatch, ApiError> {
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+    ctx.register_table(BASE, base).map_err(ApiError::internal)?;
+    let sql = format!(
+        "SELECT x.expense_id, x.version
+         FROM (
+           SELECT expense_id, MAX(version) AS latest_version
+           FROM {BASE} WHERE tenant_id = '{tenant}'
+           GROUP BY expense_id HAVING COUNT(*) > 1
+         ) d
+         JOIN {BASE} x ON x.expense_id = d.expense_id AND x.version < d.latest_version
+         WHERE x.tenant_id = '{tenant}'"
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| execution_error(&e))?
+        .collect()
+        .await
+        .map_err(|e| execution_error(&e))?;
+    // As the state's batch: Utf8 ids (a text view from the scan) and
+    // Int64 versions.
+    let column = |i: usize, to: &DataType| -> Result<ArrayRef, ApiError> {
+        let parts = batches
+            .iter()
+            .map(|b| cast(b.column(i), to))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::internal)?;
+        if parts.is_empty() {
+            return Ok(new_empty_array(to));
+        }
+        concat(&parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>()).map_err(ApiError::internal)
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("expense_id", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![column(0, &DataType::Utf8)?, column(1, &DataType::Int64)?],
+    )
+    .map_err(ApiError::internal)
+}
+
 /// `expenses_counted`: the latest rows (`latest`, a query) that count in
 /// reports under the lifecycle rules of `docs/lifecycle.md`, with what each
 /// counts as in `counted_amount_minor`. A declined row never counts; a
@@ -408,19 +451,39 @@ const VIEWS: [&str; 3] = ["expenses", "expenses_latest", "expenses_counted"];
 /// was superseded; a reversal of a pending row released it (neither
 /// counts), and one of a declined or reversed row reverses nothing; any
 /// other reversal takes its amount back (minus its absolute value, however
-/// the importer signed it). `linked` holds
-/// each named (source, id) once, and `released` each identity once,
-/// so the joins never repeat a row.
+/// the importer signed it). The rows that do not count are gathered in
+/// `left_out` (by expense id) and the latest rows are streamed past it.
 pub(crate) fn counted_sql(latest: &str) -> String {
+    // Every join builds its hash table from a small side (the named ids,
+    // the reversals' targets, the rows left out), never from the latest
+    // rows themselves, so a tenant's whole table is only ever streamed.
     format!(
         "WITH l AS ({latest}),
          linked AS (
            SELECT DISTINCT source AS link_source, related_external_id AS link_id FROM l
            WHERE related_external_id IS NOT NULL AND related_external_id <> external_id
          ),
+         reversed AS (
+           SELECT DISTINCT source AS reversed_source, related_external_id AS reversed_id FROM l
+           WHERE status = 'reversed'
+             AND related_external_id IS NOT NULL AND related_external_id <> external_id
+         ),
          released AS (
-           SELECT source AS released_source, external_id AS released_id FROM l
-           WHERE status IN ('pending', 'declined', 'reversed')
+           SELECT DISTINCT reversed.reversed_source AS released_source,
+                  reversed.reversed_id AS released_id
+           FROM reversed JOIN l
+             ON l.source = reversed.reversed_source AND l.external_id = reversed.reversed_id
+           WHERE l.status IN ('pending', 'declined', 'reversed')
+         ),
+         left_out AS (
+           SELECT l.expense_id AS left_out_id
+           FROM linked JOIN l ON l.source = linked.link_source AND l.external_id = linked.link_id
+           WHERE l.status = 'pending'
+           UNION ALL
+           SELECT l.expense_id AS left_out_id
+           FROM released JOIN l
+             ON l.source = released.released_source AND l.related_external_id = released.released_id
+           WHERE l.status = 'reversed' AND l.related_external_id <> l.external_id
          )
          SELECT l.*,
                 CASE WHEN l.status = 'reversed' AND l.amount_minor > 0 THEN -l.amount_minor
@@ -429,14 +492,8 @@ pub(crate) fn counted_sql(latest: &str) -> String {
                 CASE WHEN l.status = 'reversed' AND l.base_amount_minor > 0 THEN -l.base_amount_minor
                      ELSE l.base_amount_minor END
                   AS counted_base_amount_minor
-         FROM l
-         LEFT JOIN linked ON linked.link_source = l.source AND linked.link_id = l.external_id
-         LEFT JOIN released ON released.released_source = l.source
-                           AND released.released_id = l.related_external_id
-                           AND l.related_external_id <> l.external_id
-         WHERE l.status <> 'declined'
-           AND NOT (l.status = 'pending' AND linked.link_id IS NOT NULL)
-           AND NOT (l.status = 'reversed' AND released.released_id IS NOT NULL)"
+         FROM left_out RIGHT ANTI JOIN l ON l.expense_id = left_out.left_out_id
+         WHERE l.status <> 'declined'"
     )
 }
 
