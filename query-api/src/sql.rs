@@ -357,7 +357,9 @@ pub async fn tenant_session(
     };
     let superseded = match superseded {
         Some(batch) => batch,
-        None => superseded_in_lake(runtime, base, tenant).await?,
+        // Bounded by the query time limit wherever the session is opened
+        // (a Postgres login too).
+        None => within_time(limits, superseded_in_lake(runtime, base, tenant)).await?,
     };
     let table = MemTable::try_new(superseded.schema(), vec![vec![superseded]])
         .map_err(ApiError::internal)?;
@@ -365,9 +367,11 @@ pub async fn tenant_session(
         .register_table(SUPERSEDED, Arc::new(table))
         .map_err(ApiError::internal)?;
     let all = format!("SELECT * FROM {BASE} WHERE tenant_id = '{tenant}'");
+    // The superseded versions on the left: the side a hash join builds
+    // from, whatever statistics the scan has.
     let latest = format!(
-        "SELECT e.* FROM {BASE} e
-         LEFT ANTI JOIN {SUPERSEDED} s
+        "SELECT e.* FROM {SUPERSEDED} s
+         RIGHT ANTI JOIN {BASE} e
            ON e.expense_id = s.expense_id AND e.version = s.version
          WHERE e.tenant_id = '{tenant}'"
     );
@@ -413,13 +417,22 @@ async fn superseded_in_lake(
          JOIN {BASE} x ON x.expense_id = d.expense_id AND x.version < d.latest_version
          WHERE x.tenant_id = '{tenant}'"
     );
+    // Out of memory is the caller's to hear; anything else is ours (this
+    // SQL is not theirs).
+    let failed = |e: DataFusionError| match execution_error(&e) {
+        memory @ ApiError::Unprocessable {
+            code: "query_memory_exceeded",
+            ..
+        } => memory,
+        _ => ApiError::internal(e),
+    };
     let batches = ctx
         .sql(&sql)
         .await
-        .map_err(|e| execution_error(&e))?
+        .map_err(failed)?
         .collect()
         .await
-        .map_err(|e| execution_error(&e))?;
+        .map_err(failed)?;
     // As the state's batch: Utf8 ids (a text view from the scan) and
     // Int64 versions.
     let column = |i: usize, to: &DataType| -> Result<ArrayRef, ApiError> {
