@@ -237,15 +237,12 @@ impl Rates {
 
     /// The currencies with a rate on some day, by code.
     pub fn currencies(&self) -> Vec<&'static str> {
-        let mut codes: Vec<_> = self
-            .days
+        self.days
             .values()
             .flat_map(|d| d.keys().map(|c| c.code()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
-            .collect();
-        codes.dedup();
-        codes
+            .collect()
     }
 
     /// The rates in the layout [`Rates::parse_ecb_csv`] reads (newest day
