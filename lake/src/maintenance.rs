@@ -243,7 +243,8 @@ async fn compact_partition(
     bins: &[Vec<DataFile>],
 ) -> Result<(u64, u64)> {
     let store = table.object_store();
-    let mut writer = RecordBatchWriter::for_table(table)?;
+    let mut writer =
+        RecordBatchWriter::for_table(table)?.with_writer_properties(crate::writer_properties());
     let mut actions = Vec::new();
     for bin in bins {
         let mut batches = Vec::new();

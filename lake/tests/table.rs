@@ -630,3 +630,69 @@ async fn base_amounts(lake: &Lake) -> Vec<Option<i64>> {
     values.sort();
     values
 }
+
+/// Per-row-unique columns are written without a dictionary (it only costs
+/// the writer), the others keep theirs: by the processors' appends and by
+/// compaction alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_columns_are_written_without_a_dictionary() {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let lake = Lake::open(&format!("file://{}", root.display()))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        commit_one(&lake, "g-0", &format!("e{i}"), "2026-01-02", i).await;
+    }
+    let encoded = |compacted: bool| {
+        let mut files = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= if compacted { 4 } else { 3 }, "{files:?}");
+        files
+            .iter()
+            .flat_map(|path| {
+                let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+                let group = reader.metadata().row_group(0).clone();
+                group
+                    .columns()
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.column_path().string(),
+                            c.dictionary_page_offset().is_some(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let check = |columns: std::collections::BTreeSet<(String, bool)>| {
+        for unique in ["expense_id", "external_id", "version", "log_offset"] {
+            assert!(
+                columns.contains(&(unique.into(), false)),
+                "{unique}: {columns:?}"
+            );
+            assert!(
+                !columns.contains(&(unique.into(), true)),
+                "{unique}: {columns:?}"
+            );
+        }
+        assert!(columns.contains(&("category".into(), true)), "{columns:?}");
+    };
+    check(encoded(false));
+    let stats = lake.compact().await.unwrap();
+    assert!(stats.files_added >= 1, "{stats:?}");
+    check(encoded(true));
+}
