@@ -67,7 +67,9 @@ pub(crate) fn writer_properties() -> deltalake::parquet::file::properties::Write
         .iter()
         .fold(
             WriterProperties::builder()
-                .set_created_by(format!("spendstream {}", env!("CARGO_PKG_VERSION")))
+                // `<name> version <x>`: parquet-java ignores string statistics
+                // of a writer it cannot parse this way.
+                .set_created_by(format!("spendstream version {}", env!("CARGO_PKG_VERSION")))
                 .set_compression(Compression::SNAPPY),
             |builder, column| {
                 builder.set_column_dictionary_enabled(ColumnPath::from(*column), false)

@@ -519,9 +519,10 @@ impl Processor {
     }
 }
 
-/// Below this many entries a batch is validated on the calling thread
-/// alone: a thread costs more than it saves.
-const PARALLEL_FROM: usize = 4_096;
+/// The fewest entries a part of a split batch gets: below that a thread
+/// costs more than it saves, so batches under twice this size are
+/// validated on the calling thread alone.
+const PART_MIN: usize = 4_096;
 
 /// A batch validated and enriched: the rows, in log order, with the entry
 /// each came from, and the dead letters of the entries that failed.
@@ -539,6 +540,18 @@ fn prepare<'b>(
     group: &str,
     generation: u32,
     processed_at: chrono::DateTime<Utc>,
+) -> Prepared<'b> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    prepare_in(batch, group, generation, processed_at, cores)
+}
+
+/// [`prepare`] on at most `threads` threads.
+fn prepare_in<'b>(
+    batch: &'b [Consumed],
+    group: &str,
+    generation: u32,
+    processed_at: chrono::DateTime<Utc>,
+    threads: usize,
 ) -> Prepared<'b> {
     let part = |entries: &'b [Consumed]| {
         let mut out = Prepared {
@@ -562,10 +575,7 @@ fn prepare<'b>(
         }
         out
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(batch.len() / PARALLEL_FROM)
-        .max(1);
+    let threads = threads.min(batch.len() / PART_MIN).max(1);
     if threads == 1 {
         return part(batch);
     }
@@ -721,7 +731,7 @@ mod tests {
     #[test]
     fn a_large_batch_is_prepared_in_order() {
         let envelope = EnvelopeWriter::new("t1", "b1", "r1", 1_700_000_000_000_000);
-        let n = PARALLEL_FROM * 3 + 17;
+        let n = PART_MIN * 3 + 17;
         let batch: Vec<Consumed> = (0..n)
             .map(|i| {
                 let value = if i % 1_000 == 7 {
@@ -741,7 +751,13 @@ mod tests {
                 }
             })
             .collect();
-        let prepared = prepare(&batch, "g", 0, Utc::now());
+        for threads in [1, 2, 3, 8] {
+            check(&batch, prepare_in(&batch, "g", 0, Utc::now(), threads));
+        }
+    }
+
+    fn check(batch: &[Consumed], prepared: Prepared<'_>) {
+        let n = batch.len();
         let bad: Vec<i64> = (0..n as i64).filter(|i| i % 1_000 == 7).collect();
         assert_eq!(
             prepared
