@@ -638,32 +638,28 @@ async fn base_amounts(lake: &Lake) -> Vec<Option<i64>> {
 async fn unique_columns_are_written_without_a_dictionary() {
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
 
-    let dir = tempfile::tempdir().unwrap();
+    let target = Target::file().await;
+    let Target::File(dir) = &target else {
+        unreachable!()
+    };
     let root = dir.path().join("lake");
-    let lake = Lake::open(&format!("file://{}", root.display()))
-        .await
-        .unwrap();
+    let lake = target.open().await;
     for i in 0..3 {
         commit_one(&lake, "g-0", &format!("e{i}"), "2026-01-02", i).await;
     }
-    let encoded = |compacted: bool| {
-        let mut files = Vec::new();
-        let mut stack = vec![root.clone()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.extension().is_some_and(|e| e == "parquet") {
-                    files.push(path);
-                }
-            }
-        }
+    let encoded = async |compacted: bool| {
+        let files: Vec<_> = target
+            .files()
+            .await
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
+            .collect();
         assert!(files.len() >= if compacted { 4 } else { 3 }, "{files:?}");
         files
             .iter()
             .flat_map(|path| {
-                let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+                let file = std::fs::File::open(root.join(path)).unwrap();
+                let reader = SerializedFileReader::new(file).unwrap();
                 let group = reader.metadata().row_group(0).clone();
                 group
                     .columns()
@@ -691,8 +687,8 @@ async fn unique_columns_are_written_without_a_dictionary() {
         }
         assert!(columns.contains(&("category".into(), true)), "{columns:?}");
     };
-    check(encoded(false));
+    check(encoded(false).await);
     let stats = lake.compact().await.unwrap();
     assert!(stats.files_added >= 1, "{stats:?}");
-    check(encoded(true));
+    check(encoded(true).await);
 }

@@ -601,7 +601,7 @@ enum Unique {
 fn unique_object(text: &str) -> Result<BTreeMap<String, &RawValue>, Unique> {
     use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
-    struct Seed<'d>(&'d mut Option<String>);
+    struct Seed<'d>(&'d std::cell::Cell<Option<String>>);
 
     impl<'de> DeserializeSeed<'de> for Seed<'_> {
         type Value = BTreeMap<String, &'de RawValue>;
@@ -622,7 +622,7 @@ fn unique_object(text: &str) -> Result<BTreeMap<String, &RawValue>, Unique> {
             let mut out = BTreeMap::new();
             while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
                 if out.contains_key(&key) {
-                    *self.0 = Some(key);
+                    self.0.set(Some(key));
                     return Err(serde::de::Error::custom("duplicate key"));
                 }
                 out.insert(key, value);
@@ -631,14 +631,24 @@ fn unique_object(text: &str) -> Result<BTreeMap<String, &RawValue>, Unique> {
         }
     }
 
-    let mut duplicate = None;
+    let duplicate = std::cell::Cell::new(None);
+    read_whole(text, Seed(&duplicate), &duplicate)
+}
+
+/// Reads all of `text` with `seed`, which leaves a key it saw twice in
+/// `duplicate`; that key wins over any other error.
+fn read_whole<'t, S: serde::de::DeserializeSeed<'t>>(
+    text: &'t str,
+    seed: S,
+    duplicate: &std::cell::Cell<Option<String>>,
+) -> Result<S::Value, Unique> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = Seed(&mut duplicate)
+    let parsed = seed
         .deserialize(&mut de)
-        .and_then(|fields| de.end().map(|()| fields));
-    match (parsed, duplicate) {
+        .and_then(|value| de.end().map(|()| value));
+    match (parsed, duplicate.take()) {
         (_, Some(key)) => Err(Unique::Duplicate(key)),
-        (Ok(fields), None) => Ok(fields),
+        (Ok(value), None) => Ok(value),
         (Err(e), None) => Err(Unique::Json(e)),
     }
 }
@@ -672,7 +682,7 @@ fn record_object(text: &str) -> Result<Fields<'_>, Unique> {
         }
     }
 
-    struct Seed<'d>(&'d mut Option<String>);
+    struct Seed<'d>(&'d std::cell::Cell<Option<String>>);
 
     impl<'de> DeserializeSeed<'de> for Seed<'_> {
         type Value = Fields<'de>;
@@ -700,7 +710,7 @@ fn record_object(text: &str) -> Result<Fields<'_>, Unique> {
                     None => !fields.unknown.insert(key.to_string()),
                 };
                 if taken {
-                    *self.0 = Some(key.into_owned());
+                    self.0.set(Some(key.into_owned()));
                     return Err(serde::de::Error::custom("duplicate key"));
                 }
             }
@@ -708,16 +718,8 @@ fn record_object(text: &str) -> Result<Fields<'_>, Unique> {
         }
     }
 
-    let mut duplicate = None;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = Seed(&mut duplicate)
-        .deserialize(&mut de)
-        .and_then(|fields| de.end().map(|()| fields));
-    match (parsed, duplicate) {
-        (_, Some(key)) => Err(Unique::Duplicate(key)),
-        (Ok(fields), None) => Ok(fields),
-        (Err(e), None) => Err(Unique::Json(e)),
-    }
+    let duplicate = std::cell::Cell::new(None);
+    read_whole(text, Seed(&duplicate), &duplicate)
 }
 
 /// The contents of a JSON string token, or `None` for any other value. A
