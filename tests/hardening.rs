@@ -131,20 +131,27 @@ async fn slow_clients_neither_starve_other_tenants_nor_stay_connected() {
     for i in 0..50 {
         silents.spawn(silent(addr.clone(), if i % 2 == 0 { b"" } else { b"P" }));
     }
-    // The tenant's share is taken once everything past it was refused.
+    // The tenant's share is taken once everything past it was answered:
+    // refused, or timed out (on a loaded machine the first slots time out
+    // before the last slow clients connect, and latecomers take them).
     let mut poll = Deadline::new(Duration::from_secs(30), Duration::from_millis(100));
     loop {
-        let refused = common::counter_sum(
-            &base,
-            "spendstream_http_requests_total",
-            &[("status", "429")],
-        )
-        .await;
-        if refused >= 268.0 {
+        let mut answered = 0.0;
+        for status in ["429", "408"] {
+            answered += common::counter_sum(
+                &base,
+                "spendstream_http_requests_total",
+                &[("status", status)],
+            )
+            .await;
+        }
+        if answered >= 268.0 {
             break;
         }
-        poll.tick(format_args!("{refused} of the slow requests refused"))
-            .await;
+        poll.tick(format_args!(
+            "{answered} of the slow requests refused or timed out"
+        ))
+        .await;
     }
 
     // Meanwhile another tenant's import goes through.
