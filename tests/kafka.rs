@@ -228,6 +228,25 @@ async fn produce_errors_and_lost_responses_never_duplicate_records() {
     running.shutdown().await.unwrap();
 }
 
+/// A cluster that answers the first offset requests with errors (a broker
+/// still loading, a slow machine's timeouts) delays the processors' start;
+/// it does not fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_start_through_transient_broker_errors() {
+    let backend = mock();
+    let kafka = cluster(&backend);
+    kafka.mock().unwrap().request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN; 3],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(&backend, dir.path(), Roles::ALL, &[]).await;
+    let base = format!("http://{}", running.addr);
+    let model = common::ingest(&base, 0, 500).await;
+    common::settle_exactly(&base, dir.path(), &model).await;
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processors_joining_and_leaving_mid_stream_keep_reports_exact() {
     let backend = mock();

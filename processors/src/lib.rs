@@ -85,6 +85,10 @@ pub(crate) fn failpoint(name: &str) {
 /// How often the consumer lag is read (a broker round trip on Kafka).
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
+/// How long joining the log retries transient errors before the start
+/// fails.
+const START_RETRY: Duration = Duration::from_secs(30);
+
 fn retry_policy() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -170,13 +174,26 @@ impl Processor {
     /// can refuse to start (a log behind the lake, another processor on the
     /// same embedded log) fails here, before the caller reports it started.
     pub async fn join(&self) -> Result<Box<dyn LogConsumer>> {
-        self.check_log_against_lake().await?;
-        let mut consumer = self.log.consumer(&self.config.group).await?;
+        // A broker still electing leaders (or a busy database) answers the
+        // first requests with transient errors: retried for a while, so a
+        // slow start is not a failed one, and an address that stays
+        // unreachable still fails loudly.
+        let (consumer, committed, ends) = retry_with(
+            retry_policy().with_total_delay(Some(START_RETRY)),
+            "log_read",
+            "Joining the log",
+            || async {
+                self.check_log_against_lake().await?;
+                let mut consumer = self.log.consumer(&self.config.group).await?;
+                let committed = consumer.committed().await?;
+                let ends = self.log.end_offsets().await?;
+                Ok((consumer, committed, ends))
+            },
+        )
+        .await?;
+        *self.joined_at.lock().unwrap_or_else(|e| e.into_inner()) = committed.clone();
         // A group committed past the log's end: the topic was recreated (or
         // the log replaced) while the group's offsets were kept.
-        let committed = consumer.committed().await?;
-        *self.joined_at.lock().unwrap_or_else(|e| e.into_inner()) = committed.clone();
-        let ends = self.log.end_offsets().await?;
         if let Some((partition, (committed, end))) = committed
             .iter()
             .zip(&ends)
@@ -705,7 +722,21 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    op.retry(retry_policy())
+    retry_with(retry_policy(), stage, what, op).await
+}
+
+/// [`retry`] with its own policy (a bounded one at start-up).
+async fn retry_with<T, F, Fut>(
+    policy: ExponentialBuilder,
+    stage: &'static str,
+    what: &str,
+    op: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    op.retry(policy)
         .when(Error::is_transient)
         .notify(|e, d| {
             spendstream_schemas::metrics::error(stage, e.kind());
