@@ -857,35 +857,55 @@ async fn https_with_a_certificate_renewed_on_disk_without_a_restart() {
     }
 }
 
-/// The binary runs with glibc's malloc capped at two arenas (issue 13:
-/// half the peak RSS of `up` under load), unless the operator set their
-/// own cap.
+/// The binary runs with glibc's malloc capped at two arenas and a fixed
+/// mmap threshold (issue 13: the peak RSS of `up` under load), except
+/// where the operator set their own value.
 #[test]
-fn the_binary_caps_malloc_arenas_unless_the_operator_set_a_cap() {
+fn the_binary_tunes_malloc_unless_the_operator_did() {
     let dir = tempfile::tempdir().unwrap();
     let args = vec![
         "up".to_string(),
         "--data-dir".to_string(),
         dir.path().display().to_string(),
     ];
-    let cap_of = |server: &common::Server| -> Vec<String> {
+    let settings_of = |server: &common::Server| -> Vec<String> {
         let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
-        environ
+        let mut found: Vec<String> = environ
             .split(|b| *b == 0)
             .filter_map(|v| std::str::from_utf8(v).ok())
-            .filter(|v| v.starts_with("MALLOC_ARENA_MAX="))
+            .filter(|v| v.starts_with("MALLOC_"))
             .map(str::to_string)
-            .collect()
+            .collect();
+        found.sort();
+        found
     };
     let server = common::spawn_with(&args, |cmd| {
-        cmd.env_remove("MALLOC_ARENA_MAX");
+        cmd.env_remove("MALLOC_ARENA_MAX")
+            .env_remove("MALLOC_MMAP_THRESHOLD_");
     })
     .0;
-    assert_eq!(cap_of(&server), ["MALLOC_ARENA_MAX=2"]);
+    assert_eq!(
+        settings_of(&server),
+        ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=16777216"]
+    );
     drop(server);
     let server = common::spawn_with(&args, |cmd| {
-        cmd.env("MALLOC_ARENA_MAX", "4");
+        cmd.env("MALLOC_ARENA_MAX", "4")
+            .env_remove("MALLOC_MMAP_THRESHOLD_");
     })
     .0;
-    assert_eq!(cap_of(&server), ["MALLOC_ARENA_MAX=4"]);
+    assert_eq!(
+        settings_of(&server),
+        ["MALLOC_ARENA_MAX=4", "MALLOC_MMAP_THRESHOLD_=16777216"]
+    );
+    drop(server);
+    let server = common::spawn_with(&args, |cmd| {
+        cmd.env_remove("MALLOC_ARENA_MAX")
+            .env("MALLOC_MMAP_THRESHOLD_", "131072");
+    })
+    .0;
+    assert_eq!(
+        settings_of(&server),
+        ["MALLOC_ARENA_MAX=2", "MALLOC_MMAP_THRESHOLD_=131072"]
+    );
 }
