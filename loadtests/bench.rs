@@ -48,6 +48,28 @@ const OVERLOAD_SECONDS: u64 = 10;
 const STEADY_SECONDS: u64 = 20;
 const UP_RECORDS: usize = 2_000_000;
 
+/// User and system CPU seconds of the process whose `stat` file is `path`
+/// (fields 14 and 15, in the kernel's fixed 100 ticks a second; the name
+/// in field 2 may hold spaces, so fields count from its closing bracket).
+fn cpu_seconds(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the name: state is field 3, so utime (14) is the 11th, stime the 12th.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// One role of the release binary; killed when dropped.
 struct Server {
     child: Child,
@@ -118,6 +140,11 @@ impl Server {
                     .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             })
             .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// CPU time the process has used so far (user and system), seconds.
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
     }
 
     async fn metric(&self, series: &str) -> f64 {
@@ -398,15 +425,20 @@ async fn main() -> anyhow::Result<()> {
     // 1. Ingest at full speed, then the processors.
     let load = common::bodies(0, records, BATCH);
     let load_bytes: usize = load.iter().map(String::len).sum();
+    let (edge_cpu, client_cpu) = (ingest.cpu_seconds(), cpu_seconds("/proc/self/stat"));
     let started = Instant::now();
     let accepted = common::post_bodies(&url, &token, load.clone(), CLIENTS).await?;
     let edge_s = started.elapsed().as_secs_f64();
+    let per_record = |cpu: f64| cpu / records as f64 * 1e6;
+    let edge_cpu = per_record(ingest.cpu_seconds() - edge_cpu);
+    let client_cpu = per_record(cpu_seconds("/proc/self/stat") - client_cpu);
     // The processors start after the load, so the edge has the machine to
     // itself, as ClickHouse has below; they run beside it in 5. and 7.
     let started = Instant::now();
     let process = Server::start(&binary, "process", dir.path(), &[])?;
     wait_written(&process, records as f64).await?;
     let processed_s = started.elapsed().as_secs_f64();
+    let processors_cpu = per_record(process.cpu_seconds());
     anyhow::ensure!(
         accepted == records as u64,
         "{accepted} of {records} accepted"
@@ -448,6 +480,16 @@ async fn main() -> anyhow::Result<()> {
     row(
         "Processors alone, log → lake (from their start, the whole load waiting)",
         format!("{:.0} records/s", records as f64 / processed_s),
+    );
+    // What keeping up beside the edge needs of two shared cores: at 80% of
+    // the edge's rate, all three together must fit in the machine.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    row(
+        "CPU time per record (user + system)",
+        format!(
+            "edge {edge_cpu:.1} µs, processors {processors_cpu:.1} µs, this load client {client_cpu:.1} µs; at 80% of the edge's rate the three need {:.2} of the machine's {cores:.0} cores",
+            0.8 * edge_rate * (edge_cpu + processors_cpu + client_cpu) / 1e6
+        ),
     );
 
     // 2. Reports on the settled data.
