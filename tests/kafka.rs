@@ -242,6 +242,10 @@ async fn processors_start_through_transient_broker_errors() {
     let dir = tempfile::tempdir().unwrap();
     let running = start(&backend, dir.path(), Roles::ALL, &[]).await;
     let base = format!("http://{}", running.addr);
+    // The start went through the retries, not around them.
+    let retried =
+        common::counter_sum(&base, "spendstream_errors_total", &[("stage", "log_read")]).await;
+    assert!(retried >= 1.0, "no retried log_read error counted");
     let model = common::ingest(&base, 0, 500).await;
     common::settle_exactly(&base, dir.path(), &model).await;
     running.shutdown().await.unwrap();

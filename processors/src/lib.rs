@@ -17,7 +17,7 @@ pub mod transform;
 pub use config::ProcessorConfig;
 pub use error::{Error, Result};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder as _, ExponentialBuilder, Retryable};
 use chrono::Utc;
 use sink::dead_letter::DeadLetterSink;
 use sink::lake::LakeSink;
@@ -177,19 +177,22 @@ impl Processor {
         // A broker still electing leaders (or a busy database) answers the
         // first requests with transient errors: retried for a while, so a
         // slow start is not a failed one, and an address that stays
-        // unreachable still fails loudly.
-        let (consumer, committed, ends) = retry_with(
-            retry_policy().with_total_delay(Some(START_RETRY)),
+        // unreachable still fails loudly. The consumer is made once
+        // (locally: a failed attempt does not join and leave the group).
+        retry_at_start(
             "log_read",
-            "Joining the log",
-            || async {
-                self.check_log_against_lake().await?;
-                let mut consumer = self.log.consumer(&self.config.group).await?;
-                let committed = consumer.committed().await?;
-                let ends = self.log.end_offsets().await?;
-                Ok((consumer, committed, ends))
-            },
+            "Checking the log against the lake",
+            async || self.check_log_against_lake().await,
         )
+        .await?;
+        let mut consumer = self.log.consumer(&self.config.group).await?;
+        let committed = retry_at_start("log_read", "Reading the group's offsets", async || {
+            consumer.committed().await.map_err(Error::from)
+        })
+        .await?;
+        let ends = retry_at_start("log_read", "Reading the log's end", async || {
+            self.log.end_offsets().await.map_err(Error::from)
+        })
         .await?;
         *self.joined_at.lock().unwrap_or_else(|e| e.into_inner()) = committed.clone();
         // A group committed past the log's end: the topic was recreated (or
@@ -722,21 +725,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
-    retry_with(retry_policy(), stage, what, op).await
-}
-
-/// [`retry`] with its own policy (a bounded one at start-up).
-async fn retry_with<T, F, Fut>(
-    policy: ExponentialBuilder,
-    stage: &'static str,
-    what: &str,
-    op: F,
-) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    op.retry(policy)
+    op.retry(retry_policy())
         .when(Error::is_transient)
         .notify(|e, d| {
             spendstream_schemas::metrics::error(stage, e.kind());
@@ -750,6 +739,38 @@ where
                 error!(error = %Chain(e), "{what} failed for good; stopping.")
             }
         })
+}
+
+/// [`retry`] while starting: transient errors are retried until
+/// [`START_RETRY`] has passed since the first attempt (an attempt itself
+/// may wait up to the log's operation timeout), then the start fails.
+async fn retry_at_start<T>(
+    stage: &'static str,
+    what: &str,
+    mut op: impl AsyncFnMut() -> Result<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    let mut delays = retry_policy().build();
+    loop {
+        let e = match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        spendstream_schemas::metrics::error(stage, e.kind());
+        match delays
+            .next()
+            .filter(|d| e.is_transient() && started.elapsed() + *d <= START_RETRY)
+        {
+            Some(delay) => {
+                warn!(error = %Chain(&e), retry_in = ?delay, "{what} failed; retrying.");
+                tokio::time::sleep(delay).await;
+            }
+            None => {
+                error!(error = %Chain(&e), "{what} failed; the processors cannot start.");
+                return Err(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
