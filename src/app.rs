@@ -1059,12 +1059,17 @@ mod tests {
     /// `SPENDSTREAM_WRITE_OPENAPI=1 cargo test -p spendstream --lib openapi`.
     #[test]
     fn docs_openapi_json_is_the_generated_document() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+        // The runner's package directory first (a binary built in another
+        // checkout sharing the target directory), else the build's.
+        let path = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("docs/openapi.json");
         let generated = openapi_json();
         if std::env::var_os("SPENDSTREAM_WRITE_OPENAPI").is_some() {
-            std::fs::write(path, generated).unwrap();
+            std::fs::write(&path, generated).unwrap();
         }
-        let kept = std::fs::read_to_string(path).unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
         assert!(
             kept == generated,
             "docs/openapi.json differs from the generated document: run SPENDSTREAM_WRITE_OPENAPI=1 cargo test -p spendstream --lib openapi"

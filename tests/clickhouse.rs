@@ -26,7 +26,7 @@ struct ClickHouse {
 
 impl ClickHouse {
     fn start(dir: &Path, (http, tcp): (u16, u16)) -> Self {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/clickhouse-server");
+        let script = common::manifest_dir().join("scripts/clickhouse-server");
         let child = Command::new(script)
             .arg(dir)
             .arg(http.to_string())
@@ -305,7 +305,7 @@ async fn every_statement_runs_on_clickhouse_18_16_and_on_current_clickhouse() {
     );
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_vec(&statements).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check-current-clickhouse.py");
+    let script = common::manifest_dir().join("scripts/check-current-clickhouse.py");
     let out = Command::new(python)
         .arg(script)
         .arg(file.path())

@@ -198,7 +198,7 @@ async fn rejects_go_to_a_file_and_set_the_exit_status() {
 async fn bank_files_are_imported_by_their_names() {
     let dir = tempfile::tempdir().unwrap();
     let server = up(dir.path()).await;
-    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let samples = common::manifest_dir().join("samples");
     let mut files = Vec::new();
     for name in ["camt053.xml", "bai2.txt", "ofx1.ofx", "ofx2.ofx"] {
         let to = dir.path().join(name);

@@ -15,7 +15,7 @@ async fn k6(scenario: &str, base: &str, tokens: &str, env: &[(&str, &str)], out:
     let k6 = std::env::var("SPENDSTREAM_TEST_K6").expect(
         "SPENDSTREAM_TEST_K6 is not set: run the tests with scripts/test, which installs k6",
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let script = common::manifest_dir()
         .join("loadtests/k6")
         .join(format!("{scenario}.js"));
     let summary = out.join(format!("{scenario}.json"));

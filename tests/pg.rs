@@ -114,7 +114,7 @@ async fn psycopg(pg: SocketAddr, login: &Login<'_>, statements: Vec<Value>) -> V
     let plan = json!({ "dsn": login.dsn(pg), "statements": statements });
     let mut command = Command::new(python);
     command
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pg_client.py"))
+        .arg(common::manifest_dir().join("tests/pg_client.py"))
         .env("PGPASSWORD", login.token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

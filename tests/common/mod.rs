@@ -17,6 +17,15 @@ use std::time::{Duration, Instant};
 
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
+/// This package's directory as the test runner gives it (cargo and nextest
+/// set `CARGO_MANIFEST_DIR` when they run a test), else as it was at build
+/// time: a binary built in another checkout sharing the target directory
+/// must read this checkout's files.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 pub fn keys() -> JwtKeys {
     JwtKeys::new(SECRET).unwrap()
 }
