@@ -481,8 +481,9 @@ async fn main() -> anyhow::Result<()> {
         "Processors alone, log → lake (from their start, the whole load waiting)",
         format!("{:.0} records/s", records as f64 / processed_s),
     );
-    // What keeping up beside the edge needs of two shared cores: at 80% of
-    // the edge's rate, all three together must fit in the machine.
+    // What keeping up beside the edge needs of the machine's cores: at 80%
+    // of the edge's rate, all three together must fit in them. The
+    // processors' time includes their start (a little over their share).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     row(
         "CPU time per record (user + system)",

@@ -873,7 +873,9 @@ fn the_binary_tunes_malloc_unless_the_operator_did() {
         let mut found: Vec<String> = environ
             .split(|b| *b == 0)
             .filter_map(|v| std::str::from_utf8(v).ok())
-            .filter(|v| v.starts_with("MALLOC_"))
+            .filter(|v| {
+                v.starts_with("MALLOC_ARENA_MAX=") || v.starts_with("MALLOC_MMAP_THRESHOLD_=")
+            })
             .map(str::to_string)
             .collect();
         found.sort();
