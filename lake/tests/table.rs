@@ -48,6 +48,15 @@ impl Target {
         Lake::open_with(&self.url(), options).await.unwrap()
     }
 
+    /// The table's Parquet data files (checkpoints left out), sorted.
+    async fn data_files(&self) -> Vec<String> {
+        self.files()
+            .await
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
+            .collect()
+    }
+
     /// Every file of the table, relative to its root, sorted.
     async fn files(&self) -> Vec<String> {
         match self {
@@ -501,12 +510,7 @@ async fn vacuum_removes_only_what_no_commit_needs(target: Target) {
             .any(|f| f.ends_with("orphan-of-a-crash.parquet")),
         "{full:?}"
     );
-    let parquet: Vec<String> = target
-        .files()
-        .await
-        .into_iter()
-        .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
-        .collect();
+    let parquet = target.data_files().await;
     assert_eq!(parquet.len(), 1, "{parquet:?}");
     assert_eq!(sum_and_count(&lake, "t1").await, (3, 300));
     assert_eq!(rows_and_distinct(&target.open().await).await, (3, 3));
@@ -648,12 +652,7 @@ async fn unique_columns_are_written_without_a_dictionary() {
         commit_one(&lake, "g-0", &format!("e{i}"), "2026-01-02", i).await;
     }
     let encoded = async |compacted: bool| {
-        let files: Vec<_> = target
-            .files()
-            .await
-            .into_iter()
-            .filter(|f| f.ends_with(".parquet") && !f.starts_with("_delta_log"))
-            .collect();
+        let files = target.data_files().await;
         assert!(files.len() >= if compacted { 4 } else { 3 }, "{files:?}");
         files
             .iter()
