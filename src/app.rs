@@ -424,6 +424,16 @@ impl Running {
                 "The grace period is over with ingest requests still storing their answers: their idempotency keys are freed when they go stale."
             );
         }
+        // A read a stopped processor left running in a blocking thread
+        // still holds the log: an embedded log's directory is whole (its
+        // write-ahead file folded in) only once that ends too.
+        if let Some(log) = self.log.take() {
+            let closed = log.closed();
+            drop(log);
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                warn!("The grace period is over with the log still open.");
+            }
+        }
         first_error.map_or(Ok(()), Err)
     }
 

@@ -865,7 +865,7 @@ async fn dead_letters_are_listed_and_replayed(backend: common::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let running = backend.start(dir.path()).await;
     let base = format!("http://{}", running.addr);
-    let log = running.log.clone().unwrap();
+    let log = running.log.as_ref().unwrap();
     // What an older edge might have written: valid envelope, invalid record.
     let writer = spendstream_schemas::EnvelopeWriter::new("acme", "b1", "r1", 0);
     let bad = r#"{"source":"old-edge","external_id":"x1","account_id":"a","transaction_date":"2026-01-01","amount":"1.001","currency":"USD"}"#;

@@ -301,7 +301,7 @@ async fn card_numbers_in_ids_and_metadata_keys_are_refused() {
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["rejected_by_code"]["pan_detected"], 3, "{body}");
     assert_eq!(body["rejected_by_code"]["duplicate_field"], 1, "{body}");
-    let log = running.log.clone().unwrap();
+    let log = running.log.as_ref().unwrap();
     assert_eq!(log.end_offsets().await.unwrap().iter().sum::<i64>(), 0);
     running.shutdown().await.unwrap();
 }

@@ -2,10 +2,11 @@
 //! Kafka backend's on-disk index of its dead-letter topic (so listing never
 //! needs every letter in memory).
 
+use crate::open_files::Held;
 use crate::{DeadLetter, Error, LetterScope, Position, Replayed, Result, StoredDeadLetter};
 use rusqlite::{Connection, params};
 use spendstream_state::sqlite::now_ms;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -37,14 +38,14 @@ pub(crate) struct Row {
 /// The `dead_letters` table of one SQLite database.
 #[derive(Clone)]
 pub(crate) struct DeadLetterTable {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Held>,
 }
 
 impl DeadLetterTable {
     /// Wraps a connection whose database has [`SCHEMA`] applied.
-    pub fn new(conn: Connection) -> Self {
+    pub fn new(conn: Held) -> Self {
         Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(conn),
         }
     }
 
@@ -54,11 +55,7 @@ impl DeadLetterTable {
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut conn)
-        })
-        .await?
+        tokio::task::spawn_blocking(move || f(&mut conn.lock())).await?
     }
 
     /// Inserts letters; one already stored for the same (group, partition,

@@ -7,6 +7,7 @@
 //! file per group keeps a second processor on the same directory out.
 
 use crate::dead_letter_table::DeadLetterTable;
+use crate::open_files::{Held, OpenFiles};
 use crate::segment::{SegmentReader, SegmentWriter};
 use crate::{
     Consumed, DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Log, LogConsumer,
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use spendstream_state::sqlite::{connect, now_ms};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -64,9 +65,10 @@ struct Inner {
     path: PathBuf,
     partitions: u32,
     log_id: String,
-    writer: Mutex<Connection>,
+    writer: Held,
     appended: Notify,
     dead_letters: DeadLetterTable,
+    open: OpenFiles,
 }
 
 impl std::fmt::Debug for EmbeddedLog {
@@ -143,15 +145,17 @@ impl EmbeddedLog {
                 "Moved the embedded log's records from one row each into segments."
             );
         }
-        let dead_letters = DeadLetterTable::new(connect(&path)?);
+        let open = OpenFiles::new();
+        let dead_letters = DeadLetterTable::new(open.hold(connect(&path)?));
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 partitions,
                 log_id,
-                writer: Mutex::new(conn),
+                writer: open.hold(conn),
                 appended: Notify::new(),
                 dead_letters,
+                open,
             }),
         })
     }
@@ -166,7 +170,7 @@ impl EmbeddedLog {
         let inner = self.inner.clone();
         let group = group.to_string();
         tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = inner.writer.lock();
             read_group_offsets(&conn, &group, inner.partitions)
         })
         .await?
@@ -176,7 +180,7 @@ impl EmbeddedLog {
     pub async fn end_offsets(&self) -> Result<Vec<Offset>> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = inner.writer.lock();
             let mut stmt = conn.prepare("SELECT next_offset FROM partitions ORDER BY partition")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect::<Result<Vec<Offset>, _>>()
@@ -186,7 +190,7 @@ impl EmbeddedLog {
     }
 
     fn append_blocking(inner: &Inner, records: Vec<Record>) -> Result<Vec<Position>> {
-        let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = inner.writer.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Each partition's records, in input order.
         let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); inner.partitions as usize];
@@ -435,15 +439,15 @@ impl Log for EmbeddedLog {
         let (lock, conn, positions) = tokio::task::spawn_blocking(move || -> Result<_> {
             let dir = inner.path.parent().unwrap_or(Path::new("."));
             let lock = lock_group(dir, &group_name)?;
-            let conn = connect(&inner.path)?;
-            let positions = read_group_offsets(&conn, &group_name, inner.partitions)?;
+            let conn = inner.open.hold(connect(&inner.path)?);
+            let positions = read_group_offsets(&conn.lock(), &group_name, inner.partitions)?;
             Ok((lock, conn, positions))
         })
         .await??;
         Ok(Box::new(EmbeddedConsumer {
             log: self.clone(),
             group: group.to_string(),
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(conn),
             positions,
             next_partition: 0,
             _lock: lock,
@@ -469,7 +473,7 @@ impl Log for EmbeddedLog {
     async fn enforce_retention(&self, min_age: Duration) -> Result<u64> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut conn = inner.writer.lock();
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let cutoff = now_ms() - min_age.as_millis() as i64;
             let mut deleted = 0u64;
@@ -507,10 +511,14 @@ impl Log for EmbeddedLog {
         .await?
     }
 
+    fn closed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        self.inner.open.closed()
+    }
+
     async fn ping(&self) -> Result<()> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = inner.writer.lock();
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
         })
@@ -522,7 +530,7 @@ impl Log for EmbeddedLog {
 pub struct EmbeddedConsumer {
     log: EmbeddedLog,
     group: String,
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Held>,
     /// Next offset to read, per partition.
     positions: Vec<Offset>,
     /// Where the next poll starts, so no partition starves the others.
@@ -642,7 +650,7 @@ impl LogConsumer for EmbeddedConsumer {
             let positions = self.positions.clone();
             let start = self.next_partition;
             let records = tokio::task::spawn_blocking(move || {
-                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let conn = conn.lock();
                 Self::read(&conn, &positions, start, max.max(1))
             })
             .await??;
@@ -668,7 +676,7 @@ impl LogConsumer for EmbeddedConsumer {
         let group = self.group.clone();
         let partitions = self.log.inner.partitions;
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let conn = conn.lock();
             read_group_offsets(&conn, &group, partitions)
         })
         .await?
@@ -683,7 +691,7 @@ impl LogConsumer for EmbeddedConsumer {
         let group = self.group.clone();
         let offsets = offsets.to_vec();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut conn = conn.lock();
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             {
                 // MAX keeps a commit from moving a group backwards.

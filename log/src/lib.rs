@@ -9,6 +9,7 @@ pub mod embedded;
 mod error;
 pub mod kafka;
 pub mod metrics;
+mod open_files;
 mod segment;
 mod target;
 
@@ -213,6 +214,15 @@ pub trait Log: Send + Sync {
     /// retention (Kafka) keep the default, which does nothing.
     async fn enforce_retention(&self, _min_age: Duration) -> Result<u64> {
         Ok(0)
+    }
+
+    /// Resolves once nothing holds the log's local files open any more:
+    /// take it, drop every handle, then await it (a copy of an embedded
+    /// log's directory is whole only then). A blocking read keeps its
+    /// connection until it ends, even when whoever awaited it has stopped.
+    /// Backends without local files of their own resolve at once.
+    fn closed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        Box::pin(std::future::ready(()))
     }
 }
 

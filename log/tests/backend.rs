@@ -717,3 +717,33 @@ async fn kafka_dead_letters_are_read_after_retention_deleted_the_topic_head() {
     let first = offsets[0];
     assert_eq!(offsets, (first..letters).collect::<Vec<_>>());
 }
+
+/// `closed` waits for every connection, also one a consumer still holds
+/// after the log's own handles are gone; then the directory has no
+/// write-ahead file left, so a copy of it is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_closed_waits_for_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = embedded(&dir).await;
+    log.producer().append(vec![rec("k", "v")]).await.unwrap();
+    let mut consumer = log.consumer("g").await.unwrap();
+    assert_eq!(drain(consumer.as_mut(), 1).await.len(), 1);
+    let mut closed = log.closed();
+    drop(log);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut closed)
+            .await
+            .is_err(),
+        "closed while a consumer still reads the log"
+    );
+    drop(consumer);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the log is not closed 10 s after its last connection was dropped");
+    let open: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with("-wal") || name.ends_with("-shm"))
+        .collect();
+    assert!(open.is_empty(), "{open:?}");
+}

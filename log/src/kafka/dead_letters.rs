@@ -19,6 +19,7 @@
 
 use super::{KafkaConfig, KafkaProducer};
 use crate::dead_letter_table::{DeadLetterTable, Row};
+use crate::open_files::Held;
 use crate::{
     DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Offset, Partition, Position, Record,
     Result, StoredDeadLetter,
@@ -107,7 +108,7 @@ impl KafkaDeadLetters {
             topic,
             partitions,
             reader: Arc::new(Mutex::new(reader)),
-            index: DeadLetterTable::new(conn),
+            index: DeadLetterTable::new(Held::untracked(conn)),
         })
     }
 
