@@ -17,6 +17,20 @@ fn bench(c: &mut Criterion) {
     group.bench_function("validate", |b| {
         b.iter(|| ExpenseRecord::from_json(black_box(RECORD)).unwrap())
     });
+    // What processors pay per entry: the envelope, then its record.
+    let entry = spendstream_schemas::EnvelopeWriter::new("acme", "b1", "r1", 5).write(RECORD);
+    group.bench_function("entry_full_envelope_read", |b| {
+        b.iter(|| {
+            let e = spendstream_schemas::Envelope::from_slice(black_box(&entry)).unwrap();
+            ExpenseRecord::from_json(e.record.get()).unwrap()
+        })
+    });
+    group.bench_function("entry_split", |b| {
+        b.iter(|| {
+            let (_, text) = spendstream_schemas::Envelope::split(black_box(&entry)).unwrap();
+            ExpenseRecord::from_json(text).unwrap()
+        })
+    });
     group.finish();
     c.bench_function("money_parse", |b| {
         let usd = spendstream_schemas::Currency::from_code("USD").unwrap();

@@ -19,7 +19,7 @@ pub mod trace;
 pub use category::Category;
 pub use currency::Currency;
 pub use enriched::{BaseAmount, EnrichedRecord, arrow_schema, record_version, to_record_batch};
-pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeWriter};
+pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeHead, EnvelopeWriter};
 pub use error::{ErrorCode, RecordError};
 pub use identity::{expense_id, identity_key, valid_tenant_id};
 pub use money::{Money, format_minor};

@@ -28,27 +28,33 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
             payload: entry.value.clone(),
         })
     };
-    let envelope = Envelope::from_slice(&entry.value).map_err(|e| {
+    let not_an_envelope = |e: serde_json::Error| {
         letter(
             None,
             ErrorCode::InvalidEnvelope,
             format!("not a record envelope: {e}"),
         )
-    })?;
-    let tenant = envelope.tenant_id.to_string();
-    if envelope.v != ENVELOPE_VERSION || !valid_tenant_id(&tenant) {
+    };
+    let (head, text) = Envelope::split(&entry.value).map_err(not_an_envelope)?;
+    let tenant = head.tenant_id.into_owned();
+    if head.v != ENVELOPE_VERSION || !valid_tenant_id(&tenant) {
         return Err(letter(
             Some(tenant).filter(|t| valid_tenant_id(t)),
             ErrorCode::InvalidEnvelope,
-            format!("envelope version {} or tenant is not supported", envelope.v),
+            format!("envelope version {} or tenant is not supported", head.v),
         ));
     }
-    let record = ExpenseRecord::from_json(envelope.record.get())
-        .map_err(|e| letter(Some(tenant.clone()), e.code, e.message))?;
-    let ingested_at = DateTime::from_timestamp_micros(envelope.ingested_at_us).unwrap_or_default();
+    // The split leaves the record's text unchecked: when it is not a
+    // record, the whole entry may not be an envelope either.
+    let record =
+        ExpenseRecord::from_json(text).map_err(|e| match Envelope::from_slice(&entry.value) {
+            Err(not) => not_an_envelope(not),
+            Ok(_) => letter(Some(tenant.clone()), e.code, e.message),
+        })?;
+    let ingested_at = DateTime::from_timestamp_micros(head.ingested_at_us).unwrap_or_default();
     Ok(Valid {
         tenant_id: tenant,
-        batch_id: envelope.batch_id.to_string(),
+        batch_id: head.batch_id.into_owned(),
         ingested_at,
         record,
     })
@@ -69,5 +75,47 @@ pub fn refused(entry: &Consumed, group: &str, sink: &str, reason: &str) -> DeadL
         code: ErrorCode::SinkRefused.as_str().to_string(),
         message: format!("the {sink} sink cannot hold this record: {reason}"),
         payload: entry.value.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spendstream_schemas::EnvelopeWriter;
+
+    fn entry(value: Vec<u8>) -> Consumed {
+        Consumed {
+            partition: 0,
+            offset: 7,
+            key: Vec::new(),
+            value,
+            headers: Vec::new().into(),
+            timestamp_ms: 0,
+        }
+    }
+
+    /// A record's own error keeps its code and tenant; an entry whose
+    /// record text hides a broken envelope is an envelope error.
+    #[test]
+    fn record_errors_and_envelope_errors_keep_their_codes() {
+        let writer = EnvelopeWriter::new("acme", "b1", "r1", 5);
+        let good = r#"{"source":"s","external_id":"x1","account_id":"a","transaction_date":"2026-01-01","amount":"1.00","currency":"USD"}"#;
+        let valid = validate(&entry(writer.write(good)), "g").unwrap();
+        assert_eq!(
+            (valid.tenant_id.as_str(), valid.batch_id.as_str()),
+            ("acme", "b1")
+        );
+        assert_eq!(valid.record.external_id, "x1");
+
+        let bad_amount = good.replace("1.00", "1.001");
+        let letter = validate(&entry(writer.write(&bad_amount)), "g").unwrap_err();
+        assert_eq!(letter.code, ErrorCode::AmountPrecision.as_str());
+        assert_eq!(letter.tenant_id.as_deref(), Some("acme"));
+
+        let mut cut = writer.write(good);
+        cut.pop();
+        let letter = validate(&entry(cut.clone()), "g").unwrap_err();
+        assert_eq!(letter.code, ErrorCode::InvalidEnvelope.as_str());
+        assert_eq!((letter.tenant_id, letter.payload), (None, cut));
     }
 }
