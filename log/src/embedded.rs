@@ -604,7 +604,8 @@ fn read_partition(
         let count: i64 = row.get(1)?;
         let ts: i64 = row.get(2)?;
         let data = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
-        let mut reader = SegmentReader::new(data)?;
+        let data = crate::segment::open(data)?;
+        let mut reader = SegmentReader::new(&data)?;
         if i64::from(reader.remaining()) != count {
             return Err(Error::CorruptSegment(format!(
                 "partition {partition}, offset {base}: {} records stored, {count} listed",
