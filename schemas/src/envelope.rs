@@ -129,12 +129,19 @@ impl<'a> Cursor<'a> {
     /// serde_json (which also refuses what JSON does not allow).
     fn string(&mut self) -> Option<Cow<'a, str>> {
         let body = self.0.strip_prefix(b"\"")?;
-        let mut escaped = false;
-        let len = body.iter().position(|&b| {
-            let end = b == b'"' && !escaped;
-            escaped = b == b'\\' && !escaped;
-            end
-        })?;
+        // Ids hold no escapes: the first quote or backslash is the end.
+        let first = body.iter().position(|&b| b == b'"' || b == b'\\')?;
+        let len = if body[first] == b'"' {
+            first
+        } else {
+            let mut escaped = false;
+            first
+                + body[first..].iter().position(|&b| {
+                    let end = b == b'"' && !escaped;
+                    escaped = b == b'\\' && !escaped;
+                    end
+                })?
+        };
         let (token, rest) = self.0.split_at(len + 2);
         self.0 = rest;
         let inner = &body[..len];
@@ -235,6 +242,22 @@ mod tests {
         let cut = br#"{"v":1,"tenant_id":"t","batch_id":"b","request_id":"r","ingested_at_us":5,"record":{}"#;
         assert_eq!(Envelope::split(cut).unwrap().1, "{");
         assert!(Envelope::from_slice(cut).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any ids the edge may write read back the same both ways.
+        #[test]
+        fn split_reads_any_ids(batch in "\\PC{0,40}", request in ".{0,40}", at in proptest::num::i64::ANY) {
+            let bytes = EnvelopeWriter::new("t1", &batch, &request, at).write("{}");
+            proptest::prop_assert!(split_written(&bytes).is_some());
+            let (head, record) = Envelope::split(&bytes).unwrap();
+            let full = Envelope::from_slice(&bytes).unwrap();
+            proptest::prop_assert_eq!(record, full.record.get());
+            proptest::prop_assert_eq!(
+                (head.batch_id, head.request_id, head.ingested_at_us),
+                (full.batch_id, full.request_id, full.ingested_at_us)
+            );
+        }
     }
 
     #[test]
