@@ -220,7 +220,8 @@ pub trait Log: Send + Sync {
     /// take it, drop every handle, then await it (a copy of an embedded
     /// log's directory is whole only then). A blocking read keeps its
     /// connection until it ends, even when whoever awaited it has stopped.
-    /// Backends without local files of their own resolve at once.
+    /// The default resolves at once: Kafka's only local file is its index
+    /// of dead letters, rebuilt from the topic when it is not whole.
     fn closed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         Box::pin(std::future::ready(()))
     }

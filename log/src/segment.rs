@@ -137,11 +137,13 @@ pub fn open(data: &[u8]) -> Result<Cow<'_, [u8]>> {
     }
     let mut cursor = Cursor(&data[1..]);
     let len = cursor.u32()? as usize;
-    // Records up to MAX_BYTES (one more may cross it) and their headers:
-    // a larger length is damage, not a reason to allocate it.
-    if len > 2 * MAX_BYTES {
+    // A segment's first record may be of any size the edge allows, so the
+    // bound is what LZ4 can expand to (at most 255 bytes for each stored
+    // byte): a larger length is damage, not a reason to allocate it.
+    if len > cursor.0.len().saturating_mul(255).saturating_add(16) {
         return Err(corrupt(format!(
-            "a body of {len} bytes is larger than any segment"
+            "a body of {len} bytes cannot come from {} compressed",
+            cursor.0.len()
         )));
     }
     let mut out = vec![0; 1 + len];

@@ -385,17 +385,13 @@ async fn embedded_segments_stay_under_their_byte_limit() {
         .unwrap();
     let offsets: Vec<i64> = positions.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, (0..40).collect::<Vec<i64>>());
-    let (segments, largest): (i64, i64) =
-        rusqlite::Connection::open(dir.path().join("log.sqlite3"))
-            .unwrap()
-            .query_row(
-                "SELECT count(*), max(length(data)) FROM segments",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
+    // The cap counts the records' bytes before compression (stored, these
+    // compress to almost nothing): 40 MiB make two segments.
+    let segments: i64 = rusqlite::Connection::open(dir.path().join("log.sqlite3"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM segments", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(segments, 2);
-    assert!(largest <= 32 << 20, "{largest}");
     let mut consumer = log.consumer("g").await.unwrap();
     let got = drain(consumer.as_mut(), 40).await;
     assert_eq!(got.len(), 40);

@@ -86,11 +86,13 @@ fn split_written(bytes: &[u8]) -> Option<(EnvelopeHead<'_>, &str)> {
     at.tag(b",\"ingested_at_us\":")?;
     let ingested_at_us = at.int()?;
     at.tag(b",\"record\":")?;
+    // JSON's whitespace only (`str::trim` also takes Unicode spaces).
+    let json_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
     let record = std::str::from_utf8(at.0)
         .ok()?
-        .trim_end()
+        .trim_end_matches(json_space)
         .strip_suffix('}')?
-        .trim();
+        .trim_matches(json_space);
     let head = EnvelopeHead {
         v,
         tenant_id,
@@ -117,7 +119,11 @@ impl<'a> Cursor<'a> {
             .iter()
             .take_while(|b| b.is_ascii_digit())
             .count();
-        if digits == 0 || (digits > 1 && self.0[sign] == b'0') {
+        if digits == 0 {
+            return None;
+        }
+        // serde_json reads `-0` as a float, not an integer.
+        if self.0[sign] == b'0' && (digits > 1 || sign == 1) {
             return None;
         }
         let (number, rest) = self.0.split_at(sign + digits);
@@ -230,7 +236,9 @@ mod tests {
         let (head, record) = Envelope::split(other).unwrap();
         assert_eq!((head.batch_id.as_ref(), record), ("b", r#"{"a":1}"#));
         for bad in [
-            &br#"{"v":01,"tenant_id":"t","batch_id":"b","request_id":"r","ingested_at_us":5,"record":{}}"#[..],
+            &br#"{"v":1,"tenant_id":"t","batch_id":"b","request_id":"r","ingested_at_us":-0,"record":{}}"#[..],
+            "{\"v\":1,\"tenant_id\":\"t\",\"batch_id\":\"b\",\"request_id\":\"r\",\"ingested_at_us\":5,\"record\":{}}\u{a0}".as_bytes(),
+            br#"{"v":01,"tenant_id":"t","batch_id":"b","request_id":"r","ingested_at_us":5,"record":{}}"#,
             br#"{"v":1,"tenant_id":"t,"batch_id":"b","request_id":"r","ingested_at_us":5,"record":{}}"#,
         ] {
             assert!(split_written(bad).is_none(), "{}", String::from_utf8_lossy(bad));
