@@ -511,7 +511,7 @@ impl Log for EmbeddedLog {
         .await?
     }
 
-    fn closed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+    fn closed(&self) -> futures::future::BoxFuture<'static, ()> {
         self.inner.open.closed()
     }
 

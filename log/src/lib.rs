@@ -222,7 +222,7 @@ pub trait Log: Send + Sync {
     /// connection until it ends, even when whoever awaited it has stopped.
     /// The default resolves at once: Kafka's only local file is its index
     /// of dead letters, rebuilt from the topic when it is not whole.
-    fn closed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+    fn closed(&self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(std::future::ready(()))
     }
 }

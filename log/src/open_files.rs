@@ -4,9 +4,8 @@
 //! of the directory taken then could miss a write-ahead file SQLite has not
 //! folded in yet.
 
+use futures::future::BoxFuture;
 use rusqlite::Connection;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
@@ -29,7 +28,7 @@ impl OpenFiles {
 
     /// Resolves once every connection [`OpenFiles::hold`] wrapped is
     /// dropped (at once if none is left).
-    pub fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    pub fn closed(&self) -> BoxFuture<'static, ()> {
         let sender = self.0.clone();
         Box::pin(async move { sender.closed().await })
     }
