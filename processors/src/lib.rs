@@ -573,10 +573,11 @@ fn prepare_in<'b>(
     processed_at: chrono::DateTime<Utc>,
     threads: usize,
 ) -> Prepared<'b> {
-    let part = |entries: &'b [Consumed]| {
+    // The first part is the one the others join: it is sized for all.
+    let part = |entries: &'b [Consumed], capacity: usize| {
         let mut out = Prepared {
-            rows: Vec::with_capacity(entries.len()),
-            entries: Vec::with_capacity(entries.len()),
+            rows: Vec::with_capacity(capacity),
+            entries: Vec::with_capacity(capacity),
             letters: Vec::new(),
         };
         for entry in entries {
@@ -597,15 +598,15 @@ fn prepare_in<'b>(
     };
     let threads = threads.min(batch.len() / PART_MIN).max(1);
     if threads == 1 {
-        return part(batch);
+        return part(batch, batch.len());
     }
     let size = batch.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let others: Vec<_> = batch[size..]
             .chunks(size)
-            .map(|entries| scope.spawn(move || part(entries)))
+            .map(|entries| scope.spawn(move || part(entries, entries.len())))
             .collect();
-        let mut all = part(&batch[..size]);
+        let mut all = part(&batch[..size], batch.len());
         for other in others {
             let other = other
                 .join()

@@ -74,7 +74,14 @@ impl EnrichedRecord {
 }
 
 pub fn month_of(date: NaiveDate) -> String {
-    format!("{:04}-{:02}", date.year(), date.month())
+    let mut out = String::with_capacity(7);
+    let _ = write_month(&mut out, date);
+    out
+}
+
+/// Writes `YYYY-MM` of `date` (the month partition value) to `out`.
+fn write_month(out: &mut impl std::fmt::Write, date: NaiveDate) -> std::fmt::Result {
+    write!(out, "{:04}-{:02}", date.year(), date.month())
 }
 
 /// Partition columns of the lake table, in order.
@@ -155,9 +162,16 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
 
     for e in records {
         let r = &e.record;
-        expense_id.append_value(e.expense_id.hyphenated().to_string());
+        // Written into the builders, not through a string each.
+        expense_id.append_value(
+            e.expense_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
+        );
         tenant.append_value(&e.tenant_id);
-        month.append_value(e.month());
+        write_month(&mut month, r.transaction_date)
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        month.append_value("");
         version.append_value(e.version);
         source.append_value(&r.source);
         external_id.append_value(&r.external_id);

@@ -64,22 +64,21 @@ const PROCESSOR_PREFIXES: &[&str] = &[
 
 /// `SQ *BLUE BOTTLE COFFEE #0042  OAKLAND` → `Blue Bottle Coffee Oakland`:
 /// strips processor prefixes, reference suffixes after `*`, store numbers and
-/// extra whitespace, and title-cases the rest.
+/// extra whitespace, and title-cases the rest. Runs once per record, so it
+/// writes straight into the one string it returns.
 pub fn normalize_merchant(raw: &str) -> String {
     let mut s = raw.trim();
-    loop {
-        let upper = s.to_ascii_uppercase();
-        let stripped = PROCESSOR_PREFIXES.iter().find_map(|p| {
-            let rest = upper.strip_prefix(p)?;
-            let rest_trim = rest.trim_start();
-            rest_trim
-                .starts_with('*')
-                .then(|| s.len() - rest_trim.len() + 1)
-        });
-        match stripped {
-            Some(cut) => s = s[cut..].trim_start(),
-            None => break,
+    while let Some(cut) = PROCESSOR_PREFIXES.iter().find_map(|p| {
+        // ASCII prefixes match only ASCII bytes, so `p.len()` is a char
+        // boundary of `s` when they do.
+        let head = s.as_bytes().get(..p.len())?;
+        if !head.eq_ignore_ascii_case(p.as_bytes()) {
+            return None;
         }
+        let rest = s[p.len()..].trim_start();
+        rest.starts_with('*').then(|| s.len() - rest.len() + 1)
+    }) {
+        s = s[cut..].trim_start();
     }
     // `AMAZON.COM*2K3L4` → `AMAZON.COM`: the part after `*` is a reference.
     if let Some((head, _)) = s.split_once('*')
@@ -87,20 +86,21 @@ pub fn normalize_merchant(raw: &str) -> String {
     {
         s = head;
     }
-    let words: Vec<&str> = s
-        .split_whitespace()
-        .filter(|w| !is_store_number(w))
-        .collect();
+    let words = || s.split_whitespace().filter(|w| !is_store_number(w));
     // Trailing all-digit tokens are store or terminal numbers too.
-    let end = words
-        .iter()
-        .rposition(|w| !w.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(0, |i| i + 1);
-    words[..end]
-        .iter()
-        .map(|w| title_case(w))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let kept = words()
+        .enumerate()
+        .filter(|(_, w)| !w.bytes().all(|b| b.is_ascii_digit()))
+        .last()
+        .map_or(0, |(i, _)| i + 1);
+    let mut out = String::with_capacity(s.len());
+    for (i, word) in words().take(kept).enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        title_case_into(&mut out, word);
+    }
+    out
 }
 
 fn is_store_number(word: &str) -> bool {
@@ -108,8 +108,7 @@ fn is_store_number(word: &str) -> bool {
     digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
 }
 
-fn title_case(word: &str) -> String {
-    let mut out = String::with_capacity(word.len());
+fn title_case_into(out: &mut String, word: &str) {
     let mut start = true;
     for c in word.chars() {
         if start {
@@ -119,7 +118,6 @@ fn title_case(word: &str) -> String {
         }
         start = matches!(c, '-' | '/' | '&' | '(');
     }
-    out
 }
 
 #[cfg(test)]
@@ -138,5 +136,63 @@ mod tests {
         assert_eq!(n("SQ *TST* NESTED"), "Nested");
         assert_eq!(n("UBER   *TRIP"), "Uber");
         assert_eq!(n("12345"), "");
+        assert_eq!(n("paypal *  café #12 NO.3-4 ÉTÉ 99"), "Café Été");
+    }
+
+    /// The first, plainer form (a string per step), kept as the reference
+    /// for the one that writes into a single string.
+    fn reference(raw: &str) -> String {
+        let mut s = raw.trim();
+        loop {
+            let upper = s.to_ascii_uppercase();
+            let stripped = super::PROCESSOR_PREFIXES.iter().find_map(|p| {
+                let rest = upper.strip_prefix(p)?;
+                let rest_trim = rest.trim_start();
+                rest_trim
+                    .starts_with('*')
+                    .then(|| s.len() - rest_trim.len() + 1)
+            });
+            match stripped {
+                Some(cut) => s = s[cut..].trim_start(),
+                None => break,
+            }
+        }
+        if let Some((head, _)) = s.split_once('*')
+            && !head.trim().is_empty()
+        {
+            s = head;
+        }
+        let words: Vec<&str> = s
+            .split_whitespace()
+            .filter(|w| !super::is_store_number(w))
+            .collect();
+        let end = words
+            .iter()
+            .rposition(|w| !w.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(0, |i| i + 1);
+        words[..end]
+            .iter()
+            .map(|w| {
+                let mut out = String::new();
+                super::title_case_into(&mut out, w);
+                out
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn agrees_with_the_reference(tokens in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "SQ", "sq", "Tst", "PAYPAL", "APPLE.COM/BILL", "*", " *", "* ", "#0042",
+                "NO.12-3", "#", "12345", "7-ELEVEN", "café", "ÉTÉ", "o'neil", "AMAZON.COM*2K",
+                " ", "  ", "\t", "\u{a0}", "ß", "(x", "a&b", "ǅ",
+            ]),
+            0..10,
+        )) {
+            let raw: String = tokens.concat();
+            proptest::prop_assert_eq!(n(&raw), reference(&raw));
+        }
     }
 }
