@@ -57,7 +57,7 @@ pub(super) fn read_line_capped(
         if buf.is_empty() {
             return Ok((consumed, too_long));
         }
-        let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
+        let (chunk, done) = match memchr::memchr(b'\n', buf) {
             Some(i) => (&buf[..=i], true),
             None => (buf, false),
         };
