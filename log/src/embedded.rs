@@ -219,12 +219,22 @@ impl EmbeddedLog {
                 }
                 let partition = partition as Partition;
                 let mut next: Offset = read_next.query_row([partition], |r| r.get(0))?;
-                let mut writer = SegmentWriter::default();
+                // Sized for the records it will hold (at most a segment's
+                // worth), so pushing them copies each once.
+                let room = |from: usize| {
+                    indices[from..]
+                        .iter()
+                        .take(crate::segment::MAX_RECORDS)
+                        .map(|&i| SegmentWriter::size_of(&records[i].key, &records[i].value))
+                        .sum::<usize>()
+                };
+                let mut writer = SegmentWriter::with_capacity(room(0));
                 let mut base = next;
-                for &i in indices {
+                for (k, &i) in indices.iter().enumerate() {
                     let record = &records[i];
                     if !writer.fits(&record.key, &record.value) {
-                        let full = std::mem::take(&mut writer);
+                        let full =
+                            std::mem::replace(&mut writer, SegmentWriter::with_capacity(room(k)));
                         insert.execute(params![
                             partition,
                             base,

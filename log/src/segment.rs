@@ -58,6 +58,20 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
+    /// A writer with room for `bytes` of records, as [`SegmentWriter::size_of`]
+    /// counts them: a segment then grows without copying what it holds.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(bytes.min(MAX_BYTES)),
+            ..Self::default()
+        }
+    }
+
+    /// The bytes a record of `key` and `value` takes in a segment.
+    pub fn size_of(key: &[u8], value: &[u8]) -> usize {
+        12 + key.len() + value.len()
+    }
+
     pub fn push(&mut self, key: &[u8], value: &[u8], headers: &Headers) {
         // Records of one request arrive together: the last set is the
         // likely match, and a linear look is short.
@@ -88,7 +102,7 @@ impl SegmentWriter {
     pub fn fits(&self, key: &[u8], value: &[u8]) -> bool {
         self.count == 0
             || (self.len() < MAX_RECORDS
-                && self.records.len() + 12 + key.len() + value.len() <= MAX_BYTES)
+                && self.records.len() + Self::size_of(key, value) <= MAX_BYTES)
     }
 
     /// The encoded segment, compressed (version 2).
