@@ -233,8 +233,9 @@ impl EmbeddedLog {
                 for (k, &i) in indices.iter().enumerate() {
                     let record = &records[i];
                     if !writer.fits(&record.key, &record.value) {
-                        let full =
-                            std::mem::replace(&mut writer, SegmentWriter::with_capacity(room(k)));
+                        // The full one is written (and freed) before the
+                        // next one takes its room.
+                        let full = std::mem::take(&mut writer);
                         insert.execute(params![
                             partition,
                             base,
@@ -242,6 +243,7 @@ impl EmbeddedLog {
                             ts,
                             full.finish()
                         ])?;
+                        writer = SegmentWriter::with_capacity(room(k));
                         base = next;
                     }
                     writer.push(&record.key, &record.value, &record.headers);
