@@ -170,7 +170,7 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
         );
         tenant.append_value(&e.tenant_id);
         write_month(&mut month, r.transaction_date)
-            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+            .map_err(|error| ArrowError::ExternalError(Box::new(error)))?;
         month.append_value("");
         version.append_value(e.version);
         source.append_value(&r.source);
@@ -293,9 +293,26 @@ mod tests {
         assert_eq!(e.month(), "2026-02");
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<EnrichedRecord>(&json).unwrap(), e);
-        let batch = to_record_batch(&[e.clone(), e]).unwrap();
+        let batch = to_record_batch(&[e.clone(), e.clone()]).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), arrow_schema());
+        // Columns written into their builders without a string each.
+        for (column, want) in [
+            ("month", "2026-02".to_string()),
+            ("expense_id", e.expense_id.to_string()),
+        ] {
+            let values = batch
+                .column_by_name(column)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            assert_eq!(
+                (values.value(0), values.value(1)),
+                (&*want, &*want),
+                "{column}"
+            );
+        }
         let dates = batch
             .column_by_name("transaction_date")
             .unwrap()
