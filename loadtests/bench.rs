@@ -266,6 +266,36 @@ fn duckdb_reference(python: &str, lake: &std::path::Path, repeats: usize) -> any
     Ok(percentile(&ms, 0.5))
 }
 
+/// Sends one NDJSON request of `body`; returns its answer's label (the
+/// status code, or `connection error`) and adds the records a 202
+/// accepted to `acked`.
+async fn post_counted(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: String,
+    acked: &AtomicU64,
+) -> String {
+    match client
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let status = r.status();
+            if status == 202 {
+                let v: Value = r.json().await.unwrap_or_default();
+                acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            }
+            status.as_u16().to_string()
+        }
+        Err(_) => "connection error".to_string(),
+    }
+}
+
 /// Offers `rate` records/s to `url` for [`STEADY_SECONDS`] (open loop, in
 /// `BATCH`-record requests of new expenses from `from` on) and samples the
 /// processors' lag (records acknowledged but not yet in the lake; a lower
@@ -281,7 +311,7 @@ async fn steady_load(
     let series = "spendstream_processor_records_total{outcome=\"written\"}";
     let written_before = server.metric(series).await;
     let acked = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
+    let statuses: Arc<std::sync::Mutex<BTreeMap<String, u64>>> = Arc::default();
     let client = reqwest::Client::new();
     let every = Duration::from_secs_f64(BATCH as f64 / rate);
     let mut tick = tokio::time::interval(every);
@@ -296,24 +326,10 @@ async fn steady_load(
                 let body: String = (next..next + BATCH).map(|i| line(i) + "\n").collect();
                 next += BATCH;
                 let (client, url, token) = (client.clone(), url.to_string(), token.to_string());
-                let (acked, failed) = (acked.clone(), failed.clone());
+                let (acked, statuses) = (acked.clone(), statuses.clone());
                 requests.push(tokio::spawn(async move {
-                    let answer = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body)
-                        .send()
-                        .await;
-                    match answer {
-                        Ok(r) if r.status() == 202 => {
-                            let v: Value = r.json().await.unwrap_or_default();
-                            acked.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                        }
-                        _ => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    let status = post_counted(&client, &url, &token, body, &acked).await;
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
                 }));
             }
             _ = tokio::time::sleep_until((started + next_sample).into()) => {
@@ -337,8 +353,8 @@ async fn steady_load(
     let max = |s: &[f64]| s.iter().copied().fold(0.0, f64::max);
     let (first, second) = samples.split_at(half);
     Ok(format!(
-        "{sent:.0} records acknowledged ({} requests failed); lag each second {:?}; max lag {:.0} in the first half, {:.0} in the second ({}); the rest drained in {:.1} s",
-        failed.load(Ordering::Relaxed),
+        "{sent:.0} records acknowledged (answers {:?}); lag each second {:?}; max lag {:.0} in the first half, {:.0} in the second ({}); the rest drained in {:.1} s",
+        statuses.lock().unwrap(),
         samples.iter().map(|s| *s as i64).collect::<Vec<_>>(),
         max(first),
         max(second),
@@ -650,25 +666,14 @@ async fn main() -> anyhow::Result<()> {
         );
         let token = common::token_for(&format!("flood{tenant}"), Role::Ingest)?;
         requests.push(tokio::spawn(async move {
-            let status = match client
-                .post(&url)
-                .bearer_auth(token)
-                .header("content-type", "application/x-ndjson")
-                .body(body.as_str().to_owned())
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    let status = r.status();
-                    if status == 202 {
-                        let v: Value = r.json().await.unwrap_or_default();
-                        acked[tenant]
-                            .fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
-                    }
-                    status.as_u16().to_string()
-                }
-                Err(_) => "connection error".to_string(),
-            };
+            let status = post_counted(
+                &client,
+                &url,
+                &token,
+                body.as_str().to_owned(),
+                &acked[tenant],
+            )
+            .await;
             *statuses.lock().unwrap().entry(status).or_default() += 1;
             drop(permit);
         }));
