@@ -23,7 +23,7 @@ use spendstream_http::request_id::current_request_id;
 use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_log::Record;
 use spendstream_schemas::error::Chain;
-use spendstream_schemas::{EnvelopeWriter, ErrorCode, ExpenseRecord, RecordError, identity_key};
+use spendstream_schemas::{EnvelopeWriter, ErrorCode, RecordError, RecordView, identity_key};
 use spendstream_state::{BatchRecord, Claim, IdempotencyStore};
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
@@ -830,7 +830,8 @@ fn decode_body(
     let mut end = decode::decode(format, &mut reader, limits.max_record, &mut |item| {
         match item {
             Item::Reject { index, error } => rejected.push(index, error),
-            Item::Record { index, json } => match ExpenseRecord::from_json(&json) {
+            // Checked, not kept: only its identity is read.
+            Item::Record { index, json } => match RecordView::from_json(&json) {
                 Ok(record) => {
                     chunk.push(Record {
                         key: identity_key(tenant, &record.source, &record.external_id).into_bytes(),

@@ -1,9 +1,10 @@
 //! Validation cost per record against a reference measured in the same run:
 //! parsing the same JSON into a `serde_json::Value` (what any JSON edge pays
-//! at least). `cargo bench -p spendstream-schemas`; compare the two lines.
+//! at least). `cargo bench -p spendstream-schemas`; compare each line with
+//! the reference.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use spendstream_schemas::ExpenseRecord;
+use spendstream_schemas::{ExpenseRecord, RecordView};
 use std::hint::black_box;
 
 const RECORD: &str = r#"{"source":"visa-commercial","external_id":"visa-100042","account_id":"card_tok_0034","status":"posted","transaction_date":"2026-08-05","posted_at":"2026-08-06T21:30:00Z","amount":"1234.56","currency":"USD","merchant_name":"SQ *BLUE BOTTLE COFFEE #0042","merchant_mcc":"5814","employee_id":"emp-020","memo":"client dinner"}"#;
@@ -16,6 +17,10 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("validate", |b| {
         b.iter(|| ExpenseRecord::from_json(black_box(RECORD)).unwrap())
+    });
+    // What the edge pays: the record checked, its text borrowed.
+    group.bench_function("validate_view", |b| {
+        b.iter(|| RecordView::from_json(black_box(RECORD)).unwrap())
     });
     // What processors pay per entry: the envelope, then its record.
     let entry = spendstream_schemas::EnvelopeWriter::new("acme", "b1", "r1", 5).write(RECORD);

@@ -15,12 +15,12 @@ impl Currency {
     /// Looks up an alphabetic code. Lower case is accepted because feeds send
     /// it; anything that is not a listed code is `None`.
     pub fn from_code(code: &str) -> Option<Currency> {
-        if code.len() != 3 || !code.is_ascii() {
+        let Ok(mut upper) = <[u8; 3]>::try_from(code.as_bytes()) else {
             return None;
-        }
-        let upper = code.to_ascii_uppercase();
+        };
+        upper.make_ascii_uppercase();
         ISO_4217
-            .binary_search_by(|(c, _)| (*c).cmp(upper.as_str()))
+            .binary_search_by(|(c, _)| c.as_bytes().cmp(&upper[..]))
             .ok()
             .map(|i| Currency {
                 code: ISO_4217[i].0,
@@ -292,5 +292,7 @@ mod tests {
         assert!(Currency::from_code("XXX").is_none());
         assert!(Currency::from_code("US").is_none());
         assert!(Currency::from_code("ÜSD").is_none());
+        // Three bytes, not three letters.
+        assert!(Currency::from_code("€").is_none());
     }
 }

@@ -23,7 +23,7 @@ pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeHead, EnvelopeWriter};
 pub use error::{ErrorCode, RecordError};
 pub use identity::{expense_id, identity_key, valid_tenant_id};
 pub use money::{Money, format_minor};
-pub use record::{ExpenseRecord, Status};
+pub use record::{ExpenseRecord, ExpenseRecordOf, RecordView, Status};
 
 /// JSON Schema (draft 2020-12) of one ingested record, contract v1.
 /// `tests/json_schema.rs` runs it through a validator beside

@@ -12,6 +12,7 @@ use crate::pan::contains_pan;
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -61,22 +62,32 @@ impl FromStr for Status {
 /// A validated expense record as sent by an importer. Its serde form keeps
 /// money as `{"minor": 1234, "currency": "USD"}`; the wire form importers send
 /// is read by [`ExpenseRecord::from_json`].
+pub type ExpenseRecord = ExpenseRecordOf<String>;
+
+/// A validated record whose text is borrowed from the JSON it was read
+/// from (owned only where the JSON held escapes): what the edge checks
+/// and drops, without a copy of every field.
+pub type RecordView<'a> = ExpenseRecordOf<Cow<'a, str>>;
+
+/// A validated expense record, its text held as `S`: see [`ExpenseRecord`]
+/// and [`RecordView`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExpenseRecord {
-    pub source: String,
-    pub external_id: String,
-    pub account_id: String,
+#[serde(bound(deserialize = "S: Deserialize<'de> + Ord"))]
+pub struct ExpenseRecordOf<S> {
+    pub source: S,
+    pub external_id: S,
+    pub account_id: S,
     pub status: Status,
-    pub related_external_id: Option<String>,
+    pub related_external_id: Option<S>,
     pub transaction_date: NaiveDate,
     pub posted_at: Option<DateTime<Utc>>,
     pub amount: Money,
     pub billed: Option<Money>,
-    pub merchant_name: Option<String>,
+    pub merchant_name: Option<S>,
     pub merchant_mcc: Option<u16>,
-    pub employee_id: Option<String>,
-    pub memo: Option<String>,
-    pub metadata: BTreeMap<String, String>,
+    pub employee_id: Option<S>,
+    pub memo: Option<S>,
+    pub metadata: BTreeMap<S, S>,
     /// A category chosen by the sender; wins over the MCC mapping.
     pub category_hint: Option<Category>,
 }
@@ -125,25 +136,31 @@ const MAX_DATE: NaiveDate = NaiveDate::from_ymd_opt(2199, 12, 31).unwrap();
 impl ExpenseRecord {
     /// Validates one record given as the raw text of a JSON object.
     pub fn from_json(raw: &str) -> Result<Self, RecordError> {
-        let fields = match record_object(raw) {
-            Ok(fields) => fields,
-            Err(Unique::Duplicate(name)) => {
-                return Err(RecordError::new(
-                    ErrorCode::DuplicateField,
-                    None,
-                    format!("field `{}` appears more than once", echo(&name, 64)),
-                ));
-            }
-            Err(Unique::Json(e)) => {
-                return Err(RecordError::new(
-                    ErrorCode::InvalidJson,
-                    None,
-                    format!("record is not a JSON object: {e}"),
-                ));
-            }
-        };
-        fields.validate()
+        fields(raw)?.validate()
     }
+}
+
+impl<'a> RecordView<'a> {
+    /// [`ExpenseRecord::from_json`] without copying the record's text.
+    pub fn from_json(raw: &'a str) -> Result<Self, RecordError> {
+        fields(raw)?.validate()
+    }
+}
+
+/// A record's fields, or why its text is not a record object.
+fn fields(raw: &str) -> Result<Fields<'_>, RecordError> {
+    record_object(raw).map_err(|e| match e {
+        Unique::Duplicate(name) => RecordError::new(
+            ErrorCode::DuplicateField,
+            None,
+            format!("field `{}` appears more than once", echo(&name, 64)),
+        ),
+        Unique::Json(e) => RecordError::new(
+            ErrorCode::InvalidJson,
+            None,
+            format!("record is not a JSON object: {e}"),
+        ),
+    })
 }
 
 /// The position of a field name in [`FIELDS`]: a `match` compiles to a
@@ -182,7 +199,10 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn validate(&self) -> Result<ExpenseRecord, RecordError> {
+    fn validate<S>(&self) -> Result<ExpenseRecordOf<S>, RecordError>
+    where
+        S: From<Cow<'a, str>> + std::ops::Deref<Target = str> + Ord,
+    {
         // The first in name order, as before fields were read into slots.
         if let Some(unknown) = self.unknown.first() {
             return Err(RecordError::new(
@@ -191,9 +211,9 @@ impl<'a> Fields<'a> {
                 format!("unknown field `{}`", echo(unknown, 64)),
             ));
         }
-        let source = self.identifier("source", limits::SOURCE)?;
-        let external_id = self.identifier("external_id", limits::EXTERNAL_ID)?;
-        let account_id = self.required_text("account_id", limits::ACCOUNT_ID)?;
+        let source = S::from(self.identifier("source", limits::SOURCE)?);
+        let external_id = S::from(self.identifier("external_id", limits::EXTERNAL_ID)?);
+        let account_id = S::from(self.required_text("account_id", limits::ACCOUNT_ID)?);
         let status = match self.text("status", 16)? {
             None => Status::Posted,
             Some(s) => s.parse().map_err(|_| {
@@ -206,7 +226,7 @@ impl<'a> Fields<'a> {
         };
         let related_external_id = self
             .text("related_external_id", limits::EXTERNAL_ID)?
-            .map(|v| no_control("related_external_id", v))
+            .map(|v| no_control("related_external_id", v).map(S::from))
             .transpose()?;
         let transaction_date = self.date("transaction_date")?;
         let posted_at = self.timestamp("posted_at")?;
@@ -214,11 +234,13 @@ impl<'a> Fields<'a> {
             .money("amount", "amount_minor", "currency")?
             .ok_or_else(|| missing("amount"))?;
         let billed = self.money("billed_amount", "billed_amount_minor", "billed_currency")?;
-        let merchant_name = self.text("merchant_name", limits::MERCHANT_NAME)?;
+        let merchant_name = self
+            .text("merchant_name", limits::MERCHANT_NAME)?
+            .map(S::from);
         let merchant_mcc = self.mcc()?;
-        let employee_id = self.text("employee_id", limits::EMPLOYEE_ID)?;
-        let memo = self.text("memo", limits::MEMO)?;
-        let metadata = self.metadata()?;
+        let employee_id = self.text("employee_id", limits::EMPLOYEE_ID)?.map(S::from);
+        let memo = self.text("memo", limits::MEMO)?.map(S::from);
+        let metadata = self.metadata::<S>()?;
         let category_hint = match self.text("category", 32)? {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| {
@@ -252,7 +274,7 @@ impl<'a> Fields<'a> {
             return Err(pan("metadata"));
         }
 
-        Ok(ExpenseRecord {
+        Ok(ExpenseRecordOf {
             source,
             external_id,
             account_id,
@@ -277,8 +299,10 @@ impl<'a> Fields<'a> {
         self.slots[at].filter(|v| v.get() != "null")
     }
 
-    /// An optional string field; empty strings count as absent.
-    fn text(&self, field: &'static str, max: usize) -> Result<Option<String>, RecordError> {
+    /// An optional string field; empty strings count as absent. Borrowed
+    /// from the record's text unless it holds escapes: most fields are
+    /// only looked at (dates, codes, amounts), not kept.
+    fn text(&self, field: &'static str, max: usize) -> Result<Option<Cow<'a, str>>, RecordError> {
         let Some(raw) = self.get(field) else {
             return Ok(None);
         };
@@ -303,15 +327,15 @@ impl<'a> Fields<'a> {
         Ok(Some(value))
     }
 
-    fn required_text(&self, field: &'static str, max: usize) -> Result<String, RecordError> {
+    fn required_text(&self, field: &'static str, max: usize) -> Result<Cow<'a, str>, RecordError> {
         self.text(field, max)?.ok_or_else(|| missing(field))
     }
 
     /// A required identity field: no control characters, no surrounding
     /// whitespace (they would make two spellings of one identity).
-    fn identifier(&self, field: &'static str, max: usize) -> Result<String, RecordError> {
+    fn identifier(&self, field: &'static str, max: usize) -> Result<Cow<'a, str>, RecordError> {
         let value = self.required_text(field, max)?;
-        if value.trim() != value {
+        if value.trim() != value.as_ref() {
             return Err(RecordError::field(
                 ErrorCode::InvalidField,
                 field,
@@ -322,7 +346,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The raw text of a scalar: string contents or the literal number token.
-    fn scalar(&self, field: &'static str) -> Result<Option<String>, RecordError> {
+    fn scalar(&self, field: &'static str) -> Result<Option<Cow<'a, str>>, RecordError> {
         let Some(raw) = self.get(field) else {
             return Ok(None);
         };
@@ -333,7 +357,7 @@ impl<'a> Fields<'a> {
             })?;
             Ok(if s.is_empty() { None } else { Some(s) })
         } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-            Ok(Some(text.to_string()))
+            Ok(Some(Cow::Borrowed(text)))
         } else {
             Err(RecordError::field(
                 ErrorCode::InvalidField,
@@ -461,17 +485,19 @@ impl<'a> Fields<'a> {
         text.parse().map(Some).map_err(|_| invalid())
     }
 
-    fn metadata(&self) -> Result<BTreeMap<String, String>, RecordError> {
+    /// Metadata keys and values are always copied (a CSV cell's metadata
+    /// is unescaped into a string of its own first).
+    fn metadata<S: From<Cow<'a, str>> + Ord>(&self) -> Result<BTreeMap<S, S>, RecordError> {
         let Some(raw) = self.get("metadata") else {
             return Ok(BTreeMap::new());
         };
         let invalid =
             |message: String| RecordError::field(ErrorCode::InvalidMetadata, "metadata", message);
         // CSV carries metadata as a JSON object in a string cell.
-        let inner: String;
+        let inner: Cow<'_, str>;
         let text = if raw.get().starts_with('"') {
             inner = json_string(raw).ok_or_else(|| invalid("invalid string".into()))?;
-            inner.as_str()
+            inner.as_ref()
         } else {
             raw.get()
         };
@@ -498,7 +524,9 @@ impl<'a> Fields<'a> {
             }
             let v = value.get();
             let value = if v.starts_with('"') {
-                json_string(value).ok_or_else(|| invalid("invalid string".into()))?
+                json_string(value)
+                    .ok_or_else(|| invalid("invalid string".into()))?
+                    .into_owned()
             } else if v.starts_with(['{', '[']) {
                 return Err(invalid(format!(
                     "metadata value of `{}` must be a string, number or boolean",
@@ -513,7 +541,7 @@ impl<'a> Fields<'a> {
                     limits::METADATA_VALUE
                 )));
             }
-            out.insert(key, value);
+            out.insert(S::from(Cow::Owned(key)), S::from(Cow::Owned(value)));
         }
         Ok(out)
     }
@@ -560,7 +588,10 @@ fn pan(field: &'static str) -> RecordError {
     )
 }
 
-fn no_control(field: &'static str, value: String) -> Result<String, RecordError> {
+fn no_control<T: std::ops::Deref<Target = str>>(
+    field: &'static str,
+    value: T,
+) -> Result<T, RecordError> {
     if value.chars().any(char::is_control) {
         return Err(RecordError::field(
             ErrorCode::InvalidField,
@@ -658,7 +689,6 @@ fn read_whole<'t, S: serde::de::DeserializeSeed<'t>>(
 /// from the text, so a record's fields cost no allocation of their names.
 fn record_object(text: &str) -> Result<Fields<'_>, Unique> {
     use serde::de::{DeserializeSeed, MapAccess, Visitor};
-    use std::borrow::Cow;
 
     /// A key as the parser saw it: borrowed unless it held escapes.
     struct Key<'de>(Cow<'de, str>);
@@ -726,11 +756,11 @@ fn record_object(text: &str) -> Result<Fields<'_>, Unique> {
 /// token the parser accepted that holds no backslash is its own contents
 /// (JSON strings cannot hold raw control characters), the common case; the
 /// rest are unescaped by serde_json.
-fn json_string(raw: &RawValue) -> Option<String> {
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => Some(inner.to_string()),
-        Some(_) => serde_json::from_str(text).ok(),
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        Some(_) => serde_json::from_str(text).ok().map(Cow::Owned),
         None => None,
     }
 }
@@ -1032,5 +1062,112 @@ mod tests {
             r.posted_at.unwrap().to_rfc3339(),
             "2026-11-03T09:00:00+00:00"
         );
+    }
+
+    /// The record with its text copied.
+    fn owned(v: RecordView<'_>) -> ExpenseRecord {
+        let own = |s: Cow<'_, str>| s.into_owned();
+        ExpenseRecord {
+            source: own(v.source),
+            external_id: own(v.external_id),
+            account_id: own(v.account_id),
+            status: v.status,
+            related_external_id: v.related_external_id.map(own),
+            transaction_date: v.transaction_date,
+            posted_at: v.posted_at,
+            amount: v.amount,
+            billed: v.billed,
+            merchant_name: v.merchant_name.map(own),
+            merchant_mcc: v.merchant_mcc,
+            employee_id: v.employee_id.map(own),
+            memo: v.memo.map(own),
+            metadata: v
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (own(k), own(v)))
+                .collect(),
+            category_hint: v.category_hint,
+        }
+    }
+
+    #[test]
+    fn a_view_borrows_the_text_that_holds_no_escapes() {
+        let raw = r#"{"source":"s","external_id":"e\"1","account_id":"a","transaction_date":"2026-01-01","amount":"1","currency":"usd","memo":"caf\u00e9"}"#;
+        let view = RecordView::from_json(raw).unwrap();
+        assert!(matches!(view.source, Cow::Borrowed("s")));
+        assert!(matches!(view.account_id, Cow::Borrowed("a")));
+        assert!(matches!(&view.external_id, Cow::Owned(e) if e == "e\"1"));
+        assert!(matches!(&view.memo, Some(Cow::Owned(m)) if m == "café"));
+        assert_eq!(
+            view.amount,
+            Money::new(100, Currency::from_code("USD").unwrap())
+        );
+    }
+
+    /// Text, escaped or not (a line break is refused in identifiers).
+    fn text_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-zA-Z0-9 _.-]{0,12}",
+            "[a-z\"\\\\\u{e9}\u{1f375}]{1,6}",
+            "[a-z\n]{1,3}"
+        ]
+        .prop_map(serde_json::Value::String)
+    }
+
+    /// A field value of any kind a record may carry, valid for some field
+    /// or for none.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+        let shaped = proptest::sample::select(vec![
+            "2026-02-03",
+            "12.34",
+            "usd",
+            "EUR",
+            "5814",
+            "posted",
+            "travel",
+            "4111 1111 1111 1111",
+            "2026-02-03T04:05:06Z",
+            " x",
+        ])
+        .prop_map(|s| Value::String(s.into()));
+        prop_oneof![
+            text_value(),
+            shaped,
+            (-100_000i64..100_000).prop_map(Value::from),
+            Just(json!({"k": "v", "n": 1})),
+            Just(Value::String(r#"{"k":"v"}"#.into())),
+            Just(Value::Null),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The view and the owned record are one validation: for any mix
+        /// of fields, both accept the same record or refuse it with the
+        /// same error.
+        #[test]
+        fn the_view_and_the_record_agree(
+            texts in proptest::collection::vec(proptest::option::weighted(0.5, text_value()), 7),
+            values in proptest::collection::vec(proptest::option::weighted(0.05, any_value()), FIELDS.len()),
+            from_base in proptest::bool::weighted(0.9),
+        ) {
+            let mut object = if from_base { base() } else { serde_json::Map::new() };
+            let text_fields = [
+                "source", "external_id", "account_id", "related_external_id",
+                "merchant_name", "employee_id", "memo",
+            ];
+            let fields = text_fields.iter().zip(texts).chain(FIELDS.iter().zip(values));
+            for (name, value) in fields {
+                if let Some(value) = value {
+                    object.insert(name.to_string(), value);
+                }
+            }
+            let raw = serde_json::Value::Object(object).to_string();
+            let record = ExpenseRecord::from_json(&raw);
+            let view = RecordView::from_json(&raw).map(owned);
+            proptest::prop_assert_eq!(record, view);
+        }
     }
 }
