@@ -776,12 +776,23 @@ async fn a_request_dropped_midway_releases_its_idempotency_key() {
     }
 }
 
+/// Polls `done` until it holds, failing with `never` after 10 s.
+async fn wait_until(never: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// A producer whose appends wait for a gate: requests stay in flight.
-struct Gated(tokio::sync::Semaphore);
+/// `entered` counts the appends that reached the gate.
+struct Gated(tokio::sync::Semaphore, std::sync::atomic::AtomicUsize);
 
 #[async_trait]
 impl LogProducer for Gated {
     async fn append(&self, records: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _permit = self.0.acquire().await;
         Ok(vec![
             Position {
@@ -831,7 +842,7 @@ fn a_request_waiting_for_its_append_does_not_spin() {
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path(), Some(2)).await.unwrap();
-        let gate = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
+        let gate = Arc::new(Gated(tokio::sync::Semaphore::new(0), Default::default()));
         let state = state_with_producer(
             &log,
             state_store(dir.path()).await,
@@ -841,8 +852,12 @@ fn a_request_waiting_for_its_append_does_not_spin() {
         let app = spendstream_http::finish(spendstream_ingest::router(state));
         let request =
             tokio::spawn(async move { post_ingest(&app, "application/x-ndjson", GOOD).await });
-        // Let the decoder finish; the append waits at the gate.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The decoder has sent its one chunk once the append waits at the
+        // gate.
+        wait_until("the append never started", || {
+            gate.1.load(std::sync::atomic::Ordering::SeqCst) > 0
+        })
+        .await;
         let before = cpu_ticks_of_threads(THREADS);
         let waited = std::time::Instant::now();
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -1045,14 +1060,8 @@ async fn a_client_gone_after_its_body_still_gets_its_answer_stored() {
         let (app, t, body) = (app.clone(), t.clone(), body.clone());
         tokio::spawn(async move { send(&app, &t, "once", Body::from(body)).await })
     };
+    wait_until("the append never started", || producer.waiting.load(SeqCst)).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !producer.waiting.load(SeqCst) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the append never started"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
     // The client goes away while its records are being appended.
     request.abort();
     let _ = request.await;
