@@ -20,7 +20,7 @@ use spendstream::Roles;
 use spendstream_log::kafka::PRODUCER_DEFAULTS;
 use spendstream_log::kafka::testing::TestKafka;
 use spendstream_log::{Record, expense_headers, partition_for};
-use spendstream_schemas::{EnvelopeWriter, identity_key};
+use spendstream_schemas::{ExpenseRecord, PackedWriter, identity_key};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,13 +103,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(mock) = kafka.mock() {
         mock.create_topic(&reference_topic, PARTITIONS as i32, 3)?;
     }
-    let writer = EnvelopeWriter::new("bench", "b", "r", 0);
+    let writer = PackedWriter::new("bench", "b", "r", 0);
+    // What the edge appends: the validated record, packed.
+    let envelope =
+        |i: usize| writer.write(&ExpenseRecord::from_json(&line(i)).expect("a valid record"));
     let headers = expense_headers("bench", "b", "r");
     let records: Arc<Vec<Record>> = Arc::new(
         (0..n)
             .map(|i| Record {
                 key: identity_key("bench", "bench", &format!("b-{i}")).into_bytes(),
-                value: writer.write(&line(i)),
+                value: envelope(i),
                 headers: headers.clone(),
             })
             .collect(),

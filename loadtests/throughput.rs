@@ -18,7 +18,7 @@ mod common;
 use common::line;
 use spendstream::Roles;
 use spendstream_log::{Log, Record, embedded::EmbeddedLog};
-use spendstream_schemas::{EnvelopeWriter, identity_key};
+use spendstream_schemas::{ExpenseRecord, PackedWriter, identity_key};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -45,7 +45,10 @@ async fn main() -> anyhow::Result<()> {
     // Reference: bare appends of the same envelopes to a fresh embedded log.
     let ref_dir = tempfile::tempdir()?;
     let log = EmbeddedLog::open(ref_dir.path(), None).await?;
-    let writer = EnvelopeWriter::new("bench", "b", "r", 0);
+    let writer = PackedWriter::new("bench", "b", "r", 0);
+    // What the edge appends: the validated record, packed.
+    let envelope =
+        |i: usize| writer.write(&ExpenseRecord::from_json(&line(i)).expect("a valid record"));
     let chunks: Vec<Vec<Record>> = (0..records)
         .collect::<Vec<_>>()
         .chunks(batch)
@@ -53,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
             c.iter()
                 .map(|i| Record {
                     key: identity_key("bench", "bench", &format!("b-{i}")).into_bytes(),
-                    value: writer.write(&line(*i)),
+                    value: envelope(*i),
                     headers: Default::default(),
                 })
                 .collect()

@@ -16,7 +16,6 @@ use spendstream_lake::Lake;
 use spendstream_log::{DeadLetterStore, LetterScope};
 use spendstream_processors::sink::clickhouse::ClickHouseConfig;
 use spendstream_query_api::current::CurrentState;
-use spendstream_schemas::Envelope;
 use spendstream_schemas::error::Chain;
 use spendstream_state::BatchStore;
 use std::collections::BTreeMap;
@@ -265,7 +264,9 @@ async fn letters_of(store: &dyn DeadLetterStore, tenant: &str, batch_id: &str) -
         };
         scanned += page.len();
         for l in &page {
-            if Envelope::from_slice(&l.letter.payload).is_ok_and(|e| e.batch_id == batch_id) {
+            if spendstream_schemas::envelope::open(&l.letter.payload)
+                .is_some_and(|(head, _)| head.batch_id == batch_id)
+            {
                 // Per record: (replayed by any group's letter, every letter
                 // a sink refusal).
                 let refused = l.letter.code == spendstream_schemas::ErrorCode::SinkRefused.as_str();

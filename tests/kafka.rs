@@ -83,7 +83,7 @@ async fn raw_topic_keys(kafka: &TestKafka, expect: usize) -> BTreeMap<Vec<u8>, u
                     .map(|(_, v)| v.clone())
             };
             assert_eq!(header("tenant").as_deref(), Some("acme"));
-            assert_eq!(header("schema_version").as_deref(), Some("1"));
+            assert_eq!(header("schema_version").as_deref(), Some("2"));
             assert!(header("batch_id").is_some_and(|v| !v.is_empty()));
             assert!(header("request_id").is_some_and(|v| !v.is_empty()));
             *keys.entry(c.key).or_insert(0) += 1;

@@ -13,7 +13,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_log::{LetterScope, Record, StoredDeadLetter};
-use spendstream_schemas::{Envelope, identity_key};
+use spendstream_schemas::envelope::open;
+use spendstream_schemas::identity_key;
 use std::collections::BTreeMap;
 use tracing::{info, instrument};
 
@@ -35,10 +36,11 @@ pub struct ListParams {
 }
 
 fn letter_json(l: &StoredDeadLetter) -> Value {
-    // The original record when the envelope is readable; raw bytes otherwise.
-    let record = Envelope::from_slice(&l.letter.payload)
-        .ok()
-        .map(|e| serde_json::from_str::<Value>(e.record.get()).unwrap_or(Value::Null));
+    // The record when the envelope is readable (the importer's text from
+    // older edges, the validated record as JSON from packed envelopes);
+    // raw bytes otherwise.
+    let record = open(&l.letter.payload)
+        .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap_or(Value::Null));
     let payload_base64 = record
         .is_none()
         .then(|| base64::engine::general_purpose::STANDARD.encode(&l.letter.payload));
@@ -171,18 +173,17 @@ async fn replay_answer(
         });
     }
     let payload = letter.letter.payload.clone();
-    let envelope = Envelope::from_slice(&payload).map_err(|_| ApiError::Unprocessable {
+    let (head, record) = open(&payload).ok_or_else(|| ApiError::Unprocessable {
         code: "not_replayable",
         message: "the stored payload is not a record envelope; it cannot be processed".into(),
     })?;
-    if envelope.tenant_id != auth.tenant() {
+    if head.tenant_id != auth.tenant() {
         return Err(ApiError::NotFound(format!("no dead letter {id}")));
     }
     // Same key as at the edge, so the replay lands with the expense's other
     // versions (a record without its identity keys by tenant alone and
     // will be dead-lettered again, visibly).
-    let fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(envelope.record.get()).unwrap_or_default();
+    let fields: BTreeMap<String, &RawValue> = serde_json::from_str(&record).unwrap_or_default();
     let text = |name: &str| {
         fields
             .get(name)

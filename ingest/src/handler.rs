@@ -23,7 +23,7 @@ use spendstream_http::request_id::current_request_id;
 use spendstream_http::{ApiError, Auth, ErrorBody, Role};
 use spendstream_log::Record;
 use spendstream_schemas::error::Chain;
-use spendstream_schemas::{EnvelopeWriter, ErrorCode, RecordError, RecordView, identity_key};
+use spendstream_schemas::{ErrorCode, PackedWriter, RecordError, RecordView, identity_key};
 use spendstream_state::{BatchRecord, Claim, IdempotencyStore};
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
@@ -544,7 +544,7 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
     let request_id = current_request_id();
     let batch_id = uuid::Uuid::new_v4().to_string();
     let headers = spendstream_log::expense_headers(&tenant, &batch_id, &request_id);
-    let writer = EnvelopeWriter::new(
+    let writer = PackedWriter::new(
         &tenant,
         &batch_id,
         &request_id,
@@ -818,7 +818,7 @@ fn decode_body(
     format: Format,
     reader: impl Read,
     tenant: &str,
-    writer: &EnvelopeWriter,
+    writer: &PackedWriter,
     headers: &spendstream_log::Headers,
     limits: Limits,
     tx: &mpsc::Sender<Vec<Record>>,
@@ -830,12 +830,13 @@ fn decode_body(
     let mut end = decode::decode(format, &mut reader, limits.max_record, &mut |item| {
         match item {
             Item::Reject { index, error } => rejected.push(index, error),
-            // Checked, not kept: only its identity is read.
+            // Checked and packed from the text it borrows, so processors
+            // need not read the JSON again.
             Item::Record { index, json } => match RecordView::from_json(&json) {
                 Ok(record) => {
                     chunk.push(Record {
                         key: identity_key(tenant, &record.source, &record.external_id).into_bytes(),
-                        value: writer.write(&json),
+                        value: writer.write(&record),
                         headers: headers.clone(),
                     });
                     if chunk.len() >= limits.chunk_records {

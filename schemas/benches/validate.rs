@@ -36,6 +36,23 @@ fn bench(c: &mut Criterion) {
             ExpenseRecord::from_json(text).unwrap()
         })
     });
+    // What processors pay per entry the edge packed: no JSON, no checks.
+    let packed = spendstream_schemas::PackedWriter::new("acme", "b1", "r1", 5)
+        .write(&ExpenseRecord::from_json(RECORD).unwrap());
+    group.bench_function("entry_packed", |b| {
+        b.iter(|| spendstream_schemas::unpack(black_box(&packed)).unwrap())
+    });
+    // What the edge pays for an entry after validation: the JSON text
+    // copied into an envelope, or the record packed.
+    let view = RecordView::from_json(RECORD).unwrap();
+    let json_writer = spendstream_schemas::EnvelopeWriter::new("acme", "b1", "r1", 5);
+    group.bench_function("write_json_envelope", |b| {
+        b.iter(|| json_writer.write(black_box(RECORD)))
+    });
+    let packed_writer = spendstream_schemas::PackedWriter::new("acme", "b1", "r1", 5);
+    group.bench_function("write_packed", |b| {
+        b.iter(|| packed_writer.write(black_box(&view)))
+    });
     group.finish();
     c.bench_function("money_parse", |b| {
         let usd = spendstream_schemas::Currency::from_code("USD").unwrap();

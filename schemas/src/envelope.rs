@@ -5,12 +5,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-/// Current envelope schema version (also sent as a Kafka header).
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope version the edge writes (also sent as a Kafka header):
+/// the packed record, [`crate::packed`].
+pub const ENVELOPE_VERSION: u8 = crate::packed::PACKED_VERSION;
 
-/// One log entry's value. The record stays as the raw JSON the importer sent
-/// (CSV rows as a JSON object of strings) so processors can validate it again
-/// with their own, possibly newer, rules.
+/// Version of the JSON envelope, which earlier edges wrote; still read.
+pub const JSON_ENVELOPE_VERSION: u8 = 1;
+
+/// One log entry's value in the JSON envelope (version 1), which earlier
+/// edges wrote: the record as the raw JSON the importer sent (CSV
+/// rows as a JSON object of strings), which processors validate again.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<'a> {
     /// Envelope schema version.
@@ -50,16 +54,36 @@ impl<'a> Envelope<'a> {
         if let Some(split) = split_written(bytes) {
             return Ok(split);
         }
-        let e = Self::from_slice(bytes)?;
-        let head = EnvelopeHead {
-            v: e.v,
-            tenant_id: e.tenant_id,
-            batch_id: e.batch_id,
-            request_id: e.request_id,
-            ingested_at_us: e.ingested_at_us,
-        };
-        Ok((head, e.record.get()))
+        Self::from_slice(bytes).map(Self::into_parts)
     }
+
+    /// The head and the record's text.
+    fn into_parts(self) -> (EnvelopeHead<'a>, &'a str) {
+        let head = EnvelopeHead {
+            v: self.v,
+            tenant_id: self.tenant_id,
+            batch_id: self.batch_id,
+            request_id: self.request_id,
+            ingested_at_us: self.ingested_at_us,
+        };
+        (head, self.record.get())
+    }
+}
+
+/// The head of an envelope of either version and its record as JSON text
+/// (the importer's own in version 1, [`ExpenseRecord::to_wire_json`] of
+/// the packed record in version 2); `None` when the bytes are neither.
+/// For what shows or replays a stored entry; processors read entries with
+/// [`Envelope::split`] and [`crate::packed::unpack`].
+///
+/// [`ExpenseRecord::to_wire_json`]: crate::ExpenseRecordOf::to_wire_json
+pub fn open(bytes: &[u8]) -> Option<(EnvelopeHead<'_>, Cow<'_, str>)> {
+    if bytes.first() == Some(&crate::packed::PACKED_VERSION) {
+        let packed = crate::packed::unpack(bytes).ok()?;
+        return Some((packed.head, Cow::Owned(packed.record.to_wire_json())));
+    }
+    let (head, record) = Envelope::from_slice(bytes).ok()?.into_parts();
+    Some((head, Cow::Borrowed(record)))
 }
 
 /// An [`Envelope`] without its record.
@@ -171,7 +195,7 @@ impl EnvelopeWriter {
     pub fn new(tenant_id: &str, batch_id: &str, request_id: &str, ingested_at_us: i64) -> Self {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let prefix = format!(
-            r#"{{"v":{ENVELOPE_VERSION},"tenant_id":{},"batch_id":{},"request_id":{},"ingested_at_us":{ingested_at_us},"record":"#,
+            r#"{{"v":{JSON_ENVELOPE_VERSION},"tenant_id":{},"batch_id":{},"request_id":{},"ingested_at_us":{ingested_at_us},"record":"#,
             q(tenant_id),
             q(batch_id),
             q(request_id),
@@ -268,11 +292,30 @@ mod tests {
         }
     }
 
+    /// Either version opens to its head and a record any edge reads back.
+    #[test]
+    fn both_versions_open() {
+        let raw = r#"{"source":"s","external_id":"x1","account_id":"a","transaction_date":"2026-01-01","amount":"1.50","currency":"USD"}"#;
+        let json = EnvelopeWriter::new("acme", "b1", "r1", 5).write(raw);
+        let record = crate::ExpenseRecord::from_json(raw).unwrap();
+        let packed = crate::PackedWriter::new("acme", "b1", "r1", 5).write(&record);
+        let (head, text) = open(&json).unwrap();
+        assert_eq!((head.v, text.as_ref()), (JSON_ENVELOPE_VERSION, raw));
+        let (head, text) = open(&packed).unwrap();
+        assert_eq!(
+            (head.v, head.tenant_id.as_ref(), head.batch_id.as_ref()),
+            (ENVELOPE_VERSION, "acme", "b1")
+        );
+        assert_eq!(crate::ExpenseRecord::from_json(&text).unwrap(), record);
+        assert!(open(b"not an envelope").is_none());
+        assert!(open(&packed[..packed.len() - 1]).is_none());
+    }
+
     #[test]
     fn round_trip_keeps_raw_record_text() {
         let raw = RawValue::from_string(r#"{"amount":12.30}"#.to_string()).unwrap();
         let env = Envelope {
-            v: ENVELOPE_VERSION,
+            v: JSON_ENVELOPE_VERSION,
             tenant_id: "t1".into(),
             batch_id: "b".into(),
             request_id: "r".into(),

@@ -12,6 +12,7 @@ pub mod fx;
 pub mod identity;
 pub mod metrics;
 pub mod money;
+pub mod packed;
 pub mod pan;
 pub mod record;
 pub mod trace;
@@ -19,10 +20,13 @@ pub mod trace;
 pub use category::Category;
 pub use currency::Currency;
 pub use enriched::{BaseAmount, EnrichedRecord, arrow_schema, record_version, to_record_batch};
-pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeHead, EnvelopeWriter};
+pub use envelope::{
+    ENVELOPE_VERSION, Envelope, EnvelopeHead, EnvelopeWriter, JSON_ENVELOPE_VERSION,
+};
 pub use error::{ErrorCode, RecordError};
 pub use identity::{expense_id, identity_key, valid_tenant_id};
 pub use money::{Money, format_minor};
+pub use packed::{PACKED_VERSION, PackedWriter, RULES_VERSION, UnpackError, Unpacked, unpack};
 pub use record::{ExpenseRecord, ExpenseRecordOf, RecordView, Status};
 
 /// JSON Schema (draft 2020-12) of one ingested record, contract v1.
