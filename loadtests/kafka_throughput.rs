@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     // What the edge appends: the validated record, packed.
     let envelope =
         |i: usize| writer.write(&ExpenseRecord::from_json(&line(i)).expect("a valid record"));
-    let headers = expense_headers("bench", "b", "r");
+    let headers = expense_headers("bench", "b", "r", spendstream_schemas::ENVELOPE_VERSION);
     let records: Arc<Vec<Record>> = Arc::new(
         (0..n)
             .map(|i| Record {

@@ -264,8 +264,8 @@ async fn letters_of(store: &dyn DeadLetterStore, tenant: &str, batch_id: &str) -
         };
         scanned += page.len();
         for l in &page {
-            if spendstream_schemas::envelope::open(&l.letter.payload)
-                .is_some_and(|(head, _)| head.batch_id == batch_id)
+            if spendstream_schemas::envelope::head(&l.letter.payload)
+                .is_some_and(|head| head.batch_id == batch_id)
             {
                 // Per record: (replayed by any group's letter, every letter
                 // a sink refusal).

@@ -191,6 +191,8 @@ async fn replay_answer(
             .unwrap_or_default()
     };
     let key = identity_key(auth.tenant(), &text("source"), &text("external_id"));
+    // The header says what the stored bytes are, not what this edge writes.
+    let schema_version = head.v;
     let position = state
         .log
         .producer()
@@ -201,6 +203,7 @@ async fn replay_answer(
                 auth.tenant(),
                 &format!("replay-{id}"),
                 &spendstream_http::request_id::current_request_id(),
+                schema_version,
             ),
         }])
         .await

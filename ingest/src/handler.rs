@@ -543,7 +543,12 @@ async fn ingest(state: &IngestState, auth: &Auth, format: Format, reader: BodyRe
     let tenant = auth.tenant().to_string();
     let request_id = current_request_id();
     let batch_id = uuid::Uuid::new_v4().to_string();
-    let headers = spendstream_log::expense_headers(&tenant, &batch_id, &request_id);
+    let headers = spendstream_log::expense_headers(
+        &tenant,
+        &batch_id,
+        &request_id,
+        spendstream_schemas::ENVELOPE_VERSION,
+    );
     let writer = PackedWriter::new(
         &tenant,
         &batch_id,

@@ -40,17 +40,23 @@ pub mod header {
     pub const TRACEPARENT: &str = spendstream_schemas::trace::TRACEPARENT;
 }
 
-/// The headers of the records one request appends; with the current
-/// span's `traceparent` when traces are exported, so the processors'
-/// spans continue the request's trace.
-pub fn expense_headers(tenant: &str, batch_id: &str, request_id: &str) -> Headers {
+/// The headers of the records one request appends, whose values are
+/// envelopes of `schema_version`; with the current span's `traceparent`
+/// when traces are exported, so the processors' spans continue the
+/// request's trace.
+pub fn expense_headers(
+    tenant: &str,
+    batch_id: &str,
+    request_id: &str,
+    schema_version: u8,
+) -> Headers {
     let mut headers = vec![
         (header::BATCH_ID.to_string(), batch_id.to_string()),
         (header::REQUEST_ID.to_string(), request_id.to_string()),
         (header::TENANT.to_string(), tenant.to_string()),
         (
             header::SCHEMA_VERSION.to_string(),
-            spendstream_schemas::envelope::ENVELOPE_VERSION.to_string(),
+            schema_version.to_string(),
         ),
     ];
     if let Some(traceparent) = spendstream_schemas::trace::current_traceparent() {

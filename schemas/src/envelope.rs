@@ -86,6 +86,15 @@ pub fn open(bytes: &[u8]) -> Option<(EnvelopeHead<'_>, Cow<'_, str>)> {
     Some((head, Cow::Borrowed(record)))
 }
 
+/// The head of an envelope of either version, its record unread; `None`
+/// when the bytes are neither.
+pub fn head(bytes: &[u8]) -> Option<EnvelopeHead<'_>> {
+    if bytes.first() == Some(&crate::packed::PACKED_VERSION) {
+        return crate::packed::unpack_head(bytes).ok().map(|(head, _)| head);
+    }
+    Envelope::from_slice(bytes).ok().map(|e| e.into_parts().0)
+}
+
 /// An [`Envelope`] without its record.
 #[derive(Debug, PartialEq, Eq)]
 pub struct EnvelopeHead<'a> {
@@ -309,6 +318,11 @@ mod tests {
         assert_eq!(crate::ExpenseRecord::from_json(&text).unwrap(), record);
         assert!(open(b"not an envelope").is_none());
         assert!(open(&packed[..packed.len() - 1]).is_none());
+        // The head alone, even of a record cut short.
+        for bytes in [&json[..], &packed[..], &packed[..packed.len() - 1]] {
+            assert_eq!(super::head(bytes).unwrap().batch_id, "b1");
+        }
+        assert!(super::head(b"not an envelope").is_none());
     }
 
     #[test]

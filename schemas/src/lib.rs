@@ -26,7 +26,9 @@ pub use envelope::{
 pub use error::{ErrorCode, RecordError};
 pub use identity::{expense_id, identity_key, valid_tenant_id};
 pub use money::{Money, format_minor};
-pub use packed::{PACKED_VERSION, PackedWriter, RULES_VERSION, UnpackError, Unpacked, unpack};
+pub use packed::{
+    PACKED_VERSION, PackedWriter, RULES_VERSION, UnpackError, Unpacked, unpack, unpack_head,
+};
 pub use record::{ExpenseRecord, ExpenseRecordOf, RecordView, Status};
 
 /// JSON Schema (draft 2020-12) of one ingested record, contract v1.

@@ -114,21 +114,7 @@ pub struct UnpackError(&'static str);
 /// the validation rules: the rules version says whether they were applied.
 pub fn unpack(bytes: &[u8]) -> Result<Unpacked<'_>, UnpackError> {
     let mut at = Reader(bytes);
-    if at.u8()? != PACKED_VERSION {
-        return Err(UnpackError("version"));
-    }
-    let rules = u16::from_le_bytes(at.array()?);
-    let tenant_id = at.str()?;
-    let batch_id = at.str()?;
-    let request_id = at.str()?;
-    let ingested_at_us = at.i64()?;
-    let head = EnvelopeHead {
-        v: PACKED_VERSION,
-        tenant_id: Cow::Borrowed(tenant_id),
-        batch_id: Cow::Borrowed(batch_id),
-        request_id: Cow::Borrowed(request_id),
-        ingested_at_us,
-    };
+    let (head, rules) = at.head()?;
     let record = at.record()?;
     if !at.0.is_empty() {
         return Err(UnpackError("bytes after the record"));
@@ -138,6 +124,13 @@ pub fn unpack(bytes: &[u8]) -> Result<Unpacked<'_>, UnpackError> {
         rules,
         record,
     })
+}
+
+/// The head of a packed envelope and the rules version its record was
+/// checked under, the record left unread: it may hold a name (a currency,
+/// a category) this build does not know.
+pub fn unpack_head(bytes: &[u8]) -> Result<(EnvelopeHead<'_>, u16), UnpackError> {
+    Reader(bytes).head()
 }
 
 fn pack<S: AsRef<str>>(r: &ExpenseRecordOf<S>, out: &mut Vec<u8>) {
@@ -247,6 +240,25 @@ impl<'a> Reader<'a> {
         let code = std::str::from_utf8(self.take(3)?).map_err(|_| UnpackError("currency"))?;
         let currency = Currency::from_code(code).ok_or(UnpackError("currency"))?;
         Ok(Money::new(minor, currency))
+    }
+
+    fn head(&mut self) -> Result<(EnvelopeHead<'a>, u16), UnpackError> {
+        if self.u8()? != PACKED_VERSION {
+            return Err(UnpackError("version"));
+        }
+        let rules = u16::from_le_bytes(self.array()?);
+        let tenant_id = self.str()?;
+        let batch_id = self.str()?;
+        let request_id = self.str()?;
+        let ingested_at_us = self.i64()?;
+        let head = EnvelopeHead {
+            v: PACKED_VERSION,
+            tenant_id: Cow::Borrowed(tenant_id),
+            batch_id: Cow::Borrowed(batch_id),
+            request_id: Cow::Borrowed(request_id),
+            ingested_at_us,
+        };
+        Ok((head, rules))
     }
 
     fn record(&mut self) -> Result<ExpenseRecord, UnpackError> {
@@ -427,9 +439,12 @@ mod tests {
         /// form: packed and read back, and sent again as JSON.
         #[test]
         fn any_valid_record_round_trips(
-            source in "[a-z0-9_.-]{1,10}",
-            memo in proptest::option::of("\\PC{1,30}"),
+            ids in proptest::collection::vec("[a-z0-9_.-]{1,10}|[a-z\"\\\\\u{e9}\u{1f375}]{1,6}", 3),
+            texts in proptest::collection::vec(proptest::option::of("\\PC{1,30}"), 4),
+            status in proptest::sample::select(Status::ALL.to_vec()),
+            day in 0i64..83_000,
             minor in proptest::num::i64::ANY,
+            billed in proptest::option::of(proptest::num::i64::ANY),
             currency in proptest::sample::select(vec!["USD", "JPY", "BHD", "CLF", "EUR"]),
             posted in proptest::option::of(0i64..7_258_118_399),
             nanos in 0u32..1_000_000_000,
@@ -437,12 +452,19 @@ mod tests {
             metadata in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,20}", 0..5),
             category in proptest::option::of(proptest::sample::select(Category::ALL.to_vec())),
         ) {
+            let date = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Days::new(day as u64);
             let mut o = serde_json::json!({
-                "source": source, "external_id": "x", "account_id": "a",
-                "transaction_date": "2026-02-03", "amount_minor": minor, "currency": currency,
-                "metadata": metadata,
+                "source": ids[0], "external_id": ids[1], "account_id": ids[2],
+                "status": status.as_str(), "transaction_date": date.format("%Y-%m-%d").to_string(),
+                "amount_minor": minor, "currency": currency, "metadata": metadata,
             });
-            if let Some(m) = memo { o["memo"] = m.into(); }
+            for (name, text) in ["memo", "merchant_name", "employee_id", "related_external_id"].iter().zip(texts) {
+                if let Some(t) = text { o[name] = t.into(); }
+            }
+            if let Some(b) = billed {
+                o["billed_amount_minor"] = b.into();
+                o["billed_currency"] = "JPY".into();
+            }
             if let Some(s) = posted {
                 let t = DateTime::from_timestamp(s, nanos).unwrap();
                 o["posted_at"] = t.to_rfc3339().into();

@@ -66,7 +66,7 @@ pub type ExpenseRecord = ExpenseRecordOf<String>;
 
 /// A validated record whose text is borrowed from the JSON it was read
 /// from (owned only where the JSON held escapes): what the edge checks
-/// and drops, without a copy of every field.
+/// and packs into the log, without a copy of every field.
 pub type RecordView<'a> = ExpenseRecordOf<Cow<'a, str>>;
 
 /// A validated expense record, its text held as `S`: see [`ExpenseRecord`]
@@ -628,8 +628,9 @@ enum Unique {
 }
 
 /// Reads a JSON object's fields, refusing a key that appears twice. JSON
-/// parsers keep the last duplicate, but the log keeps the raw text: a first
-/// `"memo"` holding a card number would pass validation and be stored.
+/// parsers keep the last duplicate, but another reader of the same text
+/// (an older edge's log, an importer's own copy) may keep the first: a
+/// first `"memo"` holding a card number must not pass as valid.
 fn unique_object(text: &str) -> Result<BTreeMap<String, &RawValue>, Unique> {
     use serde::de::{DeserializeSeed, MapAccess, Visitor};
 
@@ -947,8 +948,8 @@ mod tests {
         assert!(!contains_pan(&err.message), "{}", err.message);
     }
 
-    /// Parsers keep the last of two equal keys, but the raw text is what the
-    /// log stores: a duplicate is refused, so the first cannot smuggle
+    /// Parsers keep the last of two equal keys, but another reader may
+    /// keep the first: a duplicate is refused, so the first cannot smuggle
     /// anything past validation.
     #[test]
     fn a_field_or_metadata_key_sent_twice_is_refused() {

@@ -34,16 +34,24 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
         })
     };
     if entry.value.first() == Some(&PACKED_VERSION) {
-        let packed = spendstream_schemas::unpack(&entry.value)
-            .map_err(|e| letter(None, ErrorCode::InvalidEnvelope, e.to_string()))?;
-        if !valid_tenant_id(&packed.head.tenant_id) {
+        let invalid = |tenant, e: spendstream_schemas::UnpackError| {
+            letter(tenant, ErrorCode::InvalidEnvelope, e.to_string())
+        };
+        let (head, _) =
+            spendstream_schemas::unpack_head(&entry.value).map_err(|e| invalid(None, e))?;
+        if !valid_tenant_id(&head.tenant_id) {
             return Err(letter(
                 None,
                 ErrorCode::InvalidEnvelope,
                 "the envelope's tenant is not supported".into(),
             ));
         }
-        let tenant_id = packed.head.tenant_id.into_owned();
+        let tenant_id = head.tenant_id.into_owned();
+        // A record whose head reads is its tenant's letter, which it can
+        // replay: a name from a newer edge (a currency, a category) reads
+        // once these processors are upgraded too.
+        let packed = spendstream_schemas::unpack(&entry.value)
+            .map_err(|e| invalid(Some(tenant_id.clone()), e))?;
         let record = if packed.rules == RULES_VERSION {
             packed.record
         } else {
@@ -103,8 +111,8 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
 /// The dead letter of a valid entry that `sink` could not hold (a value
 /// outside what its storage can represent), with the sink's reason.
 pub fn refused(entry: &Consumed, group: &str, sink: &str, reason: &str) -> DeadLetter {
-    let tenant = spendstream_schemas::envelope::open(&entry.value)
-        .map(|(head, _)| head.tenant_id.into_owned())
+    let tenant = spendstream_schemas::envelope::head(&entry.value)
+        .map(|head| head.tenant_id.into_owned())
         .filter(|t| valid_tenant_id(t));
     DeadLetter {
         tenant_id: tenant,
@@ -207,11 +215,20 @@ mod tests {
             PackedWriter::with_rules(RULES_VERSION - 1, "acme", "b1", "r1", 5).write(&record);
         assert_eq!(validate(&entry(older), "g").unwrap().record, record);
 
-        let mut cut = PackedWriter::new("acme", "b1", "r1", 5).write(&record);
+        // A record that does not read is its tenant's letter; a head
+        // that does not read is no one's.
+        let whole = PackedWriter::new("acme", "b1", "r1", 5).write(&record);
+        let mut cut = whole.clone();
         cut.pop();
         let letter = validate(&entry(cut.clone()), "g").unwrap_err();
         assert_eq!(letter.code, ErrorCode::InvalidEnvelope.as_str());
-        assert_eq!((letter.tenant_id, letter.payload), (None, cut));
+        assert_eq!(
+            (letter.tenant_id.as_deref(), &letter.payload),
+            (Some("acme"), &cut)
+        );
+        let letter = validate(&entry(whole[..12].to_vec()), "g").unwrap_err();
+        assert_eq!(letter.code, ErrorCode::InvalidEnvelope.as_str());
+        assert_eq!(letter.tenant_id, None);
         let foreign = PackedWriter::new("no tenant!", "b1", "r1", 5).write(&record);
         let letter = validate(&entry(foreign), "g").unwrap_err();
         assert_eq!(
