@@ -860,7 +860,8 @@ async fn reports_check_roles_and_parameters_and_ops_endpoints_answer() {
 }
 
 /// Records an older edge let through reach the dead-letter store with their
-/// original bytes; operators list and replay them through the API.
+/// original bytes, in either envelope version; operators list and replay
+/// them through the API.
 async fn dead_letters_are_listed_and_replayed(backend: common::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let running = backend.start(dir.path()).await;
@@ -881,10 +882,15 @@ async fn dead_letters_are_listed_and_replayed(backend: common::Backend) {
                 value: b"not an envelope".to_vec(),
                 headers: Default::default(),
             },
+            spendstream_log::Record {
+                key: spendstream_schemas::identity_key("acme", "other-rules", "x2").into_bytes(),
+                value: packed_under_other_rules(),
+                headers: Default::default(),
+            },
         ])
         .await
         .unwrap();
-    common::wait_processed(&running, 2).await;
+    common::wait_processed(&running, 3).await;
 
     let client = reqwest::Client::new();
     let admin = common::token("acme", &[Role::Admin]);
@@ -904,10 +910,24 @@ async fn dead_letters_are_listed_and_replayed(backend: common::Backend) {
     let body: Value = list(admin.clone()).await.unwrap().json().await.unwrap();
     let letters = body["dead_letters"].as_array().unwrap();
     // The unreadable envelope has no tenant: no tenant can see it.
-    assert_eq!(letters.len(), 1, "{body}");
-    assert_eq!(letters[0]["error"], "amount_precision");
-    assert_eq!(letters[0]["record"]["external_id"], "x1");
-    let id = letters[0]["id"].as_i64().unwrap();
+    assert_eq!(letters.len(), 2, "{body}");
+    // The records may be in any order: each is found by its external id.
+    let of = |letters: &[Value], external_id: &str| -> Vec<Value> {
+        letters
+            .iter()
+            .filter(|l| l["record"]["external_id"] == external_id)
+            .cloned()
+            .collect()
+    };
+    let json_letter = &of(letters, "x1")[0];
+    assert_eq!(json_letter["error"], "amount_precision");
+    // A packed record shows as the JSON an importer would send.
+    let packed_letter = &of(letters, "x2")[0];
+    assert_eq!(packed_letter["error"], "pan_detected");
+    assert_eq!(packed_letter["record"]["amount_minor"], 1250);
+    let id = json_letter["id"].as_i64().unwrap();
+    let packed_id = packed_letter["id"].as_i64().unwrap();
+    let packed_partition = packed_letter["log_position"]["partition"].clone();
 
     let replay = |tenant: &str| {
         client
@@ -920,17 +940,46 @@ async fn dead_letters_are_listed_and_replayed(backend: common::Backend) {
     assert_eq!(r.status(), 202);
     let pos: Value = r.json().await.unwrap();
     assert_eq!(replay("acme").await.unwrap().status(), 409);
+    let r = client
+        .post(format!("{base}/v1/dead-letters/{packed_id}/replay"))
+        .bearer_auth(admin.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let packed_pos: Value = r.json().await.unwrap();
+    // Replayed under the record's own key: beside its other versions.
+    assert_eq!(packed_pos["partition"], packed_partition);
     // Processed again with today's rules: still invalid, so a new letter at
-    // the replayed position.
-    common::wait_processed(&running, 3).await;
+    // each replayed position.
+    common::wait_processed(&running, 5).await;
     let body: Value = list(admin).await.unwrap().json().await.unwrap();
     let letters = body["dead_letters"].as_array().unwrap();
-    assert_eq!(letters.len(), 2);
-    assert_eq!(letters[0]["replayed"]["offset"], pos["offset"]);
-    assert_eq!(letters[1]["log_position"]["offset"], pos["offset"]);
-    assert_eq!(letters[1]["log_position"]["partition"], pos["partition"]);
+    assert_eq!(letters.len(), 4, "{body}");
+    for (external_id, pos, error) in [
+        ("x1", &pos, "amount_precision"),
+        ("x2", &packed_pos, "pan_detected"),
+    ] {
+        let [first, again] = &of(letters, external_id)[..] else {
+            panic!("two letters of {external_id}: {body}");
+        };
+        assert_eq!(first["replayed"]["offset"], pos["offset"]);
+        assert_eq!(again["log_position"]["offset"], pos["offset"]);
+        assert_eq!(again["log_position"]["partition"], pos["partition"]);
+        assert_eq!(again["error"], error);
+    }
     common::assert_documented(&base).await;
     running.shutdown().await.unwrap();
+}
+
+/// A packed record (envelope version 2) from an edge of other rules,
+/// holding what today's rules refuse: a card number in its memo.
+fn packed_under_other_rules() -> Vec<u8> {
+    let raw = r#"{"source":"other-rules","external_id":"x2","account_id":"a","transaction_date":"2026-01-01","amount":"12.50","currency":"USD"}"#;
+    let mut record = spendstream_schemas::ExpenseRecord::from_json(raw).unwrap();
+    record.memo = Some("card 4111 1111 1111 1111".into());
+    let rules = spendstream_schemas::RULES_VERSION + 1;
+    spendstream_schemas::PackedWriter::with_rules(rules, "acme", "b2", "r2", 0).write(&record)
 }
 
 /// The OpenAPI document lists exactly the router's paths (read from the
