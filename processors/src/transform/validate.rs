@@ -48,8 +48,8 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
         }
         let tenant_id = head.tenant_id.into_owned();
         // A record whose head reads is its tenant's letter, which it can
-        // replay: a name from a newer edge (a currency, a category) reads
-        // once these processors are upgraded too.
+        // see: one with a name from a newer edge (a currency, a category)
+        // can be replayed once the edges and processors know the name.
         let packed = spendstream_schemas::unpack(&entry.value)
             .map_err(|e| invalid(Some(tenant_id.clone()), e))?;
         let record = if packed.rules == RULES_VERSION {
