@@ -777,22 +777,28 @@ async fn retry_at_start<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spendstream_schemas::EnvelopeWriter;
+    use spendstream_schemas::{EnvelopeWriter, ExpenseRecord, PackedWriter};
 
     /// A batch split across threads comes back whole and in log order:
-    /// rows beside their entries, bad entries as dead letters.
+    /// rows beside their entries, bad entries as dead letters. Entries of
+    /// both envelope versions, as a log written before and after an
+    /// upgrade holds them.
     #[test]
     fn a_large_batch_is_prepared_in_order() {
-        let envelope = EnvelopeWriter::new("t1", "b1", "r1", 1_700_000_000_000_000);
+        let json = EnvelopeWriter::new("t1", "b1", "r1", 1_700_000_000_000_000);
+        let packed = PackedWriter::new("t1", "b1", "r1", 1_700_000_000_000_000);
         let n = PART_MIN * 3 + 17;
         let batch: Vec<Consumed> = (0..n)
             .map(|i| {
+                let record = format!(
+                    r#"{{"source":"s","external_id":"e{i}","account_id":"a","transaction_date":"2026-01-01","amount_minor":{i},"currency":"USD"}}"#
+                );
                 let value = if i % 1_000 == 7 {
                     b"not an envelope".to_vec()
+                } else if i % 2 == 0 {
+                    json.write(&record)
                 } else {
-                    envelope.write(&format!(
-                        r#"{{"source":"s","external_id":"e{i}","account_id":"a","transaction_date":"2026-01-01","amount_minor":{i},"currency":"USD"}}"#
-                    ))
+                    packed.write(&ExpenseRecord::from_json(&record).unwrap())
                 };
                 Consumed {
                     partition: (i % 3) as Partition,
