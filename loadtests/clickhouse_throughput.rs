@@ -14,15 +14,16 @@
 
 use chrono::Utc;
 use spendstream_processors::sink::clickhouse::{ClickHouseConfig, ClickHouseSink, migrate};
-use spendstream_processors::sink::{Sink, SinkBatch};
+use spendstream_processors::sink::{Row, Sink, SinkBatch};
 use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, record_version};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[path = "common.rs"]
 mod common;
 
-fn records(n: usize) -> Vec<EnrichedRecord> {
+fn records(n: usize) -> Vec<Row<'static>> {
     let now = Utc::now();
     (0..n)
         .map(|i| {
@@ -42,12 +43,13 @@ fn records(n: usize) -> Vec<EnrichedRecord> {
                 log_offset: i as i64,
                 base: None,
             }
+            .map_text(Cow::Owned)
         })
         .collect()
 }
 
 /// One record as a `JSONEachRow` line of `expenses`.
-fn json_row(e: &EnrichedRecord) -> String {
+fn json_row(e: &Row<'_>) -> String {
     let r = &e.record;
     let ts = |t: chrono::DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     serde_json::json!({

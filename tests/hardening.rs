@@ -446,7 +446,7 @@ async fn a_kafka_log_behind_the_lake_is_refused() {
             app_id,
             version: 10_000,
         }],
-        |_| spendstream_schemas::to_record_batch(&[]),
+        |_| spendstream_schemas::to_record_batch::<String>(&[]),
     )
     .await
     .unwrap();

@@ -577,7 +577,7 @@ impl Lake {
 /// own bookkeeping (log generations, the maintenance lease). A concurrent
 /// commit of the same app ids makes it fail with a conflict.
 async fn commit_txns(table: &DeltaTable, txns: Vec<Transaction>) -> Result<DeltaTable> {
-    let empty = spendstream_schemas::to_record_batch(&[])?;
+    let empty = spendstream_schemas::to_record_batch::<String>(&[])?;
     Ok(table
         .clone()
         .write(vec![empty])

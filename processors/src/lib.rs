@@ -24,7 +24,6 @@ use sink::lake::LakeSink;
 use sink::{Sink, SinkBatch};
 use spendstream_lake::Lake;
 use spendstream_log::{Consumed, Log, LogConsumer, Partition};
-use spendstream_schemas::EnrichedRecord;
 use spendstream_schemas::error::Chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -266,19 +265,25 @@ impl Processor {
     async fn convert(
         &self,
         fx: &transform::fx::FxSource,
-        rows: &mut [EnrichedRecord],
+        rows: &mut [sink::Row<'_>],
     ) -> Result<()> {
-        let tenants: Vec<String> = rows
-            .iter()
-            .map(|r| r.tenant_id.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .map(String::from)
-            .collect();
+        // Rows come in runs of one tenant: a set of the runs' first rows.
+        let mut tenants: Vec<&str> = Vec::new();
+        for row in rows.iter() {
+            if tenants.last() != Some(&row.tenant_id.as_ref()) {
+                tenants.push(row.tenant_id.as_ref());
+            }
+        }
+        tenants.sort_unstable();
+        tenants.dedup();
+        let tenants: Vec<String> = tenants.into_iter().map(String::from).collect();
         let rates = retry("fx_rates", "Reading the exchange rates", || {
             fx.for_batch(&tenants)
         })
         .await?;
+        // Counted per currency and reason, then added once each: a label
+        // lookup per row costs more than the conversion.
+        let mut unconverted: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
         for row in rows.iter_mut() {
             match rates.convert(row) {
                 Ok(base) => row.base = Some(base),
@@ -287,15 +292,20 @@ impl Processor {
                         spendstream_schemas::fx::FxError::MissingRate { .. } => "missing_rate",
                         spendstream_schemas::fx::FxError::Overflow => "overflow",
                     };
-                    ::metrics::counter!(
-                        metrics::FX_UNCONVERTED_TOTAL.name,
-                        "currency" => row.record.amount.currency.code(),
-                        "reason" => reason
-                    )
-                    .increment(1);
+                    *unconverted
+                        .entry((row.record.amount.currency.code(), reason))
+                        .or_default() += 1;
                     debug!(expense_id = %row.expense_id, error = %e, "No base amount.");
                 }
             }
+        }
+        for ((currency, reason), n) in unconverted {
+            ::metrics::counter!(
+                metrics::FX_UNCONVERTED_TOTAL.name,
+                "currency" => currency,
+                "reason" => reason
+            )
+            .increment(n);
         }
         Ok(())
     }
@@ -429,7 +439,7 @@ impl Processor {
                 loop {
                     // Rarely anything is refused: only then copy the rest.
                     let kept_at: Vec<usize> = (0..rows.len()).filter(|i| !mask[*i]).collect();
-                    let kept: Vec<EnrichedRecord>;
+                    let kept: Vec<sink::Row<'_>>;
                     let sink_rows = if kept_at.len() == rows.len() {
                         &rows[..]
                     } else {
@@ -547,7 +557,7 @@ const PART_MIN: usize = 4_096;
 /// A batch validated and enriched: the rows, in log order, with the entry
 /// each came from, and the dead letters of the entries that failed.
 struct Prepared<'b> {
-    rows: Vec<EnrichedRecord>,
+    rows: Vec<sink::Row<'b>>,
     entries: Vec<&'b Consumed>,
     letters: Vec<spendstream_log::DeadLetter>,
 }

@@ -1,7 +1,7 @@
 //! The enriched record processors write to the sinks, and its Arrow form.
 
 use crate::category::Category;
-use crate::record::ExpenseRecord;
+use crate::record::ExpenseRecordOf;
 use arrow::array::{
     ArrayRef, Date32Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
@@ -13,16 +13,22 @@ use std::sync::{Arc, LazyLock};
 use uuid::Uuid;
 
 /// A record after validation and enrichment: one row of the lake.
+pub type EnrichedRecord = EnrichedRecordOf<String>;
+
+/// An enriched record, the text it was sent with held as `S`: processors
+/// borrow it from the log entries of the batch they write
+/// (`Cow<str>`), so a row costs no copy of its fields before the sinks'.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EnrichedRecord {
+#[serde(bound(deserialize = "S: serde::Deserialize<'de> + Ord"))]
+pub struct EnrichedRecordOf<S> {
     pub expense_id: Uuid,
-    pub tenant_id: String,
+    pub tenant_id: S,
     /// Monotonic per expense: see [`record_version`].
     pub version: i64,
-    pub record: ExpenseRecord,
+    pub record: ExpenseRecordOf<S>,
     pub category: Category,
     pub merchant_normalized: Option<String>,
-    pub batch_id: String,
+    pub batch_id: S,
     pub ingested_at: DateTime<Utc>,
     pub processed_at: DateTime<Utc>,
     pub log_partition: i32,
@@ -66,10 +72,29 @@ pub fn record_version(generation: u32, offset: i64) -> i64 {
     (i64::from(generation.min(MAX_GENERATION)) << VERSION_OFFSET_BITS) | offset
 }
 
-impl EnrichedRecord {
+impl<S> EnrichedRecordOf<S> {
     /// The month partition value, `YYYY-MM` of the transaction date.
     pub fn month(&self) -> String {
         month_of(self.record.transaction_date)
+    }
+
+    /// The row with its text converted by `f` (see
+    /// [`ExpenseRecordOf::map_text`]).
+    pub fn map_text<T: Ord>(self, mut f: impl FnMut(S) -> T) -> EnrichedRecordOf<T> {
+        EnrichedRecordOf {
+            expense_id: self.expense_id,
+            tenant_id: f(self.tenant_id),
+            version: self.version,
+            record: self.record.map_text(&mut f),
+            category: self.category,
+            merchant_normalized: self.merchant_normalized,
+            batch_id: f(self.batch_id),
+            ingested_at: self.ingested_at,
+            processed_at: self.processed_at,
+            log_partition: self.log_partition,
+            log_offset: self.log_offset,
+            base: self.base,
+        }
     }
 }
 
@@ -136,8 +161,19 @@ pub fn arrow_schema() -> SchemaRef {
 
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
+/// A record's metadata as the JSON object text the sinks store.
+pub fn metadata_json<S: AsRef<str>>(metadata: &std::collections::BTreeMap<S, S>) -> String {
+    let text: std::collections::BTreeMap<&str, &str> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
+    serde_json::to_string(&text).unwrap_or_default()
+}
+
 /// Converts records into one Arrow batch of [`arrow_schema`].
-pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowError> {
+pub fn to_record_batch<S: AsRef<str>>(
+    records: &[EnrichedRecordOf<S>],
+) -> Result<RecordBatch, ArrowError> {
     let n = records.len();
     let s = |cap: usize| StringBuilder::with_capacity(n, n * cap);
     let (mut expense_id, mut tenant, mut month, mut source, mut external_id) =
@@ -168,35 +204,35 @@ pub fn to_record_batch(records: &[EnrichedRecord]) -> Result<RecordBatch, ArrowE
                 .hyphenated()
                 .encode_lower(&mut Uuid::encode_buffer()),
         );
-        tenant.append_value(&e.tenant_id);
+        tenant.append_value(e.tenant_id.as_ref());
         write_month(&mut month, r.transaction_date)
             .map_err(|error| ArrowError::ExternalError(Box::new(error)))?;
         month.append_value("");
         version.append_value(e.version);
-        source.append_value(&r.source);
-        external_id.append_value(&r.external_id);
-        account.append_value(&r.account_id);
+        source.append_value(r.source.as_ref());
+        external_id.append_value(r.external_id.as_ref());
+        account.append_value(r.account_id.as_ref());
         status.append_value(r.status.as_str());
-        related.append_option(r.related_external_id.as_deref());
+        related.append_option(r.related_external_id.as_ref().map(AsRef::as_ref));
         date.append_value(r.transaction_date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE);
         posted.append_option(r.posted_at.map(|t| t.timestamp_micros()));
         amount.append_value(r.amount.minor);
         currency.append_value(r.amount.currency.code());
         billed.append_option(r.billed.map(|m| m.minor));
         billed_currency.append_option(r.billed.map(|m| m.currency.code()));
-        merchant.append_option(r.merchant_name.as_deref());
+        merchant.append_option(r.merchant_name.as_ref().map(AsRef::as_ref));
         merchant_norm.append_option(e.merchant_normalized.as_deref());
         // MCCs are 0..=9999, so they always fit.
         mcc.append_option(r.merchant_mcc.map(|m| m as i16));
         category.append_value(e.category.as_str());
-        employee.append_option(r.employee_id.as_deref());
-        memo.append_option(r.memo.as_deref());
+        employee.append_option(r.employee_id.as_ref().map(AsRef::as_ref));
+        memo.append_option(r.memo.as_ref().map(AsRef::as_ref));
         if r.metadata.is_empty() {
             metadata.append_null();
         } else {
-            metadata.append_value(serde_json::to_string(&r.metadata).unwrap_or_default());
+            metadata.append_value(metadata_json(&r.metadata));
         }
-        batch.append_value(&e.batch_id);
+        batch.append_value(e.batch_id.as_ref());
         ingested.append_value(e.ingested_at.timestamp_micros());
         processed.append_value(e.processed_at.timestamp_micros());
         partition.append_value(e.log_partition);
@@ -265,6 +301,7 @@ mod version_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ExpenseRecord;
 
     #[test]
     fn batch_matches_schema() {

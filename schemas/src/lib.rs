@@ -19,7 +19,9 @@ pub mod trace;
 
 pub use category::Category;
 pub use currency::Currency;
-pub use enriched::{BaseAmount, EnrichedRecord, arrow_schema, record_version, to_record_batch};
+pub use enriched::{
+    BaseAmount, EnrichedRecord, EnrichedRecordOf, arrow_schema, record_version, to_record_batch,
+};
 pub use envelope::{
     ENVELOPE_VERSION, Envelope, EnvelopeHead, EnvelopeWriter, JSON_ENVELOPE_VERSION,
 };
@@ -27,7 +29,8 @@ pub use error::{ErrorCode, RecordError};
 pub use identity::{expense_id, identity_key, valid_tenant_id};
 pub use money::{Money, format_minor};
 pub use packed::{
-    PACKED_VERSION, PackedWriter, RULES_VERSION, UnpackError, Unpacked, unpack, unpack_head,
+    PACKED_VERSION, PackedWriter, RULES_VERSION, UnpackError, Unpacked, unpack, unpack_borrowed,
+    unpack_head,
 };
 pub use record::{ExpenseRecord, ExpenseRecordOf, RecordView, Status};
 

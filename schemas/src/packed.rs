@@ -35,7 +35,7 @@
 //! so reordering an enum never changes what an entry means.
 
 use crate::envelope::EnvelopeHead;
-use crate::{Category, Currency, ExpenseRecord, ExpenseRecordOf, Money, Status};
+use crate::{Category, Currency, ExpenseRecordOf, Money, Status};
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -98,10 +98,10 @@ impl PackedWriter {
 /// A packed envelope read back: its head, the rules its record was
 /// checked under, and the record.
 #[derive(Debug)]
-pub struct Unpacked<'a> {
+pub struct Unpacked<'a, S = String> {
     pub head: EnvelopeHead<'a>,
     pub rules: u16,
-    pub record: ExpenseRecord,
+    pub record: ExpenseRecordOf<S>,
 }
 
 /// Why bytes are not a packed envelope.
@@ -113,6 +113,21 @@ pub struct UnpackError(&'static str);
 /// names of statuses, categories and currencies, dates that exist), not
 /// the validation rules: the rules version says whether they were applied.
 pub fn unpack(bytes: &[u8]) -> Result<Unpacked<'_>, UnpackError> {
+    let Unpacked {
+        head,
+        rules,
+        record,
+    } = unpack_borrowed(bytes)?;
+    Ok(Unpacked {
+        head,
+        rules,
+        record: record.map_text(str::to_owned),
+    })
+}
+
+/// [`unpack`] with the record's text borrowed from `bytes`: what
+/// processors read, with no copy of a field until it goes into a sink.
+pub fn unpack_borrowed(bytes: &[u8]) -> Result<Unpacked<'_, &str>, UnpackError> {
     let mut at = Reader(bytes);
     let (head, rules) = at.head()?;
     let record = at.record()?;
@@ -231,10 +246,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn string(&mut self) -> Result<String, UnpackError> {
-        self.str().map(str::to_owned)
-    }
-
     fn money(&mut self) -> Result<Money, UnpackError> {
         let minor = self.i64()?;
         let code = std::str::from_utf8(self.take(3)?).map_err(|_| UnpackError("currency"))?;
@@ -261,12 +272,12 @@ impl<'a> Reader<'a> {
         Ok((head, rules))
     }
 
-    fn record(&mut self) -> Result<ExpenseRecord, UnpackError> {
-        let source = self.string()?;
-        let external_id = self.string()?;
-        let account_id = self.string()?;
+    fn record(&mut self) -> Result<ExpenseRecordOf<&'a str>, UnpackError> {
+        let source = self.str()?;
+        let external_id = self.str()?;
+        let account_id = self.str()?;
         let status: Status = self.str()?.parse().map_err(|_| UnpackError("status"))?;
-        let related_external_id = self.opt(Self::string)?;
+        let related_external_id = self.opt(Self::str)?;
         let days = i32::from_le_bytes(self.array()?);
         let transaction_date =
             NaiveDate::from_num_days_from_ce_opt(days).ok_or(UnpackError("transaction date"))?;
@@ -277,15 +288,15 @@ impl<'a> Reader<'a> {
         })?;
         let amount = self.money()?;
         let billed = self.opt(Self::money)?;
-        let merchant_name = self.opt(Self::string)?;
+        let merchant_name = self.opt(Self::str)?;
         let merchant_mcc = self.opt(|at| Ok(u16::from_le_bytes(at.array()?)))?;
-        let employee_id = self.opt(Self::string)?;
-        let memo = self.opt(Self::string)?;
+        let employee_id = self.opt(Self::str)?;
+        let memo = self.opt(Self::str)?;
         let entries = self.u32()?;
         let mut metadata = BTreeMap::new();
         for _ in 0..entries {
-            let key = self.string()?;
-            metadata.insert(key, self.string()?);
+            let key = self.str()?;
+            metadata.insert(key, self.str()?);
         }
         if metadata.len() != entries as usize {
             return Err(UnpackError("a metadata key twice"));
@@ -295,7 +306,7 @@ impl<'a> Reader<'a> {
                 .parse::<Category>()
                 .map_err(|_| UnpackError("category"))
         })?;
-        Ok(ExpenseRecord {
+        Ok(ExpenseRecordOf {
             source,
             external_id,
             account_id,
@@ -374,7 +385,7 @@ impl<S: AsRef<str>> ExpenseRecordOf<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RecordView;
+    use crate::{ExpenseRecord, RecordView};
 
     const FULL: &str = r#"{"source":"visa","external_id":"e\"1","account_id":"a","status":"reversed","related_external_id":"e0","transaction_date":"2026-08-05","posted_at":"2026-08-06T21:30:00.123456789+02:00","amount":"-1234.56","currency":"usd","billed_amount":"990","billed_currency":"JPY","merchant_name":"SQ *BLUE","merchant_mcc":"0742","employee_id":"emp-1","memo":"café 🍵","metadata":{"k":"v","n":1,"b":true},"category":"airlines"}"#;
     const SMALL: &str = r#"{"source":"s","external_id":"x","account_id":"a","transaction_date":"1970-01-01","amount_minor":-9223372036854775808,"currency":"BHD"}"#;

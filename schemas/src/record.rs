@@ -140,6 +140,34 @@ impl ExpenseRecord {
     }
 }
 
+impl<S> ExpenseRecordOf<S> {
+    /// The record with its text converted by `f` (borrowed to owned, or
+    /// owned to [`Cow`]): every text field, metadata included.
+    pub fn map_text<T: Ord>(self, mut f: impl FnMut(S) -> T) -> ExpenseRecordOf<T> {
+        ExpenseRecordOf {
+            source: f(self.source),
+            external_id: f(self.external_id),
+            account_id: f(self.account_id),
+            status: self.status,
+            related_external_id: self.related_external_id.map(&mut f),
+            transaction_date: self.transaction_date,
+            posted_at: self.posted_at,
+            amount: self.amount,
+            billed: self.billed,
+            merchant_name: self.merchant_name.map(&mut f),
+            merchant_mcc: self.merchant_mcc,
+            employee_id: self.employee_id.map(&mut f),
+            memo: self.memo.map(&mut f),
+            metadata: self
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (f(k), f(v)))
+                .collect(),
+            category_hint: self.category_hint,
+        }
+    }
+}
+
 impl<'a> RecordView<'a> {
     /// [`ExpenseRecord::from_json`] without copying the record's text.
     pub fn from_json(raw: &'a str) -> Result<Self, RecordError> {

@@ -12,15 +12,20 @@ pub mod lake;
 use crate::Result;
 use async_trait::async_trait;
 use spendstream_log::Partition;
-use spendstream_schemas::EnrichedRecord;
+use spendstream_schemas::EnrichedRecordOf;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+/// A row as processors hand it to sinks: its text borrowed from the log
+/// entry it came from where the entry holds it as it is.
+pub type Row<'a> = EnrichedRecordOf<Cow<'a, str>>;
 
 /// One processor batch as every sink sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct SinkBatch<'a> {
     /// The valid records of the batch, enriched. Some may be held already
     /// (a replay): the sink leaves those out.
-    pub rows: &'a [EnrichedRecord],
+    pub rows: &'a [Row<'a>],
     /// The highest offset handled per partition, dead letters included:
     /// what the sink must record as held once it has the rows.
     pub last: &'a BTreeMap<Partition, i64>,
@@ -50,7 +55,7 @@ pub trait Sink: Send + Sync {
     /// Why this sink cannot hold `row` (a value outside what its storage
     /// represents), if it cannot. Asked before anything is written, so the
     /// dead letter is stored before the sink records the offset as held.
-    fn refuses(&self, _row: &EnrichedRecord) -> Option<String> {
+    fn refuses(&self, _row: &Row<'_>) -> Option<String> {
         None
     }
 

@@ -1,20 +1,21 @@
 //! Enrichment: identity, version, category and a normalised merchant name.
 
 use super::validate::Valid;
+use crate::sink::Row;
 use chrono::{DateTime, Utc};
 use spendstream_log::Consumed;
-use spendstream_schemas::{Category, EnrichedRecord, expense_id, record_version};
+use spendstream_schemas::{Category, EnrichedRecordOf, expense_id, record_version};
 
 /// Turns a validated entry into a lake row. The version is the log offset
 /// (every version of one expense is in one partition, so offsets order
 /// them) above the log's `generation`, so a log that replaced another one
 /// writes newer versions than it, though its offsets start again at 0.
-pub fn enrich(
+pub fn enrich<'a>(
     entry: &Consumed,
-    valid: Valid,
+    valid: Valid<'a>,
     generation: u32,
     processed_at: DateTime<Utc>,
-) -> EnrichedRecord {
+) -> Row<'a> {
     let Valid {
         tenant_id,
         batch_id,
@@ -30,7 +31,7 @@ pub fn enrich(
         .as_deref()
         .map(normalize_merchant)
         .filter(|m| !m.is_empty());
-    EnrichedRecord {
+    EnrichedRecordOf {
         expense_id: expense_id(&tenant_id, &record.source, &record.external_id),
         tenant_id,
         version: record_version(generation, entry.offset),

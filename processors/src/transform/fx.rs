@@ -4,7 +4,7 @@
 
 use crate::{Error, Result};
 use spendstream_schemas::fx::{FxError, Rates};
-use spendstream_schemas::{BaseAmount, Currency, EnrichedRecord};
+use spendstream_schemas::{BaseAmount, Currency, EnrichedRecordOf};
 use spendstream_state::{FX_SCOPE_ALL, FxStore};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -122,8 +122,11 @@ impl FxSource {
 impl FxBatch {
     /// `record`'s amount in its tenant's base currency at the rate of its
     /// transaction date; `None` (and why) when there is none.
-    pub fn convert(&self, record: &EnrichedRecord) -> std::result::Result<BaseAmount, FxError> {
-        let base = self.bases.of(&record.tenant_id);
+    pub fn convert<S: AsRef<str>>(
+        &self,
+        record: &EnrichedRecordOf<S>,
+    ) -> std::result::Result<BaseAmount, FxError> {
+        let base = self.bases.of(record.tenant_id.as_ref());
         let amount = record.record.amount;
         let date = record.record.transaction_date;
         // Already in the base currency: no rate needed.
@@ -135,7 +138,7 @@ impl FxBatch {
                 rate_date: date,
             });
         }
-        let rates = self.rates.get(&record.tenant_id);
+        let rates = self.rates.get(record.tenant_id.as_ref());
         let conversion = match rates {
             Some(rates) => rates.convert(amount.minor, amount.currency, base, date)?,
             None => Rates::default().convert(amount.minor, amount.currency, base, date)?,
@@ -152,7 +155,7 @@ impl FxBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spendstream_schemas::ExpenseRecord;
+    use spendstream_schemas::{EnrichedRecord, ExpenseRecord};
 
     fn record(tenant: &str, minor: i64, currency: &str, date: &str) -> EnrichedRecord {
         let raw = format!(

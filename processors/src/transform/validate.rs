@@ -7,21 +7,23 @@ use chrono::{DateTime, Utc};
 use spendstream_log::{Consumed, DeadLetter};
 use spendstream_schemas::{
     Envelope, ErrorCode, ExpenseRecord, JSON_ENVELOPE_VERSION, PACKED_VERSION, RULES_VERSION,
-    valid_tenant_id,
+    RecordView, valid_tenant_id,
 };
+use std::borrow::Cow;
 
-/// A record that passed validation, with what the envelope said about it.
+/// A record that passed validation, with what the envelope said about it:
+/// its text borrowed from the entry where the entry holds it as it is.
 #[derive(Debug)]
-pub struct Valid {
-    pub tenant_id: String,
-    pub batch_id: String,
+pub struct Valid<'a> {
+    pub tenant_id: Cow<'a, str>,
+    pub batch_id: Cow<'a, str>,
     pub ingested_at: DateTime<Utc>,
-    pub record: ExpenseRecord,
+    pub record: RecordView<'a>,
 }
 
 /// Decodes and validates one log entry; a failure becomes a dead letter that
 /// keeps the entry's original bytes.
-pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>> {
+pub fn validate<'a>(entry: &'a Consumed, group: &str) -> Result<Valid<'a>, Box<DeadLetter>> {
     let letter = |tenant: Option<String>, code: ErrorCode, message: String| {
         Box::new(DeadLetter {
             tenant_id: tenant,
@@ -46,23 +48,23 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
                 "the envelope's tenant is not supported".into(),
             ));
         }
-        let tenant_id = head.tenant_id.into_owned();
         // A record whose head reads is its tenant's letter, which it can
         // see: one with a name from a newer edge (a currency, a category)
         // can be replayed once the edges and processors know the name.
-        let packed = spendstream_schemas::unpack(&entry.value)
-            .map_err(|e| invalid(Some(tenant_id.clone()), e))?;
+        let packed = spendstream_schemas::unpack_borrowed(&entry.value)
+            .map_err(|e| invalid(Some(head.tenant_id.to_string()), e))?;
         let record = if packed.rules == RULES_VERSION {
-            packed.record
+            packed.record.map_text(Cow::Borrowed)
         } else {
             // Checked under other rules: checked again under these, as the
             // importer would have sent it.
             ExpenseRecord::from_json(&packed.record.to_wire_json())
-                .map_err(|e| letter(Some(tenant_id.clone()), e.code, e.message))?
+                .map_err(|e| letter(Some(head.tenant_id.to_string()), e.code, e.message))?
+                .map_text(Cow::Owned)
         };
         return Ok(Valid {
-            tenant_id,
-            batch_id: packed.head.batch_id.into_owned(),
+            tenant_id: head.tenant_id,
+            batch_id: packed.head.batch_id,
             ingested_at: DateTime::from_timestamp_micros(packed.head.ingested_at_us)
                 .unwrap_or_default(),
             record,
@@ -74,11 +76,11 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
     if let Ok((head, text)) = Envelope::split(&entry.value)
         && head.v == JSON_ENVELOPE_VERSION
         && valid_tenant_id(&head.tenant_id)
-        && let Ok(record) = ExpenseRecord::from_json(text)
+        && let Ok(record) = RecordView::from_json(text)
     {
         return Ok(Valid {
-            tenant_id: head.tenant_id.into_owned(),
-            batch_id: head.batch_id.into_owned(),
+            tenant_id: head.tenant_id,
+            batch_id: head.batch_id,
             ingested_at: DateTime::from_timestamp_micros(head.ingested_at_us).unwrap_or_default(),
             record,
         });
@@ -101,10 +103,10 @@ pub fn validate(entry: &Consumed, group: &str) -> Result<Valid, Box<DeadLetter>>
     let record = ExpenseRecord::from_json(envelope.record.get())
         .map_err(|e| letter(Some(tenant.clone()), e.code, e.message))?;
     Ok(Valid {
-        tenant_id: tenant,
-        batch_id: envelope.batch_id.to_string(),
+        tenant_id: Cow::Owned(tenant),
+        batch_id: Cow::Owned(envelope.batch_id.to_string()),
         ingested_at: DateTime::from_timestamp_micros(envelope.ingested_at_us).unwrap_or_default(),
-        record,
+        record: record.map_text(Cow::Owned),
     })
 }
 
@@ -147,11 +149,9 @@ mod tests {
     fn record_errors_and_envelope_errors_keep_their_codes() {
         let writer = EnvelopeWriter::new("acme", "b1", "r1", 5);
         let good = r#"{"source":"s","external_id":"x1","account_id":"a","transaction_date":"2026-01-01","amount":"1.00","currency":"USD"}"#;
-        let valid = validate(&entry(writer.write(good)), "g").unwrap();
-        assert_eq!(
-            (valid.tenant_id.as_str(), valid.batch_id.as_str()),
-            ("acme", "b1")
-        );
+        let written = entry(writer.write(good));
+        let valid = validate(&written, "g").unwrap();
+        assert_eq!((&*valid.tenant_id, &*valid.batch_id), ("acme", "b1"));
         assert_eq!(valid.record.external_id, "x1");
 
         let bad_amount = good.replace("1.00", "1.001");
@@ -193,13 +193,15 @@ mod tests {
         let mut record = ExpenseRecord::from_json(&clean.to_string()).unwrap();
         record.memo = fields["memo"].as_str().map(str::to_owned);
 
-        let now = PackedWriter::new("acme", "b1", "r1", 5).write(&record);
-        let valid = validate(&entry(now), "g").unwrap();
-        assert_eq!(valid.record, record);
-        assert_eq!(
-            (valid.tenant_id.as_str(), valid.batch_id.as_str()),
-            ("acme", "b1")
-        );
+        let now = entry(PackedWriter::new("acme", "b1", "r1", 5).write(&record));
+        let valid = validate(&now, "g").unwrap();
+        // Trusted as it is: read in place, not copied.
+        assert!(matches!(
+            (&valid.tenant_id, &valid.record.source, &valid.record.memo),
+            (Cow::Borrowed(_), Cow::Borrowed(_), Some(Cow::Borrowed(_)))
+        ));
+        assert_eq!(valid.record.clone().map_text(Cow::into_owned), record);
+        assert_eq!((&*valid.tenant_id, &*valid.batch_id), ("acme", "b1"));
         assert_eq!(valid.ingested_at.timestamp_micros(), 5);
 
         let older =
@@ -213,7 +215,13 @@ mod tests {
         record.memo = None;
         let older =
             PackedWriter::with_rules(RULES_VERSION - 1, "acme", "b1", "r1", 5).write(&record);
-        assert_eq!(validate(&entry(older), "g").unwrap().record, record);
+        assert_eq!(
+            validate(&entry(older), "g")
+                .unwrap()
+                .record
+                .map_text(Cow::into_owned),
+            record
+        );
 
         // A record that does not read is its tenant's letter; a head
         // that does not read is no one's.

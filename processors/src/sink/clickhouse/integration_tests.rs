@@ -3,11 +3,12 @@
 //! works in a database of its own.
 
 use super::{ClickHouseConfig, ClickHouseSink, migrate, status};
-use crate::sink::{Sink, SinkBatch};
+use crate::sink::{Row as EnrichedRow, Sink, SinkBatch};
 use chrono::Utc;
 use clickhouse::Row;
 use serde::Deserialize;
 use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, record_version};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A fresh database on the test server.
@@ -28,7 +29,7 @@ async fn drop_database(config: &ClickHouseConfig) {
         .await;
 }
 
-fn record(tenant: &str, ext: &str, minor: i64, date: &str, offset: i64) -> EnrichedRecord {
+fn record(tenant: &str, ext: &str, minor: i64, date: &str, offset: i64) -> EnrichedRow<'static> {
     let raw = format!(
         r#"{{"source":"s","external_id":"{ext}","account_id":"a","transaction_date":"{date}","amount_minor":{minor},"currency":"USD","merchant_name":"SQ *BLUE BOTTLE","merchant_mcc":"5814","posted_at":"2026-03-02T10:11:12Z","metadata":{{"k":"v"}}}}"#
     );
@@ -47,6 +48,7 @@ fn record(tenant: &str, ext: &str, minor: i64, date: &str, offset: i64) -> Enric
         log_offset: offset,
         base: None,
     }
+    .map_text(Cow::Owned)
 }
 
 #[derive(Row, Deserialize, Debug, PartialEq)]
@@ -128,7 +130,7 @@ async fn a_batch_written_three_times_counts_once_and_updates_win() {
     let sink = ClickHouseSink::connect(config.clone(), "g", "log-1")
         .await
         .unwrap();
-    let rows: Vec<EnrichedRecord> = (0..50)
+    let rows: Vec<EnrichedRow<'_>> = (0..50)
         .map(|i| record("acme", &format!("x{i}"), 100 + i, "2026-03-01", i))
         .collect();
     let last = BTreeMap::from([(0, 49)]);

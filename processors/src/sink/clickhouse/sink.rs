@@ -11,14 +11,14 @@
 
 use super::ClickHouseConfig;
 use crate::Result;
-use crate::sink::{Sink, SinkBatch, Written};
+use crate::sink::{Row as EnrichedRow, Sink, SinkBatch, Written};
 use crate::transform::replay::app_id;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use spendstream_log::Partition;
-use spendstream_schemas::EnrichedRecord;
+use spendstream_schemas::EnrichedRecordOf;
 use spendstream_schemas::clickhouse::{EXPENSES_TABLE, MAX_DATE, SINK_OFFSETS_TABLE};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,7 +91,7 @@ fn last_day() -> NaiveDate {
 
 impl<'a> ExpenseRow<'a> {
     /// The row, or why ClickHouse cannot hold it.
-    fn of(e: &'a EnrichedRecord) -> std::result::Result<Self, String> {
+    fn of<S: AsRef<str>>(e: &'a EnrichedRecordOf<S>) -> std::result::Result<Self, String> {
         let r = &e.record;
         let last = last_day();
         let in_range = |t: DateTime<Utc>| t.date_naive() <= last;
@@ -123,30 +123,30 @@ impl<'a> ExpenseRow<'a> {
             .and_then(|b| Some((b, epoch_days(b.rate_date)?)));
         Ok(Self {
             expense_id: e.expense_id.hyphenated().to_string(),
-            tenant_id: &e.tenant_id,
+            tenant_id: e.tenant_id.as_ref(),
             month: e.month(),
             version: e.version,
-            source: &r.source,
-            external_id: &r.external_id,
-            account_id: &r.account_id,
+            source: r.source.as_ref(),
+            external_id: r.external_id.as_ref(),
+            account_id: r.account_id.as_ref(),
             status: r.status.as_str(),
-            related_external_id: r.related_external_id.as_deref(),
+            related_external_id: r.related_external_id.as_ref().map(AsRef::as_ref),
             transaction_date: epoch_days(r.transaction_date).unwrap_or_default(),
             posted_at: r.posted_at.map(seconds),
             amount_minor: r.amount.minor,
             currency: r.amount.currency.code(),
             billed_amount_minor: r.billed.map(|m| m.minor),
             billed_currency: r.billed.map(|m| m.currency.code()),
-            merchant_name: r.merchant_name.as_deref(),
+            merchant_name: r.merchant_name.as_ref().map(AsRef::as_ref),
             merchant_normalized: e.merchant_normalized.as_deref(),
             // MCCs are 0..=9999, so they always fit.
             merchant_mcc: r.merchant_mcc.map(|m| m as i16),
             category: e.category.as_str(),
-            employee_id: r.employee_id.as_deref(),
-            memo: r.memo.as_deref(),
+            employee_id: r.employee_id.as_ref().map(AsRef::as_ref),
+            memo: r.memo.as_ref().map(AsRef::as_ref),
             metadata: (!r.metadata.is_empty())
-                .then(|| serde_json::to_string(&r.metadata).unwrap_or_default()),
-            batch_id: &e.batch_id,
+                .then(|| spendstream_schemas::enriched::metadata_json(&r.metadata)),
+            batch_id: e.batch_id.as_ref(),
             ingested_at: seconds(e.ingested_at),
             processed_at: seconds(e.processed_at),
             log_partition: e.log_partition,
@@ -308,7 +308,7 @@ impl Sink for ClickHouseSink {
         timed(self.config.timeout, self.held(partitions)).await
     }
 
-    fn refuses(&self, row: &EnrichedRecord) -> Option<String> {
+    fn refuses(&self, row: &EnrichedRow<'_>) -> Option<String> {
         ExpenseRow::of(row).err()
     }
 
@@ -341,8 +341,10 @@ const MONTHS_PER_INSERT: usize = 90;
 
 /// The rows split into groups of at most [`MONTHS_PER_INSERT`] months, in
 /// their order within each month.
-fn by_months<'a>(rows: &[(usize, &'a EnrichedRecord)]) -> Vec<Vec<(usize, &'a EnrichedRecord)>> {
-    let mut months: BTreeMap<String, Vec<(usize, &'a EnrichedRecord)>> = BTreeMap::new();
+fn by_months<'a, S>(
+    rows: &[(usize, &'a EnrichedRecordOf<S>)],
+) -> Vec<Vec<(usize, &'a EnrichedRecordOf<S>)>> {
+    let mut months: BTreeMap<String, Vec<(usize, &'a EnrichedRecordOf<S>)>> = BTreeMap::new();
     for row in rows {
         months.entry(row.1.month()).or_default().push(*row);
     }
@@ -362,7 +364,7 @@ fn by_months<'a>(rows: &[(usize, &'a EnrichedRecord)]) -> Vec<Vec<(usize, &'a En
 
 /// The deduplication token of an insert of these rows: the same log
 /// positions make the same token, so a replayed insert is recognised.
-fn insert_token(rows: &[(usize, &EnrichedRecord)]) -> String {
+fn insert_token<S>(rows: &[(usize, &EnrichedRecordOf<S>)]) -> String {
     let mut ranges: BTreeMap<i32, (i64, i64, usize)> = BTreeMap::new();
     for (_, r) in rows {
         let e = ranges
@@ -454,7 +456,7 @@ impl ClickHouseSink {
     }
 
     /// One insert of `rows` into `expenses`.
-    async fn insert(&self, rows: &[(usize, &EnrichedRecord)]) -> Result<()> {
+    async fn insert(&self, rows: &[(usize, &EnrichedRow<'_>)]) -> Result<()> {
         let mut insert = self.client.insert::<ExpenseRow<'_>>(EXPENSES_TABLE).await?;
         if self.dedup_token {
             insert = insert.with_setting("insert_deduplication_token", insert_token(rows));
@@ -471,7 +473,7 @@ impl ClickHouseSink {
     async fn write_batch(&self, batch: SinkBatch<'_>) -> Result<Written> {
         let partitions: Vec<Partition> = batch.last.keys().copied().collect();
         let held = self.held(&partitions).await?;
-        let fresh: Vec<(usize, &EnrichedRecord)> = batch
+        let fresh: Vec<(usize, &EnrichedRow<'_>)> = batch
             .rows
             .iter()
             .enumerate()
@@ -492,7 +494,7 @@ impl ClickHouseSink {
         let mut refused = Vec::new();
         for group in by_months(&fresh) {
             let bad = isolate(&group, |part| async move {
-                let rows: Vec<(usize, &EnrichedRecord)> =
+                let rows: Vec<(usize, &EnrichedRow<'_>)> =
                     part.into_iter().map(|(_, r)| *r).collect();
                 self.insert(&rows).await
             })
@@ -529,6 +531,7 @@ impl ClickHouseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spendstream_schemas::EnrichedRecord;
 
     fn rec(month: u32, partition: i32, offset: i64) -> EnrichedRecord {
         let raw = format!(

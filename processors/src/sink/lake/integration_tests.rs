@@ -3,12 +3,13 @@
 //! partition, and a batch of dead letters only still records its offsets.
 
 use super::{LakeSink, LakeSinkConfig};
-use crate::sink::{Sink, SinkBatch};
+use crate::sink::{Row, Sink, SinkBatch};
 use chrono::Utc;
 use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, record_version};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-fn record(ext: &str, partition: i32, offset: i64) -> EnrichedRecord {
+fn record(ext: &str, partition: i32, offset: i64) -> Row<'static> {
     let raw = format!(
         r#"{{"source":"s","external_id":"{ext}","account_id":"a","transaction_date":"2026-03-01","amount_minor":100,"currency":"USD"}}"#
     );
@@ -27,6 +28,7 @@ fn record(ext: &str, partition: i32, offset: i64) -> EnrichedRecord {
         log_offset: offset,
         base: None,
     }
+    .map_text(Cow::Owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

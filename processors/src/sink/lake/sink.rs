@@ -3,12 +3,12 @@
 //! step inside the lake, repeated on every retry.
 
 use crate::Result;
-use crate::sink::{Sink, SinkBatch, Written};
+use crate::sink::{Row, Sink, SinkBatch, Written};
 use crate::transform::replay::app_id;
 use async_trait::async_trait;
 use spendstream_lake::{AppTxn, Lake, WriteOutcome};
 use spendstream_log::Partition;
-use spendstream_schemas::{EnrichedRecord, to_record_batch};
+use spendstream_schemas::to_record_batch;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -59,7 +59,7 @@ impl LakeSink {
     /// versions, leaving out whatever the lake already holds.
     async fn commit(
         &self,
-        records: &[EnrichedRecord],
+        records: &[Row<'_>],
         last: &BTreeMap<Partition, i64>,
     ) -> Result<WriteOutcome> {
         let txns: Vec<AppTxn> = last
@@ -72,16 +72,18 @@ impl LakeSink {
         let outcome = self
             .lake
             .commit_once(&txns, |held| {
-                let is_new = |r: &EnrichedRecord| {
-                    held.get(&self.app_id(r.log_partition as Partition))
-                        .is_none_or(|v| r.log_offset > *v)
-                };
+                // By partition, not by app id: no id to format per row.
+                let held: BTreeMap<i32, i64> = last
+                    .keys()
+                    .filter_map(|p| Some((*p as i32, *held.get(&self.app_id(*p))?)))
+                    .collect();
+                let is_new =
+                    |r: &Row<'_>| held.get(&r.log_partition).is_none_or(|v| r.log_offset > *v);
                 if held.is_empty() || records.iter().all(is_new) {
                     return to_record_batch(records);
                 }
                 // A retry after part of the batch landed: copy what is left.
-                let fresh: Vec<EnrichedRecord> =
-                    records.iter().filter(|r| is_new(r)).cloned().collect();
+                let fresh: Vec<Row<'_>> = records.iter().filter(|r| is_new(r)).cloned().collect();
                 to_record_batch(&fresh)
             })
             .await?;
