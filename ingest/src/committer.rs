@@ -74,6 +74,10 @@ async fn run(
     max_records: usize,
     timeout: Duration,
 ) {
+    // The append before, being written: the next group is prepared (the
+    // embedded log compresses it) meanwhile, and written after it, so
+    // the log takes the groups in the order they came.
+    let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let mut total = jobs[0].records.len();
@@ -95,21 +99,40 @@ async fn run(
             records.extend(job.records);
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, producer.append(records)).await {
-            Ok(Ok(_positions)) => Ok(()),
-            Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
-            Err(_) => Err(AppendError::Timeout(timeout)),
-        };
-        metrics::histogram!(crate::metrics::LOG_APPEND_SECONDS.name)
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(total as f64);
-        if let Err(error) = &result {
-            spendstream_schemas::metrics::error("log_append", error.kind());
-            warn!(error = %spendstream_schemas::error::Chain(error), records = total, "Log append failed.");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let prepared = tokio::time::timeout_at(deadline, producer.prepare(records)).await;
+        if let Some(before) = writing.take() {
+            let _ = before.await;
         }
-        for (reply, n) in replies.into_iter().zip(sizes) {
-            let _ = reply.send(result.clone().map(|()| n));
-        }
+        let producer = producer.clone();
+        writing = Some(tokio::spawn(async move {
+            let result = match prepared {
+                Ok(Ok(prepared)) => {
+                    match tokio::time::timeout_at(deadline, producer.append_prepared(prepared))
+                        .await
+                    {
+                        Ok(Ok(_positions)) => Ok(()),
+                        Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
+                        Err(_) => Err(AppendError::Timeout(timeout)),
+                    }
+                }
+                Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
+                Err(_) => Err(AppendError::Timeout(timeout)),
+            };
+            metrics::histogram!(crate::metrics::LOG_APPEND_SECONDS.name)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(total as f64);
+            if let Err(error) = &result {
+                spendstream_schemas::metrics::error("log_append", error.kind());
+                warn!(error = %spendstream_schemas::error::Chain(error), records = total, "Log append failed.");
+            }
+            for (reply, n) in replies.into_iter().zip(sizes) {
+                let _ = reply.send(result.clone().map(|()| n));
+            }
+        }));
+    }
+    if let Some(last) = writing {
+        let _ = last.await;
     }
 }
 
@@ -200,5 +223,100 @@ mod tests {
             assert_eq!(rx.await.unwrap().unwrap(), n);
         }
         assert_eq!(*producer.calls.lock().unwrap(), vec![10, 15]);
+    }
+
+    /// Logs what it is asked; the first write waits for a permit.
+    struct Staged {
+        events: Mutex<Vec<String>>,
+        gate: Semaphore,
+    }
+
+    #[async_trait]
+    impl LogProducer for Staged {
+        async fn append(&self, _: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+            unreachable!("the committer prepares every append")
+        }
+
+        async fn prepare(
+            &self,
+            records: Vec<Record>,
+        ) -> spendstream_log::Result<spendstream_log::Prepared> {
+            let event = format!("prepare {}", records.len());
+            self.events.lock().unwrap().push(event);
+            Ok(spendstream_log::Prepared::records(records))
+        }
+
+        async fn append_prepared(
+            &self,
+            prepared: spendstream_log::Prepared,
+        ) -> spendstream_log::Result<Vec<Position>> {
+            let first = {
+                let mut events = self.events.lock().unwrap();
+                events.push(format!("write {}", prepared.len()));
+                events.iter().filter(|e| e.starts_with("write")).count() == 1
+            };
+            if first {
+                let _permit = self.gate.acquire().await;
+                self.events.lock().unwrap().push("written".into());
+            }
+            Ok(vec![
+                Position {
+                    partition: 0,
+                    offset: 0
+                };
+                prepared.len()
+            ])
+        }
+    }
+
+    /// The next append is prepared while the one before is written, and
+    /// written only after it: the log takes them in the order they came.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_append_is_prepared_during_a_write_and_written_after_it() {
+        let producer = Arc::new(Staged {
+            events: Mutex::new(Vec::new()),
+            gate: Semaphore::new(0),
+        });
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(producer.clone(), rx, 1000, Duration::from_secs(10)));
+        let send = |n| {
+            let (reply, rx) = oneshot::channel();
+            let tx = tx.clone();
+            async move {
+                tx.send(Job {
+                    records: records(n),
+                    reply,
+                })
+                .await
+                .unwrap();
+                rx
+            }
+        };
+        let wait_for = |event: &'static str| {
+            let producer = producer.clone();
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !producer.events.lock().unwrap().iter().any(|e| e == event) {
+                    assert!(std::time::Instant::now() < deadline, "no `{event}`");
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let first = send(1).await;
+        wait_for("write 1").await;
+        let second = send(2).await;
+        wait_for("prepare 2").await;
+        assert_eq!(
+            *producer.events.lock().unwrap(),
+            ["prepare 1", "write 1", "prepare 2"],
+            "the second is prepared, not written, while the first is held"
+        );
+        producer.gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(second.await.unwrap().unwrap(), 2);
+        assert_eq!(
+            *producer.events.lock().unwrap(),
+            ["prepare 1", "write 1", "prepare 2", "written", "write 2"]
+        );
     }
 }

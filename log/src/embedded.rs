@@ -11,7 +11,8 @@ use crate::open_files::{Held, OpenFiles};
 use crate::segment::{SegmentReader, SegmentWriter};
 use crate::{
     Consumed, DeadLetter, DeadLetterStore, Error, Headers, LetterScope, Log, LogConsumer,
-    LogProducer, Offset, Partition, Position, Record, Result, StoredDeadLetter, partition_for,
+    LogProducer, Offset, Partition, Position, Prepared, PreparedForm, Record, Result,
+    StoredDeadLetter, partition_for,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -189,21 +190,59 @@ impl EmbeddedLog {
         .await?
     }
 
-    fn append_blocking(inner: &Inner, records: Vec<Record>) -> Result<Vec<Position>> {
+    /// Partitions `records` and encodes each partition's into segments:
+    /// everything an append does before it needs the writer.
+    fn encode(partitions: u32, records: Vec<Record>) -> Segments {
+        // Each partition's records, in input order; each record's place
+        // among its partition's.
+        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); partitions as usize];
+        let mut slots = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            let partition = partition_for(&record.key, partitions);
+            let of = &mut by_partition[partition as usize];
+            slots.push((partition, of.len() as u32));
+            of.push(i);
+        }
+        let mut segments = Vec::new();
+        for (partition, indices) in by_partition.iter().enumerate() {
+            if indices.is_empty() {
+                continue;
+            }
+            // Sized for the records it will hold (at most a segment's
+            // worth), so pushing them copies each once.
+            let room = |from: usize| {
+                indices[from..]
+                    .iter()
+                    .take(crate::segment::MAX_RECORDS)
+                    .map(|&i| SegmentWriter::size_of(&records[i].key, &records[i].value))
+                    .sum::<usize>()
+            };
+            let mut encoded = Vec::new();
+            let mut writer = SegmentWriter::with_capacity(room(0));
+            for (k, &i) in indices.iter().enumerate() {
+                let record = &records[i];
+                if !writer.fits(&record.key, &record.value) {
+                    // The full one is compressed (and freed) before the
+                    // next one takes its room.
+                    let full = std::mem::take(&mut writer);
+                    encoded.push((full.len() as i64, full.finish()));
+                    writer = SegmentWriter::with_capacity(room(k));
+                }
+                writer.push(&record.key, &record.value, &record.headers);
+            }
+            encoded.push((writer.len() as i64, writer.finish()));
+            segments.push((partition as Partition, encoded));
+        }
+        Segments { segments, slots }
+    }
+
+    /// Writes encoded segments in one transaction: the partitions' next
+    /// offsets are read, the segments inserted at them, and the new next
+    /// offsets stored, all under the writer.
+    fn write_blocking(inner: &Inner, encoded: Segments) -> Result<Vec<Position>> {
         let mut conn = inner.writer.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Each partition's records, in input order.
-        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); inner.partitions as usize];
-        for (i, record) in records.iter().enumerate() {
-            by_partition[partition_for(&record.key, inner.partitions) as usize].push(i);
-        }
-        let mut positions = vec![
-            Position {
-                partition: 0,
-                offset: 0
-            };
-            records.len()
-        ];
+        let mut first: Vec<Offset> = vec![0; inner.partitions as usize];
         let ts = now_ms();
         {
             let mut read_next =
@@ -213,58 +252,39 @@ impl EmbeddedLog {
             )?;
             let mut update =
                 tx.prepare_cached("UPDATE partitions SET next_offset = ?2 WHERE partition = ?1")?;
-            for (partition, indices) in by_partition.iter().enumerate() {
-                if indices.is_empty() {
-                    continue;
-                }
-                let partition = partition as Partition;
+            for (partition, segments) in &encoded.segments {
                 let mut next: Offset = read_next.query_row([partition], |r| r.get(0))?;
-                // Sized for the records it will hold (at most a segment's
-                // worth), so pushing them copies each once.
-                let room = |from: usize| {
-                    indices[from..]
-                        .iter()
-                        .take(crate::segment::MAX_RECORDS)
-                        .map(|&i| SegmentWriter::size_of(&records[i].key, &records[i].value))
-                        .sum::<usize>()
-                };
-                let mut writer = SegmentWriter::with_capacity(room(0));
-                let mut base = next;
-                for (k, &i) in indices.iter().enumerate() {
-                    let record = &records[i];
-                    if !writer.fits(&record.key, &record.value) {
-                        // The full one is written (and freed) before the
-                        // next one takes its room.
-                        let full = std::mem::take(&mut writer);
-                        insert.execute(params![
-                            partition,
-                            base,
-                            full.len() as i64,
-                            ts,
-                            full.finish()
-                        ])?;
-                        writer = SegmentWriter::with_capacity(room(k));
-                        base = next;
-                    }
-                    writer.push(&record.key, &record.value, &record.headers);
-                    positions[i] = Position {
-                        partition,
-                        offset: next,
-                    };
-                    next += 1;
+                first[*partition as usize] = next;
+                for (count, data) in segments {
+                    insert.execute(params![partition, next, count, ts, data])?;
+                    next += count;
                 }
-                insert.execute(params![
-                    partition,
-                    base,
-                    writer.len() as i64,
-                    ts,
-                    writer.finish()
-                ])?;
                 update.execute(params![partition, next])?;
             }
         }
         tx.commit()?;
-        Ok(positions)
+        Ok(encoded
+            .slots
+            .iter()
+            .map(|&(partition, k)| Position {
+                partition,
+                offset: first[partition as usize] + Offset::from(k),
+            })
+            .collect())
+    }
+}
+
+/// An append's records, partitioned and encoded ([`LogProducer::prepare`]):
+/// each partition's compressed segments with their record counts, and
+/// each record's partition and place among that partition's records.
+pub struct Segments {
+    segments: Vec<(Partition, Vec<(i64, Vec<u8>)>)>,
+    slots: Vec<(Partition, u32)>,
+}
+
+impl Segments {
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
     }
 }
 
@@ -366,9 +386,31 @@ impl LogProducer for EmbeddedLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let prepared = self.prepare(records).await?;
+        self.append_prepared(prepared).await
+    }
+
+    async fn prepare(&self, records: Vec<Record>) -> Result<Prepared> {
+        let partitions = self.inner.partitions;
+        let segments =
+            tokio::task::spawn_blocking(move || Self::encode(partitions, records)).await?;
+        Ok(Prepared(PreparedForm::Segments(segments)))
+    }
+
+    async fn append_prepared(&self, prepared: Prepared) -> Result<Vec<Position>> {
+        let segments = match prepared.0 {
+            PreparedForm::Segments(segments) => segments,
+            PreparedForm::Records(records) => {
+                let partitions = self.inner.partitions;
+                tokio::task::spawn_blocking(move || Self::encode(partitions, records)).await?
+            }
+        };
+        if segments.len() == 0 {
+            return Ok(Vec::new());
+        }
         let inner = self.inner.clone();
         let positions =
-            tokio::task::spawn_blocking(move || Self::append_blocking(&inner, records)).await??;
+            tokio::task::spawn_blocking(move || Self::write_blocking(&inner, segments)).await??;
         self.inner.appended.notify_waiters();
         Ok(positions)
     }

@@ -34,6 +34,9 @@ pub enum Error {
     /// damaged or written by something else).
     #[error("an embedded log segment is damaged: {0}")]
     CorruptSegment(String),
+    /// An append prepared by one log was given to another (a bug).
+    #[error("an append prepared for another log")]
+    ForeignAppend,
     #[error(
         "Kafka topic `{topic}` has {existing} but {requested} were configured; change the configuration or the topic"
     )]
@@ -86,6 +89,7 @@ impl Error {
             Error::Join(_) => "task_failed",
             Error::UnknownPartition(_) => "unknown_partition",
             Error::CorruptSegment(_) => "corrupt",
+            Error::ForeignAppend => "foreign_append",
             Error::TopicCreation { .. } => "topic_creation",
             Error::UnsafeKafkaOption { .. } | Error::InvalidOption { .. } => "configuration",
             Error::Kafka(_) => "kafka",
@@ -122,6 +126,7 @@ impl Error {
             | Error::Join(_)
             | Error::UnknownPartition(_)
             | Error::CorruptSegment(_)
+            | Error::ForeignAppend
             | Error::TopicMismatch { .. }
             | Error::TopicCreation { .. }
             | Error::UnsafeKafkaOption { .. }

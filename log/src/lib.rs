@@ -133,6 +133,51 @@ pub trait LogProducer: Send + Sync {
     /// fsynced; Kafka: acknowledged by all in-sync replicas). On `Err`, none
     /// or some may have been written: the caller must not claim any.
     async fn append(&self, records: Vec<Record>) -> Result<Vec<Position>>;
+
+    /// The part of an append that writes nothing: `records` put in the
+    /// form the log stores (the embedded log: partitioned, in compressed
+    /// segments). A caller that orders its appends can prepare the next
+    /// one while the one before is written.
+    async fn prepare(&self, records: Vec<Record>) -> Result<Prepared> {
+        Ok(Prepared::records(records))
+    }
+
+    /// Appends what [`LogProducer::prepare`] of this log made, as
+    /// [`LogProducer::append`] appends the records.
+    async fn append_prepared(&self, prepared: Prepared) -> Result<Vec<Position>> {
+        match prepared.0 {
+            PreparedForm::Records(records) => self.append(records).await,
+            PreparedForm::Segments(_) => Err(Error::ForeignAppend),
+        }
+    }
+}
+
+/// Records made ready for one log's append ([`LogProducer::prepare`]).
+pub struct Prepared(pub(crate) PreparedForm);
+
+pub(crate) enum PreparedForm {
+    Records(Vec<Record>),
+    Segments(embedded::Segments),
+}
+
+impl Prepared {
+    /// `records` as they are, for a log that writes them so (what
+    /// [`LogProducer::prepare`] does unless a log overrides it).
+    pub fn records(records: Vec<Record>) -> Self {
+        Self(PreparedForm::Records(records))
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            PreparedForm::Records(records) => records.len(),
+            PreparedForm::Segments(segments) => segments.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Reads the log as one member of a consumer group.
