@@ -281,16 +281,12 @@ mod tests {
         tokio::spawn(run(producer.clone(), rx, 1000, Duration::from_secs(10)));
         let send = |n| {
             let (reply, rx) = oneshot::channel();
-            let tx = tx.clone();
-            async move {
-                tx.send(Job {
-                    records: records(n),
-                    reply,
-                })
-                .await
-                .unwrap();
-                rx
-            }
+            tx.try_send(Job {
+                records: records(n),
+                reply,
+            })
+            .unwrap();
+            rx
         };
         let wait_for = |event: &'static str| {
             let producer = producer.clone();
@@ -302,9 +298,9 @@ mod tests {
                 }
             }
         };
-        let first = send(1).await;
+        let first = send(1);
         wait_for("write 1").await;
-        let second = send(2).await;
+        let second = send(2);
         wait_for("prepare 2").await;
         assert_eq!(
             *producer.events.lock().unwrap(),

@@ -278,9 +278,12 @@ impl EmbeddedLog {
 /// each partition's compressed segments with their record counts, and
 /// each record's partition and place among that partition's records.
 pub struct Segments {
-    segments: Vec<(Partition, Vec<(i64, Vec<u8>)>)>,
+    segments: Vec<(Partition, Vec<Encoded>)>,
     slots: Vec<(Partition, u32)>,
 }
+
+/// One segment as stored: its record count and its bytes.
+type Encoded = (i64, Vec<u8>);
 
 impl Segments {
     pub(crate) fn len(&self) -> usize {
