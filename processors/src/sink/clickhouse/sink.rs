@@ -89,31 +89,38 @@ fn last_day() -> NaiveDate {
     NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
 }
 
+/// Why ClickHouse cannot hold `e` (a date past its types' range), if it
+/// cannot: checked without building the row.
+fn out_of_range<S>(e: &EnrichedRecordOf<S>) -> Option<String> {
+    let r = &e.record;
+    let last = last_day();
+    if r.transaction_date > last {
+        return Some(format!(
+            "transaction_date {} is after {last}, the last day its Date type holds",
+            r.transaction_date
+        ));
+    }
+    [
+        ("posted_at", r.posted_at),
+        ("ingested_at", Some(e.ingested_at)),
+        ("processed_at", Some(e.processed_at)),
+    ]
+    .into_iter()
+    .find_map(|(name, t)| {
+        let t = t.filter(|t| t.date_naive() > last)?;
+        Some(format!(
+            "{name} {t} is after {last}, the last day its DateTime type holds"
+        ))
+    })
+}
+
 impl<'a> ExpenseRow<'a> {
     /// The row, or why ClickHouse cannot hold it.
     fn of<S: AsRef<str>>(e: &'a EnrichedRecordOf<S>) -> std::result::Result<Self, String> {
+        if let Some(reason) = out_of_range(e) {
+            return Err(reason);
+        }
         let r = &e.record;
-        let last = last_day();
-        let in_range = |t: DateTime<Utc>| t.date_naive() <= last;
-        if r.transaction_date > last {
-            return Err(format!(
-                "transaction_date {} is after {last}, the last day its Date type holds",
-                r.transaction_date
-            ));
-        }
-        for (name, t) in [
-            ("posted_at", r.posted_at),
-            ("ingested_at", Some(e.ingested_at)),
-            ("processed_at", Some(e.processed_at)),
-        ] {
-            if let Some(t) = t
-                && !in_range(t)
-            {
-                return Err(format!(
-                    "{name} {t} is after {last}, the last day its DateTime type holds"
-                ));
-            }
-        }
         let seconds = |t: DateTime<Utc>| epoch_seconds(t).unwrap_or_default();
         // All four base columns, or none (a rate date before 1970 has no
         // ClickHouse Date).
@@ -309,7 +316,7 @@ impl Sink for ClickHouseSink {
     }
 
     fn refuses(&self, row: &EnrichedRow<'_>) -> Option<String> {
-        ExpenseRow::of(row).err()
+        out_of_range(row)
     }
 
     async fn write(&self, batch: SinkBatch<'_>) -> Result<Written> {
