@@ -1,12 +1,14 @@
 //! Group commit: concurrent requests share log appends. One task owns the
-//! producer; while an append is in flight, new chunks queue up and go out
-//! together in the next one, so throughput does not hinge on request size.
+//! producer; chunks that queued up while it was busy go out together in
+//! the next append, so throughput does not hinge on request size. The
+//! next group is prepared (the embedded log partitions and compresses it)
+//! while the one before is being written, and is written after it.
 
 use spendstream_log::{LogProducer, Record};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Why an append was not confirmed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,9 +76,10 @@ async fn run(
     max_records: usize,
     timeout: Duration,
 ) {
-    // The append before, being written: the next group is prepared (the
-    // embedded log compresses it) meanwhile, and written after it, so
-    // the log takes the groups in the order they came.
+    // The write of the group before: the next group is prepared meanwhile
+    // and written after it ended, so the log takes groups in the order
+    // they came. (A write that timed out is not waited for: the next one
+    // may then reach the log first, as before writes were pipelined.)
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -98,41 +101,75 @@ async fn run(
             replies.push(job.reply);
             records.extend(job.records);
         }
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let prepared = tokio::time::timeout_at(deadline, producer.prepare(records)).await;
+        let group = Group {
+            replies,
+            sizes,
+            total,
+        };
+        let prepared = match tokio::time::timeout(timeout, producer.prepare(records)).await {
+            Ok(Ok(prepared)) => prepared,
+            // Nothing was written: answered at once, without waiting for
+            // the write before.
+            Ok(Err(e)) => {
+                group.answer(Err(AppendError::Log(Arc::new(e))));
+                continue;
+            }
+            Err(_) => {
+                group.answer(Err(AppendError::Timeout(timeout)));
+                continue;
+            }
+        };
         if let Some(before) = writing.take() {
-            let _ = before.await;
+            joined(before.await);
         }
         let producer = producer.clone();
         writing = Some(tokio::spawn(async move {
-            let result = match prepared {
-                Ok(Ok(prepared)) => {
-                    match tokio::time::timeout_at(deadline, producer.append_prepared(prepared))
-                        .await
-                    {
-                        Ok(Ok(_positions)) => Ok(()),
-                        Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
-                        Err(_) => Err(AppendError::Timeout(timeout)),
-                    }
-                }
-                Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
-                Err(_) => Err(AppendError::Timeout(timeout)),
-            };
+            // Timed from the write's start, as before writes were
+            // pipelined: waiting behind another group is not held
+            // against this one.
+            let started = Instant::now();
+            let result =
+                match tokio::time::timeout(timeout, producer.append_prepared(prepared)).await {
+                    Ok(Ok(_positions)) => Ok(()),
+                    Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
+                    Err(_) => Err(AppendError::Timeout(timeout)),
+                };
             metrics::histogram!(crate::metrics::LOG_APPEND_SECONDS.name)
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(total as f64);
-            if let Err(error) = &result {
-                spendstream_schemas::metrics::error("log_append", error.kind());
-                warn!(error = %spendstream_schemas::error::Chain(error), records = total, "Log append failed.");
-            }
-            for (reply, n) in replies.into_iter().zip(sizes) {
-                let _ = reply.send(result.clone().map(|()| n));
-            }
+            group.answer(result);
         }));
     }
     if let Some(last) = writing {
-        let _ = last.await;
+        joined(last.await);
+    }
+}
+
+/// The requests of one append: who to answer, and with how many records.
+struct Group {
+    replies: Vec<oneshot::Sender<Result<usize, AppendError>>>,
+    sizes: Vec<usize>,
+    total: usize,
+}
+
+impl Group {
+    fn answer(self, result: Result<(), AppendError>) {
+        metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(self.total as f64);
+        if let Err(error) = &result {
+            spendstream_schemas::metrics::error("log_append", error.kind());
+            warn!(error = %spendstream_schemas::error::Chain(error), records = self.total, "Log append failed.");
+        }
+        for (reply, n) in self.replies.into_iter().zip(self.sizes) {
+            let _ = reply.send(result.clone().map(|()| n));
+        }
+    }
+}
+
+/// A write task that panicked left its requests unanswered (they see the
+/// committer as stopped): said once here, where it happened.
+fn joined(outcome: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = outcome {
+        spendstream_schemas::metrics::error("log_append", "panic");
+        error!(error = %e, "A log append task failed; its requests were not confirmed.");
     }
 }
 

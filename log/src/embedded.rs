@@ -233,13 +233,22 @@ impl EmbeddedLog {
             encoded.push((writer.len() as i64, writer.finish()));
             segments.push((partition as Partition, encoded));
         }
-        Segments { segments, slots }
+        Segments {
+            partitions,
+            segments,
+            slots,
+        }
     }
 
     /// Writes encoded segments in one transaction: the partitions' next
     /// offsets are read, the segments inserted at them, and the new next
     /// offsets stored, all under the writer.
     fn write_blocking(inner: &Inner, encoded: Segments) -> Result<Vec<Position>> {
+        // Encoded for a log of other partitions (one cannot tell two logs
+        // of the same count apart here; the committer holds one log).
+        if encoded.partitions != inner.partitions {
+            return Err(Error::ForeignAppend);
+        }
         let mut conn = inner.writer.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut first: Vec<Offset> = vec![0; inner.partitions as usize];
@@ -277,7 +286,8 @@ impl EmbeddedLog {
 /// An append's records, partitioned and encoded ([`LogProducer::prepare`]):
 /// each partition's compressed segments with their record counts, and
 /// each record's partition and place among that partition's records.
-pub struct Segments {
+pub(crate) struct Segments {
+    partitions: u32,
     segments: Vec<(Partition, Vec<Encoded>)>,
     slots: Vec<(Partition, u32)>,
 }
@@ -389,31 +399,32 @@ impl LogProducer for EmbeddedLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let prepared = self.prepare(records).await?;
-        self.append_prepared(prepared).await
+        self.append_prepared(Prepared::records(records)).await
     }
 
     async fn prepare(&self, records: Vec<Record>) -> Result<Prepared> {
         let partitions = self.inner.partitions;
-        let segments =
-            tokio::task::spawn_blocking(move || Self::encode(partitions, records)).await?;
+        let segments = if records.is_empty() {
+            Self::encode(partitions, records)
+        } else {
+            tokio::task::spawn_blocking(move || Self::encode(partitions, records)).await?
+        };
         Ok(Prepared(PreparedForm::Segments(segments)))
     }
 
     async fn append_prepared(&self, prepared: Prepared) -> Result<Vec<Position>> {
-        let segments = match prepared.0 {
-            PreparedForm::Segments(segments) => segments,
-            PreparedForm::Records(records) => {
-                let partitions = self.inner.partitions;
-                tokio::task::spawn_blocking(move || Self::encode(partitions, records)).await?
-            }
-        };
-        if segments.len() == 0 {
+        if prepared.is_empty() {
             return Ok(Vec::new());
         }
         let inner = self.inner.clone();
-        let positions =
-            tokio::task::spawn_blocking(move || Self::write_blocking(&inner, segments)).await??;
+        let positions = tokio::task::spawn_blocking(move || {
+            let segments = match prepared.0 {
+                PreparedForm::Segments(segments) => segments,
+                PreparedForm::Records(records) => Self::encode(inner.partitions, records),
+            };
+            Self::write_blocking(&inner, segments)
+        })
+        .await??;
         self.inner.appended.notify_waiters();
         Ok(positions)
     }

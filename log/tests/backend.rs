@@ -372,6 +372,54 @@ async fn embedded_reads_resume_inside_large_appends() {
 }
 
 #[tokio::test]
+async fn embedded_positions_hold_across_partitions_and_segments() {
+    // Partitions that already hold records, and an append that fills
+    // several segments in each: every position is where the record is
+    // read back, whether appended at once or prepared first.
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), Some(3)).await.unwrap();
+    let producer = log.producer();
+    let batch = |from: usize, n: usize| -> Vec<Record> {
+        (from..from + n)
+            .map(|i| rec(&format!("k{i}"), &format!("v{i}")))
+            .collect()
+    };
+    let mut written = BTreeMap::new();
+    let mut note = |positions: Vec<spendstream_log::Position>, from: usize| {
+        for (i, p) in positions.into_iter().enumerate() {
+            assert!(
+                written
+                    .insert((p.partition, p.offset), format!("v{}", from + i))
+                    .is_none()
+            );
+        }
+    };
+    note(producer.append(batch(0, 7)).await.unwrap(), 0);
+    note(producer.append(batch(7, 20_000)).await.unwrap(), 7);
+    let prepared = producer.prepare(batch(20_007, 9_000)).await.unwrap();
+    assert_eq!(prepared.len(), 9_000);
+    note(producer.append_prepared(prepared).await.unwrap(), 20_007);
+
+    let mut consumer = log.consumer("g").await.unwrap();
+    let read: BTreeMap<(u32, i64), String> = drain(consumer.as_mut(), written.len())
+        .await
+        .into_iter()
+        .map(|c| ((c.partition, c.offset), String::from_utf8(c.value).unwrap()))
+        .collect();
+    assert_eq!(read, written);
+
+    // An append prepared for a log of other partitions is refused whole.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = EmbeddedLog::open(other_dir.path(), Some(2)).await.unwrap();
+    let foreign = other.producer().prepare(batch(0, 3)).await.unwrap();
+    let err = producer.append_prepared(foreign).await.unwrap_err();
+    assert!(
+        matches!(err, spendstream_log::Error::ForeignAppend),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn embedded_segments_stay_under_their_byte_limit() {
     // 40 records of 1 MiB (the edge's largest) in one append and one
     // partition: more than one segment's 32 MiB, so two segments.

@@ -42,6 +42,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("entry_packed", |b| {
         b.iter(|| spendstream_schemas::unpack(black_box(&packed)).unwrap())
     });
+    // What they pay now: the record's text borrowed from the entry.
+    group.bench_function("entry_packed_borrowed", |b| {
+        b.iter(|| spendstream_schemas::unpack_borrowed(black_box(&packed)).unwrap())
+    });
     // What the edge pays for an entry after validation: the JSON text
     // copied into an envelope, or the record packed.
     let view = RecordView::from_json(RECORD).unwrap();

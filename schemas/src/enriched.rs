@@ -181,11 +181,14 @@ const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 /// A record's metadata as the JSON object text the sinks store.
 pub fn metadata_json<S: AsRef<str>>(metadata: &std::collections::BTreeMap<S, S>) -> String {
-    let text: std::collections::BTreeMap<&str, &str> = metadata
-        .iter()
-        .map(|(k, v)| (k.as_ref(), v.as_ref()))
-        .collect();
-    serde_json::to_string(&text).unwrap_or_default()
+    /// The map serialized as its text, without a copy of it.
+    struct Text<'a, S>(&'a std::collections::BTreeMap<S, S>);
+    impl<S: AsRef<str>> serde::Serialize for Text<'_, S> {
+        fn serialize<Z: serde::Serializer>(&self, z: Z) -> Result<Z::Ok, Z::Error> {
+            z.collect_map(self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+        }
+    }
+    serde_json::to_string(&Text(metadata)).unwrap_or_default()
 }
 
 /// Converts records into one Arrow batch of [`arrow_schema`].
