@@ -1,8 +1,9 @@
 //! Group commit: concurrent requests share log appends. One task owns the
 //! producer; chunks that queued up while it was busy go out together in
-//! the next append, so throughput does not hinge on request size. The
-//! next group is prepared (the embedded log partitions and compresses it)
-//! while the one before is being written, and is written after it.
+//! the next append, so throughput does not hinge on request size. A group
+//! is formed as soon as the write before it started and prepared (the
+//! embedded log partitions and compresses it) while that write runs;
+//! chunks arriving after it formed go into the group after it.
 
 use spendstream_log::{LogProducer, Record};
 use std::sync::Arc;
@@ -106,16 +107,17 @@ async fn run(
             sizes,
             total,
         };
+        let preparing = Instant::now();
         let prepared = match tokio::time::timeout(timeout, producer.prepare(records)).await {
             Ok(Ok(prepared)) => prepared,
             // Nothing was written: answered at once, without waiting for
             // the write before.
             Ok(Err(e)) => {
-                group.answer(Err(AppendError::Log(Arc::new(e))));
+                group.answer(Err(AppendError::Log(Arc::new(e))), preparing.elapsed());
                 continue;
             }
             Err(_) => {
-                group.answer(Err(AppendError::Timeout(timeout)));
+                group.answer(Err(AppendError::Timeout(timeout)), preparing.elapsed());
                 continue;
             }
         };
@@ -134,9 +136,7 @@ async fn run(
                     Ok(Err(e)) => Err(AppendError::Log(Arc::new(e))),
                     Err(_) => Err(AppendError::Timeout(timeout)),
                 };
-            metrics::histogram!(crate::metrics::LOG_APPEND_SECONDS.name)
-                .record(started.elapsed().as_secs_f64());
-            group.answer(result);
+            group.answer(result, started.elapsed());
         }));
     }
     if let Some(last) = writing {
@@ -152,7 +152,10 @@ struct Group {
 }
 
 impl Group {
-    fn answer(self, result: Result<(), AppendError>) {
+    /// Answers every request of the group with `result`, which took
+    /// `seconds` (the write; the preparation when that failed).
+    fn answer(self, result: Result<(), AppendError>, seconds: Duration) {
+        metrics::histogram!(crate::metrics::LOG_APPEND_SECONDS.name).record(seconds.as_secs_f64());
         metrics::histogram!(crate::metrics::LOG_APPEND_RECORDS.name).record(self.total as f64);
         if let Err(error) = &result {
             spendstream_schemas::metrics::error("log_append", error.kind());

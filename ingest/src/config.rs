@@ -5,7 +5,9 @@ use std::time::Duration;
 
 /// A claim on an idempotency key whose request has not finished after this
 /// long is taken over (its process died). Every request ends before it:
-/// the body and append timeouts must add up to less.
+/// the body timeout and three append timeouts must add up to less (a
+/// chunk waits at most for its group's preparation, the write before its
+/// own, and its own write).
 pub const IDEMPOTENCY_STALE_AFTER: Duration = Duration::from_secs(900);
 
 /// Limits and batching of the HTTP edge.
@@ -113,10 +115,11 @@ impl IngestConfig {
                 return Err(format!("{flag} must be at least 1"));
             }
         }
-        if self.body_timeout + self.append_timeout >= IDEMPOTENCY_STALE_AFTER {
+        if self.body_timeout + 3 * self.append_timeout >= IDEMPOTENCY_STALE_AFTER {
             return Err(format!(
-                "--body-timeout-secs ({}) plus --append-timeout-secs ({}) must stay under {} s, \
-                 the age at which an unfinished Idempotency-Key claim is taken over",
+                "--body-timeout-secs ({}) plus three --append-timeout-secs ({}: a chunk may wait \
+                 for its append's preparation, the write before it and its own write) must stay \
+                 under {} s, the age at which an unfinished Idempotency-Key claim is taken over",
                 self.body_timeout.as_secs(),
                 self.append_timeout.as_secs(),
                 IDEMPOTENCY_STALE_AFTER.as_secs()

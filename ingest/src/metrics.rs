@@ -20,7 +20,7 @@ pub const IDEMPOTENT_REPLAYS_TOTAL: Metric = Metric::counter(
 pub const LOG_APPEND_SECONDS: Metric = Metric::histogram(
     "spendstream_log_append_seconds",
     &[],
-    "Time for the log to confirm one append (a group of requests' records).",
+    "Time for the log to write one append (a group of requests' records), from the start of its write; its preparation before it (partitioning, compression) is not included unless it failed.",
 );
 pub const LOG_APPEND_RECORDS: Metric = Metric::histogram(
     "spendstream_log_append_records",
