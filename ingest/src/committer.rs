@@ -355,4 +355,156 @@ mod tests {
             ["prepare 1", "write 1", "prepare 2", "written", "write 2"]
         );
     }
+
+    /// What a [`Scripted`] producer does with the append of `n` records.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Prepared and written at once.
+        Ok,
+        /// Its preparation fails.
+        PrepareFails,
+        /// Its write waits for a permit of the gate.
+        Gated,
+        /// Its write never ends.
+        Hangs,
+        /// Its write panics.
+        Panics,
+    }
+
+    /// Does with each append what the script says for its record count.
+    struct Scripted {
+        script: fn(usize) -> Script,
+        gate: Semaphore,
+        writes_started: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl LogProducer for Scripted {
+        async fn append(&self, _: Vec<Record>) -> spendstream_log::Result<Vec<Position>> {
+            unreachable!("the committer prepares every append")
+        }
+
+        async fn prepare(
+            &self,
+            records: Vec<Record>,
+        ) -> spendstream_log::Result<spendstream_log::Prepared> {
+            match (self.script)(records.len()) {
+                Script::PrepareFails => Err(spendstream_log::Error::ForeignAppend),
+                _ => Ok(spendstream_log::Prepared::records(records)),
+            }
+        }
+
+        async fn append_prepared(
+            &self,
+            prepared: spendstream_log::Prepared,
+        ) -> spendstream_log::Result<Vec<Position>> {
+            self.writes_started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match (self.script)(prepared.len()) {
+                Script::Gated => drop(self.gate.acquire().await),
+                Script::Hangs => std::future::pending::<()>().await,
+                Script::Panics => panic!("a write that panics"),
+                Script::Ok | Script::PrepareFails => {}
+            }
+            Ok(vec![
+                Position {
+                    partition: 0,
+                    offset: 0
+                };
+                prepared.len()
+            ])
+        }
+    }
+
+    fn scripted(
+        script: fn(usize) -> Script,
+        timeout: Duration,
+    ) -> (
+        Arc<Scripted>,
+        impl Fn(usize) -> oneshot::Receiver<Result<usize, AppendError>>,
+    ) {
+        let producer = Arc::new(Scripted {
+            script,
+            gate: Semaphore::new(0),
+            writes_started: Default::default(),
+        });
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(producer.clone(), rx, 1000, timeout));
+        let send = move |n| {
+            let (reply, rx) = oneshot::channel();
+            tx.try_send(Job {
+                records: records(n),
+                reply,
+            })
+            .unwrap();
+            rx
+        };
+        (producer, send)
+    }
+
+    /// A group whose preparation failed wrote nothing: it is answered at
+    /// once, not after the write before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_preparation_is_answered_without_waiting_for_the_write_before() {
+        let (producer, send) = scripted(
+            |n| {
+                if n == 1 {
+                    Script::Gated
+                } else {
+                    Script::PrepareFails
+                }
+            },
+            Duration::from_secs(30),
+        );
+        let mut first = send(1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while producer
+            .writes_started
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "no write started");
+            tokio::task::yield_now().await;
+        }
+        let second = send(2);
+        let answered = tokio::time::timeout(Duration::from_secs(10), second).await;
+        let answer = answered.expect("answered while the write before is held");
+        assert!(matches!(answer.unwrap(), Err(AppendError::Log(_))));
+        assert!(first.try_recv().is_err(), "the first write is still held");
+        producer.gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+    }
+
+    /// A write past the append timeout is answered as a timeout, and the
+    /// groups after it are written: a log that hangs costs each group its
+    /// own timeout, not the committer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_hangs_times_out_and_the_next_group_is_written() {
+        let (_producer, send) = scripted(
+            |n| if n == 1 { Script::Hangs } else { Script::Ok },
+            Duration::from_millis(200),
+        );
+        let first = send(1);
+        assert!(matches!(first.await.unwrap(), Err(AppendError::Timeout(_))));
+        let next = tokio::time::timeout(Duration::from_secs(10), send(2)).await;
+        assert_eq!(
+            next.expect("the hung write held the next one")
+                .unwrap()
+                .unwrap(),
+            2
+        );
+    }
+
+    /// A write that panics leaves its requests unconfirmed (they see the
+    /// committer as stopped, a 503), and the committer goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_panics_fails_its_group_only() {
+        let (_producer, send) = scripted(
+            |n| if n == 1 { Script::Panics } else { Script::Ok },
+            Duration::from_secs(30),
+        );
+        let first = send(1);
+        assert!(first.await.is_err(), "no answer from a panicked write");
+        assert_eq!(send(2).await.unwrap().unwrap(), 2);
+    }
 }
