@@ -202,13 +202,44 @@ mod tests {
             if first {
                 let _permit = self.gate.acquire().await;
             }
-            Ok(vec![
-                Position {
-                    partition: 0,
-                    offset: 0
-                };
-                records.len()
-            ])
+            Ok(positions(records.len()))
+        }
+    }
+
+    fn positions(n: usize) -> Vec<Position> {
+        vec![
+            Position {
+                partition: 0,
+                offset: 0
+            };
+            n
+        ]
+    }
+
+    type Reply = oneshot::Receiver<Result<usize, AppendError>>;
+
+    /// A committer over `producer`; the function returned queues a
+    /// request of `n` records and gives its answer to come.
+    fn start(producer: Arc<dyn LogProducer>, timeout: Duration) -> impl Fn(usize) -> Reply {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(producer, rx, 1000, timeout));
+        move |n| {
+            let (reply, rx) = oneshot::channel();
+            tx.try_send(Job {
+                records: records(n),
+                reply,
+            })
+            .unwrap();
+            rx
+        }
+    }
+
+    /// Yields until `done`, failing after 10 s with `what`.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::task::yield_now().await;
         }
     }
 
@@ -243,14 +274,10 @@ mod tests {
         };
         let (first, first_rx) = job(10);
         tx.send(first).await.unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while producer.calls.lock().unwrap().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the first append never started"
-            );
-            tokio::task::yield_now().await;
-        }
+        until("the first append never started", || {
+            !producer.calls.lock().unwrap().is_empty()
+        })
+        .await;
         let mut waiting = Vec::new();
         for n in [1, 2, 3, 4, 5] {
             let (j, rx) = job(n);
@@ -299,13 +326,7 @@ mod tests {
                 let _permit = self.gate.acquire().await;
                 self.events.lock().unwrap().push("written".into());
             }
-            Ok(vec![
-                Position {
-                    partition: 0,
-                    offset: 0
-                };
-                prepared.len()
-            ])
+            Ok(positions(prepared.len()))
         }
     }
 
@@ -317,25 +338,15 @@ mod tests {
             events: Mutex::new(Vec::new()),
             gate: Semaphore::new(0),
         });
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(producer.clone(), rx, 1000, Duration::from_secs(10)));
-        let send = |n| {
-            let (reply, rx) = oneshot::channel();
-            tx.try_send(Job {
-                records: records(n),
-                reply,
-            })
-            .unwrap();
-            rx
-        };
+        let send = start(producer.clone(), Duration::from_secs(10));
         let wait_for = |event: &'static str| {
             let producer = producer.clone();
             async move {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while !producer.events.lock().unwrap().iter().any(|e| e == event) {
-                    assert!(std::time::Instant::now() < deadline, "no `{event}`");
-                    tokio::task::yield_now().await;
-                }
+                let no = format!("no `{event}`");
+                until(&no, || {
+                    producer.events.lock().unwrap().iter().any(|e| e == event)
+                })
+                .await;
             }
         };
         let first = send(1);
@@ -406,39 +417,20 @@ mod tests {
                 Script::Panics => panic!("a write that panics"),
                 Script::Ok | Script::PrepareFails => {}
             }
-            Ok(vec![
-                Position {
-                    partition: 0,
-                    offset: 0
-                };
-                prepared.len()
-            ])
+            Ok(positions(prepared.len()))
         }
     }
 
     fn scripted(
         script: fn(usize) -> Script,
         timeout: Duration,
-    ) -> (
-        Arc<Scripted>,
-        impl Fn(usize) -> oneshot::Receiver<Result<usize, AppendError>>,
-    ) {
+    ) -> (Arc<Scripted>, impl Fn(usize) -> Reply) {
         let producer = Arc::new(Scripted {
             script,
             gate: Semaphore::new(0),
             writes_started: Default::default(),
         });
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run(producer.clone(), rx, 1000, timeout));
-        let send = move |n| {
-            let (reply, rx) = oneshot::channel();
-            tx.try_send(Job {
-                records: records(n),
-                reply,
-            })
-            .unwrap();
-            rx
-        };
+        let send = start(producer.clone(), timeout);
         (producer, send)
     }
 
@@ -457,15 +449,13 @@ mod tests {
             Duration::from_secs(30),
         );
         let mut first = send(1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while producer
-            .writes_started
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 0
-        {
-            assert!(std::time::Instant::now() < deadline, "no write started");
-            tokio::task::yield_now().await;
-        }
+        until("no write started", || {
+            producer
+                .writes_started
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0
+        })
+        .await;
         let second = send(2);
         let answered = tokio::time::timeout(Duration::from_secs(10), second).await;
         let answer = answered.expect("answered while the write before is held");
