@@ -16,8 +16,9 @@
 //! so SQL sessions read `expenses_latest` as the lake minus those (an
 //! anti-join with a small table) instead of deduping every version.
 //!
-//! Memory is bounded: past `max_rows` entries (an expense is about 80
-//! bytes, a superseded version about 40; interned texts come on top) the
+//! Memory is bounded: past `max_rows` entries (an expense is about 70
+//! bytes, 82 with an amount in its tenant's base currency, a superseded
+//! version about 40; interned texts come on top) the
 //! state is dropped for good and reports fall back to the SQL path, with a
 //! warning. A refresh that fails leaves the state at no version until one
 //! succeeds, so a half-read table version never answers.
@@ -41,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 
-/// Entries the current state holds by default (about 200 MB): room for
+/// Entries the current state holds by default (about 150 MB): room for
 /// 2,000,000 expenses with their ingest batches (one entry per request) and
 /// some superseded versions or lifecycle links. Past the bound reports read
 /// the lake (measured: 1.6–2.3 s a report for 2M expenses, within the
@@ -174,8 +175,12 @@ impl Latest {
     }
 }
 
-/// The latest version of one expense, as reports read it.
+/// The latest version of one expense, as reports read it: 36 bytes, 4-byte
+/// aligned (48 with the base amount in it, which only tenants with FX
+/// rates have: it is kept apart, in [`Tenant::base`]). At 2M expenses the
+/// state's largest allocation.
 #[derive(Clone, Copy)]
+#[repr(C, packed(4))]
 struct Row {
     amount_minor: i64,
     /// Days since 1970-01-01.
@@ -188,10 +193,22 @@ struct Row {
     currency: u32,
     /// Index in [`Status::ALL`].
     status: u8,
-    /// The amount in the tenant's base currency (`base_currency`
-    /// [`NONE`]: no rate was known).
-    base_minor: i64,
-    base_currency: u32,
+}
+
+/// The amount of one expense in its tenant's base currency.
+#[derive(Clone, Copy)]
+#[repr(C, packed(4))]
+struct Base {
+    minor: i64,
+    /// [`NONE`]: no rate was known.
+    currency: u32,
+}
+
+impl Base {
+    const NONE: Base = Base {
+        minor: 0,
+        currency: NONE,
+    };
 }
 
 /// One tenant's expenses.
@@ -199,6 +216,9 @@ struct Row {
 struct Tenant {
     strings: Strings,
     rows: Vec<Row>,
+    /// By slot as `rows`, the amounts in the base currency; empty until
+    /// the first one arrives.
+    base: Vec<Base>,
     /// Each expense's slot in `rows` and the version held there, by its
     /// id as the 128 bits of its UUID (a quarter of the text's memory).
     latest: Latest,
@@ -339,16 +359,14 @@ impl Tenant {
                     .position(|s| s.as_str() == status)
                     .and_then(|p| u8::try_from(p).ok())
                     .unwrap_or(UNKNOWN_STATUS),
-                base_minor: if base_amounts.is_null(i) {
-                    0
-                } else {
-                    base_amounts.value(i)
-                },
-                base_currency: if base_amounts.is_null(i) {
-                    NONE
-                } else {
-                    self.strings.intern(value(base_currencies, i))
-                },
+            };
+            let base = if base_amounts.is_null(i) {
+                Base::NONE
+            } else {
+                Base {
+                    minor: base_amounts.value(i),
+                    currency: self.strings.intern(value(base_currencies, i)),
+                }
             };
             let slot = match held {
                 Some((slot, older)) => {
@@ -363,6 +381,7 @@ impl Tenant {
                     slot
                 }
             };
+            self.set_base(slot, base);
             // The expense this version names, in the same tenant and
             // source (never itself).
             let target = match (value(related, i), value(sources, i)) {
@@ -394,6 +413,23 @@ impl Tenant {
             self.settle(id);
         }
         Ok(self.entries() - before)
+    }
+
+    /// Sets the base amount of the row at `slot`, keeping [`Tenant::base`]
+    /// empty while no row has one.
+    fn set_base(&mut self, slot: u32, base: Base) {
+        if base.currency == NONE && self.base.is_empty() {
+            return;
+        }
+        if self.base.len() < self.rows.len() {
+            self.base.resize(self.rows.len(), Base::NONE);
+        }
+        self.base[slot as usize] = base;
+    }
+
+    /// The base amount of the row at `slot`.
+    fn base(&self, slot: usize) -> Base {
+        self.base.get(slot).copied().unwrap_or(Base::NONE)
     }
 
     /// Entries held, for the memory bound.
@@ -913,10 +949,10 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<Part> {
             && to.is_none_or(|t| row.date <= t)
             && categories
                 .as_ref()
-                .is_none_or(|c| c.contains(&row.category))
+                .is_none_or(|c| c.contains(&{ row.category }))
             && currencies
                 .as_ref()
-                .is_none_or(|c| c.contains(&row.currency))
+                .is_none_or(|c| c.contains(&{ row.currency }))
             && account.is_none_or(|a| row.account == a)
             && employee.is_none_or(|e| row.employee == e)
             && filters
@@ -936,13 +972,14 @@ fn aggregate(tenant: &Tenant, ask: &Ask<'_>) -> Vec<Part> {
             GroupBy::Currency => i64::from(row.currency),
             GroupBy::Day | GroupBy::Week | GroupBy::Month => i64::from(row.date),
         };
+        let base = tenant.base(slot);
         let total = groups
-            .entry((group, row.currency, row.base_currency))
+            .entry((group, row.currency, base.currency))
             .or_default();
         total.count += 1;
         total.minor += counted;
-        if row.base_currency != NONE {
-            total.base_minor += counts_as(row.base_minor);
+        if base.currency != NONE {
+            total.base_minor += counts_as(base.minor);
         }
     }
     groups
@@ -1044,6 +1081,17 @@ mod tests {
                 rec(r.clone(), Reversed, Some(p), amount),
                 rec(t, Reversed, Some(r), amount),
             ],
+        }
+    }
+
+    /// Every status, by currency, under `filters`.
+    fn by_currency(filters: &Filters) -> Ask<'_> {
+        Ask {
+            group_by: GroupBy::Currency,
+            statuses: &Status::ALL,
+            from: None,
+            to: None,
+            filters,
         }
     }
 
@@ -1201,14 +1249,7 @@ mod tests {
             let want = model(&recs);
 
             let filters = Filters::default();
-            let ask = Ask {
-                group_by: GroupBy::Currency,
-                statuses: &Status::ALL,
-                from: None,
-                to: None,
-                filters: &filters,
-            };
-            let rows = aggregate(&tenant, &ask);
+            let rows = aggregate(&tenant, &by_currency(&filters));
             let got = rows.iter().fold((0, 0i128), |(c, s), r| (c + r.count, s + r.minor));
             proptest::prop_assert_eq!(got, want, "state, arrivals {:?}", arrived);
             let base: i128 = rows.iter().map(|r| r.base_minor).sum();
@@ -1263,6 +1304,54 @@ mod tests {
         assert_eq!(latest.get(id(100_000)), None);
         assert_eq!(latest.get((1 << 64) | 2), None, "low half differs");
         assert_eq!(latest.get((2 << 64) | 1), None, "high half differs");
+    }
+
+    /// Base amounts live beside the rows, only once a row has one, and
+    /// follow each expense's latest version either way.
+    #[test]
+    fn base_amounts_are_held_apart_from_the_first_one_on() {
+        assert_eq!(std::mem::size_of::<Row>(), 36, "the state's row grew");
+        let posted = |from: usize, version: i64| -> Vec<(Rec, i64)> {
+            (from..from + 3)
+                .map(|i| (rec(format!("p{i}"), Status::Posted, None, 100), version))
+                .collect()
+        };
+        // Columns 14 and 15 (base amount, base currency) all null.
+        let without_base = |batch: RecordBatch| {
+            let mut columns = batch.columns().to_vec();
+            for i in [14, 15] {
+                columns[i] = datafusion::arrow::array::new_null_array(
+                    columns[i].data_type(),
+                    batch.num_rows(),
+                );
+            }
+            RecordBatch::try_new(batch.schema(), columns).unwrap()
+        };
+        let mut tenant = Tenant::default();
+        tenant
+            .merge("t", &without_base(with_external_id(&posted(0, 1), false)))
+            .unwrap();
+        assert!(tenant.base.is_empty(), "no row has a base amount yet");
+        tenant
+            .merge("t", &with_external_id(&posted(3, 1), false))
+            .unwrap();
+        // p3 again, a later version without a base amount.
+        let later: Vec<(Rec, i64)> = posted(3, 2).into_iter().take(1).collect();
+        tenant
+            .merge("t", &without_base(with_external_id(&later, false)))
+            .unwrap();
+        assert_eq!(tenant.base.len(), tenant.rows.len());
+        let filters = Filters::default();
+        let mut parts: Vec<(Option<String>, i64, i128, i128)> =
+            aggregate(&tenant, &by_currency(&filters))
+                .into_iter()
+                .map(|p| (p.base_currency, p.count, p.minor, p.base_minor))
+                .collect();
+        parts.sort();
+        assert_eq!(
+            parts,
+            vec![(None, 4, 400, 0), (Some("USD".into()), 2, 200, 400)]
+        );
     }
 
     #[test]
