@@ -223,3 +223,33 @@ pub async fn rows_and_distinct(lake: &Lake) -> (i64, i64) {
     };
     (col(0), col(1))
 }
+
+/// A record of `tenant` (source `s`, account `a`, EUR) as processors write
+/// it, at log partition 0 and offset `offset`, which is also its version.
+pub fn record(
+    tenant: &str,
+    ext: &str,
+    amount: &str,
+    date: &str,
+    offset: i64,
+) -> spendstream_schemas::EnrichedRecord {
+    let raw = format!(
+        r#"{{"source":"s","external_id":"{ext}","account_id":"a","transaction_date":"{date}","amount":"{amount}","currency":"EUR"}}"#
+    );
+    let now = chrono::Utc::now();
+    spendstream_schemas::EnrichedRecord {
+        expense_id: spendstream_schemas::expense_id(tenant, "s", ext),
+        tenant_id: tenant.into(),
+        version: offset,
+        record: spendstream_schemas::ExpenseRecord::from_json(&raw)
+            .expect("the test record is valid"),
+        category: spendstream_schemas::Category::Other,
+        merchant_normalized: None,
+        batch_id: "b".into(),
+        ingested_at: now,
+        processed_at: now,
+        log_partition: 0,
+        log_offset: offset,
+        base: None,
+    }
+}

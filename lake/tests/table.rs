@@ -3,12 +3,11 @@
 //! reads through DataFusion, checkpoints, compaction and vacuum. Every test
 //! runs on both, as `<name>::file` and `<name>::s3`.
 
-use chrono::Utc;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt as _;
-use spendstream_lake::testing::{TestBucket, rows_and_distinct};
+use spendstream_lake::testing::{TestBucket, record, rows_and_distinct};
 use spendstream_lake::{AppTxn, Lake, LakeOptions, WriteOutcome};
-use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, to_record_batch};
+use spendstream_schemas::to_record_batch;
 use std::time::{Duration, Instant};
 
 /// Where a test's table lives.
@@ -137,27 +136,6 @@ on_file_and_s3!(
     compaction_during_writes_changes_no_total,
     vacuum_removes_only_what_no_commit_needs,
 );
-
-fn record(tenant: &str, ext: &str, amount: &str, date: &str, offset: i64) -> EnrichedRecord {
-    let raw = format!(
-        r#"{{"source":"s","external_id":"{ext}","account_id":"a","transaction_date":"{date}","amount":"{amount}","currency":"EUR"}}"#
-    );
-    let now = Utc::now();
-    EnrichedRecord {
-        expense_id: expense_id(tenant, "s", ext),
-        tenant_id: tenant.into(),
-        version: offset,
-        record: ExpenseRecord::from_json(&raw).unwrap(),
-        category: Category::Other,
-        merchant_normalized: None,
-        batch_id: "b".into(),
-        ingested_at: now,
-        processed_at: now,
-        log_partition: 0,
-        log_offset: offset,
-        base: None,
-    }
-}
 
 fn txn(app_id: &str, version: i64) -> Vec<AppTxn> {
     vec![AppTxn {
