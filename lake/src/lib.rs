@@ -30,6 +30,7 @@ use delta_kernel::expressions::Scalar;
 use deltalake::arrow::array::{Array as _, RecordBatch, StringArray, UInt32Array};
 use deltalake::arrow::compute::take_record_batch;
 use deltalake::arrow::datatypes::Schema;
+use deltalake::arrow::error::ArrowError;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
@@ -606,25 +607,25 @@ async fn append(
             share.1.push(part);
         }
     }
-    let tasks: Vec<_> = shares
-        .into_iter()
-        .map(|(_, parts)| {
-            let writer = RecordBatchWriter::for_table(table)
-                .map(|w| w.with_writer_properties(writer_properties()));
-            tokio::spawn(async move {
-                let mut writer = writer?;
-                for (values, rows) in parts {
-                    writer
-                        .write_partition(rows, &values, WriteMode::Default)
-                        .await?;
-                }
-                Ok::<_, Error>(writer.flush().await?)
-            })
-        })
-        .collect();
+    // Dropping the set (the first failure returns, or the caller gives up)
+    // aborts the other writers; a writer dropped mid-file cancels its
+    // upload.
+    let mut writers = tokio::task::JoinSet::new();
+    for (_, parts) in shares {
+        let mut writer =
+            RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
+        writers.spawn(async move {
+            for (values, rows) in parts {
+                writer
+                    .write_partition(rows, &values, WriteMode::Default)
+                    .await?;
+            }
+            Ok::<_, Error>(writer.flush().await?)
+        });
+    }
     let mut actions = Vec::new();
-    for task in tasks {
-        let adds = match task.await {
+    while let Some(done) = writers.join_next().await {
+        let adds = match done {
             Ok(adds) => adds?,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => return Err(Error::Io(std::io::Error::other(e))),
@@ -663,13 +664,20 @@ fn by_partition(batch: RecordBatch) -> Result<Vec<Part>> {
     };
     let [tenant, month] = PARTITION_COLUMNS.map(column);
     let keys = [tenant?, month?];
-    let key = |i: usize| keys.map(|k| k.is_valid(i).then(|| k.value(i)));
+    // Not nullable; `write_partition` would file a null under the Hive
+    // default partition.
+    if keys.iter().any(|k| k.null_count() > 0) {
+        return Err(Error::Arrow(ArrowError::InvalidArgumentError(
+            "a row without a tenant_id or month".into(),
+        )));
+    }
+    let key = |i: usize| keys.map(|k| k.value(i));
     // Each row's partition, numbered as they first appear, and where each
     // partition's first row is.
     let n = batch.num_rows();
     let mut group_of: Vec<u32> = Vec::with_capacity(n);
     let mut first_row: Vec<usize> = Vec::new();
-    let mut numbers: HashMap<[Option<&str>; 2], u32> = HashMap::new();
+    let mut numbers: HashMap<[&str; 2], u32> = HashMap::new();
     let mut runs = 0;
     for i in 0..n {
         let same = i > 0 && key(i) == key(i - 1);
@@ -690,13 +698,7 @@ fn by_partition(batch: RecordBatch) -> Result<Vec<Part>> {
         PARTITION_COLUMNS
             .iter()
             .zip(key(i))
-            .map(|(name, value)| {
-                let value = match value {
-                    Some(v) => Scalar::String(v.to_string()),
-                    None => Scalar::Null(delta_kernel::schema::DataType::STRING),
-                };
-                ((*name).to_string(), value)
-            })
+            .map(|(name, value)| ((*name).to_string(), Scalar::String(value.to_string())))
             .collect()
     };
     let mut counts = vec![0usize; first_row.len()];
@@ -812,6 +814,27 @@ mod tests {
         for (_, rows) in by_partition(batch.clone()).unwrap() {
             assert_eq!(values(&rows), values(&batch));
         }
+    }
+
+    #[test]
+    fn a_row_without_a_partition_value_is_refused() {
+        let batch = spendstream_schemas::to_record_batch(&[
+            record("a", "2026-01-03", 0),
+            record("a", "2026-01-04", 1),
+        ])
+        .unwrap();
+        let i = batch.schema().index_of("tenant_id").unwrap();
+        let mut fields: Vec<deltalake::arrow::datatypes::Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[i] = fields[i].clone().with_nullable(true);
+        let mut columns = batch.columns().to_vec();
+        columns[i] = Arc::new(StringArray::from(vec![Some("a"), None]));
+        let nulls = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        assert!(matches!(by_partition(nulls), Err(Error::Arrow(_))));
     }
 
     #[test]
