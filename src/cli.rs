@@ -346,10 +346,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SPENDSTREAM_REPORT_CACHE_ROWS", default_value_t = spendstream_query_api::DEFAULT_REPORT_CACHE_ROWS)]
     pub report_cache_rows: usize,
     /// Entries of the query service's in-memory current state: the latest
-    /// version of each expense (about 70 bytes), each superseded version
-    /// and lifecycle link (about 40) and each ingest request (about 50),
-    /// read once and then only from the files each commit adds. Past it
-    /// reports and SQL read the lake for each answer (0: always).
+    /// version of each expense (about 70 bytes, 82 with base-currency
+    /// amounts), each superseded version and lifecycle link (about 40) and
+    /// each ingest request (about 50), read once and then only from the
+    /// files each commit adds. Past it reports and SQL read the lake for
+    /// each answer (0: always).
     #[arg(long, env = "SPENDSTREAM_REPORT_STATE_ROWS", default_value_t = spendstream_query_api::current::DEFAULT_REPORT_STATE_ROWS)]
     pub report_state_rows: usize,
     /// Hours the periodic vacuum keeps files compaction replaced (readers

@@ -17,8 +17,8 @@
 //! anti-join with a small table) instead of deduping every version.
 //!
 //! Memory is bounded: past `max_rows` entries (an expense is about 70
-//! bytes, 82 with an amount in its tenant's base currency, a superseded
-//! version about 40; interned texts come on top) the
+//! bytes, 82 in a tenant where any expense has an amount in its base
+//! currency, a superseded version about 40; interned texts come on top) the
 //! state is dropped for good and reports fall back to the SQL path, with a
 //! warning. A refresh that fails leaves the state at no version until one
 //! succeeds, so a half-read table version never answers.
@@ -42,7 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard, RwLock};
 
-/// Entries the current state holds by default (about 150 MB): room for
+/// Entries the current state holds by default (about 150 MB, 175 MB with
+/// base-currency amounts): room for
 /// 2,000,000 expenses with their ingest batches (one entry per request) and
 /// some superseded versions or lifecycle links. Past the bound reports read
 /// the lake (measured: 1.6–2.3 s a report for 2M expenses, within the
