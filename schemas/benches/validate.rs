@@ -57,6 +57,23 @@ fn bench(c: &mut Criterion) {
     group.bench_function("write_packed", |b| {
         b.iter(|| packed_writer.write(black_box(&view)))
     });
+    // A record's id, against what it was: `uuid`'s own v5 of the key.
+    let id = || black_box(("acme", "visa-commercial", "visa-100042"));
+    group.bench_function("expense_id", |b| {
+        b.iter(|| {
+            let (tenant, source, external_id) = id();
+            spendstream_schemas::expense_id(tenant, source, external_id)
+        })
+    });
+    group.bench_function("expense_id_uuid_new_v5", |b| {
+        b.iter(|| {
+            let (tenant, source, external_id) = id();
+            uuid::Uuid::new_v5(
+                &spendstream_schemas::identity::EXPENSE_ID_NAMESPACE,
+                spendstream_schemas::identity_key(tenant, source, external_id).as_bytes(),
+            )
+        })
+    });
     group.finish();
     c.bench_function("money_parse", |b| {
         let usd = spendstream_schemas::Currency::from_code("USD").unwrap();
