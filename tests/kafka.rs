@@ -86,7 +86,7 @@ async fn raw_topic_keys(kafka: &TestKafka, expect: usize) -> BTreeMap<Vec<u8>, u
             assert_eq!(header("schema_version").as_deref(), Some("2"));
             assert!(header("batch_id").is_some_and(|v| !v.is_empty()));
             assert!(header("request_id").is_some_and(|v| !v.is_empty()));
-            *keys.entry(c.key).or_insert(0) += 1;
+            *keys.entry(c.key.to_vec()).or_insert(0) += 1;
             total += 1;
         }
         if total >= expect && quiet_until.is_none() {

@@ -672,7 +672,8 @@ fn read_partition(
         let count: i64 = row.get(1)?;
         let ts: i64 = row.get(2)?;
         let data = row.get_ref(3)?.as_blob().map_err(rusqlite::Error::from)?;
-        let data = crate::segment::open(data)?;
+        // One buffer per segment, which its records' keys and values slice.
+        let data = bytes::Bytes::from(crate::segment::open(data)?.into_owned());
         let mut reader = SegmentReader::new(&data)?;
         if i64::from(reader.remaining()) != count {
             return Err(Error::CorruptSegment(format!(
@@ -686,8 +687,8 @@ fn read_partition(
                 out.push(Consumed {
                     partition,
                     offset,
-                    key: record.key.to_vec(),
-                    value: record.value.to_vec(),
+                    key: data.slice_ref(record.key),
+                    value: data.slice_ref(record.value),
                     headers: record.headers.clone(),
                     timestamp_ms: ts,
                 });

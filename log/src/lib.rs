@@ -86,8 +86,10 @@ pub struct Position {
 pub struct Consumed {
     pub partition: Partition,
     pub offset: Offset,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    /// Key and value share the buffer of the segment they were read from
+    /// (embedded log): a record read costs no allocation of its own.
+    pub key: bytes::Bytes,
+    pub value: bytes::Bytes,
     /// Shared by the records of one append that carry the same headers.
     pub headers: Headers,
     /// Append time, milliseconds since the epoch.

@@ -62,8 +62,8 @@ async fn same_key_same_partition_in_order(log: Arc<dyn Log>) {
     assert_eq!(got.len(), 10);
     let values: Vec<_> = got
         .iter()
-        .filter(|c| c.key == b"k1")
-        .map(|c| String::from_utf8(c.value.clone()).unwrap())
+        .filter(|c| c.key == b"k1".as_slice())
+        .map(|c| String::from_utf8(c.value.to_vec()).unwrap())
         .collect();
     assert_eq!(values, ["v0", "v1", "v2", "v3", "v4"]);
     assert_eq!(
@@ -360,7 +360,7 @@ async fn embedded_reads_resume_inside_large_appends() {
     seen.extend(drain(consumer.as_mut(), n - 4_321).await);
     let values: Vec<String> = seen
         .iter()
-        .map(|c| String::from_utf8(c.value.clone()).unwrap())
+        .map(|c| String::from_utf8(c.value.to_vec()).unwrap())
         .collect();
     let want: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
     assert_eq!(values, want);
@@ -404,7 +404,12 @@ async fn embedded_positions_hold_across_partitions_and_segments() {
     let read: BTreeMap<(u32, i64), String> = drain(consumer.as_mut(), written.len())
         .await
         .into_iter()
-        .map(|c| ((c.partition, c.offset), String::from_utf8(c.value).unwrap()))
+        .map(|c| {
+            (
+                (c.partition, c.offset),
+                String::from_utf8(c.value.to_vec()).unwrap(),
+            )
+        })
         .collect();
     assert_eq!(read, written);
 
@@ -501,7 +506,7 @@ async fn embedded_log_of_an_older_release_is_moved_into_segments() {
             (
                 c.partition,
                 c.offset,
-                String::from_utf8(c.value).unwrap(),
+                String::from_utf8(c.value.to_vec()).unwrap(),
                 c.headers.to_vec(),
             )
         })

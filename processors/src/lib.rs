@@ -813,8 +813,8 @@ mod tests {
                 Consumed {
                     partition: (i % 3) as Partition,
                     offset: i as i64,
-                    key: vec![],
-                    value,
+                    key: Default::default(),
+                    value: value.into(),
                     headers: Default::default(),
                     timestamp_ms: 0,
                 }

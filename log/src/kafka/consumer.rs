@@ -142,8 +142,8 @@ fn consumed(m: &BorrowedMessage<'_>) -> Consumed {
     Consumed {
         partition: m.partition() as Partition,
         offset: m.offset(),
-        key: m.key().unwrap_or_default().to_vec(),
-        value: m.payload().unwrap_or_default().to_vec(),
+        key: bytes::Bytes::copy_from_slice(m.key().unwrap_or_default()),
+        value: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         headers,
         timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
     }

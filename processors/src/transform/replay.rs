@@ -42,8 +42,8 @@ mod tests {
         Consumed {
             partition,
             offset,
-            key: vec![],
-            value: vec![],
+            key: Default::default(),
+            value: Default::default(),
             headers: Default::default(),
             timestamp_ms: 0,
         }

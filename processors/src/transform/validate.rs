@@ -32,7 +32,7 @@ pub fn validate<'a>(entry: &'a Consumed, group: &str) -> Result<Valid<'a>, Box<D
             offset: entry.offset,
             code: code.as_str().to_string(),
             message,
-            payload: entry.value.clone(),
+            payload: entry.value.to_vec(),
         })
     };
     if entry.value.first() == Some(&PACKED_VERSION) {
@@ -123,7 +123,7 @@ pub fn refused(entry: &Consumed, group: &str, sink: &str, reason: &str) -> DeadL
         offset: entry.offset,
         code: ErrorCode::SinkRefused.as_str().to_string(),
         message: format!("the {sink} sink cannot hold this record: {reason}"),
-        payload: entry.value.clone(),
+        payload: entry.value.to_vec(),
     }
 }
 
@@ -136,8 +136,8 @@ mod tests {
         Consumed {
             partition: 0,
             offset: 7,
-            key: Vec::new(),
-            value,
+            key: Default::default(),
+            value: value.into(),
             headers: Vec::new().into(),
             timestamp_ms: 0,
         }
