@@ -191,7 +191,7 @@ impl Lake {
         .await
         {
             Ok(table) => {
-                loaded.table = table;
+                loaded.set(table);
                 Ok(true)
             }
             Err(e) if e.is_transient() => {

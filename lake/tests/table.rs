@@ -133,6 +133,7 @@ on_file_and_s3!(
     concurrent_writers_lose_no_update,
     checkpoints_are_written_every_n_commits,
     readers_refresh_at_most_every_read_refresh,
+    a_writers_own_appends_are_readable_at_once,
     compaction_during_writes_changes_no_total,
     vacuum_removes_only_what_no_commit_needs,
 );
@@ -400,6 +401,33 @@ async fn readers_refresh_at_most_every_read_refresh(target: Target) {
     // ...until the handle writes or reads a transaction version.
     assert_eq!(slow.txn_version("g-0").await.unwrap(), Some(0));
     assert_eq!(slow.version().await.unwrap(), before + 1);
+}
+
+/// A handle's appends go past the table state it loaded (no state is
+/// loaded after each commit), yet its own readers see each one at once,
+/// however long they may otherwise serve a loaded state.
+async fn a_writers_own_appends_are_readable_at_once(target: Target) {
+    let lake = target
+        .open_with(LakeOptions {
+            read_refresh: Duration::from_secs(3600),
+            ..target.options()
+        })
+        .await;
+    let before = lake.version().await.unwrap();
+    for offset in 0..3 {
+        commit_one(&lake, "g-0", &format!("e{offset}"), "2026-01-02", offset).await;
+        assert_eq!(lake.version().await.unwrap(), before + 1 + offset as u64);
+        assert_eq!(
+            sum_and_count(&lake, "t1").await,
+            (offset + 1, (offset + 1) * 100)
+        );
+    }
+    assert_eq!(
+        lake.known_txn_versions(&["g-0".into(), "g-1".into()])
+            .await
+            .unwrap(),
+        [Some(2), None]
+    );
 }
 
 /// Two compactions race each other and a writer: both rewrite each

@@ -39,14 +39,17 @@ impl LakeSink {
         app_id(&self.group, &self.log_id, partition)
     }
 
-    /// The versions the lake holds for these log partitions, read fresh
-    /// from the table: another member of the group may have written since.
+    /// The versions the lake holds for these log partitions, as this
+    /// process's writer knows them (without loading the table: that costs
+    /// a replay of every file's log entry). Another member of the group may
+    /// have written since; then a batch is not skipped here, and the
+    /// commit, which finds that out, leaves out what that member wrote.
     async fn held(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>> {
         if partitions.is_empty() {
             return Ok(BTreeMap::new());
         }
         let ids: Vec<String> = partitions.iter().map(|p| self.app_id(*p)).collect();
-        let versions = self.lake.txn_versions(&ids).await?;
+        let versions = self.lake.known_txn_versions(&ids).await?;
         Ok(partitions
             .iter()
             .zip(versions)
