@@ -404,10 +404,15 @@ impl Lake {
             .unwrap_or_else(|e| e.into_inner())
             .table
             .clone();
-        // Cleared first: an append made while this loads sets it again.
+        // Cleared first: an append made while this loads sets it again;
+        // a failed load leaves the readers behind still.
         self.readers_behind
             .store(false, std::sync::atomic::Ordering::Release);
-        table.update_state().await?;
+        if let Err(e) = table.update_state().await {
+            self.readers_behind
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(e.into());
+        }
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         // A writer may have published a newer state while this one loaded:
         // readers never go back to an older version.
@@ -490,11 +495,14 @@ impl Lake {
         read_versions(&loaded.table, app_ids.iter().map(String::as_str)).await
     }
 
-    /// Appends exactly once: refreshes the table, reads the stored version
-    /// of every transaction in `txns`, and commits those it does not hold
-    /// yet with the rows `rows` builds from the stored versions (the caller
-    /// leaves out rows at or below them). With every transaction already
-    /// held, writes nothing. Each call does all of this afresh under one
+    /// Appends exactly once: reads the stored version of every transaction
+    /// in `txns`, and commits those it does not hold yet with the rows
+    /// `rows` builds from the stored versions (the caller leaves out rows at
+    /// or below them). With every transaction already held, writes nothing.
+    /// The versions are the writer's state plus its own appends since (ADR
+    /// 0019), loaded again when another writer has committed; the commit
+    /// lands only on the version after that state, so it holds exactly what
+    /// the rows were built against. Each call does all of this under one
     /// lock, so retrying after any error can never commit a batch twice,
     /// even when the error came after the commit file was written or
     /// another writer committed meanwhile.
@@ -508,13 +516,14 @@ impl Lake {
             return Ok(WriteOutcome::Empty);
         }
         let mut loaded = self.state.lock().await;
-        let ahead = appends_ahead(&loaded)?;
         // One read of the version after the writer's newest: when another
         // writer committed it, load the table so the rows are built
         // against what it holds (a race after this is caught at the
         // commit).
+        let mut ahead = appends_ahead(&loaded)?;
         if !ahead || committed_by_another(&loaded).await? {
             self.refresh(&mut loaded).await?;
+            ahead = appends_ahead(&loaded)?;
         }
         let held = stored_versions(&mut loaded, txns).await?;
         let new: Vec<Transaction> = txns
@@ -742,23 +751,32 @@ async fn commit(
     Ok(table)
 }
 
+/// The longest a writer appends past its loaded state without loading
+/// the table, at most: delta-rs deletes commit files below a checkpoint
+/// once they are older than the table's log retention, and a writer whose
+/// newest known version is gone could put it again, below a checkpoint
+/// that readers start from. Loading the state at least this often (and
+/// within half the retention) keeps what it knows newer than anything
+/// cleaned up.
+const MAX_AHEAD: Duration = Duration::from_secs(3600);
+
 /// Whether the writer's next append may go past its loaded state
 /// ([`commit_ahead`]): on a store that puts a commit file only if absent,
-/// and not for a commit that is due a checkpoint (delta-rs writes those,
-/// and the state they need is loaded anyway).
+/// with a state loaded recently (see [`MAX_AHEAD`]) whose protocol this
+/// writer can write, and not for a commit that is due a checkpoint
+/// (delta-rs writes those, and the state they need is loaded anyway).
 fn appends_ahead(loaded: &Loaded) -> Result<bool> {
     use deltalake::table::config::TablePropertiesExt as _;
     let next = next_version(loaded)?;
-    let interval = loaded
-        .table
-        .snapshot()?
-        .table_config()
-        .checkpoint_interval()
-        .get();
-    Ok(
-        loaded.table.log_store().name() == "DefaultLogStore"
-            && !(next + 1).is_multiple_of(interval),
-    )
+    let snapshot = loaded.table.snapshot()?;
+    let config = snapshot.table_config();
+    let fresh_for = MAX_AHEAD.min(config.log_retention_duration() / 2);
+    Ok(loaded.table.log_store().name() == "DefaultLogStore"
+        && loaded.at.elapsed() < fresh_for
+        && deltalake::kernel::transaction::PROTOCOL
+            .can_write_to(snapshot)
+            .is_ok()
+        && !(next + 1).is_multiple_of(config.checkpoint_interval().get()))
 }
 
 /// The version after the last this writer knows of.

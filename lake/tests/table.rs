@@ -132,6 +132,7 @@ on_file_and_s3!(
     log_generations_increase_with_each_log_that_takes_over,
     concurrent_writers_lose_no_update,
     checkpoints_are_written_every_n_commits,
+    checkpoints_are_written_when_writers_take_turns,
     readers_refresh_at_most_every_read_refresh,
     a_writers_own_appends_are_readable_at_once,
     compaction_during_writes_changes_no_total,
@@ -363,6 +364,34 @@ async fn checkpoints_are_written_every_n_commits(target: Target) {
     );
     let reader = target.open().await;
     assert_eq!(reader.version().await.unwrap(), 12);
+    assert_eq!(sum_and_count(&reader, "t1").await, (12, 1200));
+}
+
+/// Two handles take turns, so each append finds the other's commit first
+/// and loads the table: the commits due a checkpoint still get one.
+async fn checkpoints_are_written_when_writers_take_turns(target: Target) {
+    let options = LakeOptions {
+        checkpoint_interval: 5,
+        ..target.options()
+    };
+    let writers = [
+        target.open_with(options.clone()).await,
+        target.open_with(options).await,
+    ];
+    for offset in 0..12 {
+        let lake = &writers[offset as usize % 2];
+        commit_one(lake, "g-0", &format!("e{offset}"), "2026-01-02", offset).await;
+    }
+    let files = target.files().await;
+    for version in [4, 9] {
+        assert!(
+            files
+                .iter()
+                .any(|f| f.starts_with(&format!("_delta_log/{version:020}.checkpoint"))),
+            "no checkpoint at version {version} in {files:?}"
+        );
+    }
+    let reader = target.open().await;
     assert_eq!(sum_and_count(&reader, "t1").await, (12, 1200));
 }
 

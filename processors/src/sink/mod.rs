@@ -49,7 +49,9 @@ pub trait Sink: Send + Sync {
     fn stage(&self) -> &'static str;
 
     /// The highest offset of each of `partitions` whose records this sink
-    /// holds (absent: none), read fresh: another processor may have written.
+    /// holds (absent: none). Used only to skip work: it may be behind what
+    /// another processor wrote since (the lake answers from what its
+    /// writer knows), never ahead of what is stored.
     async fn committed(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, i64>>;
 
     /// Why this sink cannot hold `row` (a value outside what its storage
