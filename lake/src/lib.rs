@@ -472,14 +472,7 @@ impl Lake {
     /// before it commits, so this serves to skip work, never to decide it.
     pub async fn known_txn_versions(&self, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
         let mut loaded = self.state.lock().await;
-        let txns: Vec<AppTxn> = app_ids
-            .iter()
-            .map(|id| AppTxn {
-                app_id: id.clone(),
-                version: 0,
-            })
-            .collect();
-        let stored = stored_versions(&mut loaded, &txns).await?;
+        let stored = stored_versions(&mut loaded, app_ids).await?;
         Ok(app_ids.iter().map(|id| stored.get(id).copied()).collect())
     }
 
@@ -525,7 +518,8 @@ impl Lake {
             self.refresh(&mut loaded).await?;
             ahead = appends_ahead(&loaded)?;
         }
-        let held = stored_versions(&mut loaded, txns).await?;
+        let ids: Vec<String> = txns.iter().map(|t| t.app_id.clone()).collect();
+        let held = stored_versions(&mut loaded, &ids).await?;
         let new: Vec<Transaction> = txns
             .iter()
             .filter(|t| held.get(&t.app_id).is_none_or(|v| *v < t.version))
@@ -547,7 +541,7 @@ impl Lake {
                 // Another writer committed since: the files hold only if
                 // it left every transaction of this batch where it was.
                 self.refresh(&mut loaded).await?;
-                if stored_versions(&mut loaded, txns).await? != held {
+                if stored_versions(&mut loaded, &ids).await? != held {
                     return Err(Error::Delta(deltalake::DeltaTableError::Generic(
                         "another writer committed this batch's transactions meanwhile".into(),
                     )));
@@ -799,13 +793,13 @@ async fn committed_by_another(loaded: &Loaded) -> Result<bool> {
         .is_some())
 }
 
-/// The stored version of each of `txns`' app ids (those with one), as the
-/// writer knows them: read once from the loaded state, then kept as its
-/// appends write them.
-async fn stored_versions(loaded: &mut Loaded, txns: &[AppTxn]) -> Result<HashMap<String, i64>> {
-    let unknown: Vec<&str> = txns
+/// The stored version of each of `app_ids` (those with one), as the writer
+/// knows them: read once from the loaded state, then kept as its appends
+/// write them.
+async fn stored_versions(loaded: &mut Loaded, app_ids: &[String]) -> Result<HashMap<String, i64>> {
+    let unknown: Vec<&str> = app_ids
         .iter()
-        .map(|t| t.app_id.as_str())
+        .map(String::as_str)
         .filter(|id| !loaded.ahead.txns.contains_key(*id))
         .collect();
     if !unknown.is_empty() {
@@ -819,11 +813,11 @@ async fn stored_versions(loaded: &mut Loaded, txns: &[AppTxn]) -> Result<HashMap
                 .insert(id.to_string(), version.unwrap_or(-1));
         }
     }
-    Ok(txns
+    Ok(app_ids
         .iter()
-        .filter_map(|t| {
-            let version = *loaded.ahead.txns.get(&t.app_id)?;
-            (version >= 0).then(|| (t.app_id.clone(), version))
+        .filter_map(|id| {
+            let version = *loaded.ahead.txns.get(id)?;
+            (version >= 0).then(|| (id.clone(), version))
         })
         .collect())
 }
