@@ -24,7 +24,7 @@
 //! report mix, with the process's peak RSS throughout. Before that, the
 //! processors beside the edge: 20 s at 80% of the edge's rate, their lag
 //! sampled every second. `--write` puts
-//! the table into docs/benchmarks.md.
+//! the table into docs/benchmarks.md; `--up-only` runs the `up` step alone.
 
 #[path = "common.rs"]
 mod common;
@@ -392,16 +392,98 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {memory_gib:.0} GiB")
 }
 
+/// `spendstream up` alone, as one machine runs it: `up_records` at full
+/// speed, then the report mix, with the process's peak RSS after each.
+async fn up_step(
+    binary: &std::path::Path,
+    up_records: usize,
+    token: &str,
+    read: &str,
+    client: &reqwest::Client,
+    row: &mut impl FnMut(&str, String),
+) -> anyhow::Result<()> {
+    let up_dir = tempfile::tempdir()?;
+    // SPENDSTREAM_BENCH_UP_ARGS: flags for `up` (whitespace-separated), to
+    // try settings.
+    let up_args = std::env::var("SPENDSTREAM_BENCH_UP_ARGS").unwrap_or_default();
+    let up_args: Vec<&str> = up_args.split_whitespace().collect();
+    let up = Server::start(binary, "up", up_dir.path(), &up_args)?;
+    let up_url = format!("{}/v1/expenses", up.base);
+    let load = common::bodies(0, up_records, BATCH);
+    let started = Instant::now();
+    let accepted = common::post_bodies(&up_url, token, load, CLIENTS).await?;
+    let up_edge_s = started.elapsed().as_secs_f64();
+    let after_load = up.peak_rss_mib();
+    wait_written(&up, up_records as f64).await?;
+    let up_processed_s = started.elapsed().as_secs_f64();
+    let after_drain = up.peak_rss_mib();
+    anyhow::ensure!(
+        accepted == up_records as u64,
+        "up: {accepted} of {up_records} accepted"
+    );
+    let up_edge_rate = up_records as f64 / up_edge_s;
+    row(
+        &format!("`up` (one process): {up_records} records at full speed"),
+        format!(
+            "edge {up_edge_rate:.0} records/s; all in the lake after {up_processed_s:.1} s ({:.0} records/s)",
+            up_records as f64 / up_processed_s
+        ),
+    );
+    let mut report_ms = Vec::new();
+    for _ in 0..25 {
+        for group in ["category", "merchant", "month", "currency", "employee"] {
+            let t = Instant::now();
+            let r = client
+                .get(format!("{}/v1/reports/spend?group_by={group}", up.base))
+                .bearer_auth(read)
+                .send()
+                .await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            anyhow::ensure!(
+                status == 200,
+                "report by {group}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+            report_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let r = client
+            .post(format!("{}/v1/sql", up.base))
+            .bearer_auth(read)
+            .json(&json!({"sql": "SELECT currency, count(*), sum(amount_minor) FROM expenses_latest GROUP BY 1"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "sql: {}", r.status());
+        r.bytes().await?;
+    }
+    row(
+        "`up`: report mix (5 groupings and one SQL query, × 25)",
+        format!(
+            "reports p50 {:.1} ms, p95 {:.1} ms; peak RSS of the process through all of `up`'s steps {:.0} MiB (goal < 512; {after_load:.0} after the load, {after_drain:.0} after the drain)",
+            percentile(&report_ms, 0.5),
+            percentile(&report_ms, 0.95),
+            up.peak_rss_mib()
+        ),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let write = args.iter().any(|a| a == "--write");
-    if let Some(unknown) = args
-        .iter()
-        .find(|a| a.starts_with("--") && !matches!(a.as_str(), "--write" | "--up-records"))
-    {
-        anyhow::bail!("unknown argument {unknown}: [records] [--up-records N] [--write]");
+    if let Some(unknown) = args.iter().find(|a| {
+        a.starts_with("--") && !matches!(a.as_str(), "--write" | "--up-records" | "--up-only")
+    }) {
+        anyhow::bail!(
+            "unknown argument {unknown}: [records] [--up-records N] [--up-only] [--write]"
+        );
     }
+    let up_only = args.iter().any(|a| a == "--up-only");
+    anyhow::ensure!(
+        !(up_only && write),
+        "--up-only measures one row of the table; it cannot --write it"
+    );
     let up_records: usize = match args.iter().position(|a| a == "--up-records") {
         Some(i) => args
             .get(i + 1)
@@ -422,13 +504,8 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| {
             anyhow::anyhow!("build the binary first: cargo build --release --bin spendstream")
         })?;
-    let dir = tempfile::tempdir()?;
-    let ingest = Server::start(&binary, "ingest", dir.path(), &[])?;
-    // No report cache: every report below is computed, as the first one
-    // after a change is.
-    let query = Server::start(&binary, "query", dir.path(), &["--report-cache-rows", "0"])?;
-    let url = format!("{}/v1/expenses", ingest.base);
     let token = common::token()?;
+    let read = common::read_token()?;
     let client = reqwest::Client::new();
     let mut rows: Vec<(String, String)> = Vec::new();
     // Each row is printed as it is measured: a run that fails later still
@@ -437,6 +514,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bench: {what}: {value}");
         rows.push((what.to_string(), value));
     };
+    if up_only {
+        // Step 7 alone, to compare `up`'s memory between builds.
+        return up_step(&binary, up_records, &token, &read, &client, &mut row).await;
+    }
+    let dir = tempfile::tempdir()?;
+    let ingest = Server::start(&binary, "ingest", dir.path(), &[])?;
+    // No report cache: every report below is computed, as the first one
+    // after a change is.
+    let query = Server::start(&binary, "query", dir.path(), &["--report-cache-rows", "0"])?;
+    let url = format!("{}/v1/expenses", ingest.base);
 
     // 1. Ingest at full speed, then the processors.
     let load = common::bodies(0, records, BATCH);
@@ -510,7 +597,6 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. Reports on the settled data.
-    let read = common::read_token()?;
     let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for _ in 0..25 {
         for group in ["category", "merchant", "month", "currency"] {
@@ -787,68 +873,7 @@ async fn main() -> anyhow::Result<()> {
     drop(kafka);
 
     // 7. `spendstream up`, one process as one machine runs it.
-    let up_dir = tempfile::tempdir()?;
-    // SPENDSTREAM_BENCH_UP_ARGS: flags for `up` (whitespace-separated), to
-    // try settings.
-    let up_args = std::env::var("SPENDSTREAM_BENCH_UP_ARGS").unwrap_or_default();
-    let up_args: Vec<&str> = up_args.split_whitespace().collect();
-    let up = Server::start(&binary, "up", up_dir.path(), &up_args)?;
-    let up_url = format!("{}/v1/expenses", up.base);
-    let load = common::bodies(0, up_records, BATCH);
-    let started = Instant::now();
-    let accepted = common::post_bodies(&up_url, &token, load, CLIENTS).await?;
-    let up_edge_s = started.elapsed().as_secs_f64();
-    wait_written(&up, up_records as f64).await?;
-    let up_processed_s = started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        accepted == up_records as u64,
-        "up: {accepted} of {up_records} accepted"
-    );
-    let up_edge_rate = up_records as f64 / up_edge_s;
-    row(
-        &format!("`up` (one process): {up_records} records at full speed"),
-        format!(
-            "edge {up_edge_rate:.0} records/s; all in the lake after {up_processed_s:.1} s ({:.0} records/s)",
-            up_records as f64 / up_processed_s
-        ),
-    );
-    let mut report_ms = Vec::new();
-    for _ in 0..25 {
-        for group in ["category", "merchant", "month", "currency", "employee"] {
-            let t = Instant::now();
-            let r = client
-                .get(format!("{}/v1/reports/spend?group_by={group}", up.base))
-                .bearer_auth(&read)
-                .send()
-                .await?;
-            let status = r.status();
-            let body = r.bytes().await?;
-            anyhow::ensure!(
-                status == 200,
-                "report by {group}: {status} {}",
-                String::from_utf8_lossy(&body)
-            );
-            report_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        let r = client
-            .post(format!("{}/v1/sql", up.base))
-            .bearer_auth(&read)
-            .json(&json!({"sql": "SELECT currency, count(*), sum(amount_minor) FROM expenses_latest GROUP BY 1"}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status() == 200, "sql: {}", r.status());
-        r.bytes().await?;
-    }
-    row(
-        "`up`: report mix (5 groupings and one SQL query, × 25)",
-        format!(
-            "reports p50 {:.1} ms, p95 {:.1} ms; peak RSS of the process through all of `up`'s steps {:.0} MiB (goal < 512)",
-            percentile(&report_ms, 0.5),
-            percentile(&report_ms, 0.95),
-            up.peak_rss_mib()
-        ),
-    );
-    drop(up);
+    up_step(&binary, up_records, &token, &read, &client, &mut row).await?;
 
     let mut table = format!(
         "Machine: {}. Release build, three processes (`ingest`, `process`, `query`) on one data directory (embedded log, local lake), then `ingest` on Kafka, then `up` alone. Run: `cargo run --release --example bench -- {records} --up-records {up_records}`.\n\n| What | Measured |\n| --- | --- |\n",
