@@ -670,6 +670,60 @@ async fn base_amounts(lake: &Lake) -> Vec<Option<i64>> {
     values
 }
 
+/// `read_columns` hands text that repeats over as the file's dictionary
+/// (keys and a few values, not the text of every row), and unique text,
+/// numbers and all-null text as they are; the values are the same either
+/// way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_text_is_read_as_the_files_dictionary() {
+    use deltalake::arrow::array::{Array, ArrayAccessor, DictionaryArray, Int64Array, StringArray};
+    use deltalake::arrow::datatypes::{DataType, Int32Type};
+
+    let target = Target::file().await;
+    let lake = target.open().await;
+    for i in 0..3 {
+        commit_one(&lake, "g-0", &format!("e{i}"), "2026-01-02", i).await;
+    }
+    let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let (_, files) = lake.snapshot_files().await.unwrap();
+    let mut rows = Vec::new();
+    for file in &files {
+        let columns = ["expense_id", "currency", "version", "related_external_id"];
+        for b in lake.read_columns(file, &columns).await.unwrap() {
+            let types: Vec<&DataType> = b.columns().iter().map(|c| c.data_type()).collect();
+            assert_eq!(
+                types,
+                [&DataType::Utf8, &dictionary, &DataType::Int64, &dictionary]
+            );
+            let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            let currencies = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<DictionaryArray<Int32Type>>()
+                .unwrap()
+                .downcast_dict::<StringArray>()
+                .unwrap();
+            let versions = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+            assert_eq!(b.column(3).null_count(), b.num_rows());
+            for i in 0..b.num_rows() {
+                rows.push((
+                    ids.value(i).to_string(),
+                    currencies.value(i).to_string(),
+                    versions.value(i),
+                ));
+            }
+        }
+    }
+    rows.sort_by_key(|r| r.2);
+    let expected: Vec<(String, String, i64)> = (0..3)
+        .map(|i| {
+            let id = spendstream_schemas::expense_id("t1", "s", &format!("e{i}"));
+            (id.to_string(), "EUR".to_string(), i)
+        })
+        .collect();
+    assert_eq!(rows, expected);
+}
+
 /// Per-row-unique columns are written without a dictionary (it only costs
 /// the writer), the others keep theirs: by the processors' appends and by
 /// compaction alike.

@@ -27,10 +27,11 @@ use crate::report::{Filters, GroupBy, Part, SpendRow};
 use crate::{Error, Result};
 use chrono::{Datelike as _, NaiveDate};
 use datafusion::arrow::array::{
-    Array, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayAccessor as _, BooleanArray, Date32Array, DictionaryArray, Int64Array, RecordBatch,
+    StringArray, TypedDictionaryArray,
 };
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use futures::{StreamExt as _, TryStreamExt as _};
 use hashbrown::HashTable;
 use spendstream_lake::{DataFileRef, Lake};
@@ -303,10 +304,7 @@ impl Tenant {
             .get_mut()
             .unwrap_or_else(|e| e.into_inner()) = None;
         let text = |i: usize| {
-            batch
-                .column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
+            Text::of(batch.column(i).as_ref())
                 .ok_or_else(|| Error::Shape(format!("{} is not text", COLUMNS[i])))
         };
         let int = |i: usize| {
@@ -330,7 +328,7 @@ impl Tenant {
         // Expenses whose lifecycle may have changed: settled at the end.
         let mut unsettled: HashSet<u128> = HashSet::new();
         for i in 0..batch.num_rows() {
-            let id = expense_key(ids.value(i))?;
+            let id = expense_key(ids.get(i).unwrap_or_default())?;
             let version = versions.value(i);
             let held = self.latest.get(id);
             match held {
@@ -344,17 +342,17 @@ impl Tenant {
                 _ => {}
             }
             self.seen(batch_ids, i, now_ms);
-            let status = statuses.value(i);
+            let status = statuses.get(i).unwrap_or_default();
             let row = Row {
                 amount_minor: amounts.value(i),
                 date: dates.value(i),
-                category: self.strings.intern(value(categories, i)),
+                category: self.strings.intern(categories.get(i)),
                 merchant: self
                     .strings
-                    .intern(value(normalized, i).or_else(|| value(names, i))),
-                account: self.strings.intern(value(accounts, i)),
-                employee: self.strings.intern(value(employees, i)),
-                currency: self.strings.intern(value(currencies, i)),
+                    .intern(normalized.get(i).or_else(|| names.get(i))),
+                account: self.strings.intern(accounts.get(i)),
+                employee: self.strings.intern(employees.get(i)),
+                currency: self.strings.intern(currencies.get(i)),
                 status: Status::ALL
                     .iter()
                     .position(|s| s.as_str() == status)
@@ -366,7 +364,7 @@ impl Tenant {
             } else {
                 Base {
                     minor: base_amounts.value(i),
-                    currency: self.strings.intern(value(base_currencies, i)),
+                    currency: self.strings.intern(base_currencies.get(i)),
                 }
             };
             let slot = match held {
@@ -385,7 +383,7 @@ impl Tenant {
             self.set_base(slot, base);
             // The expense this version names, in the same tenant and
             // source (never itself).
-            let target = match (value(related, i), value(sources, i)) {
+            let target = match (related.get(i), sources.get(i)) {
                 (Some(related), Some(source)) => {
                     let target =
                         spendstream_schemas::expense_id(tenant_id, source, related).as_u128();
@@ -490,11 +488,11 @@ impl Tenant {
 
     /// Counts row `i` (new to the state) for its batch. A batch id that is
     /// not a UUID (written by another tool) is not counted.
-    fn seen(&mut self, batch_ids: &StringArray, i: usize, now_ms: i64) {
-        if batch_ids.is_null(i) {
+    fn seen(&mut self, batch_ids: Text<'_>, i: usize, now_ms: i64) {
+        let Some(batch_id) = batch_ids.get(i) else {
             return;
-        }
-        if let Ok(key) = expense_key(batch_ids.value(i)) {
+        };
+        if let Ok(key) = expense_key(batch_id) {
             let seen = self.batches.entry(key).or_default();
             seen.rows += 1;
             seen.last_at_ms = now_ms;
@@ -887,9 +885,33 @@ pub struct Ask<'a> {
     pub filters: &'a Filters,
 }
 
-/// The text at `i`, or `None`.
-fn value(a: &StringArray, i: usize) -> Option<&str> {
-    (!a.is_null(i)).then(|| a.value(i))
+/// A text column as the lake gives it: plain, or as the file's dictionary
+/// (see `Lake::read_columns`).
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Plain(&'a StringArray),
+    Dictionary(TypedDictionaryArray<'a, Int32Type, StringArray>),
+}
+
+impl<'a> Text<'a> {
+    fn of(column: &'a dyn Array) -> Option<Self> {
+        if let Some(plain) = column.as_any().downcast_ref::<StringArray>() {
+            return Some(Self::Plain(plain));
+        }
+        column
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()?
+            .downcast_dict::<StringArray>()
+            .map(Self::Dictionary)
+    }
+
+    /// The text at `i`, or `None`.
+    fn get(self, i: usize) -> Option<&'a str> {
+        match self {
+            Self::Plain(a) => (!a.is_null(i)).then(|| a.value(i)),
+            Self::Dictionary(a) => (!a.is_null(i)).then(|| a.value(i)),
+        }
+    }
 }
 
 fn days(date: NaiveDate) -> i32 {
