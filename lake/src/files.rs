@@ -94,13 +94,14 @@ impl Lake {
         Ok(false)
     }
 
-    /// The columns `columns` of the data file `file` (read whole), cast to
-    /// the record contract's types, in that order. Partition columns are
-    /// not stored in data files: take them from `file`. A text column that
-    /// is not unique to its row comes back as `Dictionary(Int32, Utf8)`,
-    /// the form the file stores it in: a few bytes a row rather than the
-    /// text (heaptrack of `up`: 210 MB of decoded text and its offsets at
-    /// the heap's peak, while the reports' state caught up).
+    /// The columns `columns` of the data file `file` (read whole), in that
+    /// order, as the record contract's types, except that a text column
+    /// other than the ids comes back as `Dictionary(Int32, Utf8)` when the
+    /// file stores it as `Utf8` (a key a row, not the text: heaptrack of
+    /// `up` found 160 MB of such text and its offsets decoded at the heap's
+    /// peak, while the reports' state caught up), else plain. Each batch
+    /// has its own schema. Partition columns are not stored in data files:
+    /// take them from `file`.
     pub async fn read_columns(
         &self,
         file: &DataFileRef,

@@ -50,7 +50,8 @@ const GENERATION_COUNTER: &str = "spendstream.log_generations";
 /// Prefix of the application transaction holding one log's generation.
 const GENERATION_PREFIX: &str = "spendstream.log_generation.";
 
-/// Columns that hold a different value in nearly every row.
+/// Columns that hold a different value in nearly every row: written
+/// without a dictionary, and read as plain text (`Lake::read_columns`).
 const UNIQUE_COLUMNS: [&str; 5] = [
     "expense_id",
     "external_id",

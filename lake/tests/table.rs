@@ -670,10 +670,10 @@ async fn base_amounts(lake: &Lake) -> Vec<Option<i64>> {
     values
 }
 
-/// `read_columns` hands text that repeats over as the file's dictionary
-/// (keys and a few values, not the text of every row), and unique text,
-/// numbers and all-null text as they are; the values are the same either
-/// way.
+/// `read_columns` hands text that repeats over as a dictionary (keys and
+/// a few values, not the text of every row; all-null text too, as null
+/// keys), and unique text and numbers as they are; the values are the
+/// same either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_text_is_read_as_the_files_dictionary() {
     use deltalake::arrow::array::{Array, ArrayAccessor, DictionaryArray, Int64Array, StringArray};

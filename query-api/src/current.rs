@@ -267,12 +267,10 @@ impl Tenant {
 
     /// The rows of `batch` (columns as [`COLUMNS`]) that [`Tenant::merge`]
     /// would change anything for: a new expense, a higher version, or a
-    /// lower version not known as superseded.
+    /// lower version not known as superseded. When under half the rows
+    /// are kept, their text is plain.
     fn changes(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let ids = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
+        let ids = Text::of(batch.column(0).as_ref())
             .ok_or_else(|| Error::Shape("expense_id is not text".into()))?;
         let versions = batch
             .column(1)
@@ -281,7 +279,8 @@ impl Tenant {
             .ok_or_else(|| Error::Shape("version is not Int64".into()))?;
         let keep = (0..batch.num_rows())
             .map(|i| {
-                let (id, version) = (expense_key(ids.value(i))?, versions.value(i));
+                let id = expense_key(ids.get(i).unwrap_or_default())?;
+                let version = versions.value(i);
                 Ok(Some(match self.latest.get(id) {
                     None => true,
                     Some((_, held)) if held < version => true,
@@ -290,7 +289,31 @@ impl Tenant {
                 }))
             })
             .collect::<Result<BooleanArray>>()?;
-        filter_record_batch(batch, &keep).map_err(|e| Error::DataFusion(e.into()))
+        let arrow = |e| Error::DataFusion(datafusion::error::DataFusionError::from(e));
+        let kept = filter_record_batch(batch, &keep).map_err(arrow)?;
+        if kept.num_rows() == 0 || kept.num_rows() * 2 > batch.num_rows() {
+            return Ok(kept);
+        }
+        // Kept until the refresh applies, a few rows would hold each
+        // column's whole dictionary (a compaction's files): their own text
+        // is smaller.
+        let (mut fields, mut columns) = (Vec::new(), Vec::new());
+        for (field, column) in kept.schema().fields().iter().zip(kept.columns()) {
+            let column = match column.data_type() {
+                DataType::Dictionary(_, values) => {
+                    datafusion::arrow::compute::cast(column, values).map_err(arrow)?
+                }
+                _ => column.clone(),
+            };
+            fields.push(
+                field
+                    .as_ref()
+                    .clone()
+                    .with_data_type(column.data_type().clone()),
+            );
+            columns.push(column);
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(arrow)
     }
 
     /// Takes each row of `batch` (columns as [`COLUMNS`]) whose version is
@@ -1207,6 +1230,16 @@ mod tests {
         if sql {
             columns.push(texts(&|(r, _)| Some(r.external_id.clone())));
             names.push("external_id");
+        } else {
+            // As `Lake::read_columns` gives them: text that repeats as
+            // dictionaries, the expense ids plain.
+            let dictionary =
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+            for column in columns.iter_mut().skip(1) {
+                if *column.data_type() == DataType::Utf8 {
+                    *column = datafusion::arrow::compute::cast(column, &dictionary).unwrap();
+                }
+            }
         }
         let fields: Vec<Field> = names
             .iter()
@@ -1375,6 +1408,39 @@ mod tests {
             parts,
             vec![(None, 4, 400, 0), (Some("USD".into()), 2, 200, 400)]
         );
+    }
+
+    /// A refresh keeps the rows that change the state; when most rows of a
+    /// file are held already (a compaction's), the few kept carry their
+    /// own text, not every column's whole dictionary.
+    #[test]
+    fn the_few_changes_of_a_mostly_held_file_hold_plain_text() {
+        let records = |n: usize| -> Vec<(Rec, i64)> {
+            (0..n)
+                .map(|i| (rec(format!("p{i}"), Status::Posted, None, 100), 1))
+                .collect()
+        };
+        let mut tenant = Tenant::default();
+        tenant.merge("t", &lake_batch(&records(3))).unwrap();
+        let file = lake_batch(&records(4));
+        assert!(matches!(
+            file.column(2).data_type(),
+            DataType::Dictionary(..)
+        ));
+        let kept = tenant.changes(&file).unwrap();
+        assert_eq!(kept.num_rows(), 1);
+        for column in kept.columns() {
+            assert!(!matches!(column.data_type(), DataType::Dictionary(..)));
+        }
+        // Most rows new: kept as read.
+        let kept = Tenant::default().changes(&file).unwrap();
+        assert_eq!(kept.num_rows(), 4);
+        assert!(matches!(
+            kept.column(2).data_type(),
+            DataType::Dictionary(..)
+        ));
+        tenant.merge("t", &tenant.changes(&file).unwrap()).unwrap();
+        assert_eq!(tenant.rows.len(), 4);
     }
 
     #[test]
