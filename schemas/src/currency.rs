@@ -19,8 +19,13 @@ impl Currency {
             return None;
         };
         upper.make_ascii_uppercase();
+        // Compared as numbers, not as slices (a `memcmp` call each: 2% of
+        // a processor's CPU, profiled). Every listed code is three letters,
+        // so the numbers sort as the codes do.
+        let key = |code: &[u8]| code.iter().fold(0u32, |k, b| (k << 8) | u32::from(*b));
+        let wanted = key(&upper);
         ISO_4217
-            .binary_search_by(|(c, _)| c.as_bytes().cmp(&upper[..]))
+            .binary_search_by_key(&wanted, |(c, _)| key(c.as_bytes()))
             .ok()
             .map(|i| Currency {
                 code: ISO_4217[i].0,
@@ -251,6 +256,19 @@ mod tests {
     fn table_is_sorted_and_unique() {
         assert!(ISO_4217.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(ISO_4217.len() > 150);
+    }
+
+    /// Every code is three upper-case letters (the lookup's numbers rely
+    /// on it) and is found, in either case.
+    #[test]
+    fn every_listed_code_is_found() {
+        for (code, exponent) in ISO_4217 {
+            assert!(code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()));
+            for asked in [code.to_string(), code.to_ascii_lowercase()] {
+                let found = Currency::from_code(&asked).unwrap();
+                assert_eq!((found.code(), found.exponent()), (*code, *exponent));
+            }
+        }
     }
 
     #[test]
