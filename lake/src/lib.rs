@@ -84,6 +84,24 @@ pub(crate) fn writer_properties() -> deltalake::parquet::file::properties::Write
         .build()
 }
 
+/// The rows of an append: one batch, or several (the lake sink's, one per
+/// partition, so that none is copied apart).
+pub trait Batches {
+    fn into_batches(self) -> Vec<RecordBatch>;
+}
+
+impl Batches for RecordBatch {
+    fn into_batches(self) -> Vec<RecordBatch> {
+        vec![self]
+    }
+}
+
+impl Batches for Vec<RecordBatch> {
+    fn into_batches(self) -> Vec<RecordBatch> {
+        self
+    }
+}
+
 /// One application transaction: "everything of `app_id` up to `version` is in
 /// the table".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -500,11 +518,12 @@ impl Lake {
     /// lock, so retrying after any error can never commit a batch twice,
     /// even when the error came after the commit file was written or
     /// another writer committed meanwhile.
-    pub async fn commit_once<F>(&self, txns: &[AppTxn], rows: F) -> Result<WriteOutcome>
+    pub async fn commit_once<F, R>(&self, txns: &[AppTxn], rows: F) -> Result<WriteOutcome>
     where
         F: FnOnce(
             &HashMap<String, i64>,
-        ) -> std::result::Result<RecordBatch, deltalake::arrow::error::ArrowError>,
+        ) -> std::result::Result<R, deltalake::arrow::error::ArrowError>,
+        R: Batches,
     {
         if txns.is_empty() {
             return Ok(WriteOutcome::Empty);
@@ -529,9 +548,9 @@ impl Lake {
         if new.is_empty() {
             return Ok(WriteOutcome::AlreadyCommitted);
         }
-        let batch = rows(&held)?;
-        let n = batch.num_rows();
-        let adds = write_files(&loaded.table, batch).await?;
+        let batches = rows(&held)?.into_batches();
+        let n = batches.iter().map(RecordBatch::num_rows).sum();
+        let adds = write_files(&loaded.table, batches).await?;
         let mut committed = None;
         if ahead {
             committed = commit_ahead(&mut loaded, adds.clone(), new.clone()).await?;
@@ -663,7 +682,7 @@ async fn commit_txns(table: &DeltaTable, txns: Vec<Transaction>) -> Result<Delta
     commit(table, Vec::new(), txns).await
 }
 
-/// Writes `batch` as data files of `table`, one per partition (tenant,
+/// Writes `batches` as data files of `table`, one per partition (tenant,
 /// month), and returns their `Add` actions, to commit.
 ///
 /// Through delta-rs's `RecordBatchWriter` with the partitions already
@@ -673,8 +692,11 @@ async fn commit_txns(table: &DeltaTable, txns: Vec<Transaction>) -> Result<Delta
 /// come from the same delta-rs writer either way. Encoding is most of a
 /// write, so the partitions are shared out to one writer task per core,
 /// each about as many rows.
-async fn write_files(table: &DeltaTable, batch: RecordBatch) -> Result<Vec<Action>> {
-    let mut parts = by_partition(batch)?;
+async fn write_files(table: &DeltaTable, batches: Vec<RecordBatch>) -> Result<Vec<Action>> {
+    let mut parts = Vec::new();
+    for batch in batches {
+        parts.extend(by_partition(batch)?);
+    }
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut shares: Vec<(usize, Vec<Part>)> = (0..cores.min(parts.len()))
         .map(|_| (0, Vec::new()))

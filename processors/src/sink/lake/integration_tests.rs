@@ -9,7 +9,7 @@ use spendstream_schemas::{Category, EnrichedRecord, ExpenseRecord, expense_id, r
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-fn record(ext: &str, partition: i32, offset: i64) -> Row<'static> {
+pub(super) fn record(ext: &str, partition: i32, offset: i64) -> Row<'static> {
     let raw = format!(
         r#"{{"source":"s","external_id":"{ext}","account_id":"a","transaction_date":"2026-03-01","amount_minor":100,"currency":"USD"}}"#
     );

@@ -6,10 +6,11 @@ use crate::Result;
 use crate::sink::{Row, Sink, SinkBatch, Written};
 use crate::transform::replay::app_id;
 use async_trait::async_trait;
+use chrono::Datelike;
 use spendstream_lake::{AppTxn, Lake, WriteOutcome};
 use spendstream_log::Partition;
-use spendstream_schemas::to_record_batch;
-use std::collections::BTreeMap;
+use spendstream_schemas::to_record_batches;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// The lake sink of one consumer group on one log.
@@ -83,15 +84,47 @@ impl LakeSink {
                 let is_new =
                     |r: &Row<'_>| held.get(&r.log_partition).is_none_or(|v| r.log_offset > *v);
                 if held.is_empty() || records.iter().all(is_new) {
-                    return to_record_batch(records);
+                    return batches_by_partition(records);
                 }
                 // A retry after part of the batch landed: copy what is left.
                 let fresh: Vec<Row<'_>> = records.iter().filter(|r| is_new(r)).cloned().collect();
-                to_record_batch(&fresh)
+                batches_by_partition(&fresh)
             })
             .await?;
         Ok(outcome)
     }
+}
+
+/// `rows` as one Arrow batch per lake partition (tenant, transaction
+/// month), the partitions in the order they first appear, each partition's
+/// rows in log order: the lake writes each as it is.
+fn batches_by_partition(
+    rows: &[Row<'_>],
+) -> std::result::Result<Vec<arrow::array::RecordBatch>, arrow::error::ArrowError> {
+    let mut numbers: HashMap<(&str, i32, u32), u32> = HashMap::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut group_of: Vec<u32> = Vec::with_capacity(rows.len());
+    let mut previous = None;
+    for row in rows {
+        let date = row.record.transaction_date;
+        let key = (row.tenant_id.as_ref(), date.year(), date.month());
+        let group = match previous {
+            // Rows come in runs of one tenant and often one month.
+            Some((last, group)) if last == key => group,
+            _ => {
+                let next = sizes.len() as u32;
+                let group = *numbers.entry(key).or_insert(next);
+                if group == next {
+                    sizes.push(0);
+                }
+                group
+            }
+        };
+        sizes[group as usize] += 1;
+        group_of.push(group);
+        previous = Some((key, group));
+    }
+    to_record_batches(rows, &group_of, &sizes)
 }
 
 #[async_trait]
@@ -119,5 +152,53 @@ impl Sink for LakeSink {
     async fn ready(&self) -> Result<()> {
         self.lake.txn_version("readyz").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, StringArray};
+    use chrono::NaiveDate;
+    use std::borrow::Cow;
+
+    /// Rows of three partitions, interleaved, come out as one batch per
+    /// partition, in the order the partitions first appear, each with its
+    /// rows in log order.
+    #[test]
+    fn rows_are_batched_by_partition_in_log_order() {
+        let partitions = [("acme", 3), ("acme", 4), ("beta", 3)];
+        let pattern = [0, 0, 1, 2, 1];
+        let rows: Vec<Row<'static>> = (0..20)
+            .map(|i| {
+                let (tenant, month) = partitions[pattern[i % 5]];
+                let mut row =
+                    super::super::integration_tests::record(&format!("e{i}"), 0, i as i64);
+                row.tenant_id = Cow::Borrowed(tenant);
+                row.record.transaction_date = NaiveDate::from_ymd_opt(2026, month, 1).unwrap();
+                row
+            })
+            .collect();
+        let batches = batches_by_partition(&rows).unwrap();
+        assert_eq!(batches.len(), 3);
+        for ((tenant, month), batch) in partitions.iter().zip(&batches) {
+            let text = |name: &str| {
+                let column = batch.column_by_name(name).unwrap();
+                let column = column.as_any().downcast_ref::<StringArray>().unwrap();
+                column
+                    .iter()
+                    .map(|v| v.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            };
+            let offsets = batch.column_by_name("log_offset").unwrap();
+            let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+            let expected: Vec<i64> = (0..20)
+                .filter(|i| partitions[pattern[*i as usize % 5]] == (*tenant, *month))
+                .collect();
+            assert_eq!(offsets.values().to_vec(), expected);
+            assert!(text("tenant_id").iter().all(|t| t == tenant));
+            assert!(text("month").iter().all(|m| *m == format!("2026-0{month}")));
+            assert_eq!(offsets.len(), batch.num_rows());
+        }
     }
 }
