@@ -85,8 +85,10 @@ pub(crate) fn writer_properties() -> deltalake::parquet::file::properties::Write
 }
 
 /// The rows of an append: one batch, or several (the lake sink's, one per
-/// partition, so that none is copied apart).
+/// partition, so that none is copied apart). A partition in two batches
+/// gets a file from each.
 pub trait Batches {
+    /// The batches, in order.
     fn into_batches(self) -> Vec<RecordBatch>;
 }
 
@@ -683,7 +685,7 @@ async fn commit_txns(table: &DeltaTable, txns: Vec<Transaction>) -> Result<Delta
 }
 
 /// Writes `batches` as data files of `table`, one per partition (tenant,
-/// month), and returns their `Add` actions, to commit.
+/// month) of each batch, and returns their `Add` actions, to commit.
 ///
 /// Through delta-rs's `RecordBatchWriter` with the partitions already
 /// apart, not its `write` operation: that plans the batch through

@@ -414,7 +414,7 @@ impl Processor {
             group,
             generation,
             processed_at,
-            recycle(std::mem::take(&mut *self.lock_spare_rows())),
+            std::mem::take(&mut *self.lock_spare_rows()),
         );
 
         if let Some(fx) = &self.fx {
@@ -508,7 +508,11 @@ impl Processor {
             failpoint("after_sinks");
         }
         let (n_rows, n_letters) = (rows.len(), letters.len());
-        *self.lock_spare_rows() = recycle(rows);
+        // Kept for the next batch unless far larger than this one needed
+        // (a burst's, with a trickle after it).
+        if rows.capacity() <= 2 * entries_in_batch.max(PART_MIN) {
+            *self.lock_spare_rows() = recycle(rows);
+        }
 
         let mut delay = Duration::from_millis(100);
         let mut committed = Vec::new();
@@ -619,7 +623,7 @@ fn prepare_in<'b>(
     // The first part is the one the others join: it is sized for all.
     let part = |entries: &'b [Consumed], mut rows: Vec<sink::Row<'b>>, capacity: usize| {
         rows.clear();
-        rows.reserve(capacity);
+        rows.reserve_exact(capacity);
         let mut out = Prepared {
             rows,
             entries: Vec::with_capacity(capacity),
@@ -858,14 +862,16 @@ mod tests {
             })
             .collect();
         let mut rows = Vec::new();
+        let mut first = None;
         for threads in [1, 2, 3, 8] {
-            let prepared = prepare_in(&batch, "g", 0, Utc::now(), threads, recycle(rows));
+            let prepared = prepare_in(&batch, "g", 0, Utc::now(), threads, rows);
             let at = prepared.rows.as_ptr();
+            // Every batch after the first writes into the first's memory.
+            assert_eq!(*first.get_or_insert(at), at);
             check(&batch, &prepared);
             rows = recycle(prepared.rows);
-            // The next batch writes into the same memory.
             assert_eq!(rows.as_ptr(), at);
-            assert!(rows.is_empty() && rows.capacity() >= batch.len());
+            assert!(rows.is_empty() && rows.capacity() == batch.len());
         }
     }
 

@@ -296,7 +296,7 @@ mod tests {
                 }
             }
         }
-        for odd in ["", "US", "USDX", "U$D", "@SD", "[SD", "US\u{e9}", "ÜSD"] {
+        for odd in ["", "US", "USDX", "U$D", "@SD", "[SD", "U\u{e9}", "€", "ÜSD"] {
             assert!(Currency::from_code(odd).is_none(), "{odd}");
         }
     }

@@ -279,8 +279,8 @@ mod tests {
             proptest::prop_assert_eq!(n(&raw), reference(&raw));
         }
 
-        /// The memo answers as normalising does, for names it keeps,
-        /// names it has seen, and names past its bound.
+        /// The memo answers as normalising does, for names it has not
+        /// seen and names it has (past its bound: the test below).
         #[test]
         fn the_memo_answers_as_normalising_does(
             names in proptest::collection::vec(descriptor(), 1..40),
