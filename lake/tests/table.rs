@@ -3,6 +3,8 @@
 //! reads through DataFusion, checkpoints, compaction and vacuum. Every test
 //! runs on both, as `<name>::file` and `<name>::s3`.
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt as _;
 use spendstream_lake::testing::{TestBucket, record, rows_and_distinct};
@@ -229,7 +231,7 @@ async fn a_commit_retried_after_it_was_written_is_not_written_twice(target: Targ
         .unwrap();
     // The retry of the first batch: nothing left to write.
     let retry = lake
-        .commit_once(&txn("g-0", 1), |_| {
+        .commit_once(&txn("g-0", 1), |_| -> Result<RecordBatch, ArrowError> {
             panic!("rows were built for a batch the table holds")
         })
         .await
