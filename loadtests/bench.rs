@@ -468,8 +468,22 @@ async fn up_step(
     Ok(())
 }
 
+/// Runs the bench until it ends or is told to stop (Ctrl-C, SIGTERM):
+/// either way the `spendstream` processes it started are killed, as the
+/// run is dropped with their [`Server`]s. (Killed on a signal before,
+/// it left them running, and the next runs were measured beside them.)
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = run() => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the servers it started are stopped"),
+        _ = terminate.recv() => anyhow::bail!("terminated; the servers it started are stopped"),
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let write = args.iter().any(|a| a == "--write");
     if let Some(unknown) = args.iter().find(|a| {
