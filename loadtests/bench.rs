@@ -124,9 +124,11 @@ impl Server {
                 }
             }
         });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| anyhow::anyhow!("`spendstream {role}` did not start"))?;
+        let Ok(base) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("`spendstream {role}` did not start");
+        };
         Ok(Self { child, base })
     }
 
@@ -472,14 +474,18 @@ async fn up_step(
 /// either way the `spendstream` processes it started are killed, as the
 /// run is dropped with their [`Server`]s. (Killed on a signal before,
 /// it left them running, and the next runs were measured beside them.)
+/// Both handlers are in place before the run starts; a signal is acted
+/// on at the run's next await.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     tokio::select! {
-        result = run() => result,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the servers it started are stopped"),
+        biased;
+        _ = interrupt.recv() => anyhow::bail!("interrupted; the servers it started are stopped"),
         _ = terminate.recv() => anyhow::bail!("terminated; the servers it started are stopped"),
+        result = run() => result,
     }
 }
 

@@ -89,8 +89,8 @@ pub(crate) fn writer_properties() -> deltalake::parquet::file::properties::Write
 }
 
 /// The rows of an append: one batch, or several (the lake sink's, one per
-/// partition, so that none is copied apart). A partition in two batches
-/// gets a file from each.
+/// partition, so that none is copied apart). A partition's rows in two
+/// batches may go to one file or to two.
 pub trait Batches {
     /// The batches, in order.
     fn into_batches(self) -> Vec<RecordBatch>;
@@ -688,8 +688,8 @@ async fn commit_txns(table: &DeltaTable, txns: Vec<Transaction>) -> Result<Delta
     commit(table, Vec::new(), txns).await
 }
 
-/// Writes `batches` as data files of `table`, one per partition (tenant,
-/// month) of each batch, and returns their `Add` actions, to commit.
+/// Writes `batches` as data files of `table`, a file or more per partition
+/// (tenant, month), and returns their `Add` actions, to commit.
 ///
 /// Through delta-rs's `RecordBatchWriter` with the partitions already
 /// apart, not its `write` operation: that plans the batch through

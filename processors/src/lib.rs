@@ -63,8 +63,9 @@ pub struct Processor {
     /// amount.
     fx: Option<transform::fx::FxSource>,
     /// The last batch's row vector, empty, for the next batch (see
-    /// [`recycle`]); let go when the log is idle, so an idle processor
-    /// does not hold it.
+    /// [`recycle`]); not kept when over twice the size the batch needed,
+    /// and let go when the log is idle, so an idle processor does not
+    /// hold it.
     spare_rows: std::sync::Mutex<Vec<sink::Row<'static>>>,
 }
 
@@ -508,9 +509,7 @@ impl Processor {
             failpoint("after_sinks");
         }
         let (n_rows, n_letters) = (rows.len(), letters.len());
-        // Kept for the next batch unless far larger than this one needed
-        // (a burst's, with a trickle after it).
-        if rows.capacity() <= 2 * entries_in_batch.max(PART_MIN) {
+        if keep_spare(rows.capacity(), entries_in_batch) {
             *self.lock_spare_rows() = recycle(rows);
         }
 
@@ -594,6 +593,13 @@ fn prepare<'b>(
 ) -> Prepared<'b> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     prepare_in(batch, group, generation, processed_at, cores, rows)
+}
+
+/// Whether a batch's row vector, of `capacity` rows, is kept for the next
+/// batch after one of `entries`: not when far larger than that batch
+/// needed (a burst's, with a trickle after it).
+fn keep_spare(capacity: usize, entries: usize) -> bool {
+    capacity <= 2 * entries.max(PART_MIN)
 }
 
 /// `rows`' allocation, emptied, for rows of another lifetime: the
@@ -873,6 +879,15 @@ mod tests {
             assert_eq!(rows.as_ptr(), at);
             assert!(rows.is_empty() && rows.capacity() == batch.len());
         }
+    }
+
+    #[test]
+    fn a_spare_far_larger_than_its_batch_is_not_kept() {
+        assert!(keep_spare(50_000, 50_000));
+        assert!(keep_spare(100_000, 50_000));
+        assert!(!keep_spare(100_001, 50_000));
+        assert!(keep_spare(2 * PART_MIN, 10));
+        assert!(!keep_spare(50_000, 10));
     }
 
     fn check(batch: &[Consumed], prepared: &Prepared<'_>) {
