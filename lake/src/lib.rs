@@ -914,28 +914,14 @@ fn by_partition(batch: RecordBatch) -> Result<Vec<Part>> {
         )));
     }
     let key = |i: usize| keys.map(|k| k.value(i));
-    // Each row's partition, numbered as they first appear, and where each
-    // partition's first row is.
+    // Each row's partition, numbered as they first appear.
     let n = batch.num_rows();
-    let mut group_of: Vec<u32> = Vec::with_capacity(n);
-    let mut first_row: Vec<usize> = Vec::new();
-    let mut numbers: HashMap<[&str; 2], u32> = HashMap::new();
-    let mut runs = 0;
-    for i in 0..n {
-        let same = i > 0 && key(i) == key(i - 1);
-        let group = if same {
-            group_of[i - 1]
-        } else {
-            runs += 1;
-            let next = first_row.len() as u32;
-            let group = *numbers.entry(key(i)).or_insert(next);
-            if group == next {
-                first_row.push(i);
-            }
-            group
-        };
-        group_of.push(group);
-    }
+    let spendstream_schemas::Groups {
+        group_of,
+        first: first_row,
+        sizes: counts,
+        runs,
+    } = spendstream_schemas::Groups::of((0..n).map(key));
     let values = |i: usize| -> IndexMap<String, Scalar> {
         PARTITION_COLUMNS
             .iter()
@@ -943,10 +929,6 @@ fn by_partition(batch: RecordBatch) -> Result<Vec<Part>> {
             .map(|(name, value)| ((*name).to_string(), Scalar::String(value.to_string())))
             .collect()
     };
-    let mut counts = vec![0usize; first_row.len()];
-    for group in &group_of {
-        counts[*group as usize] += 1;
-    }
     let values: Vec<IndexMap<String, Scalar>> = first_row.iter().map(|i| values(*i)).collect();
     if runs == first_row.len() {
         return Ok(values

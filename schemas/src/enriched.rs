@@ -202,9 +202,58 @@ pub fn to_record_batch<S: AsRef<str>>(
     columns.finish()
 }
 
+/// Items grouped by an equal key, the groups numbered in the order they
+/// first appear (the lake's partitions of a batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Groups {
+    /// Each item's group.
+    pub group_of: Vec<u32>,
+    /// Each group's first item.
+    pub first: Vec<usize>,
+    /// Each group's number of items.
+    pub sizes: Vec<usize>,
+    /// Runs of one key: as many as groups when each group's items are
+    /// together.
+    pub runs: usize,
+}
+
+impl Groups {
+    /// Groups `keys`, comparing each with the one before first: items
+    /// come in runs of one key, so most cost no hash.
+    pub fn of<K: Eq + std::hash::Hash + Copy>(keys: impl ExactSizeIterator<Item = K>) -> Self {
+        let mut groups = Groups {
+            group_of: Vec::with_capacity(keys.len()),
+            first: Vec::new(),
+            sizes: Vec::new(),
+            runs: 0,
+        };
+        let mut numbers: std::collections::HashMap<K, u32> = std::collections::HashMap::new();
+        let mut previous: Option<(K, u32)> = None;
+        for (i, key) in keys.enumerate() {
+            let group = match previous {
+                Some((last, group)) if last == key => group,
+                _ => {
+                    groups.runs += 1;
+                    let next = groups.first.len() as u32;
+                    let group = *numbers.entry(key).or_insert(next);
+                    if group == next {
+                        groups.first.push(i);
+                        groups.sizes.push(0);
+                    }
+                    group
+                }
+            };
+            groups.sizes[group as usize] += 1;
+            groups.group_of.push(group);
+            previous = Some((key, group));
+        }
+        groups
+    }
+}
+
 /// Converts records into one Arrow batch per group, each group's records
 /// in their order: record `i` is in group `group_of[i]`, of `sizes.len()`
-/// groups of `sizes` records. The records are read once, in order (the
+/// groups of `sizes` records (see [`Groups`]). The records are read once, in order (the
 /// lake sink groups its rows by partition this way: a copy of a whole
 /// batch by partition was 5–7% of a processor's CPU, and building one in
 /// partition order, jumping between rows, cost more than that).
@@ -497,6 +546,16 @@ mod tests {
             })
             .collect();
         let group_of = [1, 0, 1, 1, 2, 0, 1];
+        let groups = Groups::of(['b', 'a', 'b', 'b', 'c', 'a', 'b'].into_iter());
+        assert_eq!(
+            groups,
+            Groups {
+                group_of: vec![0, 1, 0, 0, 2, 1, 0],
+                first: vec![0, 1, 4],
+                sizes: vec![4, 2, 1],
+                runs: 6,
+            }
+        );
         let batches = to_record_batches(&records, &group_of, &[2, 4, 1]).unwrap();
         assert_eq!(batches.len(), 3);
         for (group, batch) in batches.iter().enumerate() {

@@ -20,8 +20,8 @@ pub mod trace;
 pub use category::Category;
 pub use currency::Currency;
 pub use enriched::{
-    BaseAmount, EnrichedRecord, EnrichedRecordOf, arrow_schema, record_version, to_record_batch,
-    to_record_batches,
+    BaseAmount, EnrichedRecord, EnrichedRecordOf, Groups, arrow_schema, record_version,
+    to_record_batch, to_record_batches,
 };
 pub use envelope::{
     ENVELOPE_VERSION, Envelope, EnvelopeHead, EnvelopeWriter, JSON_ENVELOPE_VERSION,

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use chrono::Datelike;
 use spendstream_lake::{AppTxn, Lake, WriteOutcome};
 use spendstream_log::Partition;
-use spendstream_schemas::to_record_batches;
-use std::collections::{BTreeMap, HashMap};
+use spendstream_schemas::{Groups, to_record_batches};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The lake sink of one consumer group on one log.
@@ -101,30 +101,11 @@ impl LakeSink {
 fn batches_by_partition(
     rows: &[Row<'_>],
 ) -> std::result::Result<Vec<arrow::array::RecordBatch>, arrow::error::ArrowError> {
-    let mut numbers: HashMap<(&str, i32, u32), u32> = HashMap::new();
-    let mut sizes: Vec<usize> = Vec::new();
-    let mut group_of: Vec<u32> = Vec::with_capacity(rows.len());
-    let mut previous = None;
-    for row in rows {
+    let groups = Groups::of(rows.iter().map(|row| {
         let date = row.record.transaction_date;
-        let key = (row.tenant_id.as_ref(), date.year(), date.month());
-        let group = match previous {
-            // Rows come in runs of one tenant and often one month.
-            Some((last, group)) if last == key => group,
-            _ => {
-                let next = sizes.len() as u32;
-                let group = *numbers.entry(key).or_insert(next);
-                if group == next {
-                    sizes.push(0);
-                }
-                group
-            }
-        };
-        sizes[group as usize] += 1;
-        group_of.push(group);
-        previous = Some((key, group));
-    }
-    to_record_batches(rows, &group_of, &sizes)
+        (row.tenant_id.as_ref(), date.year(), date.month())
+    }));
+    to_record_batches(rows, &groups.group_of, &groups.sizes)
 }
 
 #[async_trait]
